@@ -1,0 +1,108 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "leasehold",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "leasehold", targets: ["leasehold"]),
+        .executable(name: "leasehold-bench", targets: ["leasehold-bench"]),
+        .library(name: "LeaseholdEngine", targets: ["LeaseholdEngine"]),
+        .library(name: "LeaseholdServer", targets: ["LeaseholdServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+    ],
+    targets: [
+        .target(name: "LeaseholdEngine", swiftSettings: swiftSettings),
+        .target(name: "LeaseholdStore", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+        .target(name: "LeaseholdRuntime", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+        .target(name: "LeaseholdSamples", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+        .target(
+            name: "LeaseholdPostgres",
+            dependencies: [
+                "LeaseholdStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "LeaseholdCoordinator",
+            dependencies: [
+                "LeaseholdRuntime", "LeaseholdStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "LeaseholdServer",
+            dependencies: [
+                "LeaseholdCoordinator", "LeaseholdStore", "LeaseholdSamples",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            resources: [.copy("Resources")],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "leasehold",
+            dependencies: [
+                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "leasehold-bench",
+            dependencies: [
+                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdEngineTests",
+            dependencies: ["LeaseholdEngine", "LeaseholdSamples"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdRuntimeTests",
+            dependencies: ["LeaseholdRuntime", "LeaseholdSamples"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdStoreConformanceTests",
+            dependencies: ["LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdCoordinatorTests",
+            dependencies: ["LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdServerTests",
+            dependencies: [
+                "LeaseholdServer", "LeaseholdSamples",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,197 @@
+import Foundation
+
+/// The JSON kind of one event field; drives both validation and the JSON Schema the API publishes.
+public indirect enum FieldKind: Sendable, Hashable {
+    case string
+    case integer(minimum: Int? = nil)
+    case number
+    case boolean
+    case array(FieldKind)
+    case object
+    case any
+
+    public static var integer: FieldKind { .integer(minimum: nil) }
+
+    var schema: JSONValue {
+        switch self {
+        case .string: return ["type": "string"]
+        case .integer(let minimum):
+            if let minimum { return ["type": "integer", "minimum": .int(minimum)] }
+            return ["type": "integer"]
+        case .number: return ["type": "number"]
+        case .boolean: return ["type": "boolean"]
+        case .array(let element): return ["type": "array", "items": element.schema]
+        case .object: return ["type": "object"]
+        case .any: return [:]
+        }
+    }
+
+    func check(_ value: JSONValue, path: String) -> String? {
+        switch (self, value) {
+        case (.any, _): return nil
+        case (.string, .string): return nil
+        case (.integer(let minimum), _):
+            guard let number = value.intValue, value.doubleValue != nil else { return "\(path) must be an integer" }
+            if let minimum, number < minimum { return "\(path) must be ≥ \(minimum)" }
+            return nil
+        case (.number, .int), (.number, .double): return nil
+        case (.boolean, .bool): return nil
+        case (.object, .object): return nil
+        case (.array(let element), .array(let items)):
+            for (index, item) in items.enumerated() {
+                if let problem = element.check(item, path: "\(path)[\(index)]") { return problem }
+            }
+            return nil
+        default:
+            return "\(path) must be \(self.name)"
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .string: return "a string"
+        case .integer: return "an integer"
+        case .number: return "a number"
+        case .boolean: return "a boolean"
+        case .array: return "an array"
+        case .object: return "an object"
+        case .any: return "any value"
+        }
+    }
+}
+
+/// One field of an event type.
+public struct FieldSpec: Sendable, Hashable {
+    public var name: String
+    public var kind: FieldKind
+    public var required: Bool
+
+    public init(_ name: String, _ kind: FieldKind, required: Bool = true) {
+        self.name = name
+        self.kind = kind
+        self.required = required
+    }
+}
+
+/// The description of one event type: its name, parents (nearest first) and fields.
+///
+/// Two types with the same name in one workflow are the same type.
+public struct EventType: Sendable, Hashable {
+    public var name: String
+    public var parents: [String]
+    public var fields: [FieldSpec]
+    public var module: String
+    public var allowsExtraFields: Bool
+
+    public init(
+        _ name: String,
+        parents: [String] = [],
+        fields: [FieldSpec] = [],
+        module: String = "leasehold.samples",
+        allowsExtraFields: Bool = true
+    ) {
+        self.name = name
+        self.parents = parents
+        self.fields = fields
+        self.module = module
+        self.allowsExtraFields = allowsExtraFields
+    }
+
+    public var qualifiedName: String { "\(module).\(name)" }
+
+    /// Whether this type is `other` or derives from it.
+    public func isA(_ other: String) -> Bool { name == other || parents.contains(other) }
+
+    /// The JSON Schema of the event's value.
+    public var schema: JSONValue {
+        var properties: [String: JSONValue] = [:]
+        for field in fields { properties[field.name] = field.kind.schema }
+        let required = fields.filter(\.required).map { JSONValue.string($0.name) }
+        return [
+            "title": .string(name),
+            "type": "object",
+            "properties": .object(properties),
+            "required": .array(required),
+            "additionalProperties": .bool(allowsExtraFields),
+        ]
+    }
+
+    /// Checks a value against the fields.
+    /// - Throws: `EngineError.invalidEvent` naming the first field that does not fit.
+    public func validate(_ value: JSONValue) throws {
+        guard case .object(let object) = value else {
+            throw EngineError.invalidEvent(type: name, reason: "the value must be a JSON object")
+        }
+        for field in fields {
+            guard let fieldValue = object[field.name], fieldValue != .null || !field.required else {
+                if field.required {
+                    throw EngineError.invalidEvent(type: name, reason: "field '\(field.name)' is required")
+                }
+                continue
+            }
+            if fieldValue == .null { continue }
+            if let problem = field.kind.check(fieldValue, path: "field '\(field.name)'") {
+                throw EngineError.invalidEvent(type: name, reason: problem)
+            }
+        }
+        if !allowsExtraFields {
+            let known = Set(fields.map(\.name))
+            if let extra = object.keys.sorted().first(where: { !known.contains($0) }) {
+                throw EngineError.invalidEvent(type: name, reason: "unknown field '\(extra)'")
+            }
+        }
+    }
+}
+
+extension EventType {
+    public static let startEventName = "StartEvent"
+    public static let stopEventName = "StopEvent"
+
+    public static let stop = EventType("StopEvent", fields: [FieldSpec("result", .any, required: false)], module: "workflows.events")
+    public static let failed = EventType(
+        "WorkflowFailedEvent", parents: ["StopEvent"], fields: [FieldSpec("error", .string)], module: "workflows.events")
+    public static let cancelled = EventType("WorkflowCancelledEvent", parents: ["StopEvent"], module: "workflows.events")
+    public static let stepStateChanged = EventType(
+        "StepStateChanged", parents: ["InternalDispatchEvent"],
+        fields: [FieldSpec("name", .string), FieldSpec("step_state", .string)], module: "workflows.events")
+    public static let inputRequired = EventType("InputRequiredEvent", module: "workflows.events")
+    public static let humanResponse = EventType("HumanResponseEvent", module: "workflows.events")
+}
+
+/// An event as data: a type name plus its JSON value.
+public struct AnyEvent: Sendable, Hashable, Codable {
+    public var type: String
+    public var value: JSONValue
+
+    public init(type: String, value: JSONValue = [:]) {
+        self.type = type
+        self.value = value
+    }
+
+    public init<E: Event>(_ event: E) throws {
+        self.type = E.eventType.name
+        self.value = try JSONValue.encoding(event)
+    }
+
+    /// Decodes the value as a typed event.
+    public func decode<E: Event>(_ type: E.Type) throws -> E {
+        try value.decoding(E.self)
+    }
+}
+
+/// A typed event a workflow author declares.
+public protocol Event: Codable, Sendable {
+    static var eventType: EventType { get }
+}
+
+extension JSONValue {
+    public static func encoding<T: Encodable>(_ value: T) throws -> JSONValue {
+        let data = try JSONEncoder().encode(value)
+        return try JSONDecoder().decode(JSONValue.self, from: data)
+    }
+
+    public func decoding<T: Decodable>(_ type: T.Type) throws -> T {
+        let data = try JSONEncoder().encode(self)
+        return try JSONDecoder().decode(T.self, from: data)
+    }
+}

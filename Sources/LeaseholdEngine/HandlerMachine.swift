@@ -1,0 +1,223 @@
+/// An input to the handler's reducer. `now` is wall-clock seconds since 1970.
+public struct Tick: Sendable, Hashable {
+    public enum Kind: Sendable, Hashable {
+        case start(AnyEvent)
+        case external(AnyEvent)
+        case stepFinished(runID: Int, output: StepOutput)
+        case stepFailed(runID: Int, error: String)
+        case timerFired(timerID: Int)
+        case cancel
+        case timeout
+        /// The handler was restored from a snapshot: run in-flight steps again, re-arm timers.
+        case resume
+    }
+
+    public var now: Double
+    public var kind: Kind
+
+    public init(now: Double, _ kind: Kind) {
+        self.now = now
+        self.kind = kind
+    }
+}
+
+/// What the reducer asks the runtime to do.
+public enum Command: Sendable, Hashable {
+    case runStep(StepRun)
+    case log(LogRecord)
+    case armTimer(id: Int, deadline: Double)
+    case cancelTimer(id: Int)
+    case finished
+}
+
+/// The handler as a pure reducer `(State, Tick) -> (State, [Command])`. No I/O, no clock.
+public struct HandlerMachine: Sendable {
+    public let workflow: Workflow
+
+    public init(workflow: Workflow) {
+        self.workflow = workflow
+    }
+
+    public func reduce(_ state: HandlerState, _ tick: Tick) -> (HandlerState, [Command]) {
+        var reduction = Reduction(workflow: workflow, state: state, now: tick.now)
+        reduction.apply(tick.kind)
+        return (reduction.state, reduction.commands)
+    }
+}
+
+private struct Reduction {
+    let workflow: Workflow
+    var state: HandlerState
+    let now: Double
+    var commands: [Command] = []
+
+    mutating func apply(_ kind: Tick.Kind) {
+        if state.status.isFinished { return }
+        switch kind {
+        case .start(let event):
+            guard !state.started else { return }
+            state.started = true
+            if let timeout = workflow.timeout {
+                arm(DurableTimer.Action.workflowTimeout, at: now + timeout)
+            }
+            dispatch(AnyEvent(type: EventType.startEventName, value: event.value))
+        case .external(let event):
+            guard state.started else { return }
+            if let index = state.waiters.firstIndex(where: { $0.eventType == event.type }) {
+                let waiter = state.waiters.remove(at: index)
+                var run = waiter.run
+                run.received = event
+                run.attempt = 1
+                start(step: run.step, event: run.event, attempt: 1, received: event)
+            } else {
+                dispatch(event)
+            }
+        case .stepFinished(let runID, let output):
+            guard let run = takeRun(runID) else { return }
+            finishStep(run, output: output)
+        case .stepFailed(let runID, let error):
+            guard let run = takeRun(runID) else { return }
+            log(stepState(run, running: false, output: nil))
+            let policy = workflow.step(named: run.step)?.retry ?? .none
+            if run.attempt < policy.maxAttempts {
+                var next = run
+                next.attempt += 1
+                arm(.retry(next), at: now + policy.delay(after: run.attempt))
+            } else {
+                let tries = run.attempt == 1 ? "" : " after \(run.attempt) attempts"
+                finish(.failed, terminal: AnyEvent(
+                    type: EventType.failed.name, value: ["error": .string("step '\(run.step)' failed\(tries): \(error)")]))
+            }
+        case .timerFired(let timerID):
+            guard let index = state.timers.firstIndex(where: { $0.id == timerID }) else { return }
+            let timer = state.timers.remove(at: index)
+            switch timer.action {
+            case .deliver(let event): dispatch(event)
+            case .retry(let run): start(step: run.step, event: run.event, attempt: run.attempt, received: run.received)
+            case .workflowTimeout: timeOut()
+            }
+        case .cancel:
+            finish(.cancelled, terminal: AnyEvent(type: EventType.cancelled.name, value: [:]))
+        case .timeout:
+            timeOut()
+        case .resume:
+            guard state.started else { return }
+            for run in state.inFlight { commands.append(.runStep(run)) }
+            for timer in state.timers { commands.append(.armTimer(id: timer.id, deadline: timer.deadline)) }
+        }
+    }
+
+    mutating func timeOut() {
+        let seconds = workflow.timeout.map { " after \($0)s" } ?? ""
+        finish(.failed, terminal: AnyEvent(
+            type: EventType.failed.name, value: ["error": .string("workflow timed out\(seconds)")]))
+    }
+
+    mutating func takeRun(_ id: Int) -> StepRun? {
+        guard let index = state.inFlight.firstIndex(where: { $0.id == id }) else { return nil }
+        return state.inFlight.remove(at: index)
+    }
+
+    mutating func finishStep(_ run: StepRun, output: StepOutput) {
+        if let wait = output.wait {
+            log(stepState(run, running: false, output: nil))
+            let alreadyWaiting = state.waiters.contains { $0.run.step == run.step && $0.run.event == run.event }
+            if !alreadyWaiting {
+                state.waiters.append(Waiter(run: run, eventType: wait.eventType))
+                if let prompt = wait.prompt { log(prompt) }
+            }
+            return
+        }
+        log(stepState(run, running: false, output: output.sent.first?.type))
+        for (key, value) in output.stateChanges.sorted(by: { $0.key < $1.key }) {
+            state.context[key] = value
+        }
+        for event in output.streamed { log(event) }
+        for timer in output.timers { arm(.deliver(timer.event), at: now + max(0, timer.seconds)) }
+        for event in output.sent {
+            if state.status.isFinished { break }
+            dispatch(event)
+        }
+    }
+
+    mutating func dispatch(_ event: AnyEvent) {
+        if workflow.isStop(event.type) {
+            if event.type == EventType.failed.name {
+                finish(.failed, terminal: event)
+            } else if event.type == EventType.cancelled.name {
+                finish(.cancelled, terminal: event)
+            } else {
+                finish(.completed, terminal: event)
+            }
+            return
+        }
+        for step in workflow.steps {
+            if let fanIn = step.fanIn, fanIn.eventType == event.type {
+                var buffer = state.collected[step.name] ?? []
+                buffer.append(event.value)
+                let needed: Int
+                switch fanIn.count {
+                case .fixed(let count): needed = count
+                case .stateKey(let key): needed = state.context[key]?.intValue ?? Int.max
+                }
+                if buffer.count >= needed {
+                    state.collected[step.name] = nil
+                    let collected = AnyEvent(type: FanIn.collectedEventName, value: ["events": .array(buffer)])
+                    start(step: step.name, event: collected, attempt: 1, received: nil)
+                } else {
+                    state.collected[step.name] = buffer
+                }
+            } else if step.accepts.contains(event.type) {
+                start(step: step.name, event: event, attempt: 1, received: nil)
+            }
+        }
+    }
+
+    mutating func start(step: String, event: AnyEvent, attempt: Int, received: AnyEvent?) {
+        let run = StepRun(id: state.nextRunID, step: step, event: event, attempt: attempt, received: received)
+        state.nextRunID += 1
+        state.inFlight.append(run)
+        log(stepState(run, running: true, output: nil))
+        commands.append(.runStep(run))
+    }
+
+    mutating func arm(_ action: DurableTimer.Action, at deadline: Double) {
+        let timer = DurableTimer(id: state.nextTimerID, deadline: deadline, action: action)
+        state.nextTimerID += 1
+        state.timers.append(timer)
+        commands.append(.armTimer(id: timer.id, deadline: deadline))
+    }
+
+    mutating func finish(_ status: HandlerStatus, terminal: AnyEvent) {
+        for timer in state.timers { commands.append(.cancelTimer(id: timer.id)) }
+        state.timers = []
+        state.inFlight = []
+        state.waiters = []
+        state.collected = [:]
+        state.status = status
+        state.terminal = terminal
+        if status == .failed { state.error = terminal.value["error"]?.stringValue }
+        log(terminal)
+        commands.append(.finished)
+    }
+
+    func stepState(_ run: StepRun, running: Bool, output: String?) -> AnyEvent {
+        AnyEvent(type: EventType.stepStateChanged.name, value: [
+            "name": .string(run.step),
+            "step_state": running ? "running" : "not_running",
+            "worker_id": "0",
+            "input_event_name": .string(run.event.type),
+            "output_event_name": output.map(JSONValue.string) ?? .null,
+        ])
+    }
+
+    mutating func log(_ event: AnyEvent) {
+        let (types, qualifiedName) = workflow.describe(event.type)
+        let record = LogRecord(
+            sequence: state.nextSequence, type: event.type, value: event.value, types: types,
+            qualifiedName: qualifiedName, isInternal: event.type == EventType.stepStateChanged.name,
+            isTerminal: workflow.isStop(event.type))
+        state.nextSequence += 1
+        commands.append(.log(record))
+    }
+}

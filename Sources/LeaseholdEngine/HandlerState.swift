@@ -1,0 +1,117 @@
+/// Where a handler is in its life. A hibernated handler is `running`: it waits, it is not gone.
+public enum HandlerStatus: String, Sendable, Hashable, Codable, CaseIterable {
+    case running
+    case completed
+    case failed
+    case cancelled
+
+    public var isFinished: Bool { self != .running }
+}
+
+/// One run of one step with one input event.
+public struct StepRun: Sendable, Hashable, Codable {
+    public var id: Int
+    public var step: String
+    public var event: AnyEvent
+    public var attempt: Int
+    /// The external event a `waitForEvent` in this run returns.
+    public var received: AnyEvent?
+}
+
+/// A step run that ended waiting for an external event; it is repeated when one arrives.
+public struct Waiter: Sendable, Hashable, Codable {
+    public var run: StepRun
+    public var eventType: String
+}
+
+/// A timer kept in the state, so it survives snapshots, hibernation and failover.
+public struct DurableTimer: Sendable, Hashable, Codable {
+    public enum Action: Sendable, Hashable, Codable {
+        case deliver(AnyEvent)
+        case retry(StepRun)
+        case workflowTimeout
+    }
+
+    public var id: Int
+    /// Seconds since 1970 (wall clock: a deadline must mean the same on every replica).
+    public var deadline: Double
+    public var action: Action
+}
+
+/// The whole of a handler's state. A snapshot is this value encoded; nothing else is needed to
+/// resume a handler on any replica.
+public struct HandlerState: Sendable, Hashable, Codable {
+    public var workflowName: String
+    public var status: HandlerStatus = .running
+    public var started = false
+    /// The terminal event once finished.
+    public var terminal: AnyEvent?
+    public var error: String?
+    public var context: [String: JSONValue] = [:]
+    /// Runs started and not yet finished, in start order. After a restore they are run again.
+    public var inFlight: [StepRun] = []
+    public var waiters: [Waiter] = []
+    public var collected: [String: [JSONValue]] = [:]
+    public var timers: [DurableTimer] = []
+    public var nextRunID = 0
+    public var nextTimerID = 0
+    /// The sequence number the next logged event gets; the log holds 0..<nextSequence.
+    public var nextSequence: Int64 = 0
+
+    public init(workflowName: String) {
+        self.workflowName = workflowName
+    }
+
+    /// Nothing runs: the handler only waits (for an external event or a timer).
+    public var isQuiescent: Bool { status == .running && started && inFlight.isEmpty }
+
+    /// The earliest timer deadline, if any.
+    public var nextDeadline: Double? { timers.map(\.deadline).min() }
+
+    /// The bare result of a completed handler (`StopEvent.value.result`).
+    public var result: JSONValue? {
+        guard status == .completed, let terminal else { return nil }
+        return terminal.value["result"] ?? .null
+    }
+}
+
+/// One logged event of a handler, numbered from 0 without gaps.
+public struct LogRecord: Sendable, Hashable, Codable {
+    public var sequence: Int64
+    public var type: String
+    public var value: JSONValue
+    /// Parent type names, nearest first; nil when none.
+    public var types: [String]?
+    public var qualifiedName: String
+    public var isInternal: Bool
+    public var isTerminal: Bool
+
+    public init(
+        sequence: Int64, type: String, value: JSONValue, types: [String]?, qualifiedName: String,
+        isInternal: Bool, isTerminal: Bool
+    ) {
+        self.sequence = sequence
+        self.type = type
+        self.value = value
+        self.types = types
+        self.qualifiedName = qualifiedName
+        self.isInternal = isInternal
+        self.isTerminal = isTerminal
+    }
+
+    public var event: AnyEvent { AnyEvent(type: type, value: value) }
+}
+
+/// What a replica persists in one fenced transaction: the new state, the events logged since the
+/// last checkpoint, and the inbox events the state has consumed.
+public struct Checkpoint: Sendable {
+    public var state: HandlerState
+    public var log: [LogRecord]
+    public var consumedInbox: [String]
+
+    public init(state: HandlerState, log: [LogRecord], consumedInbox: [String]) {
+        self.state = state
+        self.log = log
+        self.consumedInbox = consumedInbox
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import Synchronization
+
+/// How often a failing step is tried and how long to wait between tries.
+public struct RetryPolicy: Sendable, Hashable {
+    public var maxAttempts: Int
+    public var initialDelay: Double
+    public var multiplier: Double
+    public var maxDelay: Double
+
+    public init(maxAttempts: Int, initialDelay: Double = 0.05, multiplier: Double = 2, maxDelay: Double = 5) {
+        self.maxAttempts = max(1, maxAttempts)
+        self.initialDelay = initialDelay
+        self.multiplier = multiplier
+        self.maxDelay = maxDelay
+    }
+
+    public static let none = RetryPolicy(maxAttempts: 1)
+
+    /// The delay before attempt `attempt + 1`, after attempt `attempt` (1-based) failed.
+    public func delay(after attempt: Int) -> Double {
+        min(maxDelay, initialDelay * pow(multiplier, Double(max(0, attempt - 1))))
+    }
+}
+
+/// Fan-in: the step runs once when `count` events of `eventType` have arrived; it receives one
+/// `Collected` event whose value is `{"events": [values…]}`.
+public struct FanIn: Sendable, Hashable {
+    public enum Count: Sendable, Hashable {
+        case fixed(Int)
+        /// The count is read from a context-state key (an integer) when each event arrives.
+        case stateKey(String)
+    }
+
+    public var eventType: String
+    public var count: Count
+
+    public init(_ eventType: String, count: Count) {
+        self.eventType = eventType
+        self.count = count
+    }
+
+    public static let collectedEventName = "Collected"
+}
+
+/// One step of a workflow: the event types it accepts, what it may emit, and its body.
+public struct Step: Sendable {
+    public typealias Body = @Sendable (AnyEvent, StepContext) async throws -> Void
+
+    public var name: String
+    public var accepts: [String]
+    public var emits: [String]
+    public var streams: [String]
+    public var retry: RetryPolicy
+    /// Seconds a single run may take before it counts as failed.
+    public var timeout: Double?
+    public var fanIn: FanIn?
+    /// External event types this step waits for with `StepContext.waitForEvent`.
+    public var waitsFor: [String]
+    public var body: Body
+
+    /// - Parameters:
+    ///   - accepts: event type names that trigger this step (`StartEvent` for the start event).
+    ///   - emits: event types the step may `send` (routed to other steps; `StopEvent` ends the run).
+    ///   - streams: event types the step may write to the stream (clients see them; not routed).
+    public init(
+        _ name: String,
+        accepts: [String],
+        emits: [String] = [],
+        streams: [String] = [],
+        retry: RetryPolicy = .none,
+        timeout: Double? = nil,
+        fanIn: FanIn? = nil,
+        waitsFor: [String] = [],
+        body: @escaping Body
+    ) {
+        self.name = name
+        self.accepts = accepts
+        self.emits = emits
+        self.streams = streams
+        self.retry = retry
+        self.timeout = timeout
+        self.fanIn = fanIn
+        self.waitsFor = waitsFor
+        self.body = body
+    }
+}
+
+/// What a step asked for while it ran. The reducer applies it when the run finishes.
+public struct StepOutput: Sendable, Hashable, Codable {
+    public var sent: [AnyEvent] = []
+    public var streamed: [AnyEvent] = []
+    public var stateChanges: [String: JSONValue] = [:]
+    public var timers: [TimerRequest] = []
+    public var wait: WaitRequest?
+
+    public init() {}
+}
+
+/// A durable timer that delivers `event` after `seconds`.
+public struct TimerRequest: Sendable, Hashable, Codable {
+    public var seconds: Double
+    public var event: AnyEvent
+}
+
+/// A step asked to wait for an external event; it is re-run with the same input when it arrives.
+public struct WaitRequest: Sendable, Hashable, Codable {
+    public var eventType: String
+    public var prompt: AnyEvent?
+}
+
+/// Thrown inside a step body by `waitForEvent` when the awaited event has not arrived yet.
+/// The run ends without effects and is re-run once the event arrives.
+public struct WaitingForEvent: Error, Sendable {
+    public var request: WaitRequest
+}
+
+/// The step body's view of its handler: context state, output, waits and timers.
+///
+/// A context belongs to one step run. It is a class so the body can mutate through a shared
+/// reference; the mutable part sits in a `Mutex`, so concurrent use from child tasks is safe.
+public final class StepContext: Sendable {
+    public let stepName: String
+    /// 1 for the first try, 2 for the first retry, …
+    public let attempt: Int
+    private let initialState: [String: JSONValue]
+    private let received: AnyEvent?
+    private let output = Mutex(StepOutput())
+
+    public init(stepName: String, attempt: Int, state: [String: JSONValue], received: AnyEvent?) {
+        self.stepName = stepName
+        self.attempt = attempt
+        self.initialState = state
+        self.received = received
+    }
+
+    /// Reads a context-state key, seeing this run's own writes.
+    public func get(_ key: String) -> JSONValue? {
+        output.withLock { $0.stateChanges[key] } ?? initialState[key]
+    }
+
+    public func set(_ key: String, _ value: JSONValue) {
+        output.withLock { $0.stateChanges[key] = value }
+    }
+
+    /// Routes an event to the steps that accept it (`StopEvent` ends the handler).
+    public func send(_ event: AnyEvent) {
+        output.withLock { $0.sent.append(event) }
+    }
+
+    public func send<E: Event>(_ event: E) throws {
+        send(try AnyEvent(event))
+    }
+
+    /// Ends the handler with `result`.
+    public func stop(_ result: JSONValue) {
+        send(AnyEvent(type: EventType.stopEventName, value: ["result": result]))
+    }
+
+    /// Writes an event to the handler's stream, which clients read.
+    public func write(_ event: AnyEvent) {
+        output.withLock { $0.streamed.append(event) }
+    }
+
+    public func write<E: Event>(_ event: E) throws {
+        write(try AnyEvent(event))
+    }
+
+    /// Arms a durable timer: `event` is delivered after `seconds`, even across hibernation and failover.
+    public func schedule(_ event: AnyEvent, after seconds: Double) {
+        output.withLock { $0.timers.append(TimerRequest(seconds: seconds, event: event)) }
+    }
+
+    /// Returns the external event this step waits for, or ends the run until it arrives.
+    ///
+    /// The first run writes `prompt` to the stream and ends without effects; when an event of
+    /// `eventType` arrives the step is run again with the same input, and this call returns it.
+    /// - Throws: `WaitingForEvent` (let it propagate).
+    public func waitForEvent(_ eventType: String, prompt: AnyEvent? = nil) throws -> AnyEvent {
+        if let received, received.type == eventType { return received }
+        throw WaitingForEvent(request: WaitRequest(eventType: eventType, prompt: prompt))
+    }
+
+    /// What the run produced so far.
+    public var collectedOutput: StepOutput { output.withLock { $0 } }
+}

@@ -1,0 +1,40 @@
+import LeaseholdEngine
+
+/// Where a runtime writes its checkpoints. The coordinator implements it with the store and the
+/// handler's lease; a write that is no longer allowed throws, and the runtime stops at once.
+public protocol HandlerPersistence: Sendable {
+    func checkpoint(_ checkpoint: Checkpoint) async throws
+}
+
+/// An external event handed to a runtime, with the inbox id its checkpoint will consume.
+public struct Delivery: Sendable, Hashable {
+    public var inboxID: String
+    public var event: AnyEvent
+
+    public init(inboxID: String, event: AnyEvent) {
+        self.inboxID = inboxID
+        self.event = event
+    }
+}
+
+/// How a runtime ended.
+public enum RuntimeOutcome: Sendable {
+    /// The handler finished; its final state is checkpointed.
+    case finished(HandlerState)
+    /// The runtime was stopped; with `.drain` its last state is checkpointed, with `.abandon` not.
+    case stopped(HandlerState)
+}
+
+/// How to stop a runtime.
+public enum StopMode: Sendable {
+    /// Cancel running steps (they stay in-flight in the state and run again on resume) and
+    /// checkpoint what was logged so far.
+    case drain
+    /// Stop at once and write nothing: the lease is gone.
+    case abandon
+}
+
+struct StepTimedOut: Error, CustomStringConvertible {
+    var seconds: Double
+    var description: String { "step timed out after \(seconds)s" }
+}

@@ -1,0 +1,269 @@
+import Foundation
+import LeaseholdEngine
+import Synchronization
+
+/// Runs one handler in this process: feeds ticks to the reducer, runs steps as child tasks of one
+/// task tree, arms timers, and checkpoints through its `HandlerPersistence`.
+///
+/// `run()` owns every task of the handler; when it returns (finished, stopped, or failed with the
+/// persistence's error) no step, timer or checkpoint task of it is left. Checkpoints are pipelined:
+/// steps keep running while the previous checkpoint commits, and each checkpoint carries
+/// everything logged since the last one.
+public final class HandlerRuntime: Sendable {
+    private enum Input: Sendable {
+        case tick(Tick.Kind)
+        case deliver([Delivery])
+        case stop(StopMode)
+    }
+
+    private struct Shared {
+        var state: HandlerState
+        var pendingLog: [LogRecord] = []
+        var pendingConsumed: [String] = []
+        var dirty = false
+        var abandoned = false
+        var delivered: Set<String> = []
+        var lastActivity: ContinuousClock.Instant
+        var quiescent = false
+        var liveTasks = 0
+    }
+
+    public let handlerID: String
+    private let machine: HandlerMachine
+    private let persistence: any HandlerPersistence
+    private let maxConcurrentSteps: Int
+    private let now: @Sendable () -> Double
+    private let shared: Mutex<Shared>
+    private let inputs: AsyncStream<Input>
+    private let inputContinuation: AsyncStream<Input>.Continuation
+    private let checkpointSignals: AsyncStream<Void>
+    private let checkpointContinuation: AsyncStream<Void>.Continuation
+
+    /// - Parameters:
+    ///   - state: a fresh state (its start event comes as a delivery) or one restored from a snapshot.
+    ///   - maxConcurrentSteps: how many step runs may execute at once; more wait in order.
+    ///   - now: wall clock in seconds since 1970, for durable timer deadlines.
+    public init(
+        handlerID: String,
+        workflow: Workflow,
+        state: HandlerState,
+        persistence: any HandlerPersistence,
+        maxConcurrentSteps: Int = 16,
+        now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
+    ) {
+        self.handlerID = handlerID
+        self.machine = HandlerMachine(workflow: workflow)
+        self.persistence = persistence
+        self.maxConcurrentSteps = max(1, maxConcurrentSteps)
+        self.now = now
+        self.shared = Mutex(Shared(state: state, lastActivity: .now))
+        (inputs, inputContinuation) = AsyncStream.makeStream(of: Input.self)
+        (checkpointSignals, checkpointContinuation) = AsyncStream.makeStream(
+            of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    // MARK: - Control (any task)
+
+    /// Hands external events (and the start event) to the handler. An inbox id already delivered
+    /// to this runtime is skipped, so repeated wake-ups cannot apply an event twice.
+    public func deliver(_ deliveries: [Delivery]) {
+        let fresh = shared.withLock { shared -> [Delivery] in
+            let fresh = deliveries.filter { !shared.delivered.contains($0.inboxID) }
+            for delivery in fresh { shared.delivered.insert(delivery.inboxID) }
+            if !fresh.isEmpty { shared.quiescent = false }
+            return fresh
+        }
+        if !fresh.isEmpty { inputContinuation.yield(.deliver(fresh)) }
+    }
+
+    /// Asks `run()` to end. Returns at once; `run()` returns when everything has stopped.
+    public func stop(_ mode: StopMode) {
+        if case .abandon = mode { shared.withLock { $0.abandoned = true } }
+        inputContinuation.yield(.stop(mode))
+    }
+
+    /// The latest state (what the next checkpoint writes).
+    public var state: HandlerState { shared.withLock { $0.state } }
+
+    /// When the handler last did anything, if it now only waits (no step running, nothing to apply).
+    public var idleSince: ContinuousClock.Instant? {
+        shared.withLock { $0.quiescent && !$0.dirty ? $0.lastActivity : nil }
+    }
+
+    /// Tasks of this handler alive right now (steps, timers, checkpointer). Zero once `run()` returned.
+    public var liveTasks: Int { shared.withLock { $0.liveTasks } }
+
+    // MARK: - Running
+
+    /// Runs the handler until it finishes or is stopped.
+    /// - Throws: the persistence's error (e.g. lease lost); every task of the handler has ended by then.
+    public func run() async throws -> RuntimeOutcome {
+        try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
+            group.addTask {
+                try await self.tracked { try await self.checkpointLoop() }
+                return nil
+            }
+            group.addTask { await self.mainLoop() }
+            var outcome: RuntimeOutcome?
+            while let next = try await group.next() {
+                if let next { outcome = next }
+            }
+            return outcome ?? .stopped(self.state)
+        }
+    }
+
+    private func tracked<T>(_ body: () async throws -> T) async rethrows -> T {
+        shared.withLock { $0.liveTasks += 1 }
+        defer { shared.withLock { $0.liveTasks -= 1 } }
+        return try await body()
+    }
+
+    private func mainLoop() async -> RuntimeOutcome {
+        var state = shared.withLock { $0.state }
+        var outcome: RuntimeOutcome?
+        await withTaskGroup(of: Void.self) { tasks in
+            var running = 0
+            var waiting: [StepRun] = []
+
+            func execute(_ commands: [Command]) {
+                for command in commands {
+                    switch command {
+                    case .runStep(let run):
+                        if running < maxConcurrentSteps {
+                            running += 1
+                            launch(run, context: state.context, in: &tasks)
+                        } else {
+                            waiting.append(run)
+                        }
+                    case .armTimer(let id, let deadline):
+                        tasks.addTask {
+                            await self.tracked {
+                                let delay = deadline - self.now()
+                                if delay > 0 {
+                                    do { try await Task.sleep(for: .seconds(delay)) } catch { return }
+                                }
+                                self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
+                            }
+                        }
+                    case .log, .cancelTimer, .finished:
+                        break
+                    }
+                }
+            }
+
+            func apply(_ kind: Tick.Kind, consumed: [String]) {
+                let (next, commands) = machine.reduce(state, Tick(now: now(), kind))
+                state = next
+                let log = commands.compactMap { command -> LogRecord? in
+                    if case .log(let record) = command { return record }
+                    return nil
+                }
+                publish(state, log: log, consumed: consumed, running: running + waiting.count)
+                execute(commands)
+            }
+
+            if state.started { apply(.resume, consumed: []) }
+            loop: for await input in inputs {
+                switch input {
+                case .tick(let kind):
+                    if case .stepFinished = kind { running -= 1 } else if case .stepFailed = kind { running -= 1 }
+                    while running < maxConcurrentSteps, !waiting.isEmpty {
+                        running += 1
+                        launch(waiting.removeFirst(), context: state.context, in: &tasks)
+                    }
+                    apply(kind, consumed: [])
+                case .deliver(let deliveries):
+                    for delivery in deliveries {
+                        if delivery.event.type == EventType.startEventName && !state.started {
+                            apply(.start(delivery.event), consumed: [delivery.inboxID])
+                        } else {
+                            apply(.external(delivery.event), consumed: [delivery.inboxID])
+                        }
+                    }
+                case .stop:
+                    outcome = .stopped(state)
+                    break loop
+                }
+                if state.status.isFinished {
+                    outcome = .finished(state)
+                    break loop
+                }
+            }
+            tasks.cancelAll()
+        }
+        checkpointContinuation.finish()
+        return outcome ?? .stopped(state)
+    }
+
+    private func launch(_ run: StepRun, context: [String: JSONValue], in tasks: inout TaskGroup<Void>) {
+        guard let step = machine.workflow.step(named: run.step) else {
+            inputContinuation.yield(.tick(.stepFailed(runID: run.id, error: "unknown step '\(run.step)'")))
+            return
+        }
+        tasks.addTask {
+            await self.tracked {
+                let stepContext = StepContext(
+                    stepName: run.step, attempt: run.attempt, state: context, received: run.received)
+                let kind: Tick.Kind
+                do {
+                    try await Self.withTimeout(step.timeout) { try await step.body(run.event, stepContext) }
+                    kind = .stepFinished(runID: run.id, output: stepContext.collectedOutput)
+                } catch let waiting as WaitingForEvent {
+                    var output = StepOutput()
+                    output.wait = waiting.request
+                    kind = .stepFinished(runID: run.id, output: output)
+                } catch {
+                    if Task.isCancelled { return }
+                    kind = .stepFailed(runID: run.id, error: "\(error)")
+                }
+                self.inputContinuation.yield(.tick(kind))
+            }
+        }
+    }
+
+    private static func withTimeout(_ seconds: Double?, _ body: @escaping @Sendable () async throws -> Void) async throws {
+        guard let seconds else { return try await body() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: .seconds(seconds))
+                throw StepTimedOut(seconds: seconds)
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func publish(_ state: HandlerState, log: [LogRecord], consumed: [String], running: Int) {
+        let changed = !log.isEmpty || !consumed.isEmpty
+        shared.withLock { shared in
+            shared.state = state
+            shared.pendingLog.append(contentsOf: log)
+            shared.pendingConsumed.append(contentsOf: consumed)
+            shared.lastActivity = .now
+            shared.quiescent = state.isQuiescent && running == 0
+            if changed || state.status.isFinished { shared.dirty = true }
+        }
+        if changed || state.status.isFinished { checkpointContinuation.yield() }
+    }
+
+    private func checkpointLoop() async throws {
+        for await _ in checkpointSignals {
+            try await flush()
+        }
+        // The main loop ended: write what is left, unless the lease is gone.
+        try await flush()
+    }
+
+    private func flush() async throws {
+        let pending = shared.withLock { shared -> Checkpoint? in
+            guard shared.dirty, !shared.abandoned else { return nil }
+            let checkpoint = Checkpoint(state: shared.state, log: shared.pendingLog, consumedInbox: shared.pendingConsumed)
+            shared.pendingLog = []
+            shared.pendingConsumed = []
+            shared.dirty = false
+            return checkpoint
+        }
+        if let pending { try await persistence.checkpoint(pending) }
+    }
+}

@@ -1,0 +1,152 @@
+import LeaseholdEngine
+
+/// The sample workflows every build registers (api-contract.md, "Sample workflows").
+/// They double as examples of the workflow-definition API.
+public enum Samples {
+    public static func registry() throws -> WorkflowRegistry {
+        try WorkflowRegistry([echo(), counter(), approval(), fanout(), timer(), flaky()])
+    }
+
+    /// `{"message": str}` → stops at once with `message`.
+    public static func echo() throws -> Workflow {
+        try Workflow(
+            name: "echo",
+            start: [FieldSpec("message", .string)],
+            steps: [
+                Step("echo", accepts: ["StartEvent"], emits: ["StopEvent"]) { event, context in
+                    context.stop(event.value["message"] ?? .null)
+                }
+            ])
+    }
+
+    public struct Tick: Event {
+        public static let eventType = EventType("Tick", fields: [FieldSpec("n", .integer)])
+        public var n: Int
+    }
+
+    /// `{"count_to": int ≥ 0}` → streams `Tick {"n": i}` for i in 1…count_to, one step run per tick.
+    public static func counter() throws -> Workflow {
+        try Workflow(
+            name: "counter",
+            start: [FieldSpec("count_to", .integer(minimum: 0))],
+            events: [Tick.eventType],
+            steps: [
+                Step("count", accepts: ["StartEvent", "Tick"], emits: ["Tick", "StopEvent"], streams: ["Tick"]) {
+                    event, context in
+                    let n: Int
+                    let target: Int
+                    if event.type == "StartEvent" {
+                        n = 0
+                        target = event.value["count_to"]?.intValue ?? 0
+                        context.set("count_to", .int(target))
+                    } else {
+                        n = try event.decode(Tick.self).n
+                        target = context.get("count_to")?.intValue ?? 0
+                    }
+                    if n >= target {
+                        context.stop(.int(target))
+                    } else {
+                        try context.write(Tick(n: n + 1))
+                        try context.send(Tick(n: n + 1))
+                    }
+                }
+            ])
+    }
+
+    public static let inputRequired = EventType(
+        "InputRequiredEvent", fields: [FieldSpec("prefix", .string)], module: "workflows.events")
+    public static let humanResponse = EventType(
+        "HumanResponseEvent", fields: [FieldSpec("response", .string)], module: "workflows.events")
+
+    /// `{"request": str}` → streams `InputRequiredEvent`, waits (no limit) for `HumanResponseEvent`.
+    public static func approval() throws -> Workflow {
+        try Workflow(
+            name: "approval",
+            start: [FieldSpec("request", .string)],
+            events: [inputRequired],
+            external: [humanResponse],
+            steps: [
+                Step(
+                    "ask", accepts: ["StartEvent"], emits: ["StopEvent"], streams: ["InputRequiredEvent"],
+                    waitsFor: ["HumanResponseEvent"]
+                ) { event, context in
+                    let request = event.value["request"] ?? .null
+                    let prompt = AnyEvent(
+                        type: "InputRequiredEvent",
+                        value: ["prefix": .string("Approve \(request.stringValue ?? "")? ")])
+                    let answer = try context.waitForEvent("HumanResponseEvent", prompt: prompt)
+                    context.stop(["request": request, "response": answer.value["response"] ?? .null])
+                }
+            ])
+    }
+
+    static let item = EventType("Item", fields: [FieldSpec("value", .integer)])
+    static let doubled = EventType("Doubled", fields: [FieldSpec("value", .integer)])
+
+    /// `{"items": [int]}` → one worker run per item (doubles it), collects all, stops with the sum.
+    public static func fanout() throws -> Workflow {
+        try Workflow(
+            name: "fanout",
+            start: [FieldSpec("items", .array(.integer))],
+            events: [item, doubled],
+            steps: [
+                Step("split", accepts: ["StartEvent"], emits: ["Item", "StopEvent"]) { event, context in
+                    let items = event.value["items"]?.arrayValue ?? []
+                    context.set("expected", .int(items.count))
+                    if items.isEmpty { context.stop(0) }
+                    for value in items { context.send(AnyEvent(type: "Item", value: ["value": value])) }
+                },
+                Step("double", accepts: ["Item"], emits: ["Doubled"]) { event, context in
+                    let value = event.value["value"]?.intValue ?? 0
+                    context.send(AnyEvent(type: "Doubled", value: ["value": .int(value * 2)]))
+                },
+                Step(
+                    "collect", accepts: [], emits: ["StopEvent"], fanIn: FanIn("Doubled", count: .stateKey("expected"))
+                ) { event, context in
+                    let values = event.value["events"]?.arrayValue ?? []
+                    context.stop(.int(values.reduce(0) { $0 + ($1["value"]?.intValue ?? 0) }))
+                },
+            ])
+    }
+
+    static let timerRang = EventType("TimerRang")
+
+    /// `{"seconds": number}` → waits on a durable timer (survives hibernation and failover), stops with "rang".
+    public static func timer() throws -> Workflow {
+        try Workflow(
+            name: "timer",
+            start: [FieldSpec("seconds", .number)],
+            events: [timerRang],
+            steps: [
+                Step("arm", accepts: ["StartEvent"], emits: ["TimerRang"]) { event, context in
+                    let seconds = event.value["seconds"]?.doubleValue ?? 0
+                    context.schedule(AnyEvent(type: "TimerRang"), after: seconds)
+                },
+                Step("ring", accepts: ["TimerRang"], emits: ["StopEvent"]) { _, context in
+                    context.stop("rang")
+                },
+            ])
+    }
+
+    public struct FlakyFailure: Error, CustomStringConvertible {
+        public var attempt: Int
+        public var description: String { "flaky failure on attempt \(attempt)" }
+    }
+
+    /// `{"fail_times": int}` → a step that throws `fail_times` times, retried with back-off; result = attempts.
+    public static func flaky() throws -> Workflow {
+        try Workflow(
+            name: "flaky",
+            start: [FieldSpec("fail_times", .integer(minimum: 0))],
+            steps: [
+                Step(
+                    "attempt", accepts: ["StartEvent"], emits: ["StopEvent"],
+                    retry: RetryPolicy(maxAttempts: 5, initialDelay: 0.01, multiplier: 2, maxDelay: 0.2)
+                ) { event, context in
+                    let failTimes = event.value["fail_times"]?.intValue ?? 0
+                    if context.attempt <= failTimes { throw FlakyFailure(attempt: context.attempt) }
+                    context.stop(.int(context.attempt))
+                }
+            ])
+    }
+}

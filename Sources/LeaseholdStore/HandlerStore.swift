@@ -1,0 +1,66 @@
+import Foundation
+import LeaseholdEngine
+
+/// Everything durable about handlers: records, snapshots, inbox, event log and leases.
+///
+/// Every method that writes for a handler on behalf of its owner takes the owner's `Lease` and
+/// is fenced: when the lease is no longer current (another replica claimed the handler, or the
+/// lease expired) it throws `StoreError.leaseLost` and writes nothing. Time is the store's own
+/// clock (Postgres: `now()`), never a replica's.
+public protocol HandlerStore: Sendable {
+    /// Wake-ups for log readers and inbox consumers in this process.
+    var signals: StoreSignals { get }
+
+    /// Registers the replica or refreshes its heartbeat, and renews every lease it holds that has
+    /// not yet expired, in one statement.
+    /// - Returns: the handlers the replica still holds, with their tokens.
+    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken]
+
+    /// Removes the replica's registration (graceful shutdown).
+    func deregister(_ replica: ReplicaID) async throws
+
+    /// Creates a handler owned by `owner` with its start event in the inbox.
+    /// - Throws: `StoreError.handlerExists`.
+    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> Lease
+
+    /// Claims claimable handlers (unowned with work waiting, hibernated with an inbox event or a due
+    /// timer, or owned under an expired lease), raising each one's fencing token.
+    /// - Parameter only: claim just this handler (a reload), if it is claimable.
+    func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler]
+
+    /// Writes state, new log records and consumed inbox ids in one fenced transaction.
+    /// A finished state also clears the lease.
+    /// - Throws: `StoreError.leaseLost` (nothing written), `.sequenceConflict`.
+    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws
+
+    /// Checkpoints, releases the lease and marks the handler hibernated, unless its inbox holds an
+    /// unconsumed event (then nothing is written and the result is false).
+    /// - Throws: `StoreError.leaseLost`.
+    func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool
+
+    /// Checkpoints and releases the lease without hibernating: any replica may claim it at once.
+    func release(_ checkpoint: Checkpoint, lease: Lease) async throws
+
+    /// Appends an external event durably (committed before this returns) and wakes the owner.
+    /// - Throws: `.handlerNotFound`, `.handlerFinished`.
+    func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt
+
+    /// The inbox events not yet consumed, oldest first.
+    func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent]
+
+    /// Cancels a handler wherever it lives: raises the token (so the owner's next write fails),
+    /// logs a `WorkflowCancelledEvent` and marks it cancelled.
+    func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome
+
+    /// Deletes a handler with its inbox and log. Returns false when there was none.
+    func delete(_ handlerID: HandlerID) async throws -> Bool
+
+    func handler(_ handlerID: HandlerID) async throws -> HandlerRecord?
+    func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord]
+
+    /// Logged events after `sequence`, in order, at most `limit`.
+    func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord]
+
+    func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord]
+    func counts() async throws -> HandlerCounts
+}

@@ -1,0 +1,246 @@
+import Foundation
+import LeaseholdEngine
+
+/// The store of a single process: everything in memory, leases trivially exclusive.
+///
+/// It is the embedded default (`leasehold serve` without `--database-url`), not a test double:
+/// it keeps the full store contract, fencing included, and passes the same conformance suite.
+public actor InMemoryStore: HandlerStore {
+    private struct Entry {
+        var record: HandlerRecord
+        var state: HandlerState
+        var inbox: [(event: InboxEvent, consumed: Bool)]
+        var log: [LogRecord]
+    }
+
+    private struct Replica {
+        var address: String
+        var startedAt: Date
+        var heartbeatAt: Date
+    }
+
+    public nonisolated let signals = StoreSignals()
+    private var entries: [HandlerID: Entry] = [:]
+    private var replicaTable: [ReplicaID: Replica] = [:]
+    private let now: @Sendable () -> Date
+
+    public init(now: @escaping @Sendable () -> Date = { Date() }) {
+        self.now = now
+    }
+
+    private func expiry(_ ttl: Duration) -> Date {
+        now().addingTimeInterval(Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18)
+    }
+
+    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken] {
+        let time = now()
+        replicaTable[replica, default: Replica(address: address, startedAt: time, heartbeatAt: time)].heartbeatAt = time
+        replicaTable[replica]?.address = address
+        var held: [HandlerID: FencingToken] = [:]
+        let expires = expiry(ttl)
+        for (id, entry) in entries where entry.record.owner == replica && entry.record.status == .running {
+            guard let current = entry.record.leaseExpiresAt, current > time else { continue }
+            entries[id]?.record.leaseExpiresAt = expires
+            held[id] = entry.record.fencingToken
+        }
+        return held
+    }
+
+    public func deregister(_ replica: ReplicaID) async throws {
+        replicaTable[replica] = nil
+    }
+
+    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> Lease {
+        guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
+        let time = now()
+        let record = HandlerRecord(
+            id: handler.id, workflowName: handler.workflowName, runID: handler.runID, status: .running, error: nil,
+            result: nil, startedAt: time, updatedAt: time, completedAt: nil, owner: owner,
+            leaseExpiresAt: expiry(ttl), fencingToken: FencingToken(1), hibernated: false, lastSequence: -1,
+            wakeAt: nil)
+        entries[handler.id] = Entry(
+            record: record, state: HandlerState(workflowName: handler.workflowName),
+            inbox: [(handler.startEvent, false)], log: [])
+        return Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1))
+    }
+
+    private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
+        guard record.status == .running else { return false }
+        if record.owner != nil { return (record.leaseExpiresAt ?? .distantPast) <= time }
+        if !record.hibernated || pendingInbox { return true }
+        if let wakeAt = record.wakeAt, wakeAt <= time { return true }
+        return false
+    }
+
+    public func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
+        let time = now()
+        let candidates: [HandlerID] = only.map { [$0] } ?? Array(entries.keys)
+        var claimed: [ClaimedHandler] = []
+        for id in candidates where claimed.count < limit {
+            guard var entry = entries[id],
+                isClaimable(entry.record, pendingInbox: entry.inbox.contains { !$0.consumed }, at: time)
+            else { continue }
+            entry.record.owner = replica
+            entry.record.leaseExpiresAt = expiry(ttl)
+            entry.record.fencingToken = FencingToken(entry.record.fencingToken.rawValue + 1)
+            entry.record.hibernated = false
+            entry.record.wakeAt = nil
+            entries[id] = entry
+            claimed.append(ClaimedHandler(
+                record: entry.record,
+                lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken), state: entry.state))
+        }
+        return claimed
+    }
+
+    private func fencedEntry(_ lease: Lease) throws -> Entry {
+        guard let entry = entries[lease.handlerID], entry.record.fencingToken == lease.token,
+            entry.record.owner == lease.replicaID, (entry.record.leaseExpiresAt ?? .distantPast) > now()
+        else { throw StoreError.leaseLost(lease.handlerID) }
+        return entry
+    }
+
+    private func apply(_ checkpoint: Checkpoint, to entry: inout Entry) throws {
+        let id = entry.record.id
+        if let first = checkpoint.log.first, first.sequence != Int64(entry.log.count) {
+            throw StoreError.sequenceConflict(id, first.sequence)
+        }
+        let time = now()
+        entry.state = checkpoint.state
+        entry.log.append(contentsOf: checkpoint.log)
+        let consumed = Set(checkpoint.consumedInbox)
+        for index in entry.inbox.indices where consumed.contains(entry.inbox[index].event.id) {
+            entry.inbox[index].consumed = true
+        }
+        entry.record.status = checkpoint.state.status
+        entry.record.error = checkpoint.state.error
+        entry.record.lastSequence = Int64(entry.log.count) - 1
+        entry.record.updatedAt = time
+        if checkpoint.state.status.isFinished {
+            entry.record.result = entry.log.last(where: \.isTerminal)
+            entry.record.completedAt = time
+            entry.record.owner = nil
+            entry.record.leaseExpiresAt = nil
+        }
+    }
+
+    private func finishWrite(_ id: HandlerID, _ checkpoint: Checkpoint) {
+        if !checkpoint.log.isEmpty { signals.logChanged(id.rawValue) }
+    }
+
+    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+        var entry = try fencedEntry(lease)
+        try apply(checkpoint, to: &entry)
+        entries[lease.handlerID] = entry
+        finishWrite(lease.handlerID, checkpoint)
+    }
+
+    public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
+        var entry = try fencedEntry(lease)
+        if entry.inbox.contains(where: { !$0.consumed && !checkpoint.consumedInbox.contains($0.event.id) }) {
+            return false
+        }
+        try apply(checkpoint, to: &entry)
+        if entry.record.status == .running {
+            entry.record.owner = nil
+            entry.record.leaseExpiresAt = nil
+            entry.record.hibernated = true
+            entry.record.wakeAt = wakeAt
+        }
+        entries[lease.handlerID] = entry
+        finishWrite(lease.handlerID, checkpoint)
+        return true
+    }
+
+    public func release(_ checkpoint: Checkpoint, lease: Lease) async throws {
+        var entry = try fencedEntry(lease)
+        try apply(checkpoint, to: &entry)
+        entry.record.owner = nil
+        entry.record.leaseExpiresAt = nil
+        entries[lease.handlerID] = entry
+        finishWrite(lease.handlerID, checkpoint)
+    }
+
+    public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
+        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
+        guard entry.record.status == .running else { throw StoreError.handlerFinished(handlerID) }
+        let inserted = !entry.inbox.contains { $0.event.id == event.id }
+        if inserted {
+            entry.inbox.append((event, false))
+            entries[handlerID] = entry
+        }
+        signals.inboxChanged(handlerID.rawValue)
+        return InboxReceipt(owner: entry.record.owner, hibernated: entry.record.hibernated, inserted: inserted)
+    }
+
+    public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
+        entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
+    }
+
+    public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
+        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
+        guard entry.record.status == .running else { return .alreadyFinished(entry.record) }
+        let time = now()
+        let terminal = LogRecord.cancelled(sequence: Int64(entry.log.count))
+        entry.log.append(terminal)
+        entry.record.status = .cancelled
+        entry.record.result = terminal
+        entry.record.lastSequence = terminal.sequence
+        entry.record.fencingToken = FencingToken(entry.record.fencingToken.rawValue + 1)
+        entry.record.owner = nil
+        entry.record.leaseExpiresAt = nil
+        entry.record.hibernated = false
+        entry.record.updatedAt = time
+        entry.record.completedAt = time
+        entries[handlerID] = entry
+        signals.logChanged(handlerID.rawValue)
+        signals.inboxChanged(handlerID.rawValue)
+        return .cancelled(entry.record)
+    }
+
+    public func delete(_ handlerID: HandlerID) async throws -> Bool {
+        guard entries.removeValue(forKey: handlerID) != nil else { return false }
+        signals.logChanged(handlerID.rawValue)
+        signals.inboxChanged(handlerID.rawValue)
+        return true
+    }
+
+    public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
+        entries[handlerID]?.record
+    }
+
+    public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
+        entries.values.map(\.record).filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
+    }
+
+    public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
+        guard let log = entries[handlerID]?.log else { return [] }
+        let start = Int(max(0, sequence + 1))
+        guard start < log.count else { return [] }
+        return Array(log[start..<min(log.count, start + limit)])
+    }
+
+    public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
+        let time = now()
+        let window = Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18
+        return replicaTable.map { id, replica in
+            ReplicaRecord(
+                id: id, address: replica.address, startedAt: replica.startedAt, heartbeatAt: replica.heartbeatAt,
+                handlersOwned: entries.values.filter { $0.record.owner == id }.count,
+                alive: time.timeIntervalSince(replica.heartbeatAt) <= window)
+        }.sorted { $0.id.rawValue < $1.id.rawValue }
+    }
+
+    public func counts() async throws -> HandlerCounts {
+        var counts = HandlerCounts()
+        for entry in entries.values {
+            switch entry.record.status {
+            case .running: if entry.record.hibernated { counts.hibernated += 1 } else { counts.running += 1 }
+            case .completed: counts.completed += 1
+            case .failed: counts.failed += 1
+            case .cancelled: counts.cancelled += 1
+            }
+        }
+        return counts
+    }
+}

@@ -1,0 +1,165 @@
+import Foundation
+import LeaseholdEngine
+
+/// A handler as the store keeps it (without its snapshot).
+public struct HandlerRecord: Sendable, Hashable, Codable {
+    public var id: HandlerID
+    public var workflowName: String
+    public var runID: String
+    public var status: HandlerStatus
+    public var error: String?
+    /// The terminal event once finished.
+    public var result: LogRecord?
+    public var startedAt: Date
+    public var updatedAt: Date
+    public var completedAt: Date?
+    public var owner: ReplicaID?
+    public var leaseExpiresAt: Date?
+    public var fencingToken: FencingToken
+    public var hibernated: Bool
+    /// The highest logged sequence; -1 when nothing is logged yet.
+    public var lastSequence: Int64
+    /// When a hibernated handler's next durable timer is due.
+    public var wakeAt: Date?
+
+    public init(
+        id: HandlerID, workflowName: String, runID: String, status: HandlerStatus, error: String?,
+        result: LogRecord?, startedAt: Date, updatedAt: Date, completedAt: Date?, owner: ReplicaID?,
+        leaseExpiresAt: Date?, fencingToken: FencingToken, hibernated: Bool, lastSequence: Int64, wakeAt: Date?
+    ) {
+        self.id = id
+        self.workflowName = workflowName
+        self.runID = runID
+        self.status = status
+        self.error = error
+        self.result = result
+        self.startedAt = startedAt
+        self.updatedAt = updatedAt
+        self.completedAt = completedAt
+        self.owner = owner
+        self.leaseExpiresAt = leaseExpiresAt
+        self.fencingToken = fencingToken
+        self.hibernated = hibernated
+        self.lastSequence = lastSequence
+        self.wakeAt = wakeAt
+    }
+}
+
+/// A handler to create: it starts owned by its creator, with its start event in its inbox.
+public struct NewHandler: Sendable, Hashable {
+    public var id: HandlerID
+    public var workflowName: String
+    public var runID: String
+    public var startEvent: InboxEvent
+
+    public init(id: HandlerID, workflowName: String, runID: String, startEvent: InboxEvent) {
+        self.id = id
+        self.workflowName = workflowName
+        self.runID = runID
+        self.startEvent = startEvent
+    }
+}
+
+/// An external event, durable in a handler's inbox until a checkpoint consumes it.
+public struct InboxEvent: Sendable, Hashable, Codable {
+    /// Unique per handler; appending the same id twice is a no-op (retries are safe).
+    public var id: String
+    public var event: AnyEvent
+
+    public init(id: String, event: AnyEvent) {
+        self.id = id
+        self.event = event
+    }
+
+    /// The inbox entry that carries a special instruction rather than a workflow event.
+    public static let startType = "StartEvent"
+}
+
+/// A handler a replica has just claimed, with the state to resume it from.
+public struct ClaimedHandler: Sendable {
+    public var record: HandlerRecord
+    public var lease: Lease
+    public var state: HandlerState
+
+    public init(record: HandlerRecord, lease: Lease, state: HandlerState) {
+        self.record = record
+        self.lease = lease
+        self.state = state
+    }
+}
+
+/// What happened to an appended inbox event.
+public struct InboxReceipt: Sendable, Hashable {
+    /// The owner when the event was appended; nil when nobody holds the handler (hibernated or orphaned).
+    public var owner: ReplicaID?
+    public var hibernated: Bool
+    /// False when an event with the same id was already there.
+    public var inserted: Bool
+
+    public init(owner: ReplicaID?, hibernated: Bool, inserted: Bool) {
+        self.owner = owner
+        self.hibernated = hibernated
+        self.inserted = inserted
+    }
+}
+
+/// A replica as registered in the store.
+public struct ReplicaRecord: Sendable, Hashable, Codable {
+    public var id: ReplicaID
+    public var address: String
+    public var startedAt: Date
+    public var heartbeatAt: Date
+    public var handlersOwned: Int
+    public var alive: Bool
+
+    public init(id: ReplicaID, address: String, startedAt: Date, heartbeatAt: Date, handlersOwned: Int, alive: Bool) {
+        self.id = id
+        self.address = address
+        self.startedAt = startedAt
+        self.heartbeatAt = heartbeatAt
+        self.handlersOwned = handlersOwned
+        self.alive = alive
+    }
+}
+
+/// Filters for listing handlers; an empty list means no filter.
+public struct HandlerFilter: Sendable, Hashable {
+    public var statuses: [HandlerStatus]
+    public var workflows: [String]
+
+    public init(statuses: [HandlerStatus] = [], workflows: [String] = []) {
+        self.statuses = statuses
+        self.workflows = workflows
+    }
+
+    public func matches(_ record: HandlerRecord) -> Bool {
+        (statuses.isEmpty || statuses.contains(record.status))
+            && (workflows.isEmpty || workflows.contains(record.workflowName))
+    }
+}
+
+/// Handler counts for the cluster view; `running` excludes hibernated handlers.
+public struct HandlerCounts: Sendable, Hashable, Codable {
+    public var running = 0
+    public var hibernated = 0
+    public var completed = 0
+    public var failed = 0
+    public var cancelled = 0
+
+    public init() {}
+}
+
+/// The result of a cancel request.
+public enum CancelOutcome: Sendable, Hashable {
+    case cancelled(HandlerRecord)
+    case alreadyFinished(HandlerRecord)
+}
+
+extension LogRecord {
+    /// The terminal record a cancel writes at `sequence`.
+    public static func cancelled(sequence: Int64) -> LogRecord {
+        LogRecord(
+            sequence: sequence, type: EventType.cancelled.name, value: [:], types: EventType.cancelled.parents,
+            qualifiedName: EventType.cancelled.qualifiedName, isInternal: false, isTerminal: true)
+    }
+}

@@ -1,0 +1,26 @@
+/// Everything a store can refuse or fail with.
+public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The write carried a lease that is no longer current: another replica holds the handler,
+    /// or the lease expired. Nothing was written; the caller must stop the handler.
+    case leaseLost(HandlerID)
+    case handlerNotFound(HandlerID)
+    case handlerExists(HandlerID)
+    case handlerFinished(HandlerID)
+    /// A log append did not continue the sequence (a stale writer raced a newer one).
+    case sequenceConflict(HandlerID, Int64)
+    /// The database cannot be reached or failed; the operation may be retried.
+    case unavailable(String)
+    case corrupt(String)
+
+    public var description: String {
+        switch self {
+        case .leaseLost(let id): return "lease on handler \(id) lost"
+        case .handlerNotFound(let id): return "handler \(id) not found"
+        case .handlerExists(let id): return "handler \(id) already exists"
+        case .handlerFinished(let id): return "handler \(id) is already finished"
+        case .sequenceConflict(let id, let sequence): return "handler \(id): sequence \(sequence) already written"
+        case .unavailable(let reason): return "store unavailable: \(reason)"
+        case .corrupt(let reason): return "store data corrupt: \(reason)"
+        }
+    }
+}

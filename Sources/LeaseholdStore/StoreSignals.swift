@@ -1,0 +1,102 @@
+import Synchronization
+
+/// In-process wake-ups: log readers wait for a handler's log to change; the coordinator hears
+/// about inbox events. Stores call `logChanged`/`inboxChanged` after commit (Postgres: from its
+/// LISTEN connection, so events written by other replicas wake readers here too).
+///
+/// A wake-up may be spurious or lost (a dropped notification); readers therefore re-query and
+/// wait with a timeout, so a lost signal delays but never loses an event.
+public final class StoreSignals: Sendable {
+    private struct Waiter {
+        var id: UInt64
+        var continuation: CheckedContinuation<Void, Never>
+    }
+
+    private struct State {
+        var versions: [String: UInt64] = [:]
+        var waiters: [String: [Waiter]] = [:]
+        var nextWaiterID: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    private let inboxContinuation: AsyncStream<String>.Continuation
+    /// Handler ids whose inbox got an event (or whose lease was taken away). One consumer: the coordinator.
+    public let inboxWakeups: AsyncStream<String>
+
+    public init() {
+        (inboxWakeups, inboxContinuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(4096))
+    }
+
+    /// The current version of a handler's log; pass it to `waitForLogChange`.
+    public func logVersion(_ handlerID: String) -> UInt64 {
+        state.withLock { $0.versions[handlerID] ?? 0 }
+    }
+
+    public func logChanged(_ handlerID: String) {
+        let woken = state.withLock { state -> [Waiter] in
+            state.versions[handlerID, default: 0] &+= 1
+            return state.waiters.removeValue(forKey: handlerID) ?? []
+        }
+        for waiter in woken { waiter.continuation.resume() }
+    }
+
+    /// Wakes every log reader (after a reconnect, when notifications may have been missed).
+    public func allLogsChanged() {
+        let woken = state.withLock { state -> [Waiter] in
+            for key in state.versions.keys { state.versions[key]! &+= 1 }
+            let all = state.waiters.values.flatMap { $0 }
+            state.waiters = [:]
+            return all
+        }
+        for waiter in woken { waiter.continuation.resume() }
+    }
+
+    public func inboxChanged(_ handlerID: String) {
+        inboxContinuation.yield(handlerID)
+    }
+
+    /// Returns when the log version differs from `version`, after `timeout`, or on cancellation.
+    public func waitForLogChange(_ handlerID: String, since version: UInt64, timeout: Duration) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.waitUntilChanged(handlerID, since: version) }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func waitUntilChanged(_ handlerID: String, since version: UInt64) async {
+        let waiterID = state.withLock { state -> UInt64 in
+            state.nextWaiterID += 1
+            return state.nextWaiterID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if Task.isCancelled || (state.versions[handlerID] ?? 0) != version { return true }
+                    state.waiters[handlerID, default: []].append(Waiter(id: waiterID, continuation: continuation))
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let cancelled = state.withLock { state -> Waiter? in
+                guard var list = state.waiters[handlerID],
+                    let index = list.firstIndex(where: { $0.id == waiterID })
+                else { return nil }
+                let waiter = list.remove(at: index)
+                state.waiters[handlerID] = list.isEmpty ? nil : list
+                return waiter
+            }
+            cancelled?.continuation.resume()
+        }
+    }
+
+    /// How many log readers wait right now (a gauge for metrics and tests).
+    public var waitingReaders: Int { state.withLock { $0.waiters.values.reduce(0) { $0 + $1.count } } }
+
+    /// Forgets a finished handler's version counter.
+    public func forget(_ handlerID: String) {
+        state.withLock { _ = $0.versions.removeValue(forKey: handlerID) }
+    }
+}
