@@ -38,8 +38,9 @@ public protocol HandlerStore: Sendable {
     /// - Throws: `StoreError.leaseLost`.
     func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool
 
-    /// Checkpoints and releases the lease without hibernating: any replica may claim it at once.
-    func release(_ checkpoint: Checkpoint, lease: Lease) async throws
+    /// Checkpoints (when given one) and releases the lease without hibernating: any replica may
+    /// claim it at once.
+    func release(_ checkpoint: Checkpoint?, lease: Lease) async throws
 
     /// Appends an external event durably (committed before this returns) and wakes the owner.
     /// - Throws: `.handlerNotFound`, `.handlerFinished`.

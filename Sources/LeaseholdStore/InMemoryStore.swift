@@ -152,13 +152,13 @@ public actor InMemoryStore: HandlerStore {
         return true
     }
 
-    public func release(_ checkpoint: Checkpoint, lease: Lease) async throws {
+    public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         var entry = try fencedEntry(lease)
-        try apply(checkpoint, to: &entry)
+        if let checkpoint { try apply(checkpoint, to: &entry) }
         entry.record.owner = nil
         entry.record.leaseExpiresAt = nil
         entries[lease.handlerID] = entry
-        finishWrite(lease.handlerID, checkpoint)
+        if let checkpoint { finishWrite(lease.handlerID, checkpoint) }
     }
 
     public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {

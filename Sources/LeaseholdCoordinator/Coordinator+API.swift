@@ -1,0 +1,78 @@
+import Foundation
+import LeaseholdEngine
+import CoreMetrics
+import LeaseholdRuntime
+import LeaseholdStore
+import Synchronization
+
+extension Coordinator {
+    /// Creates a handler owned by this replica and starts it.
+    /// - Parameters:
+    ///   - handlerID: the client's id, or nil for a random one.
+    /// - Throws: `EngineError` for an unknown workflow or a bad start event,
+    ///   `CoordinatorError.handlerRunning` when the id exists, `.shuttingDown`.
+    public func start(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
+        let workflow = try registry.workflow(name)
+        try workflow.validateStart(startEvent)
+        if let handlerID, !HandlerID.isValid(handlerID) { throw CoordinatorError.invalidHandlerID(handlerID) }
+        guard state.withLock({ !$0.shuttingDown }) else { throw CoordinatorError.shuttingDown }
+        let id = handlerID.map { HandlerID($0) } ?? HandlerID.random()
+        let new = NewHandler(
+            id: id, workflowName: name, runID: UUID().uuidString.lowercased(),
+            startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
+        let lease: Lease
+        do {
+            lease = try await store.create(new, owner: replicaID, ttl: configuration.leaseTTL)
+        } catch StoreError.handlerExists {
+            throw CoordinatorError.handlerRunning(id)
+        }
+        metrics.handlersStarted.increment()
+        guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+        await launch(
+            ClaimedHandler(record: record, lease: lease, state: HandlerState(workflowName: name)), reason: "created")
+        return record
+    }
+
+    /// Sends an external event: durable in the inbox before this returns, then applied by whichever
+    /// replica runs the handler (this one, after a reload, when it was hibernated).
+    /// - Throws: `StoreError.handlerNotFound`, `.handlerFinished`; `EngineError` for a bad event.
+    public func send(_ event: AnyEvent, to id: HandlerID, eventID: String = UUID().uuidString) async throws {
+        guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+        guard record.status == .running else { throw StoreError.handlerFinished(id) }
+        try registry.workflow(record.workflowName).validateExternal(event)
+        let receipt = try await store.appendInbox(id, InboxEvent(id: eventID, event: event))
+        metrics.inboxEvents.increment()
+        if let handler = state.withLock({ $0.live[id] }) {
+            handler.runtime.deliver([Delivery(inboxID: eventID, event: event)])
+        } else if receipt.owner == nil {
+            try await reload(id)
+        }
+    }
+
+    /// Cancels a handler wherever it runs (or sleeps); with `purge` also deletes it.
+    /// - Returns: false when there is no such handler.
+    public func cancel(_ id: HandlerID, purge: Bool) async throws -> Bool {
+        let outcome: CancelOutcome
+        do {
+            outcome = try await store.cancel(id)
+        } catch StoreError.handlerNotFound {
+            return false
+        }
+        if case .cancelled = outcome, let handler = state.withLock({ $0.live[id] }) {
+            handler.stop(.leaseLost)
+        }
+        if purge { _ = try await store.delete(id) }
+        return true
+    }
+
+    /// Waits until the handler finishes, reading the store (works for handlers on any replica).
+    public func awaitCompletion(_ id: HandlerID) async throws -> HandlerRecord {
+        while true {
+            let version = store.signals.logVersion(id.rawValue)
+            guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+            if record.status.isFinished { return record }
+            try Task.checkCancellation()
+            await store.signals.waitForLogChange(id.rawValue, since: version, timeout: .seconds(1))
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import LeaseholdStore
+
+/// How a replica's coordinator behaves.
+public struct CoordinatorConfiguration: Sendable {
+    public var replicaID: ReplicaID
+    /// How other replicas and operators reach this replica (shown in the cluster view).
+    public var address: String
+    /// How long a lease lasts without renewal. Renewed every `leaseTTL / 3`.
+    public var leaseTTL: Duration
+    /// Idle time after which a waiting handler is hibernated; nil disables hibernation.
+    public var idleTimeout: Duration?
+    /// How often the claim loop looks for orphaned and due handlers.
+    public var claimInterval: Duration
+    public var claimBatch: Int
+    public var maxConcurrentSteps: Int
+    /// Test-only: with false the replica never stops its handlers on its own, so that tests can
+    /// show the fencing token alone keeps a stale replica out.
+    public var selfFencing: Bool
+
+    public init(
+        replicaID: ReplicaID,
+        address: String,
+        leaseTTL: Duration = .seconds(5),
+        idleTimeout: Duration? = .seconds(60),
+        claimInterval: Duration? = nil,
+        claimBatch: Int = 100,
+        maxConcurrentSteps: Int = 16,
+        selfFencing: Bool = true
+    ) {
+        self.replicaID = replicaID
+        self.address = address
+        self.leaseTTL = leaseTTL
+        self.idleTimeout = idleTimeout
+        self.claimInterval = claimInterval ?? min(leaseTTL / 10, .milliseconds(250))
+        self.claimBatch = claimBatch
+        self.maxConcurrentSteps = maxConcurrentSteps
+        self.selfFencing = selfFencing
+    }
+
+    /// Renewal period: three tries per TTL.
+    public var heartbeatInterval: Duration { leaseTTL / 3 }
+
+    /// A replica stops its handlers itself when it has not renewed for this long (TTL minus a
+    /// margin for clock-rate differences and the statement's own latency).
+    public var selfFenceAfter: Duration { leaseTTL - max(leaseTTL / 5, .milliseconds(200)) }
+}

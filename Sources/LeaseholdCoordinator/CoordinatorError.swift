@@ -1,0 +1,16 @@
+import LeaseholdStore
+
+/// What the coordinator refuses.
+public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible {
+    case shuttingDown
+    case handlerRunning(HandlerID)
+    case invalidHandlerID(String)
+
+    public var description: String {
+        switch self {
+        case .shuttingDown: return "this replica is shutting down"
+        case .handlerRunning(let id): return "handler \(id) already exists and is running"
+        case .invalidHandlerID(let id): return "handler_id '\(id)' must be 1-128 URL-safe characters"
+        }
+    }
+}

@@ -1,0 +1,22 @@
+import CoreMetrics
+import Metrics
+
+/// The coordinator's metrics (Prometheus names; no per-handler labels).
+struct CoordinatorMetrics: Sendable {
+    let leasesHeld = Gauge(label: "leasehold_leases_held")
+    let claims = Counter(label: "leasehold_claims_total")
+    let failovers = Counter(label: "leasehold_failovers_total")
+    let renewLatency = Timer(label: "leasehold_renew_duration_seconds")
+    let renewFailures = Counter(label: "leasehold_renew_failures_total")
+    let selfFences = Counter(label: "leasehold_self_fences_total")
+    let fencedWrites = Counter(label: "leasehold_fenced_writes_rejected_total")
+    let hibernations = Counter(label: "leasehold_hibernations_total")
+    let reloads = Counter(label: "leasehold_reloads_total")
+    let reloadLatency = Timer(label: "leasehold_reload_duration_seconds")
+    let handlersStarted = Counter(label: "leasehold_handlers_started_total")
+    let handlersFinished = Counter(label: "leasehold_handlers_finished_total")
+    let eventsAppended = Counter(label: "leasehold_events_appended_total")
+    let inboxEvents = Counter(label: "leasehold_inbox_events_total")
+    let checkpoints = Counter(label: "leasehold_checkpoints_total")
+    let handoffs = Counter(label: "leasehold_handoffs_total")
+}

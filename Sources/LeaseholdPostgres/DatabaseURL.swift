@@ -1,0 +1,49 @@
+import Foundation
+import PostgresNIO
+
+/// A parsed `postgres://user:password@host:port/database` URL. Its description never shows the password.
+public struct DatabaseURL: Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String
+    public var requireTLS: Bool
+
+    /// - Throws: `DatabaseURLError` saying what is wrong (without the password).
+    public init(_ text: String) throws {
+        guard let components = URLComponents(string: text), let scheme = components.scheme,
+            ["postgres", "postgresql"].contains(scheme)
+        else {
+            throw DatabaseURLError(message: "database URL must look like postgres://user:password@host:port/database")
+        }
+        guard let host = components.host, !host.isEmpty else {
+            throw DatabaseURLError(message: "database URL has no host")
+        }
+        self.host = host
+        self.port = components.port ?? 5432
+        self.username = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
+        self.password = components.password.flatMap { $0.removingPercentEncoding }
+        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        self.database = path.isEmpty ? username : path
+        let sslmode = components.queryItems?.first { $0.name == "sslmode" }?.value
+        self.requireTLS = sslmode == "require" || sslmode == "verify-full"
+    }
+
+    public var description: String { "postgres://\(username)@\(host):\(port)/\(database)" }
+
+    public func clientConfiguration() -> PostgresClient.Configuration {
+        var configuration = PostgresClient.Configuration(
+            host: host, port: port, username: username, password: password, database: database,
+            tls: requireTLS ? .require(.makeClientConfiguration()) : .disable)
+        configuration.options.connectTimeout = .seconds(3)
+        configuration.options.maximumConnections = 16
+        configuration.options.keepAliveBehavior = .init(frequency: .seconds(5))
+        return configuration
+    }
+}
+
+public struct DatabaseURLError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { message }
+}

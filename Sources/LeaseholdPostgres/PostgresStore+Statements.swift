@@ -1,0 +1,228 @@
+import Foundation
+import PostgresNIO
+
+/// Every SQL statement of the Postgres store, one function each. Values are always bound.
+extension PostgresStore {
+    enum Statements {
+
+        static func heartbeat(replica: String, address: String, ttlSeconds: Double) -> PostgresQuery {
+            """
+            WITH registered AS (
+                INSERT INTO replicas (id, address) VALUES (\(replica), \(address))
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address
+                RETURNING id)
+            UPDATE handlers SET lease_expires_at = now() + make_interval(secs => \(ttlSeconds))
+            WHERE owner_replica = \(replica) AND status = 'running' AND lease_expires_at > now()
+                AND EXISTS (SELECT 1 FROM registered)
+            RETURNING id, fencing_token
+            """
+        }
+
+        static func deregister(replica: String) -> PostgresQuery {
+            "DELETE FROM replicas WHERE id = \(replica)"
+        }
+
+        static func create(
+            id: String, workflow: String, runID: String, owner: String, ttlSeconds: Double, eventID: String,
+            event: String
+        ) -> PostgresQuery {
+            """
+            WITH created AS (
+                INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
+                VALUES (\(id), \(workflow), \(runID), \(owner), now() + make_interval(secs => \(ttlSeconds)), 1)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id)
+            INSERT INTO inbox (handler_id, event_id, event)
+            SELECT created.id, \(eventID), \(event)::jsonb FROM created
+            RETURNING handler_id
+            """
+        }
+
+        static let claimableRow = """
+            (h.owner_replica IS NOT NULL AND h.lease_expires_at <= now())
+            OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
+                OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed)))
+            """
+
+        static let returningClaimed = """
+            RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+                h.wake_at, h.snapshot
+            """
+
+        /// Claims up to `limit` claimable handlers. The candidate ids come from small partial
+        /// indexes (expired leases, released handlers, due timers, pending inbox rows), so the
+        /// cost does not grow with the number of hibernated handlers.
+        static func claim(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
+            """
+            WITH candidates AS (
+                SELECT h.id FROM handlers h
+                WHERE h.id IN (
+                    SELECT id FROM handlers
+                        WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
+                    UNION ALL SELECT id FROM handlers
+                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false
+                    UNION ALL SELECT id FROM handlers
+                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
+                    UNION ALL SELECT handler_id FROM inbox WHERE NOT consumed)
+                AND h.status = 'running' AND (\(unescaped: claimableRow))
+                LIMIT \(limit)
+                FOR UPDATE OF h SKIP LOCKED)
+            UPDATE handlers h SET owner_replica = \(replica),
+                lease_expires_at = now() + make_interval(secs => \(ttlSeconds)),
+                fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
+            FROM candidates c WHERE h.id = c.id
+            \(unescaped: returningClaimed)
+            """
+        }
+
+        static func claimOne(replica: String, ttlSeconds: Double, id: String) -> PostgresQuery {
+            """
+            WITH candidates AS (
+                SELECT h.id FROM handlers h
+                WHERE h.id = \(id) AND h.status = 'running' AND (\(unescaped: claimableRow))
+                FOR UPDATE OF h SKIP LOCKED)
+            UPDATE handlers h SET owner_replica = \(replica),
+                lease_expires_at = now() + make_interval(secs => \(ttlSeconds)),
+                fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
+            FROM candidates c WHERE h.id = c.id
+            \(unescaped: returningClaimed)
+            """
+        }
+
+        /// One fenced statement: the handler row update is conditional on the lease; the log insert
+        /// and inbox consumption join on its result, so a stale lease writes nothing at all.
+        static func checkpoint(
+            id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
+            result: String?, lastSequence: Int64, sequences: [Int64], records: [String], consumed: [String]
+        ) throws -> PostgresQuery {
+            try """
+            WITH h AS (
+                UPDATE handlers SET snapshot = \(snapshot), status = \(status), error = \(error),
+                    result = \(result)::jsonb, last_sequence = \(lastSequence), updated_at = now(),
+                    completed_at = CASE WHEN \(status) = 'running' THEN NULL ELSE now() END,
+                    owner_replica = CASE WHEN \(status) = 'running' THEN owner_replica ELSE NULL END,
+                    lease_expires_at = CASE WHEN \(status) = 'running' THEN lease_expires_at ELSE NULL END
+                WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica)
+                    AND lease_expires_at > now()
+                RETURNING id),
+            logged AS (
+                INSERT INTO event_log (handler_id, sequence, record)
+                SELECT h.id, s.seq, s.rec::jsonb FROM h, unnest(\(sequences)::bigint[], \(records)::text[]) AS s(seq, rec)
+                RETURNING 1),
+            consumed AS (
+                UPDATE inbox SET consumed = true FROM h
+                WHERE inbox.handler_id = h.id AND inbox.event_id = ANY(\(consumed)::text[])
+                RETURNING 1),
+            notified AS (
+                SELECT pg_notify('leasehold', 'l:' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0)
+            SELECT h.id, (SELECT count(*) FROM logged), (SELECT count(*) FROM consumed), (SELECT count(*) FROM notified)
+            FROM h
+            """
+        }
+
+        static func lockForHibernate(id: String) -> PostgresQuery {
+            "SELECT fencing_token FROM handlers WHERE id = \(id) FOR UPDATE"
+        }
+
+        static func pendingInboxCount(id: String, excluding: [String]) -> PostgresQuery {
+            """
+            SELECT count(*) FROM inbox
+            WHERE handler_id = \(id) AND NOT consumed AND NOT (event_id = ANY(\(excluding)::text[]))
+            """
+        }
+
+        static func releaseLease(id: String, token: Int64, replica: String, hibernate: Bool, wakeAt: Date?) -> PostgresQuery {
+            """
+            UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL,
+                hibernated = (\(hibernate) AND status = 'running'), wake_at = \(wakeAt), updated_at = now()
+            WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
+            RETURNING id
+            """
+        }
+
+        static func lockForInbox(id: String) -> PostgresQuery {
+            "SELECT status, owner_replica, hibernated FROM handlers WHERE id = \(id) FOR SHARE"
+        }
+
+        static func insertInbox(id: String, eventID: String, event: String) -> PostgresQuery {
+            """
+            INSERT INTO inbox (handler_id, event_id, event) VALUES (\(id), \(eventID), \(event)::jsonb)
+            ON CONFLICT (handler_id, event_id) DO NOTHING
+            RETURNING event_id
+            """
+        }
+
+        static func notify(_ payload: String) -> PostgresQuery {
+            "SELECT pg_notify('leasehold', \(payload))"
+        }
+
+        static func pendingInbox(id: String) -> PostgresQuery {
+            "SELECT event_id, event::text FROM inbox WHERE handler_id = \(id) AND NOT consumed ORDER BY seq"
+        }
+
+        static func lockForCancel(id: String) -> PostgresQuery {
+            "SELECT status, last_sequence FROM handlers WHERE id = \(id) FOR UPDATE"
+        }
+
+        static func appendLog(id: String, sequence: Int64, record: String) -> PostgresQuery {
+            "INSERT INTO event_log (handler_id, sequence, record) VALUES (\(id), \(sequence), \(record)::jsonb)"
+        }
+
+        static func markCancelled(id: String, sequence: Int64, result: String) -> PostgresQuery {
+            """
+            UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
+                fencing_token = fencing_token + 1, owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
+                wake_at = NULL, updated_at = now(), completed_at = now()
+            WHERE id = \(id)
+            """
+        }
+
+        static func delete(id: String) -> PostgresQuery {
+            "DELETE FROM handlers WHERE id = \(id) RETURNING id"
+        }
+
+        static func handler(id: String) -> PostgresQuery {
+            """
+            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+                h.wake_at
+            FROM handlers h WHERE h.id = \(id)
+            """
+        }
+
+        static func handlers(statuses: [String], workflows: [String], limit: Int) -> PostgresQuery {
+            """
+            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+                h.wake_at
+            FROM handlers h
+            WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
+                AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))
+            ORDER BY h.started_at, h.id
+            LIMIT \(limit)
+            """
+        }
+
+        static func events(id: String, after: Int64, limit: Int) -> PostgresQuery {
+            """
+            SELECT record::text FROM event_log
+            WHERE handler_id = \(id) AND sequence > \(after)
+            ORDER BY sequence LIMIT \(limit)
+            """
+        }
+
+        static func replicas(ttlSeconds: Double) -> PostgresQuery {
+            """
+            SELECT r.id, r.address, r.started_at, r.heartbeat_at,
+                (SELECT count(*) FROM handlers h WHERE h.owner_replica = r.id),
+                r.heartbeat_at > now() - make_interval(secs => \(ttlSeconds))
+            FROM replicas r ORDER BY r.id
+            """
+        }
+
+        static func counts() -> PostgresQuery {
+            "SELECT status, hibernated, count(*) FROM handlers GROUP BY status, hibernated"
+        }
+    }
+}

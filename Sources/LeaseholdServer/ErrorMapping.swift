@@ -1,0 +1,59 @@
+import HTTPTypes
+import Hummingbird
+import LeaseholdCoordinator
+import LeaseholdEngine
+import LeaseholdStore
+
+/// A caller's mistake (or the server's own failure) as the wire sees it: a status and a
+/// `{"detail": "..."}` body.
+public struct APIError: Error, HTTPResponseError, Sendable {
+    public var status: HTTPResponse.Status
+    public var detail: String
+    public var headers: HTTPFields
+
+    public init(_ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var response = WireFormat.json(["detail": .string(detail)], status: status)
+        for field in headers { response.headers.append(field) }
+        return response
+    }
+}
+
+/// The one place that maps module errors to HTTP statuses.
+enum ErrorMapping {
+    static func apiError(_ error: any Error) -> APIError {
+        switch error {
+        case let error as APIError:
+            return error
+        case let error as EngineError:
+            switch error {
+            case .unknownWorkflow: return APIError(.notFound, error.description)
+            case .invalidJSON, .unknownEventType, .invalidEvent: return APIError(.badRequest, error.description)
+            case .invalidWorkflow, .duplicateWorkflow: return APIError(.internalServerError, error.description)
+            }
+        case let error as StoreError:
+            switch error {
+            case .handlerNotFound: return APIError(.notFound, "Handler not found")
+            case .handlerExists: return APIError(.conflict, error.description)
+            case .handlerFinished: return APIError(.conflict, "Workflow already completed")
+            case .unavailable: return APIError(.serviceUnavailable, "database unavailable, retry", headers: [.retryAfter: "1"])
+            case .leaseLost, .sequenceConflict, .corrupt: return APIError(.internalServerError, error.description)
+            }
+        case let error as CoordinatorError:
+            switch error {
+            case .shuttingDown: return APIError(.serviceUnavailable, error.description, headers: [.retryAfter: "1"])
+            case .handlerRunning: return APIError(.conflict, error.description)
+            case .invalidHandlerID: return APIError(.badRequest, error.description)
+            }
+        case let error as HTTPError:
+            return APIError(error.status, error.body ?? error.status.reasonPhrase)
+        default:
+            return APIError(.internalServerError, "internal error")
+        }
+    }
+}

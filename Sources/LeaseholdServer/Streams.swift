@@ -1,0 +1,127 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import LeaseholdEngine
+import LeaseholdStore
+import ServiceLifecycle
+import Synchronization
+
+extension HTTPField.Name {
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+    static let accelBuffering = HTTPField.Name("X-Accel-Buffering")!
+}
+
+extension LeaseholdAPI {
+    /// `GET /events/{id}`: the handler's events from the durable log, after a cursor, then a tail
+    /// woken by the store's notifications (with a polling fallback). A reader never touches the
+    /// live handler, so it can neither keep it in memory nor slow it down; any replica serves any
+    /// handler, hibernated or not.
+    func stream(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let handlerID = try id(context)
+        let sse = try flag(request, "sse", default: true)
+        let includeInternal = try flag(request, "include_internal", default: false)
+        let qualifiedName = try flag(request, "include_qualified_name", default: true)
+        guard let record = try await store.handler(handlerID) else { throw APIError(.notFound, "Handler not found") }
+        let start = try cursorFrom(request, sse: sse, record: record)
+        if record.status.isFinished && start >= record.lastSequence {
+            return Response(status: .noContent)
+        }
+        guard streams.enter() else {
+            throw APIError(.serviceUnavailable, "too many open streams on this replica", headers: [.retryAfter: "1"])
+        }
+        let headers: HTTPFields = [
+            .contentType: sse ? "text/event-stream" : "application/x-ndjson",
+            .cacheControl: "no-cache",
+            .accelBuffering: "no",
+        ]
+        let store = self.store
+        let configuration = self.configuration
+        let gate = self.streams
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                defer { gate.leave() }
+                // On graceful shutdown the stream ends; the client reconnects elsewhere with Last-Event-ID.
+                let stopping = StopFlag()
+                var cursor = start
+                try await withGracefulShutdownHandler {
+                    try await Self.tail(
+                        handlerID, from: &cursor, store: store, configuration: configuration, sse: sse,
+                        includeInternal: includeInternal, qualifiedName: qualifiedName, stopping: stopping,
+                        writer: &writer)
+                } onGracefulShutdown: {
+                    stopping.set()
+                    store.signals.logChanged(handlerID.rawValue)
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    private func cursorFrom(_ request: Request, sse: Bool, record: HandlerRecord) throws -> Int64 {
+        if sse, let header = request.headers[.lastEventID], let last = Int64(header.trimmingCharacters(in: .whitespaces)),
+            last >= -1
+        {
+            return last
+        }
+        guard let text = request.uri.queryParameters.get("after_sequence"), !text.isEmpty, text != "now" else {
+            return record.lastSequence
+        }
+        guard let value = Int64(text), value >= -1 else {
+            throw APIError(.badRequest, "after_sequence must be 'now', -1 or a sequence number, got '\(text)'")
+        }
+        return value
+    }
+
+    private static func tail(
+        _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration, sse: Bool,
+        includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, writer: inout any ResponseBodyWriter
+    ) async throws {
+        let batch = 500
+        var lastWrite = ContinuousClock.now
+        var lastCheck = ContinuousClock.now
+        let heartbeat = Duration.seconds(configuration.heartbeatSeconds)
+        while !Task.isCancelled, !stopping.isSet {
+            let version = store.signals.logVersion(id.rawValue)
+            let records = try await store.events(id, after: cursor, limit: batch)
+            var out = ""
+            var finished = false
+            for record in records {
+                cursor = record.sequence
+                if record.isInternal && !includeInternal && !record.isTerminal { continue }
+                let line = WireFormat.envelope(record, qualifiedName: qualifiedName).jsonString
+                if sse {
+                    out += "id: \(record.sequence)\ndata: \(line)\n\n"
+                } else {
+                    out += line + "\n"
+                }
+                if record.isTerminal {
+                    finished = true
+                    break
+                }
+            }
+            if !out.isEmpty {
+                try await writer.write(ByteBuffer(string: out))
+                lastWrite = .now
+            }
+            if finished { return }
+            if records.count == batch { continue }
+            if ContinuousClock.now - lastCheck >= heartbeat {
+                lastCheck = .now
+                // A purged handler has no terminal event to wait for.
+                guard try await store.handler(id) != nil else { return }
+            }
+            await store.signals.waitForLogChange(id.rawValue, since: version, timeout: .seconds(configuration.pollSeconds))
+            if sse && ContinuousClock.now - lastWrite >= heartbeat {
+                try await writer.write(ByteBuffer(string: ": heartbeat\n\n"))
+                lastWrite = .now
+            }
+        }
+    }
+}
+
+/// A one-way flag shared between a stream and its graceful-shutdown handler.
+final class StopFlag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
+}

@@ -1,0 +1,197 @@
+import ArgumentParser
+import CoreMetrics
+import Foundation
+import LeaseholdCoordinator
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdSamples
+import LeaseholdServer
+import LeaseholdStore
+import Logging
+import Metrics
+import PostgresNIO
+import Prometheus
+import ServiceLifecycle
+import UnixSignals
+import Synchronization
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a replica: the HTTP API plus the coordinator.",
+        discussion: "Every flag can also be set by its environment variable; the flag wins.")
+
+    @Option(help: "Address to listen on (env LEASEHOLD_HOST; default 127.0.0.1)") var host: String?
+    @Option(help: "Port to listen on (env LEASEHOLD_PORT; default 8080)") var port: String?
+    @OptionGroup var database: DatabaseOptions
+    @Option(name: .customLong("replica-id"), help: "This replica's id (env LEASEHOLD_REPLICA_ID; default hostname-pid)")
+    var replicaID: String?
+    @Option(name: .customLong("advertise-address"), help: "Address shown in the cluster view (env LEASEHOLD_ADVERTISE_ADDRESS)")
+    var advertiseAddress: String?
+    @Option(name: .customLong("lease-ttl"), help: "Lease TTL, e.g. 5s (env LEASEHOLD_LEASE_TTL; default 5s)")
+    var leaseTTL: String?
+    @Option(name: .customLong("idle-timeout"), help: "Hibernate after this idle time; 'off' disables (env LEASEHOLD_IDLE_TIMEOUT; default 60s)")
+    var idleTimeout: String?
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer <key>' (env LEASEHOLD_API_KEY)")
+    var apiKey: String?
+    @Option(name: .customLong("api-key-file"), help: "File with one API key per line (env LEASEHOLD_API_KEY_FILE)")
+    var apiKeyFile: String?
+    @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env LEASEHOLD_MAX_BODY; default 1048576)")
+    var maxBody: String?
+    @Option(name: .customLong("max-streams"), help: "Concurrent event streams per replica (env LEASEHOLD_MAX_STREAMS; default 1000)")
+    var maxStreams: String?
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let settings: Settings
+        let logger: Logger
+        do {
+            logger = try logging.bootstrap()
+            settings = try Settings(self)
+        } catch let error as BadSetting {
+            throw fail(error.message)
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let samples = try Samples.registry()
+        let server = ServerConfiguration(
+            host: settings.host, port: settings.port, maxBodyBytes: settings.maxBody, apiKeys: settings.apiKeys,
+            maxStreams: settings.maxStreams, metricsText: { registry.emitToString() })
+        let coordinatorConfiguration = CoordinatorConfiguration(
+            replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
+            idleTimeout: settings.idleTimeout,
+            selfFencing: ProcessInfo.processInfo.environment["LEASEHOLD_TEST_DISABLE_SELF_FENCING"] != "1")
+        logger.info("starting", metadata: [
+            "replica_id": "\(settings.replicaID)", "port": "\(settings.port)",
+            "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
+            "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
+        ])
+        guard let url = settings.database else {
+            let coordinator = Coordinator(
+                store: InMemoryStore(), registry: samples, configuration: coordinatorConfiguration, logger: logger)
+            let api = LeaseholdAPI(coordinator: coordinator, configuration: server)
+            try await ServiceGroup(
+                services: [coordinator, api.application(logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ).run()
+            return
+        }
+        let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
+        let store = PostgresStore(client: client, logger: logger)
+        try await withThrowingDiscardingTaskGroup { group in
+            // The pool runs outside the service group so that it closes last, after hand-off.
+            group.addTask { await client.run() }
+            do {
+                try await migrateWithRetry(client, url: url, logger: logger, deadline: .seconds(30))
+            } catch let error as BadSetting {
+                group.cancelAll()
+                throw fail(error.message)
+            }
+            let coordinator = Coordinator(
+                store: store, registry: samples, configuration: coordinatorConfiguration, logger: logger)
+            let api = LeaseholdAPI(coordinator: coordinator, configuration: server)
+            try await ServiceGroup(
+                services: [store, coordinator, api.application(logger: logger)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+            ).run()
+            group.cancelAll()
+        }
+    }
+}
+
+/// Applies migrations, retrying while the database is not reachable yet.
+/// - Throws: `BadSetting` naming host and port (never the password) when the deadline passes.
+func migrateWithRetry(_ client: PostgresClient, url: DatabaseURL, logger: Logger, deadline: Duration) async throws {
+    let start = ContinuousClock.now
+    var lastError = ""
+    while ContinuousClock.now - start < deadline {
+        do {
+            let applied = try await withTimeout(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
+            logger.info("schema ready", metadata: ["applied": "\(applied)"])
+            return
+        } catch let error as MigrationError {
+            throw BadSetting(message: "migrations: \(error)")
+        } catch {
+            lastError = describe(error)
+            logger.warning("database not reachable yet", metadata: ["database": "\(url)", "error": "\(lastError)"])
+            try await Task.sleep(for: .milliseconds(500))
+        }
+    }
+    throw BadSetting(message: "cannot reach the database at \(url.host):\(url.port) (\(lastError))")
+}
+
+func describe(_ error: any Error) -> String {
+    if let psql = error as? PSQLError {
+        if let message = psql.serverInfo?[.message] { return message }
+        return "\(psql.code)"
+    }
+    return "\(error)"
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    var description: String { "timed out" }
+}
+
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TimedOut() }
+        return value
+    }
+}
+
+/// Every serve setting, resolved from flag or environment and checked.
+struct Settings {
+    var host: String
+    var port: Int
+    var database: DatabaseURL?
+    var replicaID: String
+    var advertise: String
+    var leaseTTL: Duration
+    var idleTimeout: Duration?
+    var apiKeys: [String]
+    var maxBody: Int
+    var maxStreams: Int
+
+    init(_ serve: Serve) throws {
+        host = setting(serve.host, "LEASEHOLD_HOST") ?? "127.0.0.1"
+        let portText = setting(serve.port, "LEASEHOLD_PORT") ?? "8080"
+        guard let port = Int(portText), (1...65535).contains(port) else {
+            throw BadSetting(message: "--port: '\(portText)' is not a port number (1-65535)")
+        }
+        self.port = port
+        database = try serve.database.url(required: false)
+        replicaID =
+            setting(serve.replicaID, "LEASEHOLD_REPLICA_ID")
+            ?? "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        advertise = setting(serve.advertiseAddress, "LEASEHOLD_ADVERTISE_ADDRESS") ?? "http://\(host):\(port)"
+        leaseTTL = try parseDuration(setting(serve.leaseTTL, "LEASEHOLD_LEASE_TTL") ?? "5s", flag: "--lease-ttl")
+        guard leaseTTL >= .milliseconds(300) else { throw BadSetting(message: "--lease-ttl: must be at least 300ms") }
+        let idleText = setting(serve.idleTimeout, "LEASEHOLD_IDLE_TIMEOUT") ?? "60s"
+        idleTimeout = idleText.lowercased() == "off" ? nil : try parseDuration(idleText, flag: "--idle-timeout")
+        var keys: [String] = []
+        if let key = setting(serve.apiKey, "LEASEHOLD_API_KEY") { keys.append(key) }
+        if let file = setting(serve.apiKeyFile, "LEASEHOLD_API_KEY_FILE") {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw BadSetting(message: "--api-key-file: cannot read '\(file)'")
+            }
+            keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        }
+        apiKeys = keys
+        let bodyText = setting(serve.maxBody, "LEASEHOLD_MAX_BODY") ?? "1048576"
+        guard let maxBody = Int(bodyText), maxBody >= 1024 else {
+            throw BadSetting(message: "--max-body: '\(bodyText)' must be a byte count ≥ 1024")
+        }
+        self.maxBody = maxBody
+        let streamsText = setting(serve.maxStreams, "LEASEHOLD_MAX_STREAMS") ?? "1000"
+        guard let maxStreams = Int(streamsText), maxStreams >= 1 else {
+            throw BadSetting(message: "--max-streams: '\(streamsText)' must be a positive integer")
+        }
+        self.maxStreams = maxStreams
+    }
+}

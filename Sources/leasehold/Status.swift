@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdStore
+import Logging
+import PostgresNIO
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the cluster view: replicas, handlers, leases.")
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(name: .customLong("lease-ttl"), help: "A replica is alive if it heartbeat within this (default 5s)")
+    var leaseTTL: String = "5s"
+    @Flag(help: "Print JSON instead of a table") var json = false
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let url: DatabaseURL
+        let logger: Logger
+        let ttl: Duration
+        do {
+            logger = try logging.bootstrap()
+            url = try database.url(required: true)!
+            ttl = try parseDuration(leaseTTL, flag: "--lease-ttl")
+        } catch let error as BadSetting {
+            throw fail(error.message)
+        }
+        let (replicas, counts, expired) = try await withDatabase(url, logger: logger) { client in
+            let store = PostgresStore(client: client, logger: logger)
+            let running = try await store.handlers(HandlerFilter(statuses: [.running]))
+            let now = Date()
+            let expired = running.filter { ($0.leaseExpiresAt.map { $0 <= now }) ?? false }.count
+            return (try await store.replicas(aliveWithin: ttl), try await store.counts(), expired)
+        }
+        if json {
+            let value: JSONValue = [
+                "replicas": .array(replicas.map {
+                    ["id": .string($0.id.rawValue), "address": .string($0.address), "alive": .bool($0.alive),
+                     "handlers_owned": .int($0.handlersOwned), "last_heartbeat": .string("\($0.heartbeatAt)")]
+                }),
+                "handlers": ["running": .int(counts.running), "hibernated": .int(counts.hibernated),
+                             "completed": .int(counts.completed), "failed": .int(counts.failed),
+                             "cancelled": .int(counts.cancelled)],
+                "expired_leases": .int(expired),
+            ]
+            print(value.jsonString)
+            return
+        }
+        print(pad("REPLICA", 24) + pad("ADDRESS", 28) + pad("ALIVE", 7) + pad("OWNED", 7) + "LAST HEARTBEAT")
+        for replica in replicas {
+            print(pad(replica.id.rawValue, 24) + pad(replica.address, 28) + pad(replica.alive ? "yes" : "no", 7)
+                + pad(String(replica.handlersOwned), 7) + "\(replica.heartbeatAt)")
+        }
+        print("")
+        print("handlers: running \(counts.running), hibernated \(counts.hibernated), completed \(counts.completed), "
+            + "failed \(counts.failed), cancelled \(counts.cancelled); expired leases \(expired)")
+    }
+
+    func pad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+    }
+}
