@@ -37,7 +37,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            resources: [.copy("sql")],
+            resources: [.copy("Migrations")],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -22,7 +22,7 @@ public struct Migrator: Sendable {
 
     /// The migrations shipped with the binary (the `sql/` folder, as a resource).
     public static func bundled() throws -> [Migration] {
-        guard let folder = Bundle.module.url(forResource: "sql", withExtension: nil) else {
+        guard let folder = Bundle.module.url(forResource: "Migrations", withExtension: nil) else {
             throw MigrationError(message: "the sql/ migrations are missing from the build")
         }
         let files = try FileManager.default.contentsOfDirectory(atPath: folder.path)

@@ -8,7 +8,7 @@ import PostgresNIO
 func withDatabase<T: Sendable>(
     _ url: DatabaseURL, logger: Logger, _ body: @escaping @Sendable (PostgresClient) async throws -> T
 ) async throws -> T {
-    let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
+    let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: quieter(logger))
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             await client.run()

@@ -81,3 +81,11 @@ struct LogOptions: ParsableArguments {
         return logger
     }
 }
+
+/// The pool's own logger: connection retries are logged at info by postgres-nio; keep them out
+/// unless the operator asked for debug output.
+func quieter(_ logger: Logger) -> Logger {
+    var logger = logger
+    if logger.logLevel > .debug { logger.logLevel = .warning }
+    return logger
+}
