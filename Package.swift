@@ -62,6 +62,15 @@ let package = Package(
             resources: [.copy("Resources")],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "LeaseholdTestSupport",
+            dependencies: [
+                "LeaseholdPostgres", "LeaseholdStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "leasehold",
             dependencies: [
@@ -96,18 +105,18 @@ let package = Package(
         ),
         .testTarget(
             name: "LeaseholdStoreConformanceTests",
-            dependencies: ["LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples"],
+            dependencies: ["LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "LeaseholdCoordinatorTests",
-            dependencies: ["LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples"],
+            dependencies: ["LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "LeaseholdServerTests",
             dependencies: [
-                "LeaseholdServer", "LeaseholdSamples",
+                "LeaseholdServer", "LeaseholdSamples", "LeaseholdTestSupport", "LeaseholdPostgres",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings

@@ -121,8 +121,12 @@ extension PostgresStore {
             """
         }
 
-        static func lockForHibernate(id: String) -> PostgresQuery {
-            "SELECT fencing_token FROM handlers WHERE id = \(id) FOR UPDATE"
+        /// Locks the row and says whether the lease is still current.
+        static func lockForHibernate(id: String, token: Int64, replica: String) -> PostgresQuery {
+            """
+            SELECT fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
+            FROM handlers WHERE id = \(id) FOR UPDATE
+            """
         }
 
         static func pendingInboxCount(id: String, excluding: [String]) -> PostgresQuery {

@@ -81,6 +81,7 @@ public final class PostgresStore: HandlerStore, Service {
         if let error = error as? StoreError { return error }
         guard let psql = error as? PSQLError else { return error }
         if let state = psql.serverInfo?[.sqlState] {
+            if state == "23505" { return StoreError.sequenceConflict(HandlerID(psql.serverInfo?[.detail] ?? "?"), -1) }
             // 08: connection exception; 57P: operator intervention (shutdown, terminated backend); 53: resources.
             if state.hasPrefix("08") || state.hasPrefix("57P") || state.hasPrefix("53") {
                 return StoreError.unavailable(psql.serverInfo?[.message] ?? state)
@@ -206,7 +207,14 @@ public final class PostgresStore: HandlerStore, Service {
             try await client.withTransaction(logger: logger) { connection in
                 // Lock first; the count below then runs with a fresh snapshot and sees every inbox
                 // row committed before the lock was granted (inbox appends lock the row FOR SHARE).
-                _ = try await connection.query(Statements.lockForHibernate(id: id), logger: logger).collect()
+                var current = false
+                for try await valid in try await connection.query(
+                    Statements.lockForHibernate(id: id, token: lease.token.rawValue, replica: lease.replicaID.rawValue),
+                    logger: logger
+                ).decode(Bool?.self) {
+                    current = valid ?? false
+                }
+                guard current else { throw StoreError.leaseLost(lease.handlerID) }
                 var pending: Int64 = 0
                 for try await count in try await connection.query(
                     Statements.pendingInboxCount(id: id, excluding: checkpoint.consumedInbox), logger: logger

@@ -1,0 +1,99 @@
+import Foundation
+import LeaseholdPostgres
+import LeaseholdStore
+import Logging
+import PostgresNIO
+
+/// A fresh database on the throwaway Postgres that `scripts/test` starts (scripts/pg).
+///
+/// `POSTGRES_HOSTNAME/PORT/USER/PASSWORD/DB` say where the server is (postgres-nio's names).
+/// When they are missing, Postgres suites are skipped, unless `LEASEHOLD_REQUIRE_POSTGRES=1`
+/// (set by `.ci/run` and `scripts/test`), which turns the skip into a failure.
+public enum TestDatabase {
+    public static var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    public static var isConfigured: Bool {
+        if environment["POSTGRES_PORT"] != nil { return true }
+        return environment["LEASEHOLD_REQUIRE_POSTGRES"] == "1"
+    }
+
+    public static func adminURL() throws -> DatabaseURL {
+        guard let port = environment["POSTGRES_PORT"] else {
+            throw TestDatabaseError(message: "POSTGRES_PORT is not set: run the tests through scripts/test")
+        }
+        let host = environment["POSTGRES_HOSTNAME"] ?? "127.0.0.1"
+        let user = environment["POSTGRES_USER"] ?? "postgres"
+        let database = environment["POSTGRES_DB"] ?? "postgres"
+        return try DatabaseURL("postgres://\(user)@\(host):\(port)/\(database)")
+    }
+
+    static var logger: Logger {
+        var logger = Logger(label: "test-db")
+        logger.logLevel = .warning
+        return logger
+    }
+
+    /// Creates a new database with the schema migrated, runs `body` with a running client and
+    /// store on it, then drops the database.
+    public static func withStore<T: Sendable>(
+        _ body: @Sendable (PostgresStore, DatabaseURL) async throws -> T
+    ) async throws -> T {
+        let admin = try adminURL()
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        _ = try await withClient(admin) { client in
+            try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+        }
+        var database = admin
+        database.database = name
+        let url = database
+        let result = try await withClient(url) { client in
+            try await Migrator().migrate(client, logger: logger)
+            let store = PostgresStore(client: client, logger: logger)
+            return try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask {
+                    try await store.run()
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await body(store, url)
+            }
+        }
+        _ = try? await withClient(admin) { client in
+            try await client.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
+        }
+        return result
+    }
+
+    /// Runs `body` with a running `PostgresClient` for `url`.
+    public static func withClient<T: Sendable>(
+        _ url: DatabaseURL, _ body: @Sendable (PostgresClient) async throws -> T
+    ) async throws -> T {
+        let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: logger)
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                await client.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await body(client)
+        }
+    }
+}
+
+public struct TestDatabaseError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Waits for `condition` (polled every 10 ms) up to `timeout`; returns whether it held.
+/// For conditions that have no event to await (another process's state, a database row).
+public func eventually(
+    timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool
+) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return try await condition()
+}

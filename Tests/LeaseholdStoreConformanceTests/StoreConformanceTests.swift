@@ -1,0 +1,290 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdStore
+import LeaseholdTestSupport
+import Testing
+
+/// The store contract, run against every store (`StoreFactory.all`).
+@Suite("Store conformance")
+struct StoreConformanceTests {
+    static let ttl = Duration.seconds(30)
+    static let r1 = ReplicaID("r1")
+    static let r2 = ReplicaID("r2")
+
+    static func new(_ id: String = UUID().uuidString, workflow: String = "approval") -> NewHandler {
+        NewHandler(
+            id: HandlerID(id), workflowName: workflow, runID: "run",
+            startEvent: InboxEvent(id: "start", event: AnyEvent(type: "StartEvent", value: ["request": "x"])))
+    }
+
+    static func record(_ sequence: Int64, _ type: String = "Tick", terminal: Bool = false) -> LogRecord {
+        LogRecord(
+            sequence: sequence, type: type, value: ["n": .int(Int(sequence))], types: nil, qualifiedName: "q.\(type)",
+            isInternal: false, isTerminal: terminal)
+    }
+
+    static func state(_ next: Int64, status: HandlerStatus = .running) -> HandlerState {
+        var state = HandlerState(workflowName: "approval")
+        state.started = true
+        state.nextSequence = next
+        state.status = status
+        state.context["marker"] = .int(Int(next))
+        return state
+    }
+
+    @Test("create owns the handler with token 1 and puts the start event in the inbox", arguments: StoreFactory.all)
+    func create(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            _ = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h1"), owner: Self.r1, ttl: Self.ttl)
+            #expect(lease.token == FencingToken(1))
+            let record = try #require(try await store.handler("h1"))
+            #expect(record.status == .running)
+            #expect(record.owner == Self.r1)
+            #expect(record.lastSequence == -1)
+            #expect(try await store.pendingInbox("h1").map(\.id) == ["start"])
+            await #expect(throws: StoreError.handlerExists("h1")) {
+                try await store.create(Self.new("h1"), owner: Self.r2, ttl: Self.ttl)
+            }
+            #expect(try await store.handler("nope") == nil)
+        }
+    }
+
+    @Test("checkpoint appends the log, consumes inbox ids and updates the record", arguments: StoreFactory.all)
+    func checkpoint(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
+                lease: lease)
+            try await store.checkpoint(Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
+            #expect(try await store.events("h", after: -1, limit: 100).map(\.sequence) == [0, 1, 2])
+            #expect(try await store.events("h", after: 0, limit: 1).map(\.sequence) == [1])
+            #expect(try await store.events("h", after: 2, limit: 100).isEmpty)
+            #expect(try await store.pendingInbox("h").isEmpty)
+            #expect(try await store.handler("h")?.lastSequence == 2)
+            // A finished state completes the record and frees the lease.
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(4, status: .completed), log: [Self.record(3, "StopEvent", terminal: true)],
+                           consumedInbox: []), lease: lease)
+            let done = try #require(try await store.handler("h"))
+            #expect(done.status == .completed)
+            #expect(done.result?.type == "StopEvent")
+            #expect(done.owner == nil)
+            #expect(done.completedAt != nil)
+        }
+    }
+
+    @Test("a write with a stale token is rejected and changes nothing", arguments: StoreFactory.all)
+    func staleTokenRejected(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.release(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            let claimed = try #require(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").first)
+            #expect(claimed.lease.token == FencingToken(2))
+            #expect(claimed.state.context["marker"] == 1)
+            try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: claimed.lease)
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await store.checkpoint(Checkpoint(state: Self.state(9), log: [Self.record(2)], consumedInbox: ["start"]), lease: lease)
+            }
+            await #expect(throws: StoreError.leaseLost("h")) {
+                _ = try await store.hibernate(Checkpoint(state: Self.state(9), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
+            }
+            await #expect(throws: StoreError.leaseLost("h")) { try await store.release(nil, lease: lease) }
+            let record = try #require(try await store.handler("h"))
+            #expect(record.lastSequence == 1)
+            #expect(record.owner == Self.r2)
+            #expect(try await store.events("h", after: -1, limit: 10).count == 2)
+            #expect(try await store.pendingInbox("h").map(\.id) == ["start"])
+        }
+    }
+
+    @Test("an expired lease is claimable by another replica; the old owner is then fenced", arguments: StoreFactory.all)
+    func expiredLease(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let old = try await store.create(Self.new("h"), owner: Self.r1, ttl: .milliseconds(200))
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+            let claimed = try await eventually {
+                try await !store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty
+            }
+            #expect(claimed)
+            let record = try #require(try await store.handler("h"))
+            #expect(record.owner == Self.r2)
+            #expect(record.fencingToken == FencingToken(2))
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: old)
+            }
+            // The old owner's heartbeat no longer renews it.
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
+            #expect(try await store.heartbeat(Self.r2, address: "b", ttl: Self.ttl) == ["h": FencingToken(2)])
+        }
+    }
+
+    @Test("an owned handler under a live lease is never claimed", arguments: StoreFactory.all)
+    func liveLeaseNotClaimable(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            _ = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").isEmpty)
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+        }
+    }
+
+    @Test("hibernate is refused while the inbox holds an unconsumed event", arguments: StoreFactory.all)
+    func hibernateRefusedWithInbox(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
+            _ = try await store.appendInbox("h", InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"])))
+            let refused = try await store.hibernate(Checkpoint(state: Self.state(1), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
+            #expect(!refused)
+            #expect(try await store.handler("h")?.hibernated == false)
+            #expect(try await store.handler("h")?.owner == Self.r1)
+            // Consuming it in the same hibernation is allowed.
+            let done = try await store.hibernate(
+                Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: ["e1"]), wakeAt: nil, lease: lease)
+            #expect(done)
+            let record = try #require(try await store.handler("h"))
+            #expect(record.hibernated)
+            #expect(record.owner == nil)
+            #expect(record.lastSequence == 1)
+        }
+    }
+
+    @Test("a hibernated handler is claimable only with an inbox event or a due timer", arguments: StoreFactory.all)
+    func hibernatedClaimable(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: lease))
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").isEmpty)
+            let receipt = try await store.appendInbox("h", InboxEvent(id: "e", event: AnyEvent(type: "X")))
+            #expect(receipt.owner == nil)
+            #expect(receipt.hibernated)
+            #expect(receipt.inserted)
+            let claimed = try #require(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").first)
+            #expect(claimed.state == Self.state(0))
+            #expect(claimed.lease.token == FencingToken(2))
+            #expect(try await store.handler("h")?.hibernated == false)
+
+            let timed = try await store.create(Self.new("t"), owner: Self.r1, ttl: Self.ttl)
+            #expect(try await store.hibernate(
+                Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: Date().addingTimeInterval(-1), lease: timed))
+            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).map(\.record.id) == ["t"])
+        }
+    }
+
+    @Test("inbox append: unknown → not found, finished → finished, same id twice → one row", arguments: StoreFactory.all)
+    func inboxAppend(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let event = InboxEvent(id: "e", event: AnyEvent(type: "X", value: ["a": 1]))
+            await #expect(throws: StoreError.handlerNotFound("nope")) { _ = try await store.appendInbox("nope", event) }
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            #expect(try await store.appendInbox("h", event).inserted)
+            #expect(try await store.appendInbox("h", event).inserted == false)
+            #expect(try await store.pendingInbox("h").map(\.id) == ["start", "e"])
+            #expect(try await store.pendingInbox("h").last?.event == event.event)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                           consumedInbox: []), lease: lease)
+            await #expect(throws: StoreError.handlerFinished("h")) { _ = try await store.appendInbox("h", event) }
+        }
+    }
+
+    @Test("cancel logs the terminal event, raises the token and fences the owner", arguments: StoreFactory.all)
+    func cancel(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: []), lease: lease)
+            guard case .cancelled(let record) = try await store.cancel("h") else {
+                Issue.record("expected cancelled")
+                return
+            }
+            #expect(record.status == .cancelled)
+            #expect(record.fencingToken == FencingToken(2))
+            #expect(record.lastSequence == 2)
+            let log = try await store.events("h", after: -1, limit: 10)
+            #expect(log.map(\.type) == ["Tick", "Tick", "WorkflowCancelledEvent"])
+            #expect(log.last?.types == ["StopEvent"])
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await store.checkpoint(Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
+            }
+            guard case .alreadyFinished = try await store.cancel("h") else {
+                Issue.record("expected alreadyFinished")
+                return
+            }
+            await #expect(throws: StoreError.handlerNotFound("zz")) { _ = try await store.cancel("zz") }
+        }
+    }
+
+    @Test("delete removes the handler with its inbox and log", arguments: StoreFactory.all)
+    func delete(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            #expect(try await store.delete("h"))
+            #expect(try await store.delete("h") == false)
+            #expect(try await store.handler("h") == nil)
+            #expect(try await store.events("h", after: -1, limit: 10).isEmpty)
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: lease)
+            }
+        }
+    }
+
+    @Test("a log record that repeats a sequence is refused", arguments: StoreFactory.all)
+    func sequenceConflict(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            await #expect(throws: StoreError.self) {
+                try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            }
+            #expect(try await store.events("h", after: -1, limit: 10).count == 1)
+        }
+    }
+
+    @Test("heartbeat registers replicas; list, filters and counts", arguments: StoreFactory.all)
+    func listing(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            _ = try await store.heartbeat(Self.r1, address: "http://a", ttl: Self.ttl)
+            _ = try await store.heartbeat(Self.r2, address: "http://b", ttl: Self.ttl)
+            let a = try await store.create(Self.new("a", workflow: "echo"), owner: Self.r1, ttl: Self.ttl)
+            _ = try await store.create(Self.new("b", workflow: "counter"), owner: Self.r1, ttl: Self.ttl)
+            let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2, ttl: Self.ttl)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                           consumedInbox: []), lease: a)
+            #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: c))
+            let replicas = try await store.replicas(aliveWithin: Self.ttl)
+            #expect(replicas.map(\.id) == [Self.r1, Self.r2])
+            #expect(replicas.map(\.handlersOwned) == [1, 0])
+            #expect(replicas.allSatisfy { $0.alive })
+            let all = try await store.handlers(HandlerFilter())
+            #expect(Set(all.map(\.id.rawValue)) == ["a", "b", "c"])
+            #expect(try await store.handlers(HandlerFilter(statuses: [.completed])).map(\.id) == ["a"])
+            let counters = try await store.handlers(HandlerFilter(workflows: ["counter"]))
+            #expect(Set(counters.map(\.id.rawValue)) == ["b", "c"])
+            #expect(try await store.handlers(HandlerFilter(statuses: [.running], workflows: ["echo"])).isEmpty)
+            let counts = try await store.counts()
+            let figures: [Int] = [counts.running, counts.hibernated, counts.completed, counts.failed, counts.cancelled]
+            #expect(figures == [1, 1, 1, 0, 0])
+            try await store.deregister(Self.r2)
+            #expect(try await store.replicas(aliveWithin: Self.ttl).map(\.id) == [Self.r1])
+        }
+    }
+
+    @Test("log readers are woken when a checkpoint commits", arguments: StoreFactory.all)
+    func logSignals(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let version = store.signals.logVersion("h")
+            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            // Readers wait on the version; a wake-up may be spurious, so they re-check (bounded here).
+            let deadline = ContinuousClock.now + .seconds(10)
+            while store.signals.logVersion("h") == version, ContinuousClock.now < deadline {
+                await store.signals.waitForLogChange("h", since: version, timeout: .seconds(10))
+            }
+            #expect(store.signals.logVersion("h") != version)
+        }
+    }
+}
