@@ -101,7 +101,7 @@ public final class Coordinator: Service, Sendable {
             let handedOff = state.withLock { $0.shuttingDown }
             if handedOff {
                 do {
-                    try await store.deregister(replicaID)
+                    try await bounded(configuration.leaseTTL) { try await self.store.deregister(self.replicaID) }
                 } catch {
                     logger.warning("deregister failed", metadata: [LogKeys.error: "\(error)"])
                 }
@@ -353,7 +353,10 @@ public final class Coordinator: Service, Sendable {
                 case .hibernate:
                     try await hibernate(handler, final, log: log)
                 case .handoff:
-                    try await store.release(Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
+                    // Bounded: with the database gone, the lease simply expires and another replica resumes.
+                    try await bounded(configuration.leaseTTL) {
+                        try await self.store.release(Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
+                    }
                     metrics.handoffs.increment()
                     log.info("handed off", metadata: [LogKeys.fencingToken: "\(handler.lease.token)"])
                 case .leaseLost, nil:
@@ -428,6 +431,24 @@ public final class Coordinator: Service, Sendable {
             metrics.reloadLatency.recordInterval(since: started)
             return true
         }
+    }
+}
+
+struct OperationTimedOut: Error, CustomStringConvertible {
+    var description: String { "store operation timed out" }
+}
+
+/// Runs a store operation with a time limit (shutdown must not hang on an unreachable database).
+func bounded<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw OperationTimedOut() }
+        return value
     }
 }
 

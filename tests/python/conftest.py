@@ -149,8 +149,7 @@ def spawn(tmp_path):
 
 
 @pytest.fixture(params=["memory", "postgres"])
-def server(request, spawn):
-    """One replica on each store."""
-    if request.param == "memory":
-        return spawn()
-    return spawn(database_url=request.getfixturevalue("database_url"))
+def server(request):
+    """One replica on each store. The database is set up first so that it is dropped last."""
+    url = request.getfixturevalue("database_url") if request.param == "postgres" else None
+    return request.getfixturevalue("spawn")(database_url=url)
