@@ -153,6 +153,9 @@ public final class Coordinator: Service, Sendable {
 
     public var liveHandlerIDs: [HandlerID] { state.withLock { Array($0.live.keys) } }
 
+    /// The runtime of a handler live on this replica (for inspection; nil when not live here).
+    public func runtime(of id: HandlerID) -> HandlerRuntime? { state.withLock { $0.live[id]?.runtime } }
+
     // MARK: - Loops
 
     private func heartbeatLoop() async {

@@ -69,8 +69,10 @@ private struct Reduction {
                 run.received = event
                 run.attempt = 1
                 start(step: run.step, event: run.event, attempt: 1, received: event)
-            } else {
+            } else if workflow.steps.contains(where: { $0.accepts.contains(event.type) || $0.fanIn?.eventType == event.type }) {
                 dispatch(event)
+            } else if workflow.externalEvents.contains(where: { $0.name == event.type }) {
+                state.pendingExternal.append(event)
             }
         case .stepFinished(let runID, let output):
             guard let run = takeRun(runID) else { return }
@@ -122,9 +124,14 @@ private struct Reduction {
         if let wait = output.wait {
             log(stepState(run, running: false, output: nil))
             let alreadyWaiting = state.waiters.contains { $0.run.step == run.step && $0.run.event == run.event }
-            if !alreadyWaiting {
+            if alreadyWaiting { return }
+            if let prompt = wait.prompt { log(prompt) }
+            if let index = state.pendingExternal.firstIndex(where: { $0.type == wait.eventType }) {
+                // The answer came before the question: run again with it at once.
+                let event = state.pendingExternal.remove(at: index)
+                start(step: run.step, event: run.event, attempt: 1, received: event)
+            } else {
                 state.waiters.append(Waiter(run: run, eventType: wait.eventType))
-                if let prompt = wait.prompt { log(prompt) }
             }
             return
         }
@@ -193,6 +200,7 @@ private struct Reduction {
         state.timers = []
         state.inFlight = []
         state.waiters = []
+        state.pendingExternal = []
         state.collected = [:]
         state.status = status
         state.terminal = terminal

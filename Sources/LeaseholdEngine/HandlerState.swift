@@ -51,6 +51,8 @@ public struct HandlerState: Sendable, Hashable, Codable {
     /// Runs started and not yet finished, in start order. After a restore they are run again.
     public var inFlight: [StepRun] = []
     public var waiters: [Waiter] = []
+    /// External events that arrived before any step waited for them; the next wait takes them.
+    public var pendingExternal: [AnyEvent] = []
     public var collected: [String: [JSONValue]] = [:]
     public var timers: [DurableTimer] = []
     public var nextRunID = 0

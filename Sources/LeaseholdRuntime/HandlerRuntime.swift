@@ -68,8 +68,7 @@ public final class HandlerRuntime: Sendable {
     /// to this runtime is skipped, so repeated wake-ups cannot apply an event twice.
     public func deliver(_ deliveries: [Delivery]) {
         let fresh = shared.withLock { shared -> [Delivery] in
-            let fresh = deliveries.filter { !shared.delivered.contains($0.inboxID) }
-            for delivery in fresh { shared.delivered.insert(delivery.inboxID) }
+            let fresh = deliveries.filter { shared.delivered.insert($0.inboxID).inserted }
             if !fresh.isEmpty { shared.quiescent = false }
             return fresh
         }

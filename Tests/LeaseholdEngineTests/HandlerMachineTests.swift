@@ -239,3 +239,16 @@ struct WorkflowValidationTests {
         #expect(schema["properties"]?["count_to"]?["type"] == "integer")
     }
 }
+
+@Suite("Early external events")
+struct EarlyExternalTests {
+    @Test("an answer that arrives before the step waits is kept and used, not lost")
+    func answerBeforeQuestion() async throws {
+        var driver = EngineDriver(try Samples.approval())
+        driver.apply(.start(AnyEvent(type: "StartEvent", value: ["request": "x"])))
+        driver.apply(.external(AnyEvent(type: "HumanResponseEvent", value: ["response": "early"])))
+        #expect(driver.state.pendingExternal.count == 1)
+        await driver.runToEnd()
+        #expect(driver.state.result == ["request": "x", "response": "early"])
+    }
+}

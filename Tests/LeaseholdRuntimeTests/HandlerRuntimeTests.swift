@@ -1,0 +1,145 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdSamples
+import Synchronization
+import Testing
+
+/// Records checkpoints in memory (the runtime's only way out).
+final class RecordingPersistence: HandlerPersistence {
+    let checkpoints = Mutex<[Checkpoint]>([])
+    let failWith = Mutex<(any Error)?>(nil)
+
+    func checkpoint(_ checkpoint: Checkpoint) async throws {
+        if let error = failWith.withLock({ $0 }) { throw error }
+        checkpoints.withLock { $0.append(checkpoint) }
+    }
+
+    var log: [LogRecord] { checkpoints.withLock { $0.flatMap(\.log) } }
+    var last: HandlerState? { checkpoints.withLock { $0.last?.state } }
+}
+
+struct LostLease: Error {}
+
+@Suite("Handler runtime")
+struct HandlerRuntimeTests {
+    let registry = try! Samples.registry()
+
+    func start(_ runtime: HandlerRuntime, _ value: JSONValue) {
+        runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
+    }
+
+    @Test("a finished run checkpoints its whole log, contiguous, and leaves no task")
+    func finishes() async throws {
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "c", workflow: try registry.workflow("counter"), state: HandlerState(workflowName: "counter"),
+            persistence: persistence)
+        start(runtime, ["count_to": 50])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.result == 50)
+        #expect(persistence.log.map(\.sequence) == Array(0..<Int64(persistence.log.count)))
+        #expect(persistence.log.filter { $0.type == "Tick" }.count == 50)
+        #expect(persistence.last?.status == .completed)
+        #expect(persistence.checkpoints.withLock { $0.flatMap(\.consumedInbox) } == ["start"])
+        #expect(runtime.liveTasks == 0)
+    }
+
+    @Test("stop() leaves no task, timer or buffer: counters reach zero and the runtime is freed")
+    func stopLeavesNothing() async throws {
+        let persistence = RecordingPersistence()
+        weak var weakRuntime: HandlerRuntime?
+        let outcome: RuntimeOutcome = try await {
+            let runtime = HandlerRuntime(
+                handlerID: "t", workflow: try registry.workflow("timer"), state: HandlerState(workflowName: "timer"),
+                persistence: persistence)
+            weakRuntime = runtime
+            start(runtime, ["seconds": 3600])
+            return try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
+                group.addTask { try await runtime.run() }
+                // The timer task is armed once the handler is idle (waiting only for its timer).
+                while runtime.idleSince == nil || runtime.liveTasks < 2 { await Task.yield() }
+                #expect(runtime.liveTasks == 2)  // the timer and the checkpointer
+                runtime.stop(.drain)
+                let outcome = try await group.next()!!
+                #expect(runtime.liveTasks == 0)
+                return outcome
+            }
+        }()
+        guard case .stopped(let state) = outcome else {
+            Issue.record("expected stopped")
+            return
+        }
+        #expect(state.timers.count == 1)  // still in the state: it survives hibernation
+        #expect(persistence.last?.timers.count == 1)
+        #expect(weakRuntime == nil)
+    }
+
+    @Test("a rejected checkpoint stops the runtime at once with that error")
+    func leaseLostStops() async throws {
+        let persistence = RecordingPersistence()
+        persistence.failWith.withLock { $0 = LostLease() }
+        let runtime = HandlerRuntime(
+            handlerID: "a", workflow: try registry.workflow("counter"), state: HandlerState(workflowName: "counter"),
+            persistence: persistence)
+        start(runtime, ["count_to": 1_000_000])
+        await #expect(throws: LostLease.self) { _ = try await runtime.run() }
+        #expect(runtime.liveTasks == 0)
+    }
+
+    @Test("abandon writes nothing more")
+    func abandon() async throws {
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
+            persistence: persistence)
+        start(runtime, ["request": "x"])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { _ = try await runtime.run() }
+            while runtime.idleSince == nil { await Task.yield() }
+            let before = persistence.checkpoints.withLock { $0.count }
+            runtime.deliver([Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))])
+            runtime.stop(.abandon)
+            try await group.next()
+            #expect(persistence.checkpoints.withLock { $0.count } <= before + 1)
+        }
+        #expect(runtime.liveTasks == 0)
+    }
+
+    @Test("a delivery with an inbox id already delivered is applied once")
+    func duplicateDelivery() async throws {
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
+            persistence: persistence)
+        start(runtime, ["request": "x"])
+        start(runtime, ["request": "again"])
+        let answer = Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))
+        runtime.deliver([answer, answer])
+        runtime.deliver([answer])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.result == ["request": "x", "response": "y"])
+        #expect(persistence.checkpoints.withLock { $0.flatMap(\.consumedInbox) } == ["start", "e"])
+    }
+
+    @Test("a step that throws past its retries fails the handler, it does not crash")
+    func failingStep() async throws {
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "f", workflow: try registry.workflow("flaky"), state: HandlerState(workflowName: "flaky"),
+            persistence: persistence)
+        start(runtime, ["fail_times": 100])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.status == .failed)
+        #expect(state.error?.contains("flaky failure on attempt 5") == true)
+    }
+}
