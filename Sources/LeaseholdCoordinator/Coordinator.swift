@@ -26,6 +26,9 @@ public final class Coordinator: Service, Sendable {
         let workflow: Workflow
         let claimedAt: ContinuousClock.Instant
         let stopReason = Mutex<StopReason?>(nil)
+        /// Finishes when the handler's task has ended (after hibernate / release).
+        let ended: AsyncStream<Void>
+        let endedContinuation: AsyncStream<Void>.Continuation
 
         init(id: HandlerID, lease: Lease, runtime: HandlerRuntime, workflow: Workflow) {
             self.id = id
@@ -33,6 +36,7 @@ public final class Coordinator: Service, Sendable {
             self.runtime = runtime
             self.workflow = workflow
             self.claimedAt = .now
+            (ended, endedContinuation) = AsyncStream.makeStream(of: Void.self)
         }
 
         func stop(_ reason: StopReason) {
@@ -152,6 +156,13 @@ public final class Coordinator: Service, Sendable {
     }
 
     public var liveHandlerIDs: [HandlerID] { state.withLock { Array($0.live.keys) } }
+
+    /// Hibernates a live handler now, as the idle sweep would, and returns once it has left memory.
+    public func hibernateNow(_ id: HandlerID) async {
+        guard let handler = state.withLock({ $0.live[id] }) else { return }
+        handler.stop(.hibernate)
+        for await _ in handler.ended {}
+    }
 
     /// The runtime of a handler live on this replica (for inspection; nil when not live here).
     public func runtime(of id: HandlerID) -> HandlerRuntime? { state.withLock { $0.live[id]?.runtime } }
@@ -345,6 +356,7 @@ public final class Coordinator: Service, Sendable {
             state.withLock { state in
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
             }
+            handler.endedContinuation.finish()
         }
         do {
             switch try await handler.runtime.run() {

@@ -57,6 +57,9 @@ public struct Step: Sendable {
     public var fanIn: FanIn?
     /// External event types this step waits for with `StepContext.waitForEvent`.
     public var waitsFor: [String]
+    /// How many runs of this step may execute at once (nil: only the handler's limit). With 1,
+    /// each run sees the context state its predecessor wrote.
+    public var maxConcurrency: Int?
     public var body: Body
 
     /// - Parameters:
@@ -72,6 +75,7 @@ public struct Step: Sendable {
         timeout: Double? = nil,
         fanIn: FanIn? = nil,
         waitsFor: [String] = [],
+        maxConcurrency: Int? = nil,
         body: @escaping Body
     ) {
         self.name = name
@@ -82,6 +86,7 @@ public struct Step: Sendable {
         self.timeout = timeout
         self.fanIn = fanIn
         self.waitsFor = waitsFor
+        self.maxConcurrency = maxConcurrency.map { max(1, $0) }
         self.body = body
     }
 }

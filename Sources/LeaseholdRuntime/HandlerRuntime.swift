@@ -122,17 +122,49 @@ public final class HandlerRuntime: Sendable {
         var outcome: RuntimeOutcome?
         await withTaskGroup(of: Void.self) { tasks in
             var running = 0
+            var runningPerStep: [String: Int] = [:]
+            var stepOfRun: [Int: String] = [:]
             var waiting: [StepRun] = []
+
+            func mayStart(_ run: StepRun) -> Bool {
+                guard running < maxConcurrentSteps else { return false }
+                guard let limit = machine.workflow.step(named: run.step)?.maxConcurrency else { return true }
+                return runningPerStep[run.step, default: 0] < limit
+            }
+
+            func begin(_ run: StepRun) {
+                running += 1
+                runningPerStep[run.step, default: 0] += 1
+                stepOfRun[run.id] = run.step
+                launch(run, context: state.context, in: &tasks)
+            }
+
+            func ended(_ runID: Int) {
+                guard let step = stepOfRun.removeValue(forKey: runID) else { return }
+                running -= 1
+                runningPerStep[step, default: 1] -= 1
+            }
+
+            func startWaiting() {
+                var index = 0
+                while index < waiting.count {
+                    if mayStart(waiting[index]) {
+                        begin(waiting.remove(at: index))
+                    } else {
+                        index += 1
+                    }
+                }
+            }
 
             func execute(_ commands: [Command]) {
                 for command in commands {
                     switch command {
                     case .runStep(let run):
-                        if running < maxConcurrentSteps {
-                            running += 1
-                            launch(run, context: state.context, in: &tasks)
+                        if waiting.isEmpty && mayStart(run) {
+                            begin(run)
                         } else {
                             waiting.append(run)
+                            startWaiting()
                         }
                     case .armTimer(let id, let deadline):
                         tasks.addTask {
@@ -165,12 +197,12 @@ public final class HandlerRuntime: Sendable {
             loop: for await input in inputs {
                 switch input {
                 case .tick(let kind):
-                    if case .stepFinished = kind { running -= 1 } else if case .stepFailed = kind { running -= 1 }
-                    while running < maxConcurrentSteps, !waiting.isEmpty {
-                        running += 1
-                        launch(waiting.removeFirst(), context: state.context, in: &tasks)
+                    switch kind {
+                    case .stepFinished(let runID, _), .stepFailed(let runID, _): ended(runID)
+                    default: break
                     }
                     apply(kind, consumed: [])
+                    startWaiting()
                 case .deliver(let deliveries):
                     for delivery in deliveries {
                         if delivery.event.type == EventType.startEventName && !state.started {

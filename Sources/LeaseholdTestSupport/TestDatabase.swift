@@ -88,7 +88,7 @@ public struct TestDatabaseError: Error, CustomStringConvertible {
 /// Waits for `condition` (polled every 10 ms) up to `timeout`; returns whether it held.
 /// For conditions that have no event to await (another process's state, a database row).
 public func eventually(
-    timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool
+    timeout: Duration = .seconds(10), _ condition: () async throws -> Bool
 ) async rethrows -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {

@@ -1,0 +1,156 @@
+import Foundation
+import LeaseholdCoordinator
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdRuntime
+import LeaseholdStore
+import LeaseholdTestSupport
+import Synchronization
+import Testing
+
+/// One regression test per defect of the reviewed single-process design (DESIGN.md's table).
+@Suite("Defect regressions", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct DefectRegressionTests {
+    /// #1: hibernation must stop every task and timer of the handler and free its memory.
+    @Test func hibernationStopsEveryTask() async throws {
+        try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
+            let coordinator = coordinators[0]
+            // A handler with a live step-less wait (approval) and one with a distant durable timer.
+            let waiting = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "hib-a")
+            let timed = try await coordinator.start(workflow: "timer", startEvent: ["seconds": 3600], handlerID: "hib-t")
+            weak let approvalRuntime: HandlerRuntime? = coordinator.runtime(of: waiting.id)
+            weak let timerRuntime: HandlerRuntime? = coordinator.runtime(of: timed.id)
+            #expect(approvalRuntime != nil && timerRuntime != nil)
+            let liveTimerTasks = timerRuntime?.liveTasks ?? 0
+            #expect(liveTimerTasks >= 1)
+            let hibernated = try await eventually {
+                let a = try await store.handler(waiting.id)?.hibernated ?? false
+                let t = try await store.handler(timed.id)?.hibernated ?? false
+                return a && t && coordinator.liveHandlerIDs.isEmpty
+            }
+            #expect(hibernated)
+            // Nothing of either handler is left: no runtime object, hence no task, timer or buffer.
+            let freed = await eventually { approvalRuntime == nil && timerRuntime == nil }
+            #expect(freed)
+            let record = try #require(try await store.handler(timed.id))
+            #expect(record.owner == nil)
+            #expect(record.wakeAt != nil)
+        }
+    }
+
+    /// #2: a stream reader must not keep an idle handler in memory.
+    @Test func streamReaderDoesNotPinIdleHandler() async throws {
+        try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
+            let coordinator = coordinators[0]
+            let record = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "pin")
+            let seen = SeenTypes()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // A reader tailing the log exactly as GET /events does (store + signals, never the runtime).
+                group.addTask {
+                    var cursor: Int64 = -1
+                    while !Task.isCancelled {
+                        let version = store.signals.logVersion(record.id.rawValue)
+                        for event in try await store.events(record.id, after: cursor, limit: 100) {
+                            cursor = event.sequence
+                            seen.append(event.type)
+                        }
+                        await store.signals.waitForLogChange(record.id.rawValue, since: version, timeout: .seconds(1))
+                    }
+                }
+                let hibernated = try await eventually { try await store.handler(record.id)?.hibernated ?? false }
+                #expect(hibernated)
+                #expect(coordinator.liveHandlerIDs.isEmpty)
+                #expect(seen.all.contains("InputRequiredEvent"))
+                // The reader still gets the rest after a reload.
+                try await coordinator.send(AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]), to: record.id)
+                let ended = await eventually { seen.all.last == "StopEvent" }
+                #expect(ended)
+                group.cancelAll()
+            }
+        }
+    }
+
+    /// #3: events fired at the moment of hibernation are never lost.
+    @Test func eventRacingHibernationIsNotLost() async throws {
+        let rounds = 40
+        try await Harness.withPostgres(replicas: 2, idle: .milliseconds(20)) { coordinators, store in
+            let record = try await coordinators[0].start(
+                workflow: "accumulate", startEvent: ["count": .int(rounds)], handlerID: "race")
+            var expected = 0
+            var generator = SystemRandomNumberGenerator()
+            for round in 0..<rounds {
+                // Wait about the idle timeout (sometimes less, sometimes more), then send through
+                // either replica: the event lands just before, during or after hibernation.
+                let pause = Int.random(in: 0...40, using: &generator)
+                try await Task.sleep(for: .milliseconds(pause))
+                let value = round + 1
+                expected += value
+                try await coordinators[round % 2].send(
+                    AnyEvent(type: "Add", value: ["value": .int(value)]), to: record.id, eventID: "add-\(round)")
+            }
+            let finished = try #require(try await Harness.waitFinished(store, record.id))
+            #expect(finished.status == .completed)
+            #expect(finished.result?.value["result"] == .int(expected))
+            let log = try await store.events(record.id, after: -1, limit: 100_000)
+            #expect(log.map(\.sequence) == Array(0..<Int64(log.count)))
+            let adds = log.filter { $0.type == "Add" }.compactMap { $0.value["value"]?.intValue }
+            #expect(adds.sorted() == Array(1...rounds))
+        }
+    }
+
+    /// #4: many concurrent events to one hibernated handler through three replicas: one claim,
+    /// one live copy, contiguous sequences.
+    @Test func concurrentReloadsMakeOneLiveCopy() async throws {
+        let events = 30
+        try await Harness.withPostgres(replicas: 3, idle: .seconds(30)) { coordinators, store in
+            let record = try await coordinators[0].start(
+                workflow: "accumulate", startEvent: ["count": .int(events)], handlerID: "reload")
+            // Hibernate it now, exactly as the idle sweep would.
+            _ = await eventually { coordinators[0].runtime(of: record.id)?.idleSince != nil }
+            await coordinators[0].hibernateNow(record.id)
+            let before = try #require(try await store.handler(record.id))
+            #expect(before.hibernated)
+
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<events {
+                    group.addTask {
+                        try await coordinators[index % 3].send(
+                            AnyEvent(type: "Add", value: ["value": 1]), to: record.id, eventID: "e\(index)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let finished = try #require(try await Harness.waitFinished(store, record.id))
+            #expect(finished.result?.value["result"] == .int(events))
+            // Exactly one claim after hibernation: the token rose by one.
+            #expect(finished.fencingToken.rawValue == before.fencingToken.rawValue + 1)
+            let log = try await store.events(record.id, after: -1, limit: 100_000)
+            #expect(log.map(\.sequence) == Array(0..<Int64(log.count)))
+            #expect(log.filter { $0.type == "Add" }.count == events)
+        }
+    }
+
+    /// #5: the idle timeout is configurable, and `off` disables hibernation.
+    @Test func idleTimeoutIsConfigurableAndOff() async throws {
+        try await Harness.withPostgres(replicas: 1, idle: nil) { coordinators, store in
+            let record = try await coordinators[0].start(workflow: "approval", startEvent: ["request": "x"], handlerID: "off")
+            // Generous: with `off`, a full second of idleness (many sweep periods of a 150 ms timeout) changes nothing.
+            try await Task.sleep(for: .seconds(1))
+            #expect(try await store.handler(record.id)?.hibernated == false)
+            #expect(coordinators[0].liveHandlerIDs == [record.id])
+        }
+        try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
+            let started = ContinuousClock.now
+            let record = try await coordinators[0].start(workflow: "approval", startEvent: ["request": "x"], handlerID: "on")
+            let hibernated = try await eventually { try await store.handler(record.id)?.hibernated ?? false }
+            #expect(hibernated)
+            #expect(ContinuousClock.now - started >= .milliseconds(150))
+        }
+    }
+}
+
+final class SeenTypes: Sendable {
+    private let types = Mutex<[String]>([])
+    func append(_ type: String) { types.withLock { $0.append(type) } }
+    var all: [String] { types.withLock { $0 } }
+}
