@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import LeaseholdCoordinator
 import LeaseholdEngine
 import LeaseholdStore
@@ -99,6 +100,8 @@ public struct LeaseholdAPI: Sendable {
         do {
             buffer = try await request.collectBody(upTo: configuration.maxBodyBytes)
         } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw APIError(.contentTooLarge, "request body is larger than \(configuration.maxBodyBytes) bytes")
+        } catch is NIOTooManyBytesError {
             throw APIError(.contentTooLarge, "request body is larger than \(configuration.maxBodyBytes) bytes")
         }
         return try WireFormat.object(buffer)
