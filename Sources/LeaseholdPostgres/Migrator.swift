@@ -36,6 +36,9 @@ public struct Migrator: Sendable {
         }
     }
 
+    /// The versions shipped with the binary, in order.
+    public static var bundledVersions: [Int] { ((try? bundled()) ?? []).map(\.version) }
+
     /// Splits a file on `-- split` lines; the extended protocol takes one statement per query.
     static func split(_ text: String) -> [String] {
         var statements: [String] = []

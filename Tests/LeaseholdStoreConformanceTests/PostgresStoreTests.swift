@@ -1,0 +1,189 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdStore
+import LeaseholdTestSupport
+import Logging
+import PostgresNIO
+import Synchronization
+import Testing
+
+/// What only a real PostgreSQL can show: concurrency, killed backends, migrations.
+@Suite("PostgreSQL store", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct PostgresStoreTests {
+    static let ttl = Duration.seconds(30)
+    static var logger: Logger {
+        var logger = Logger(label: "pg-test")
+        logger.logLevel = .warning
+        return logger
+    }
+
+    /// Creates `count` released (unowned, claimable) handlers.
+    static func releasedHandlers(_ store: PostgresStore, _ count: Int) async throws -> Set<HandlerID> {
+        var ids = Set<HandlerID>()
+        for index in 0..<count {
+            let id = HandlerID("h\(index)")
+            let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator", ttl: ttl)
+            try await store.release(nil, lease: lease)
+            ids.insert(id)
+        }
+        return ids
+    }
+
+    @Test("concurrent claimers get disjoint sets, and each claim raises the token")
+    func concurrentClaimsAreDisjoint() async throws {
+        try await TestDatabase.withStore { store, _ in
+            let all = try await Self.releasedHandlers(store, 200)
+            let claims = try await withThrowingTaskGroup(of: [ClaimedHandler].self) { group in
+                for replica in 0..<4 {
+                    group.addTask {
+                        var mine: [ClaimedHandler] = []
+                        while true {
+                            let batch = try await store.claim(ReplicaID("c\(replica)"), ttl: Self.ttl, limit: 7, only: nil)
+                            if batch.isEmpty { return mine }
+                            mine += batch
+                        }
+                    }
+                }
+                var result: [[ClaimedHandler]] = []
+                for try await claimed in group { result.append(claimed) }
+                return result
+            }
+            let ids = claims.flatMap { $0.map(\.record.id) }
+            #expect(ids.count == all.count)
+            #expect(Set(ids) == all)
+            #expect(claims.flatMap { $0 }.allSatisfy { $0.lease.token == FencingToken(2) })
+            #expect(claims.filter { !$0.isEmpty }.count >= 2)
+        }
+    }
+
+    @Test("a checkpoint killed mid-transaction (pg_terminate_backend) leaves nothing partial")
+    func killedCheckpointLeavesNothing() async throws {
+        try await TestDatabase.withStore { store, url in
+            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1", ttl: Self.ttl)
+            try await store.checkpoint(
+                Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
+                lease: lease)
+            _ = try await store.appendInbox("k", InboxEvent(id: "e", event: AnyEvent(type: "X")))
+            try await TestDatabase.withClient(url) { blocker in
+                try await blocker.withConnection { connection in
+                    // Hold a row lock on the inbox row the checkpoint consumes: the checkpoint statement
+                    // then stops half-way (handler row updated, log rows inserted, inbox update waiting).
+                    try await connection.query("BEGIN", logger: Self.logger)
+                    try await connection.query(
+                        "SELECT 1 FROM inbox WHERE handler_id = 'k' AND event_id = 'e' FOR UPDATE", logger: Self.logger)
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            try await store.checkpoint(
+                                Checkpoint(
+                                    state: StoreConformanceTests.state(3),
+                                    log: [StoreConformanceTests.record(1), StoreConformanceTests.record(2)], consumedInbox: ["e"]),
+                                lease: lease)
+                        }
+                        var victim: Int32?
+                        _ = try await eventually {
+                            for try await pid in try await connection.query(
+                                """
+                                SELECT pid FROM pg_stat_activity
+                                WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE handlers SET snapshot%'
+                                """, logger: Self.logger
+                            ).decode(Int32.self) {
+                                victim = pid
+                            }
+                            return victim != nil
+                        }
+                        let pid = try #require(victim)
+                        try await connection.query("SELECT pg_terminate_backend(\(pid))", logger: Self.logger)
+                        await #expect(throws: (any Error).self) { try await group.next() }
+                    }
+                    try await connection.query("ROLLBACK", logger: Self.logger)
+                }
+            }
+            // The pool drops the killed connection; the first statement on it may fail, as after any
+            // dropped connection (callers retry `.unavailable`).
+            _ = try await eventually { (try? await store.handler("k")) != nil }
+            let record = try #require(try await store.handler("k"))
+            #expect(record.lastSequence == 0)
+            #expect(try await store.events("k", after: -1, limit: 10).map(\.sequence) == [0])
+            #expect(try await store.pendingInbox("k").map(\.id) == ["start", "e"])
+            // The pool recovers: the same checkpoint now commits.
+            try await store.checkpoint(
+                Checkpoint(
+                    state: StoreConformanceTests.state(3),
+                    log: [StoreConformanceTests.record(1), StoreConformanceTests.record(2)], consumedInbox: ["e"]),
+                lease: lease)
+            #expect(try await store.events("k", after: -1, limit: 10).map(\.sequence) == [0, 1, 2])
+        }
+    }
+
+    @Test("migrations: applying twice is a no-op; three concurrent runs succeed")
+    func migrations() async throws {
+        try await TestDatabase.withStore { store, url in
+            // withStore migrated already.
+            #expect(try await Migrator().migrate(store.client, logger: Self.logger).isEmpty)
+            var copy = url
+            copy.database = url.database + "_m"
+            let fresh = copy
+            _ = try await TestDatabase.withClient(url) { client in
+                try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(fresh.database)"), logger: Self.logger)
+            }
+            let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
+                for _ in 0..<3 {
+                    group.addTask {
+                        try await TestDatabase.withClient(fresh) { client in
+                            try await Migrator().migrate(client, logger: Self.logger)
+                        }
+                    }
+                }
+                var all: [[Int]] = []
+                for try await result in group { all.append(result) }
+                return all
+            }
+            #expect(applied.filter { !$0.isEmpty }.count == 1)
+            #expect(applied.flatMap { $0 } == Migrator.bundledVersions)
+            _ = try await TestDatabase.withClient(url) { client in
+                try await client.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(fresh.database) WITH (FORCE)"), logger: Self.logger)
+            }
+        }
+    }
+
+    @Test("the claim and renew statements read indexes, never the whole table")
+    func claimUsesIndexes() async throws {
+        try await TestDatabase.withStore { store, _ in
+            // A realistic shape: many finished handlers, many hibernated, a few running or expired.
+            try await store.client.query(
+                """
+                INSERT INTO handlers (id, workflow_name, run_id, status, hibernated, owner_replica, lease_expires_at)
+                SELECT 'x' || g, 'counter', 'r', CASE WHEN g % 10 = 0 THEN 'running' ELSE 'completed' END,
+                    g % 10 = 0 AND g % 100 <> 0,
+                    CASE WHEN g % 100 = 0 THEN 'r' || (g % 3) END,
+                    CASE WHEN g % 100 = 0 THEN now() + interval '1 minute' END
+                FROM generate_series(1, 20000) AS g
+                """, logger: Self.logger)
+            try await store.client.query("ANALYZE handlers", logger: Self.logger)
+            var plan: [String] = []
+            for query: PostgresQuery in [
+                "EXPLAIN SELECT id FROM handlers WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()",
+                "EXPLAIN SELECT id FROM handlers WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false",
+                "EXPLAIN UPDATE handlers SET lease_expires_at = now() WHERE owner_replica = 'r1' AND status = 'running'",
+            ] {
+                var lines: [String] = []
+                for try await line in try await store.client.query(query, logger: Self.logger).decode(String.self) {
+                    lines.append(line)
+                }
+                plan.append(lines.joined(separator: " "))
+            }
+            #expect(plan[0].contains("handlers_lease_expiry"), "\(plan[0])")
+            for line in plan { #expect(!line.contains("Seq Scan on handlers"), "\(line)") }
+        }
+    }
+
+    @Test("a bad URL is rejected without showing the password")
+    func badURL() throws {
+        #expect(throws: DatabaseURLError.self) { try DatabaseURL("mysql://x@y/z") }
+        #expect(throws: DatabaseURLError.self) { try DatabaseURL("postgres:///nohost") }
+        let url = try DatabaseURL("postgres://user:hunter2@db.example:6543/app")
+        #expect(url.description == "postgres://user@db.example:6543/app")
+        #expect(!url.description.contains("hunter2"))
+    }
+}
