@@ -25,10 +25,11 @@ public enum Samples {
     }
 
     /// `{"count_to": int ≥ 0}` → streams `Tick {"n": i}` for i in 1…count_to, one step run per tick.
+    /// An optional `tick_ms` makes each tick take that long (for drills and failover tests).
     public static func counter() throws -> Workflow {
         try Workflow(
             name: "counter",
-            start: [FieldSpec("count_to", .integer(minimum: 0))],
+            start: [FieldSpec("count_to", .integer(minimum: 0)), FieldSpec("tick_ms", .integer(minimum: 0), required: false)],
             events: [Tick.eventType],
             steps: [
                 Step("count", accepts: ["StartEvent", "Tick"], emits: ["Tick", "StopEvent"], streams: ["Tick"]) {
@@ -39,9 +40,13 @@ public enum Samples {
                         n = 0
                         target = event.value["count_to"]?.intValue ?? 0
                         context.set("count_to", .int(target))
+                        context.set("tick_ms", event.value["tick_ms"] ?? 0)
                     } else {
                         n = try event.decode(Tick.self).n
                         target = context.get("count_to")?.intValue ?? 0
+                    }
+                    if let pause = context.get("tick_ms")?.intValue, pause > 0 {
+                        try await Task.sleep(for: .milliseconds(pause))
                     }
                     if n >= target {
                         context.stop(.int(target))
