@@ -77,6 +77,8 @@ public struct LeaseholdAPI: Sendable {
 
     func id(_ context: BasicRequestContext) throws -> HandlerID {
         guard let text = context.parameters.get("handler_id") else { throw APIError(.badRequest, "handler id missing") }
+        // Every id the server ever made or accepted is URL-safe; anything else cannot exist.
+        guard HandlerID.isValid(text) else { throw APIError(.notFound, "Handler not found") }
         return HandlerID(text)
     }
 
@@ -172,6 +174,9 @@ public struct LeaseholdAPI: Sendable {
             statuses.append(status)
         }
         let workflows = query.getAll("workflow_name").filter { !$0.isEmpty }.map { String($0) }
+        if workflows.contains(where: { $0.contains("\u{0}") }) {
+            throw APIError(.badRequest, "workflow_name must not contain NUL characters")
+        }
         let records = try await store.handlers(HandlerFilter(statuses: statuses, workflows: workflows))
         return WireFormat.json(["handlers": .array(records.map { WireFormat.handler($0) })])
     }

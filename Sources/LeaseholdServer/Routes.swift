@@ -28,7 +28,7 @@ enum Routes {
         RouteSpec(method: .post, path: "/workflows/{name}/run-nowait", summary: "Start a run", responses: [200, 400, 404, 409, 413]),
         RouteSpec(method: .get, path: "/handlers", summary: "List handlers", query: ["status", "workflow_name"], responses: [200, 400]),
         RouteSpec(method: .get, path: "/handlers/{handler_id}", summary: "One handler", responses: [200, 202, 404, 500]),
-        RouteSpec(method: .post, path: "/handlers/{handler_id}/cancel", summary: "Cancel a handler", query: ["purge"], responses: [200, 404]),
+        RouteSpec(method: .post, path: "/handlers/{handler_id}/cancel", summary: "Cancel a handler", query: ["purge"], responses: [200, 400, 404]),
         RouteSpec(method: .get, path: "/results/{handler_id}", summary: "Deprecated handler result", responses: [200, 202, 404, 500]),
         RouteSpec(method: .post, path: "/events/{handler_id}", summary: "Send an event", responses: [200, 400, 404, 409, 413]),
         RouteSpec(

@@ -93,6 +93,17 @@ enum WireFormat {
             throw APIError(.badRequest, "request body is not valid JSON: \(error)")
         }
         guard case .object(let object) = value else { throw APIError(.badRequest, "request body must be a JSON object") }
+        if containsNUL(value) { throw APIError(.badRequest, "strings in the request body must not contain \\u0000") }
         return object
+    }
+
+    /// PostgreSQL text and jsonb cannot hold U+0000; refuse it at the door rather than fail later.
+    static func containsNUL(_ value: JSONValue) -> Bool {
+        switch value {
+        case .string(let text): return text.contains("\u{0}")
+        case .array(let items): return items.contains(where: containsNUL)
+        case .object(let fields): return fields.contains { $0.key.contains("\u{0}") || containsNUL($0.value) }
+        default: return false
+        }
     }
 }

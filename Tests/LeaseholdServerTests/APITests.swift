@@ -109,6 +109,9 @@ struct BadInputTests {
             try await expectError(client, .post, "/events/h", body: #"{"event": {"value": {}}}"#, status: .badRequest, detail: "string 'type'")
             try await expectError(client, .post, "/events/h", body: #"{"event": "not json"}"#, status: .badRequest, detail: "not JSON")
             try await expectError(
+                client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "a\u0000b"}}}"#,
+                status: .badRequest, detail: "must not contain")
+            try await expectError(
                 client, .post, "/events/h", body: #"{"event": {"type": "Tick", "value": {"n": 1}}}"#,
                 status: .badRequest, detail: "not an event of workflow 'approval'")
             try await expectError(
@@ -158,6 +161,8 @@ struct BadInputTests {
                 #expect(list["handlers"] == [])
             }
             try await expectError(client, .get, "/handlers/none", status: .notFound, detail: "Handler not found")
+            try await expectError(client, .get, "/handlers/a%00b", status: .notFound, detail: "Handler not found")
+            try await expectError(client, .get, "/handlers?workflow_name=a%00b", status: .badRequest, detail: "NUL")
             try await expectError(client, .get, "/results/none", status: .notFound, detail: "Handler not found")
             try await expectError(client, .post, "/handlers/none/cancel", status: .notFound, detail: "Handler not found")
             try await expectError(client, .post, "/handlers/none/cancel?purge=perhaps", status: .badRequest, detail: "'purge'")
