@@ -57,6 +57,8 @@ public final class Coordinator: Service, Sendable {
         var shuttingDown = false
         var selfFences = 0
         var rejectedWrites = 0
+        /// Handlers with a checkpoint in flight, and since when.
+        var writing: [HandlerID: ContinuousClock.Instant] = [:]
     }
 
     public let store: any HandlerStore
@@ -178,9 +180,19 @@ public final class Coordinator: Service, Sendable {
 
     func heartbeatOnce() async {
         let sent = ContinuousClock.now
+        // A write that has not returned within half a TTL is stuck (a dead connection that never
+        // errors): stop renewing that lease so another replica takes the handler over; the token
+        // rejects the stuck write should it ever land.
+        let stuck = state.withLock { state in
+            state.writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key)
+        }
+        if !stuck.isEmpty {
+            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(stuck.count)"])
+        }
         let held: [HandlerID: FencingToken]
         do {
-            held = try await store.heartbeat(replicaID, address: configuration.address, ttl: configuration.leaseTTL)
+            held = try await store.heartbeat(
+                replicaID, address: configuration.address, ttl: configuration.leaseTTL, excluding: stuck)
         } catch {
             metrics.renewFailures.increment()
             logger.warning("lease renewal failed", metadata: [LogKeys.error: "\(error)"])

@@ -4,6 +4,7 @@ import LeaseholdStore
 import Logging
 import CoreMetrics
 import Metrics
+import Synchronization
 
 /// Checkpoints a handler through the store under its lease.
 ///
@@ -16,22 +17,40 @@ struct LeasePersistence: HandlerPersistence {
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
         var delay = Duration.milliseconds(20)
+        var uncertain = false
+        let store = coordinator.store
         while true {
             guard coordinator.leasesProvable() else {
                 throw StoreError.leaseLost(lease.handlerID)
             }
             do {
-                try await coordinator.store.checkpoint(checkpoint, lease: lease)
+                coordinator.state.withLock { $0.writing[lease.handlerID] = .now }
+                defer { coordinator.state.withLock { _ = $0.writing.removeValue(forKey: lease.handlerID) } }
+                try await store.checkpoint(checkpoint, lease: lease)
                 coordinator.metrics.checkpoints.increment()
                 coordinator.metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return
-            } catch StoreError.unavailable(let reason) {
-                coordinator.logger.debug("checkpoint retry", metadata: [
-                    LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(reason)",
+            } catch StoreError.sequenceConflict where uncertain {
+                // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
+                if let record = try await store.handler(lease.handlerID), record.fencingToken == lease.token,
+                    record.lastSequence == checkpoint.state.nextSequence - 1
+                {
+                    return
+                }
+                throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
+            } catch let error where Self.isUnavailable(error) {
+                uncertain = true
+                coordinator.logger.warning("checkpoint retry", metadata: [
+                    LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(error)",
                 ])
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .milliseconds(500))
             }
         }
+    }
+
+    static func isUnavailable(_ error: any Error) -> Bool {
+        if case StoreError.unavailable = error { return true }
+        return false
     }
 }

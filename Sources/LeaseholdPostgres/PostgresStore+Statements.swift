@@ -5,7 +5,7 @@ import PostgresNIO
 extension PostgresStore {
     enum Statements {
 
-        static func heartbeat(replica: String, address: String, ttlSeconds: Double) -> PostgresQuery {
+        static func heartbeat(replica: String, address: String, ttlSeconds: Double, excluding: [String]) -> PostgresQuery {
             """
             WITH registered AS (
                 INSERT INTO replicas (id, address) VALUES (\(replica), \(address))
@@ -13,6 +13,7 @@ extension PostgresStore {
                 RETURNING id)
             UPDATE handlers SET lease_expires_at = now() + make_interval(secs => \(ttlSeconds))
             WHERE owner_replica = \(replica) AND status = 'running' AND lease_expires_at > now()
+                AND NOT (id = ANY(\(excluding)::text[]))
                 AND EXISTS (SELECT 1 FROM registered)
             RETURNING id, fencing_token
             """

@@ -107,10 +107,14 @@ public final class PostgresStore: HandlerStore, Service {
 
     // MARK: - Replicas and leases
 
-    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken] {
+    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
+        -> [HandlerID: FencingToken]
+    {
         try await guarded {
             let rows = try await client.query(
-                Statements.heartbeat(replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl)),
+                Statements.heartbeat(
+                    replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl),
+                    excluding: excluding.map(\.rawValue)),
                 logger: logger)
             var held: [HandlerID: FencingToken] = [:]
             for try await (id, token) in rows.decode((String, Int64).self) {

@@ -13,8 +13,11 @@ public protocol HandlerStore: Sendable {
 
     /// Registers the replica or refreshes its heartbeat, and renews every lease it holds that has
     /// not yet expired, in one statement.
+    /// - Parameter excluding: leases not to renew (handlers whose writes are stuck: let them expire
+    ///   so another replica takes over).
     /// - Returns: the handlers the replica still holds, with their tokens.
-    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken]
+    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
+        -> [HandlerID: FencingToken]
 
     /// Removes the replica's registration (graceful shutdown).
     func deregister(_ replica: ReplicaID) async throws
@@ -64,4 +67,10 @@ public protocol HandlerStore: Sendable {
 
     func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord]
     func counts() async throws -> HandlerCounts
+}
+
+extension HandlerStore {
+    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken] {
+        try await heartbeat(replica, address: address, ttl: ttl, excluding: [])
+    }
 }

@@ -32,13 +32,16 @@ public actor InMemoryStore: HandlerStore {
         now().addingTimeInterval(Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18)
     }
 
-    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken] {
+    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
+        -> [HandlerID: FencingToken]
+    {
         let time = now()
         replicaTable[replica, default: Replica(address: address, startedAt: time, heartbeatAt: time)].heartbeatAt = time
         replicaTable[replica]?.address = address
         var held: [HandlerID: FencingToken] = [:]
         let expires = expiry(ttl)
-        for (id, entry) in entries where entry.record.owner == replica && entry.record.status == .running {
+        let skip = Set(excluding)
+        for (id, entry) in entries where entry.record.owner == replica && entry.record.status == .running && !skip.contains(id) {
             guard let current = entry.record.leaseExpiresAt, current > time else { continue }
             entries[id]?.record.leaseExpiresAt = expires
             held[id] = entry.record.fencingToken

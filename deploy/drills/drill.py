@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Failover drills against deploy/local-cluster, with invariant checks.
+
+    deploy/drills/run kill9 [--runs N]       one drill
+    deploy/drills/all [--runs N]             every drill; writes deploy/drills/results.md
+
+Each run starts a workload through the load balancer (counters, approvals, timers), disrupts the
+cluster, answers the approvals, waits (bounded) for every handler to finish, and checks: no
+accepted event lost, every log 0..n without gap or repeat with exactly one terminal event at the
+end, every handler completed with the right result, fence actions counted, failover time. Each
+run prints one JSON line. Loopback only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "deploy" / "local-cluster"
+DIR = Path(os.environ.get("LH_DIR", ROOT / "deploy" / ".cluster"))
+LB = f"http://127.0.0.1:{os.environ.get('LH_PORT', '8080')}"
+TTL = float(os.environ.get("LH_LEASE_TTL", "5s").rstrip("s"))
+REPLICAS = ["r1", "r2", "r3"]
+DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"]
+
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from cluster import check_log, full_log  # noqa: E402
+
+
+def sh(*args: str, timeout: float = 120) -> str:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=timeout).stdout.strip()
+
+
+def replica_url(r: str) -> str:
+    return f"http://127.0.0.1:{sh(CLUSTER, 'port', r)}"
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def get(url: str, path: str) -> dict:
+    r = httpx.get(url + path, timeout=5)
+    r.raise_for_status()
+    return r.json()
+
+
+def fences() -> int:
+    total = 0
+    for r in REPLICAS:
+        try:
+            f = get(replica_url(r), "/cluster")["fencing"]
+            total += f["self_fences"] + f["rejected_writes"]
+        except httpx.HTTPError:
+            pass
+    return total
+
+
+class Workload:
+    def __init__(self, tag: str, counters: int = 6, approvals: int = 4, timers: int = 3, ticks: int = 50):
+        self.tag, self.ticks = tag, ticks
+        self.counters = [f"{tag}-c{i}" for i in range(counters)]
+        self.approvals = [f"{tag}-a{i}" for i in range(approvals)]
+        self.timers = [f"{tag}-t{i}" for i in range(timers)]
+        self.answered: dict[str, str] = {}
+
+    @property
+    def all(self) -> list[str]:
+        return self.counters + self.approvals + self.timers
+
+    def start(self):
+        for h in self.counters:
+            post(f"/workflows/counter/run-nowait", {"start_event": {"count_to": self.ticks, "tick_ms": 60}, "handler_id": h})
+        for h in self.approvals:
+            post(f"/workflows/approval/run-nowait", {"start_event": {"request": h}, "handler_id": h})
+        for h in self.timers:
+            post(f"/workflows/timer/run-nowait", {"start_event": {"seconds": TTL + 1.5}, "handler_id": h})
+        wait_until(lambda: all(get(LB, f"/cluster/handlers/{h}")["last_sequence"] >= 3 for h in self.counters),
+                   30, "workload running")
+
+    def answer(self):
+        for h in self.approvals:
+            answer = "yes-" + h
+            post(f"/events/{h}", {"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
+            self.answered[h] = answer
+
+    def check(self) -> dict:
+        def finished():
+            return all(httpx.get(f"{LB}/handlers/{h}", timeout=5).json()["status"] != "running" for h in self.all)
+        wait_until(finished, 120, "every handler finished")
+        lost = bad_sequences = incomplete = 0
+        for h in self.all:
+            record = httpx.get(f"{LB}/handlers/{h}", timeout=5).json()
+            result = check_log(full_log(LB, h))
+            if not result["contiguous"] or result["terminals"] != 1 or not result["last_is_terminal"]:
+                bad_sequences += 1
+            if record["status"] != "completed":
+                incomplete += 1
+                continue
+            value = record["result"]["value"]["result"]
+            if h in self.counters and (value != self.ticks or result["ticks"] != list(range(1, self.ticks + 1))):
+                lost += 1
+            if h in self.approvals and value != {"request": h, "response": self.answered[h]}:
+                lost += 1
+            if h in self.timers and value != "rang":
+                lost += 1
+        return {"lost": lost, "bad_sequences": bad_sequences, "incomplete": incomplete}
+
+
+def post(path: str, body: dict):
+    # The load balancer may briefly have no ready replica during a drill; retry a bounded number of times.
+    last = None
+    for _ in range(100):
+        try:
+            r = httpx.post(LB + path, json=body, timeout=10)
+            if r.status_code < 500:
+                assert r.status_code == 200, (path, r.status_code, r.text)
+                return r.json()
+            last = r.text
+        except httpx.HTTPError as error:
+            last = str(error)
+        time.sleep(0.1)
+    raise RuntimeError(f"POST {path} kept failing: {last}")
+
+
+def owners(handlers: list[str]) -> dict[str, str | None]:
+    return {h: get(LB, f"/cluster/handlers/{h}")["owner"] for h in handlers}
+
+
+def busiest_owner(work: Workload) -> str:
+    counts: dict[str, int] = {}
+    for owner in owners(work.counters).values():
+        if owner:
+            counts[owner] = counts.get(owner, 0) + 1
+    return max(counts, key=counts.get)
+
+
+def measure_failover(victim: str, work: Workload, started: float) -> float:
+    moved = [h for h, o in owners(work.counters).items() if o == victim]
+    before = {h: get(LB, f"/cluster/handlers/{h}")["last_sequence"] for h in moved}
+    wait_until(lambda: all(get(LB, f"/cluster/handlers/{h}")["owner"] not in (None, victim)
+                           and get(LB, f"/cluster/handlers/{h}")["last_sequence"] > before[h] for h in moved),
+               TTL + 30, "handlers moved")
+    return time.monotonic() - started
+
+
+def drill_kill9(work: Workload) -> dict:
+    victim = busiest_owner(work)
+    started = time.monotonic()
+    sh(CLUSTER, "kill", victim)
+    failover = measure_failover(victim, work, started)
+    sh(CLUSTER, "start", victim)
+    return {"failover_s": round(failover, 3)}
+
+
+def drill_pause(work: Workload) -> dict:
+    victim = busiest_owner(work)
+    pid = int(sh(CLUSTER, "pid", victim))
+    started = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        failover = measure_failover(victim, work, started)
+        time.sleep(max(0.0, 2 * TTL - (time.monotonic() - started)))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    url = replica_url(victim)
+    wait_until(lambda: sum(get(url, "/cluster")["fencing"].values()) > 0, 15, "stale replica fenced")
+    return {"failover_s": round(failover, 3), "stale_replica_fences": sum(get(url, "/cluster")["fencing"].values())}
+
+
+def drill_rolling_restart(work: Workload) -> dict:
+    slowest = 0.0
+    for r in REPLICAS:
+        started = time.monotonic()
+        sh(CLUSTER, "stop", r)
+        slowest = max(slowest, time.monotonic() - started)
+        sh(CLUSTER, "start", r)
+    return {"slowest_shutdown_s": round(slowest, 3)}
+
+
+def drill_pg_restart(work: Workload) -> dict:
+    started = time.monotonic()
+    sh(ROOT / "scripts" / "pg", "restart", DIR / "pg")
+    for r in REPLICAS:
+        wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+    return {"recovered_s": round(time.monotonic() - started, 3)}
+
+
+def drill_conn_drop(work: Workload) -> dict:
+    url = sh(CLUSTER, "url")
+    killed = sh("psql", url, "-XAtc",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    for r in REPLICAS:
+        wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+    return {"connections_killed": int(killed)}
+
+
+class Blackhole:
+    """A loopback TCP relay to Postgres that can stop relaying (a partition: packets vanish, no
+    reset) and resume. The partitioned replica reaches the database only through it."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.cut = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        self.server.settimeout(0.2)
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                continue
+            if self.cut.is_set():
+                continue  # leave it hanging, as a partition would
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    def pump(self, source: socket.socket, sink: socket.socket):
+        source.settimeout(0.2)
+        while not self.closed.is_set():
+            if self.cut.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                data = source.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        for s in (source, sink):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed.set()
+        self.server.close()
+
+
+def drill_partition(work: Workload) -> dict:
+    """A fourth replica reaches Postgres only through a relay; the relay goes silent for 2×TTL."""
+    pg_port = int(sh(CLUSTER, "url").rsplit(":", 1)[1].split("/")[0])
+    hole = Blackhole(pg_port)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    r4_port = port.getsockname()[1]
+    port.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
+    env.update({"LEASEHOLD_PORT": str(r4_port), "LEASEHOLD_REPLICA_ID": "r4-partitioned",
+                "LEASEHOLD_DATABASE_URL": f"postgres://postgres@127.0.0.1:{hole.port}/postgres",
+                "LEASEHOLD_LEASE_TTL": f"{TTL}s"})
+    log = open(DIR / "r4-partitioned.log", "ab")
+    proc = subprocess.Popen([str(ROOT / ".build" / "debug" / "leasehold"), "serve"], env=env, stdout=log, stderr=log)
+    r4 = f"http://127.0.0.1:{r4_port}"
+    try:
+        wait_until(lambda: httpx.get(r4 + "/ready", timeout=1).status_code == 200, 30, "r4 ready")
+        mine = [f"{work.tag}-p{i}" for i in range(4)]
+        for h in mine:
+            r = httpx.post(f"{r4}/workflows/counter/run-nowait",
+                           json={"start_event": {"count_to": work.ticks, "tick_ms": 60}, "handler_id": h}, timeout=10)
+            assert r.status_code == 200, r.text
+        work.counters.extend(mine)
+        wait_until(lambda: all(get(LB, f"/cluster/handlers/{h}")["last_sequence"] >= 3 for h in mine), 30, "r4 working")
+        started = time.monotonic()
+        hole.cut.set()
+        failover = measure_failover("r4-partitioned", work, started)
+        time.sleep(max(0.0, 2 * TTL - (time.monotonic() - started)))
+        hole.cut.clear()
+        wait_until(lambda: sum(get(r4, "/cluster")["fencing"].values()) > 0, 20, "partitioned replica fenced")
+        fenced = sum(get(r4, "/cluster")["fencing"].values())
+        return {"failover_s": round(failover, 3), "stale_replica_fences": fenced}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        hole.close()
+
+
+def run_once(name: str) -> dict:
+    sh(CLUSTER, "up", timeout=300)
+    work = Workload(f"{name}-{uuid.uuid4().hex[:6]}")
+    fences_before = fences()
+    work.start()
+    outcome = {"drill": name}
+    try:
+        outcome.update(globals()["drill_" + name.replace("-", "_")](work))
+        work.answer()
+        outcome.update(work.check())
+        outcome["fence_actions"] = fences() - fences_before + outcome.get("stale_replica_fences", 0) * 0
+        outcome["passed"] = outcome["lost"] == 0 and outcome["bad_sequences"] == 0 and outcome["incomplete"] == 0
+        if name in ("pause", "partition") and outcome.get("stale_replica_fences", 0) <= 0:
+            outcome["passed"] = False
+        if "failover_s" in outcome and outcome["failover_s"] > TTL + 1:
+            outcome["failover_goal_missed"] = True
+    except Exception as error:  # a drill that breaks is a failed run, reported, not a crash of the runner
+        outcome.update({"passed": False, "error": f"{type(error).__name__}: {error}"})
+    print(json.dumps(outcome), flush=True)
+    return outcome
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| drill | runs | passed | lost | duplicate/skipped sequences | fence actions | failover median/max (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["drill"] for r in results):
+        runs = [r for r in results if r["drill"] == name]
+        failovers = [r["failover_s"] for r in runs if "failover_s" in r]
+        fo = f"{statistics.median(failovers):.2f} / {max(failovers):.2f}" if failovers else "—"
+        lines.append(f"| {name} | {len(runs)} | {sum(r.get('passed', False) for r in runs)} | "
+                     f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('bad_sequences', 0) for r in runs)} | "
+                     f"{sum(r.get('fence_actions', 0) for r in runs)} | {fo} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("drills", nargs="*", default=DRILLS, help=f"which drills ({', '.join(DRILLS)})")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--table", type=Path, help="write the markdown table here")
+    parser.add_argument("--down", action="store_true", help="stop the cluster afterwards")
+    args = parser.parse_args()
+    unknown = [d for d in args.drills if d not in DRILLS]
+    if unknown:
+        parser.error(f"unknown drill {unknown}; choose from {DRILLS}")
+    results = [run_once(name) for name in args.drills for _ in range(args.runs)]
+    text = table(results)
+    print(text)
+    if args.table:
+        args.table.write_text(f"Drills on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, lease TTL {TTL}s\n\n{text}\n")
+    if args.down:
+        sh(CLUSTER, "down")
+    sys.exit(0 if all(r.get("passed") for r in results) else 1)
+
+
+if __name__ == "__main__":
+    main()
