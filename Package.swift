@@ -90,6 +90,8 @@ let package = Package(
             dependencies: [
                 "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

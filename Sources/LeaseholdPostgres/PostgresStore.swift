@@ -170,6 +170,11 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    /// The claim statement exactly as `claim` sends it (benchmarks compare against it raw).
+    public static func claimStatement(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
+        Statements.claim(replica: replica, ttlSeconds: ttlSeconds, limit: limit)
+    }
+
     // MARK: - Fenced writes
 
     private func checkpointQuery(_ checkpoint: Checkpoint, lease: Lease) throws -> PostgresQuery {

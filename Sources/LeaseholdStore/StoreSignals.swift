@@ -12,10 +12,23 @@ public final class StoreSignals: Sendable {
         var continuation: CheckedContinuation<Void, Never>
     }
 
+    /// Versions live in a fixed number of buckets (handler ids hash into them), so the memory
+    /// this costs does not grow with the number of handlers a replica has ever seen. Two handlers
+    /// in one bucket only cause a spurious wake-up, which readers tolerate.
+    static let buckets = 4096
+
     private struct State {
-        var versions: [String: UInt64] = [:]
+        var versions = [UInt64](repeating: 0, count: StoreSignals.buckets)
         var waiters: [String: [Waiter]] = [:]
         var nextWaiterID: UInt64 = 0
+    }
+
+    private static func bucket(_ handlerID: String) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in handlerID.utf8 {
+            hash = (hash ^ UInt32(byte)) &* 16_777_619
+        }
+        return Int(hash % UInt32(buckets))
     }
 
     private let state = Mutex(State())
@@ -29,12 +42,12 @@ public final class StoreSignals: Sendable {
 
     /// The current version of a handler's log; pass it to `waitForLogChange`.
     public func logVersion(_ handlerID: String) -> UInt64 {
-        state.withLock { $0.versions[handlerID] ?? 0 }
+        state.withLock { $0.versions[Self.bucket(handlerID)] }
     }
 
     public func logChanged(_ handlerID: String) {
         let woken = state.withLock { state -> [Waiter] in
-            state.versions[handlerID, default: 0] &+= 1
+            state.versions[Self.bucket(handlerID)] &+= 1
             return state.waiters.removeValue(forKey: handlerID) ?? []
         }
         for waiter in woken { waiter.continuation.resume() }
@@ -43,7 +56,7 @@ public final class StoreSignals: Sendable {
     /// Wakes every log reader (after a reconnect, when notifications may have been missed).
     public func allLogsChanged() {
         let woken = state.withLock { state -> [Waiter] in
-            for key in state.versions.keys { state.versions[key]! &+= 1 }
+            for index in state.versions.indices { state.versions[index] &+= 1 }
             let all = state.waiters.values.flatMap { $0 }
             state.waiters = [:]
             return all
@@ -73,7 +86,7 @@ public final class StoreSignals: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { state -> Bool in
-                    if Task.isCancelled || (state.versions[handlerID] ?? 0) != version { return true }
+                    if Task.isCancelled || state.versions[Self.bucket(handlerID)] != version { return true }
                     state.waiters[handlerID, default: []].append(Waiter(id: waiterID, continuation: continuation))
                     return false
                 }
@@ -94,9 +107,4 @@ public final class StoreSignals: Sendable {
 
     /// How many log readers wait right now (a gauge for metrics and tests).
     public var waitingReaders: Int { state.withLock { $0.waiters.values.reduce(0) { $0 + $1.count } } }
-
-    /// Forgets a finished handler's version counter.
-    public func forget(_ handlerID: String) {
-        state.withLock { _ = $0.versions.removeValue(forKey: handlerID) }
-    }
 }

@@ -1,0 +1,79 @@
+"""Deployment: the compose file validates and matches the local cluster; every drill passes once
+against a real local cluster (three replicas, HAProxy, Postgres) on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+
+
+def test_compose_file_validates():
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is not installed (scripts/setup installs Debian's package)")
+    result = subprocess.run([compose, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_matches_the_local_cluster():
+    spec = yaml.safe_load(COMPOSE.read_text())
+    topology = json.loads(subprocess.run([str(ROOT / "deploy" / "local-cluster"), "topology"],
+                                         check=True, capture_output=True, text=True, timeout=30).stdout)
+    services = spec["services"]
+    assert {"postgres", "migrate", "lb"} <= set(services)
+    assert set(topology["replicas"]) == {name for name in services if name.startswith("r")}
+    for name, keys in topology["replicas"].items():
+        service = services[name]
+        assert set(service["environment"]) == set(keys), name
+        assert service["environment"]["LEASEHOLD_REPLICA_ID"] == name
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["lb"]["ports"] == [f"{topology['load_balancer']['port']}:8080"]
+    haproxy = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert f"option httpchk GET {topology['load_balancer']['health']}" in haproxy
+    assert "postgres" in services["postgres"]["image"] and "healthcheck" in services["postgres"]
+
+
+def free_port_block(size: int) -> int:
+    for start in range(20000, 60000, 97):
+        sockets = []
+        try:
+            for port in range(start, start + size):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                sockets.append(s)
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def test_every_drill_passes_once(tmp_path):
+    base = free_port_block(4)
+    env = dict(os.environ, LH_DIR=str(tmp_path / "cluster"), LH_PORT=str(base), LH_BASE_PORT=str(base + 1),
+               LH_LEASE_TTL="2s")
+    env = {k: v for k, v in env.items() if not k.startswith("LEASEHOLD_")}
+    try:
+        result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "deploy" / "drills" / "drill.py"),
+                                 "--runs", "1", "--table", str(tmp_path / "drills.md")],
+                                env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        subprocess.run([str(ROOT / "deploy" / "local-cluster"), "down"], env=env, capture_output=True, timeout=120)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {line["drill"] for line in lines} == {"kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"}
+    assert all(line["passed"] and line["lost"] == 0 and line["bad_sequences"] == 0 for line in lines)
