@@ -1,0 +1,3 @@
+wrk.method = "POST"
+wrk.body = '{"start_event": {"message": "hello"}}'
+wrk.headers["Content-Type"] = "application/json"

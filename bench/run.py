@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Benchmarks, side by side in one run on this machine: Leasehold (release build) and the
+Python llama-agents-server (PyPI) on the same PostgreSQL, plus the store's claim statement
+against itself sent raw. Writes bench/results/latest.json and latest.md. Loopback only; every
+load is bounded in time and count.
+
+    bench/run                 everything
+    bench/run --quick         shorter loads (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DIST = ROOT / "dist"
+PG = ROOT / "scripts" / "pg"
+PY = Path(os.environ.get("LH_BENCH_PYTHON", ROOT / "bench" / ".venv-py" / "bin" / "python"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def sh(*args, timeout=600, **kw) -> str:
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=timeout, **kw).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+class Proc:
+    def __init__(self, args, env=None, log="proc.log"):
+        self.log = open(RESULTS / "raw" / log, "wb")
+        self.p = subprocess.Popen([str(a) for a in args], env=env, stdout=self.log, stderr=self.log)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def database(admin: str, name: str) -> str:
+    sh("psql", admin, "-XAtqc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    sh("psql", admin, "-XAtqc", f"CREATE DATABASE {name}")
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def leasehold(db: str, port: int, idle="off", replica="b1", log=None) -> Proc:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
+    p = Proc([DIST / "leasehold", "serve", "--port", port, "--database-url", db, "--replica-id", replica,
+              "--idle-timeout", idle, "--log-level", "warning"], env=env, log=log or f"leasehold-{port}.log")
+    wait_http(f"http://127.0.0.1:{port}/ready")
+    return p
+
+
+def python_server(db: str, port: int, idle=60.0) -> Proc:
+    p = Proc([PY, ROOT / "bench" / "python_server.py", port, db, idle], log=f"python-{port}.log")
+    wait_http(f"http://127.0.0.1:{port}/workflows")
+    return p
+
+
+def wrk(url: str, script: str, seconds: int, connections=64) -> dict:
+    out = sh("wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", ROOT / "bench" / script, url,
+             timeout=seconds + 60)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": round(rps, 1), "p50_ms": round(pct(50), 2), "p99_ms": round(pct(99), 2),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def counter_events_per_s(url: str, ticks: int) -> dict:
+    started = time.monotonic()
+    r = httpx.post(f"{url}/workflows/counter/run", json={"start_event": {"count_to": ticks}}, timeout=900)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text[:300]
+    return {"ticks": ticks, "seconds": round(elapsed, 3), "ticks_per_s": round(ticks / elapsed, 1)}
+
+
+def first_event_after(url: str, handler: str, send) -> float:
+    """Seconds from sending an event to the first new stream event (SSE, after 'now')."""
+    got = threading.Event()
+    ready = threading.Event()
+    stamp = {}
+
+    def read():
+        with httpx.stream("GET", f"{url}/events/{handler}", params={"after_sequence": "now"}, timeout=30) as r:
+            ready.set()
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    stamp["t"] = time.monotonic()
+                    got.set()
+                    return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    ready.wait(10)
+    time.sleep(0.05)  # the stream's request is in; its first poll has run
+    sent = time.monotonic()
+    send()
+    got.wait(30)
+    return stamp.get("t", float("inf")) - sent
+
+
+def reload_latency(url: str, count: int, hibernated) -> dict:
+    ids = []
+    for i in range(count):
+        r = httpx.post(f"{url}/workflows/approval/run-nowait", json={"start_event": {"request": f"r{i}"}}, timeout=10)
+        ids.append(r.json()["handler_id"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(hibernated(url, h) for h in ids):
+        time.sleep(0.2)
+    samples = []
+    for h in ids:
+        samples.append(first_event_after(url, h, lambda h=h: httpx.post(
+            f"{url}/events/{h}", json={"event": {"type": "HumanResponseEvent", "value": {"response": "yes"}}}, timeout=10)))
+    samples.sort()
+    return {"count": count, "p50_ms": round(samples[len(samples) // 2] * 1000, 2),
+            "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000, 2)}
+
+
+def leasehold_hibernated(url, h) -> bool:
+    return httpx.get(f"{url}/cluster/handlers/{h}", timeout=5).json()["hibernated"]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--hibernated", type=int, default=100_000)
+    args = parser.parse_args()
+    seconds = 5 if args.quick else 10
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    pgdir = RESULTS / "raw" / "pg"
+    sh(PG, "destroy", pgdir)
+    admin = sh(PG, "start", pgdir, "--durable").strip()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": {"cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+                           "kernel": platform.release(),
+                           "postgres": sh("psql", admin, "-XAtc", "show server_version").strip(),
+                           "postgres_settings": "fsync on, synchronous_commit on (durable)"}}
+    procs = []
+    try:
+        # 1. The store: claims through PostgresStore vs the same statement raw; one renew of 10k leases.
+        results["store"] = json.loads(sh(DIST / "leasehold-bench", "store", "--database-url", database(admin, "storebench"),
+                                         "--handlers", 10_000 if args.quick else 20_000, "--repeats", 3).strip().splitlines()[-1])
+        print(json.dumps({"store": results["store"]}), flush=True)
+
+        # 2. HTTP: run of echo, 64 connections; counter events/s; both servers on Postgres.
+        lh_port, py_port = free_port(), free_port()
+        lh = leasehold(database(admin, "lhbench"), lh_port)
+        py = python_server(database(admin, "pybench"), py_port)
+        procs += [lh, py]
+        lh_url, py_url = f"http://127.0.0.1:{lh_port}", f"http://127.0.0.1:{py_port}"
+        results["echo_run"] = {"leasehold": wrk(f"{lh_url}/workflows/echo/run", "echo.lua", seconds),
+                               "python": wrk(f"{py_url}/workflows/echo/run", "echo.lua", seconds)}
+        print(json.dumps({"echo_run": results["echo_run"]}), flush=True)
+        ticks = 2_000 if args.quick else 10_000
+        results["counter"] = {"leasehold": counter_events_per_s(lh_url, ticks),
+                              "python": counter_events_per_s(py_url, min(ticks, 2_000))}
+        print(json.dumps({"counter": results["counter"]}), flush=True)
+        lh.stop()
+        py.stop()
+
+        # 3. Reload latency: event to a hibernated approval → first new stream event.
+        lh = leasehold(database(admin, "lhreload"), lh_port, idle="300ms")
+        py = python_server(database(admin, "pyreload"), py_port, idle=0.3)
+        procs += [lh, py]
+        count = 30 if args.quick else 100
+        results["reload"] = {"leasehold": reload_latency(lh_url, count, leasehold_hibernated)}
+        time.sleep(1.0)
+        results["reload"]["python"] = reload_latency(py_url, count, lambda url, h: True)
+        results["reload"]["python"]["note"] = "idle_timeout=0.3s; waited 0.3s+ before sending (no hibernation flag in its API)"
+        print(json.dumps({"reload": results["reload"]}), flush=True)
+        lh.stop()
+        py.stop()
+
+        # 4. Resident memory per hibernated handler.
+        lh = leasehold(database(admin, "lhmemory"), lh_port, idle="1s")
+        procs.append(lh)
+        wrk(f"{lh_url}/workflows/echo/run", "echo.lua", 3)  # warm up pools and caches
+        time.sleep(2)
+        before = lh.rss_kib()
+        target = 20_000 if args.quick else args.hibernated
+        created = 0
+        deadline = time.monotonic() + 600
+        while created < target and time.monotonic() < deadline:
+            wrk(f"{lh_url}/workflows/approval/run-nowait", "approval.lua", 5)
+            created = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]
+            created = created["running"] + created["hibernated"]
+        while time.monotonic() < deadline:
+            counts = httpx.get(f"{lh_url}/cluster", timeout=10).json()
+            if counts["handlers"]["running"] == 0 and counts["live_here"] == 0:
+                break
+            time.sleep(1)
+        time.sleep(3)
+        after = lh.rss_kib()
+        hibernated = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]["hibernated"]
+        results["memory"] = {"hibernated": hibernated, "rss_before_kib": before, "rss_after_kib": after,
+                             "bytes_per_hibernated": round((after - before) * 1024 / max(1, hibernated), 1)}
+        print(json.dumps({"memory": results["memory"]}), flush=True)
+        lh.stop()
+    finally:
+        for p in procs:
+            p.stop()
+        sh(PG, "destroy", pgdir)
+    drills = ROOT / "deploy" / "drills" / "results.md"
+    results["drills_table"] = drills.read_text() if drills.exists() else None
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    s, e, c, rl, mem = r["store"], r["echo_run"], r["counter"], r["reload"], r["memory"]
+    def ratio(a, b):
+        return f"{a / b:.1f}×" if b else "—"
+    lines = [f"Measured {r['date']} on {m['cores']} cores, {m['memory_gib']} GiB, PostgreSQL {m['postgres']} ({m['postgres_settings']}), loopback.",
+             "",
+             "| figure | Leasehold | compared with | ratio | goal |",
+             "|---|---|---|---|---|",
+             f"| lease claims/s through the store (batch {s['claim_batch']}, {s['claimers']} claimers) | {s['claims_per_s_store']:.0f} | raw statement {s['claims_per_s_raw']:.0f} | {s['claims_ratio']:.2f} | ≥ 0.5 |",
+             f"| one renew of {s['leases_renewed']} leases | {s['renew_ms_median']} ms (best {s['renew_ms_best']}) | — | — | ≤ 20 ms |",
+             f"| `run` of echo, 64 connections, requests/s | {e['leasehold']['rps']} (p50 {e['leasehold']['p50_ms']} ms, p99 {e['leasehold']['p99_ms']} ms) | Python {e['python']['rps']} (p99 {e['python']['p99_ms']} ms) | {ratio(e['leasehold']['rps'], e['python']['rps'])} | ≥ 10× |",
+             f"| counter ticks/s (one replica, Postgres) | {c['leasehold']['ticks_per_s']} ({c['leasehold']['ticks']} ticks) | Python {c['python']['ticks_per_s']} ({c['python']['ticks']} ticks) | {ratio(c['leasehold']['ticks_per_s'], c['python']['ticks_per_s'])} | ≥ 10× |",
+             f"| reload latency p50/p99 (hibernated approval → first stream event) | {rl['leasehold']['p50_ms']} / {rl['leasehold']['p99_ms']} ms | Python {rl['python']['p50_ms']} / {rl['python']['p99_ms']} ms | {ratio(rl['python']['p99_ms'], rl['leasehold']['p99_ms'])} faster at p99 | p99 ≤ 20 ms, ≥ 10× |",
+             f"| resident memory per hibernated handler | {mem['bytes_per_hibernated']} B ({mem['hibernated']} hibernated, RSS {mem['rss_before_kib']} → {mem['rss_after_kib']} KiB) | — | — | ≤ 200 B |",
+             ""]
+    if r.get("drills_table"):
+        lines += ["Failover drills (deploy/drills/all):", "", r["drills_table"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
