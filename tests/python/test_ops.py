@@ -1,0 +1,141 @@
+"""Operating a replica: metrics after a workload, JSON logs without secrets, `leasehold status`,
+API keys with the real client, stream limits, bad flags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import threading
+
+import httpx
+import pytest
+from llama_agents.client import WorkflowClient
+
+from conftest import BIN, wait_until
+
+
+def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
+    replica = spawn(database_url=database_url, extra=["--idle-timeout", "200ms"])
+    httpx.post(f"{replica.url}/workflows/counter/run", json={"start_event": {"count_to": 20}}, timeout=30)
+    httpx.post(f"{replica.url}/workflows/approval/run-nowait", json={"start_event": {"request": "m"}, "handler_id": "m1"})
+    wait_until(lambda: httpx.get(f"{replica.url}/cluster/handlers/m1").json()["hibernated"], what="hibernation")
+    httpx.post(f"{replica.url}/events/m1", json={"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}})
+    wait_until(lambda: httpx.get(f"{replica.url}/handlers/m1").json()["status"] == "completed", what="completion")
+    text = httpx.get(f"{replica.url}/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            samples[name_labels] = float(value)
+    def total(name):
+        return sum(v for k, v in samples.items() if re.match(rf"{name}(\{{|$)", k))
+    assert total("leasehold_handlers_started_total") >= 2
+    assert total("leasehold_handlers_finished_total") >= 2
+    assert total("leasehold_hibernations_total") >= 1
+    assert total("leasehold_reloads_total") >= 1
+    assert total("leasehold_events_appended_total") >= 20
+    assert total("leasehold_checkpoints_total") >= 1
+    assert any(k.startswith("leasehold_http_requests_total{") and 'status="200"' in k for k in samples)
+    assert any(k.startswith("leasehold_renew_duration_seconds") for k in samples)
+
+
+def test_json_logs_carry_lease_changes_and_never_the_password(database_url, spawn):
+    with_password = database_url.replace("postgres@", "postgres:hunter2secret@")
+    replica = spawn(database_url=with_password, extra=["--log-format", "json", "--idle-timeout", "200ms"])
+    httpx.post(f"{replica.url}/workflows/approval/run-nowait", json={"start_event": {"request": "l"}, "handler_id": "l1"})
+    wait_until(lambda: httpx.get(f"{replica.url}/cluster/handlers/l1").json()["hibernated"], what="hibernation")
+    replica.terminate()
+    lines = [json.loads(line) for line in replica.log_path.read_text().splitlines() if line.startswith("{")]
+    messages = {line["message"] for line in lines}
+    assert {"claimed", "hibernated", "replica registered"} <= messages
+    claimed = next(line for line in lines if line["message"] == "claimed")
+    assert claimed["handler_id"] == "l1" and claimed["replica_id"] == "r1" and claimed["fencing_token"] == "1"
+    assert "hunter2secret" not in replica.log_path.read_text()
+
+
+def test_status_prints_the_cluster(database_url, spawn):
+    replica = spawn(database_url=database_url)
+    httpx.post(f"{replica.url}/workflows/echo/run", json={"start_event": {"message": "s"}})
+    table = subprocess.run([BIN, "status", "--database-url", database_url], capture_output=True, text=True, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert "r1" in table.stdout and "completed 1" in table.stdout
+    as_json = json.loads(subprocess.run([BIN, "status", "--database-url", database_url, "--json"],
+                                        capture_output=True, text=True, timeout=30).stdout)
+    assert as_json["replicas"][0]["id"] == "r1" and as_json["replicas"][0]["alive"] is True
+    assert as_json["handlers"]["completed"] == 1
+
+
+def test_api_key_with_the_real_client(spawn):
+    replica = spawn(extra=["--api-key", "k3y"])
+    assert httpx.get(f"{replica.url}/workflows").status_code == 401
+    assert httpx.get(f"{replica.url}/health").status_code == 200
+
+    async def go():
+        async with httpx.AsyncClient(base_url=replica.url, headers={"Authorization": "Bearer k3y"}) as http:
+            client = WorkflowClient(httpx_client=http)
+            data = await client.run_workflow("echo", start_event={"message": "authorised"})
+            assert data.result.value == {"result": "authorised"}
+        async with httpx.AsyncClient(base_url=replica.url, headers={"Authorization": "Bearer nope"}) as http:
+            with pytest.raises(httpx.HTTPStatusError) as caught:
+                await WorkflowClient(httpx_client=http).list_workflows()
+            assert caught.value.response.status_code == 401
+            assert caught.value.response.json() == {"detail": "missing or invalid API key"}
+    asyncio.run(go())
+
+
+def test_stream_cap_answers_503_with_retry_after(spawn):
+    replica = spawn(extra=["--max-streams", "1"])
+    httpx.post(f"{replica.url}/workflows/approval/run-nowait", json={"start_event": {"request": "s"}, "handler_id": "cap"})
+    opened = threading.Event()
+    done = threading.Event()
+
+    def hold():
+        with httpx.stream("GET", f"{replica.url}/events/cap", params={"after_sequence": "-1"}, timeout=30) as r:
+            for _ in r.iter_lines():
+                opened.set()
+                if done.is_set():
+                    return
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    assert opened.wait(10)
+    second = httpx.get(f"{replica.url}/events/cap", params={"after_sequence": "-1"}, timeout=10)
+    assert second.status_code == 503 and second.headers["retry-after"] == "1"
+    assert "too many open streams" in second.json()["detail"]
+    done.set()
+    httpx.post(f"{replica.url}/handlers/cap/cancel")
+    t.join(10)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lease-ttl", "soon", "--lease-ttl"),
+    ("--idle-timeout", "-3s", "--idle-timeout"),
+    ("--port", "99999", "--port"),
+    ("--database-url", "mysql://x@y/z", "--database-url"),
+    ("--log-level", "loud", "--log-level"),
+    ("--max-body", "12", "--max-body"),
+])
+def test_bad_flags_stop_startup_naming_the_flag(flag, value, message):
+    result = subprocess.run([BIN, "serve", f"{flag}={value}"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_unreachable_database_names_host_and_port_never_the_password():
+    result = subprocess.run([BIN, "migrate", "--database-url", "postgres://u:pa55word@127.0.0.1:1/db"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "127.0.0.1:1" in result.stderr and "pa55word" not in result.stderr + result.stdout
+
+
+def test_run_command_prints_ticks_and_rejects_bad_input():
+    ok = subprocess.run([BIN, "run", "counter", "--start", '{"count_to": 5}'], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [l["value"]["n"] for l in lines if l.get("type") == "Tick"] == [1, 2, 3, 4, 5]
+    assert lines[-1] == {"result": 5}
+    for args, needle in [(["run", "nope"], "unknown workflow"), (["run", "echo", "--start", "{bad"], "--start"),
+                         (["run", "counter", "--start", '{"count_to": "x"}'], "must be an integer")]:
+        bad = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
