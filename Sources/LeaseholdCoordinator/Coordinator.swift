@@ -461,12 +461,15 @@ public final class Coordinator: Service, Sendable {
     }
 }
 
-struct OperationTimedOut: Error, CustomStringConvertible {
-    var description: String { "store operation timed out" }
+/// An operation ran past its time limit.
+public struct OperationTimedOut: Error, CustomStringConvertible {
+    public var description: String { "timed out" }
 }
 
-/// Runs a store operation with a time limit (shutdown must not hang on an unreachable database).
-func bounded<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+/// Runs an operation with a time limit (shutdown must not hang on an unreachable database).
+/// The operation is cancelled when the limit passes; it must honour cancellation.
+/// - Throws: `OperationTimedOut`, or the operation's error.
+public func bounded<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {

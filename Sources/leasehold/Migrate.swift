@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LeaseholdCoordinator
 import LeaseholdPostgres
 import Logging
 import PostgresNIO
@@ -16,10 +17,10 @@ func withDatabase<T: Sendable>(
         }
         defer { group.cancelAll() }
         do {
-            return try await withTimeout(.seconds(10)) { try await body(client) }
+            return try await bounded(.seconds(10)) { try await body(client) }
         } catch let error as MigrationError {
             throw fail("migrations: \(error)")
-        } catch is TimedOut {
+        } catch is OperationTimedOut {
             throw fail("cannot reach the database at \(url.host):\(url.port) (timed out)")
         } catch let error as PSQLError {
             throw fail("database at \(url.host):\(url.port): \(describe(error))")

@@ -105,7 +105,7 @@ func migrateWithRetry(_ client: PostgresClient, url: DatabaseURL, logger: Logger
     var lastError = ""
     while ContinuousClock.now - start < deadline {
         do {
-            let applied = try await withTimeout(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
+            let applied = try await bounded(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
             logger.info("schema ready", metadata: ["applied": "\(applied)"])
             return
         } catch let error as MigrationError {
@@ -125,23 +125,6 @@ func describe(_ error: any Error) -> String {
         return "\(psql.code)"
     }
     return "\(error)"
-}
-
-struct TimedOut: Error, CustomStringConvertible {
-    var description: String { "timed out" }
-}
-
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut() }
-        return value
-    }
 }
 
 /// Every serve setting, resolved from flag or environment and checked.
