@@ -81,9 +81,10 @@ def database(admin: str, name: str) -> str:
     return admin.rsplit("/", 1)[0] + "/" + name
 
 
-def leasehold(db: str, port: int, idle="off", replica="b1", log=None) -> Proc:
+def leasehold(db: str | None, port: int, idle="off", replica="b1", log=None) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
-    p = Proc([DIST / "leasehold", "serve", "--port", port, "--database-url", db, "--replica-id", replica,
+    store = ["--database-url", db] if db else []
+    p = Proc([DIST / "leasehold", "serve", "--port", port, *store, "--replica-id", replica,
               "--idle-timeout", idle, "--log-level", "warning"], env=env, log=log or f"leasehold-{port}.log")
     wait_http(f"http://127.0.0.1:{port}/ready")
     return p
@@ -199,6 +200,12 @@ def main():
         print(json.dumps({"counter": results["counter"]}), flush=True)
         lh.stop()
         py.stop()
+        mem = leasehold(None, lh_port)
+        procs.append(mem)
+        results["in_memory"] = {"echo_run": wrk(f"{lh_url}/workflows/echo/run", "echo.lua", seconds),
+                                "counter": counter_events_per_s(lh_url, ticks)}
+        print(json.dumps({"in_memory": results["in_memory"]}), flush=True)
+        mem.stop()
 
         # 3. Reload latency: event to a hibernated approval → first new stream event.
         lh = leasehold(database(admin, "lhreload"), lh_port, idle="300ms")
@@ -263,6 +270,7 @@ def markdown(r: dict) -> str:
              f"| `run` of echo, 64 connections, requests/s | {e['leasehold']['rps']} (p50 {e['leasehold']['p50_ms']} ms, p99 {e['leasehold']['p99_ms']} ms) | Python {e['python']['rps']} (p99 {e['python']['p99_ms']} ms) | {ratio(e['leasehold']['rps'], e['python']['rps'])} | ≥ 10× |",
              f"| counter ticks/s (one replica, Postgres) | {c['leasehold']['ticks_per_s']} ({c['leasehold']['ticks']} ticks) | Python {c['python']['ticks_per_s']} ({c['python']['ticks']} ticks) | {ratio(c['leasehold']['ticks_per_s'], c['python']['ticks_per_s'])} | ≥ 10× |",
              f"| reload latency p50/p99 (hibernated approval → first stream event) | {rl['leasehold']['p50_ms']} / {rl['leasehold']['p99_ms']} ms | Python {rl['python']['p50_ms']} / {rl['python']['p99_ms']} ms | {ratio(rl['python']['p99_ms'], rl['leasehold']['p99_ms'])} faster at p99 | p99 ≤ 20 ms, ≥ 10× |",
+             f"| in-memory store (one process): echo requests/s, counter ticks/s | {r['in_memory']['echo_run']['rps']} (p99 {r['in_memory']['echo_run']['p99_ms']} ms), {r['in_memory']['counter']['ticks_per_s']} | — | — | — |",
              f"| resident memory per hibernated handler | {mem['bytes_per_hibernated']} B ({mem['hibernated']} hibernated, RSS {mem['rss_before_kib']} → {mem['rss_after_kib']} KiB) | — | — | ≤ 200 B |",
              ""]
     if r.get("drills_table"):
