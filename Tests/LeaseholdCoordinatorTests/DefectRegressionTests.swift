@@ -59,7 +59,9 @@ struct DefectRegressionTests {
                 }
                 let hibernated = try await eventually { try await store.handler(record.id)?.hibernated ?? false }
                 #expect(hibernated)
-                #expect(coordinator.liveHandlerIDs.isEmpty)
+                // The runtime leaves memory right after the hibernate transaction commits.
+                let unpinned = await eventually { coordinator.liveHandlerIDs.isEmpty }
+                #expect(unpinned)
                 #expect(seen.all.contains("InputRequiredEvent"))
                 // The reader still gets the rest after a reload.
                 try await coordinator.send(AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]), to: record.id)
