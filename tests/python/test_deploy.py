@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,10 @@ def free_port_block(size: int) -> int:
 
 def test_every_drill_passes_once(tmp_path):
     base = free_port_block(4)
-    env = dict(os.environ, LH_DIR=str(tmp_path / "cluster"), LH_PORT=str(base), LH_BASE_PORT=str(base + 1),
+    # Not under pytest's tmp_path: that is private to root, and the throwaway Postgres runs as `postgres`.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="lh-drills-", dir="/tmp"))
+    cluster_dir.chmod(0o755)
+    env = dict(os.environ, LH_DIR=str(cluster_dir / "cluster"), LH_PORT=str(base), LH_BASE_PORT=str(base + 1),
                LH_LEASE_TTL="2s")
     env = {k: v for k, v in env.items() if not k.startswith("LEASEHOLD_")}
     try:
@@ -72,6 +76,7 @@ def test_every_drill_passes_once(tmp_path):
                                 env=env, capture_output=True, text=True, timeout=900)
     finally:
         subprocess.run([str(ROOT / "deploy" / "local-cluster"), "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
     print(result.stdout)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
