@@ -52,20 +52,24 @@ extension PostgresStore {
             """
 
         /// Claims up to `limit` claimable handlers. The candidate ids come from small partial
-        /// indexes (expired leases, released handlers, due timers, pending inbox rows), so the
-        /// cost does not grow with the number of hibernated handlers.
+        /// indexes (expired leases, released handlers, due timers, pending inbox rows), each branch
+        /// bounded, so one claim costs O(limit) whatever the number of claimable or hibernated
+        /// handlers; concurrent claimers skip each other's locked rows.
         static func claim(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
-            """
+            let window = limit * 8
+            return """
             WITH candidates AS (
                 SELECT h.id FROM handlers h
                 WHERE h.id IN (
-                    SELECT id FROM handlers
+                    (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
-                    UNION ALL SELECT id FROM handlers
-                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false
-                    UNION ALL SELECT id FROM handlers
+                        LIMIT \(window))
+                    UNION ALL (SELECT id FROM handlers
+                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false LIMIT \(window))
+                    UNION ALL (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
-                    UNION ALL SELECT handler_id FROM inbox WHERE NOT consumed)
+                        LIMIT \(window))
+                    UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))
                 AND h.status = 'running' AND (\(unescaped: claimableRow))
                 LIMIT \(limit)
                 FOR UPDATE OF h SKIP LOCKED)
