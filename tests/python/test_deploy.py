@@ -3,6 +3,7 @@ against a real local cluster (three replicas, HAProxy, Postgres) on free loopbac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -74,6 +75,16 @@ def test_every_drill_passes_once(tmp_path):
         result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "deploy" / "drills" / "drill.py"),
                                  "--runs", "1", "--table", str(tmp_path / "drills.md")],
                                 env=env, capture_output=True, text=True, timeout=900)
+        # After the drills, the cluster still serves the real client through the load balancer.
+        from llama_agents.client import WorkflowClient
+
+        async def through_the_load_balancer():
+            client = WorkflowClient(base_url=f"http://127.0.0.1:{base}")
+            data = await client.run_workflow("fanout", start_event={"items": [1, 2, 3]})
+            assert data.status == "completed" and data.result.value == {"result": 12}
+            return (await client.is_healthy()).status
+
+        assert asyncio.run(asyncio.wait_for(through_the_load_balancer(), 60)) == "healthy"
     finally:
         subprocess.run([str(ROOT / "deploy" / "local-cluster"), "down"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(cluster_dir, ignore_errors=True)
