@@ -39,28 +39,17 @@ extension PostgresStore {
             """
         }
 
-        static let claimableRow = """
-            (h.owner_replica IS NOT NULL AND h.lease_expires_at <= now())
-            OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
-                OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed)))
-            """
-
-        static let returningClaimed = """
-            RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
-                h.wake_at, h.snapshot
-            """
-
-        /// Claims up to `limit` claimable handlers. The candidate ids come from small partial
-        /// indexes (expired leases, released handlers, due timers, pending inbox rows), each branch
-        /// bounded, so one claim costs O(limit) whatever the number of claimable or hibernated
-        /// handlers; concurrent claimers skip each other's locked rows.
-        static func claim(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
+        /// Claims up to `limit` claimable handlers (unowned with work waiting, hibernated with an
+        /// inbox event or a due timer, or owned under an expired lease), or just `only`. The
+        /// candidate ids come from small partial indexes, each branch bounded, so one claim costs
+        /// O(limit) whatever the number of claimable or hibernated handlers; concurrent claimers
+        /// skip each other's locked rows. Each claim raises the fencing token.
+        static func claim(replica: String, ttlSeconds: Double, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
             WITH candidates AS (
                 SELECT h.id FROM handlers h
-                WHERE h.id IN (
+                WHERE (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
                     (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
                         LIMIT \(window))
@@ -69,29 +58,20 @@ extension PostgresStore {
                     UNION ALL (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
                         LIMIT \(window))
-                    UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))
-                AND h.status = 'running' AND (\(unescaped: claimableRow))
+                    UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))))
+                AND h.status = 'running'
+                AND ((h.owner_replica IS NOT NULL AND h.lease_expires_at <= now())
+                    OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
+                        OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed))))
                 LIMIT \(limit)
                 FOR UPDATE OF h SKIP LOCKED)
             UPDATE handlers h SET owner_replica = \(replica),
                 lease_expires_at = now() + make_interval(secs => \(ttlSeconds)),
                 fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
             FROM candidates c WHERE h.id = c.id
-            \(unescaped: returningClaimed)
-            """
-        }
-
-        static func claimOne(replica: String, ttlSeconds: Double, id: String) -> PostgresQuery {
-            """
-            WITH candidates AS (
-                SELECT h.id FROM handlers h
-                WHERE h.id = \(id) AND h.status = 'running' AND (\(unescaped: claimableRow))
-                FOR UPDATE OF h SKIP LOCKED)
-            UPDATE handlers h SET owner_replica = \(replica),
-                lease_expires_at = now() + make_interval(secs => \(ttlSeconds)),
-                fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
-            FROM candidates c WHERE h.id = c.id
-            \(unescaped: returningClaimed)
+            RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+                h.wake_at, h.snapshot
             """
         }
 

@@ -147,12 +147,8 @@ public final class PostgresStore: HandlerStore, Service {
 
     public func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await guarded {
-            let query =
-                if let only {
-                    Statements.claimOne(replica: replica.rawValue, ttlSeconds: Self.seconds(ttl), id: only.rawValue)
-                } else {
-                    Statements.claim(replica: replica.rawValue, ttlSeconds: Self.seconds(ttl), limit: limit)
-                }
+            let query = Statements.claim(
+                replica: replica.rawValue, ttlSeconds: Self.seconds(ttl), limit: limit, only: only?.rawValue)
             let rows = try await client.query(query, logger: logger)
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
@@ -172,7 +168,7 @@ public final class PostgresStore: HandlerStore, Service {
 
     /// The claim statement exactly as `claim` sends it (benchmarks compare against it raw).
     public static func claimStatement(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
-        Statements.claim(replica: replica, ttlSeconds: ttlSeconds, limit: limit)
+        Statements.claim(replica: replica, ttlSeconds: ttlSeconds, limit: limit, only: nil)
     }
 
     // MARK: - Fenced writes
