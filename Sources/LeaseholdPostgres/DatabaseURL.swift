@@ -32,13 +32,27 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
 
     public var description: String { "postgres://\(username)@\(host):\(port)/\(database)" }
 
-    public func clientConfiguration() -> PostgresClient.Configuration {
+    /// The pool's configuration. With `sessionTimeout` (a replica passes its lease TTL), the
+    /// server ends a session of this replica that sits idle inside a transaction, or whose sent
+    /// data stays unacknowledged, for that long: a replica cut off mid-transaction cannot hold row
+    /// locks (and so block the hand-over of its handlers) for longer than a lease lasts.
+    public func clientConfiguration(
+        applicationName: String = "leasehold", sessionTimeout: Duration? = nil
+    ) -> PostgresClient.Configuration {
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(.makeClientConfiguration()) : .disable)
         configuration.options.connectTimeout = .seconds(3)
         configuration.options.maximumConnections = 16
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(5))
+        var parameters = [("application_name", String(applicationName.prefix(63)))]
+        if let sessionTimeout {
+            let milliseconds = max(1, sessionTimeout.components.seconds * 1000
+                + sessionTimeout.components.attoseconds / 1_000_000_000_000_000)
+            parameters.append(("idle_in_transaction_session_timeout", "\(milliseconds)"))
+            parameters.append(("tcp_user_timeout", "\(milliseconds)"))
+        }
+        configuration.options.additionalStartupParameters = parameters
         return configuration
     }
 }

@@ -75,7 +75,10 @@ struct Serve: AsyncParsableCommand {
             ).run()
             return
         }
-        let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: quieter(logger))
+        let client = PostgresClient(
+            configuration: url.clientConfiguration(
+                applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL),
+            backgroundLogger: quieter(logger))
         let store = PostgresStore(client: client, logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
             // The pool runs outside the service group so that it closes last, after hand-off.

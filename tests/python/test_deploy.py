@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import warnings
 import tempfile
 from pathlib import Path
 
@@ -92,4 +93,12 @@ def test_every_drill_passes_once(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert {line["drill"] for line in lines} == {"kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"}
-    assert all(line["passed"] and line["lost"] == 0 and line["bad_sequences"] == 0 for line in lines)
+    ran = [line for line in lines if "skipped" not in line]
+    for line in lines:
+        if "skipped" in line:  # only the partition drill can skip: no network namespaces (not root)
+            assert line["drill"] == "partition", line
+            warnings.warn(f"partition drill skipped: {line['skipped']}")
+    assert all(line["passed"] and line["lost"] == 0 and line["bad_sequences"] == 0 for line in ran)
+    for line in ran:
+        if line["drill"] == "partition":
+            assert line["network"] == "netns+veth" and line["stale_replica_fences"] > 0, line
