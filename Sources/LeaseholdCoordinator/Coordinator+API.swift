@@ -20,17 +20,15 @@ extension Coordinator {
         let new = NewHandler(
             id: id, workflowName: name, runID: UUID().uuidString.lowercased(),
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
-        let lease: Lease
+        let created: ClaimedHandler
         do {
-            lease = try await store.create(new, owner: replicaID, ttl: configuration.leaseTTL)
+            created = try await store.create(new, owner: replicaID, ttl: configuration.leaseTTL)
         } catch StoreError.handlerExists {
             throw CoordinatorError.handlerRunning(id)
         }
         metrics.handlersStarted.increment()
-        guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
-        await launch(
-            ClaimedHandler(record: record, lease: lease, state: HandlerState(workflowName: name)), reason: "created")
-        return record
+        await launch(created, reason: "created")
+        return created.record
     }
 
     /// Sends an external event: durable in the inbox before this returns, then applied by whichever
@@ -69,8 +67,13 @@ extension Coordinator {
     public func awaitCompletion(_ id: HandlerID) async throws -> HandlerRecord {
         while true {
             let version = store.signals.logVersion(id.rawValue)
-            guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
-            if record.status.isFinished { return record }
+            // Running here and not finished in memory: the stored record cannot be finished yet
+            // (its final checkpoint follows the runtime), so skip the read.
+            let runningHere = state.withLock { $0.live[id] }.map { !$0.runtime.state.status.isFinished } ?? false
+            if !runningHere {
+                guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+                if record.status.isFinished { return record }
+            }
             try Task.checkCancellation()
             await store.signals.waitForLogChange(id.rawValue, since: version, timeout: .seconds(1))
         }

@@ -95,6 +95,7 @@ public final class Coordinator: Service, Sendable {
             if configuration.idleTimeout != nil {
                 loops.addTask { await self.idleLoop() }
             }
+            loops.addTask { await self.memoryLoop() }
             await withGracefulShutdownHandler {
                 await withDiscardingTaskGroup { handlers in
                     for await handler in jobs {
@@ -309,6 +310,18 @@ public final class Coordinator: Service, Sendable {
         while !Task.isCancelled {
             do { try await Task.sleep(for: period) } catch { return }
             sweepIdle(idleTimeout)
+        }
+    }
+
+    /// Returns freed heap to the system after a wave of handlers has left memory (hibernated or
+    /// finished), so that a hibernated handler costs no resident memory here.
+    private func memoryLoop() async {
+        var trim = MemoryTrim()
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .seconds(1)) } catch { return }
+            if trim.observe(liveHandlers: state.withLock { $0.live.count }) {
+                logger.debug("returned freed memory to the system")
+            }
         }
     }
 

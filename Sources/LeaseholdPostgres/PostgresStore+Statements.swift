@@ -32,10 +32,14 @@ extension PostgresStore {
                 INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
                 VALUES (\(id), \(workflow), \(runID), \(owner), now() + make_interval(secs => \(ttlSeconds)), 1)
                 ON CONFLICT (id) DO NOTHING
-                RETURNING id)
-            INSERT INTO inbox (handler_id, event_id, event)
-            SELECT created.id, \(eventID), \(event)::jsonb FROM created
-            RETURNING handler_id
+                RETURNING *),
+            queued AS (
+                INSERT INTO inbox (handler_id, event_id, event)
+                SELECT created.id, \(eventID), \(event)::jsonb FROM created)
+            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+                h.wake_at
+            FROM created h
             """
         }
 

@@ -130,7 +130,7 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
-    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> Lease {
+    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
         try await guarded {
             let rows = try await client.query(
                 Statements.create(
@@ -138,10 +138,12 @@ public final class PostgresStore: HandlerStore, Service {
                     owner: owner.rawValue, ttlSeconds: Self.seconds(ttl), eventID: handler.startEvent.id,
                     event: try json(handler.startEvent.event)),
                 logger: logger)
-            var created = false
-            for try await _ in rows.decode(String.self) { created = true }
-            guard created else { throw StoreError.handlerExists(handler.id) }
-            return Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1))
+            var created: HandlerRecord?
+            for try await row in rows { created = try Self.record(row) }
+            guard let created else { throw StoreError.handlerExists(handler.id) }
+            return ClaimedHandler(
+                record: created, lease: Lease(handlerID: handler.id, replicaID: owner, token: created.fencingToken),
+                state: HandlerState(workflowName: handler.workflowName))
         }
     }
 

@@ -22,9 +22,10 @@ public protocol HandlerStore: Sendable {
     /// Removes the replica's registration (graceful shutdown).
     func deregister(_ replica: ReplicaID) async throws
 
-    /// Creates a handler owned by `owner` with its start event in the inbox.
+    /// Creates a handler owned by `owner` with its start event in the inbox, and returns it as
+    /// stored (its record, its first lease and an empty state), so the creator needs no read.
     /// - Throws: `StoreError.handlerExists`.
-    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> Lease
+    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler
 
     /// Claims claimable handlers (unowned with work waiting, hibernated with an inbox event or a due
     /// timer, or owned under an expired lease), raising each one's fencing token.

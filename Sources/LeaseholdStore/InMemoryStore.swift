@@ -53,7 +53,7 @@ public actor InMemoryStore: HandlerStore {
         replicaTable[replica] = nil
     }
 
-    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> Lease {
+    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
         guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
         let time = now()
         let record = HandlerRecord(
@@ -64,7 +64,9 @@ public actor InMemoryStore: HandlerStore {
         entries[handler.id] = Entry(
             record: record, state: HandlerState(workflowName: handler.workflowName),
             inbox: [(handler.startEvent, false)], log: [])
-        return Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1))
+        return ClaimedHandler(
+            record: record, lease: Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1)),
+            state: HandlerState(workflowName: handler.workflowName))
     }
 
     private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {

@@ -23,7 +23,7 @@ struct PostgresStoreTests {
         var ids = Set<HandlerID>()
         for index in 0..<count {
             let id = HandlerID("h\(index)")
-            let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator", ttl: ttl)
+            let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator", ttl: ttl).lease
             try await store.release(nil, lease: lease)
             ids.insert(id)
         }
@@ -60,7 +60,7 @@ struct PostgresStoreTests {
     @Test("a checkpoint killed mid-transaction (pg_terminate_backend) leaves nothing partial")
     func killedCheckpointLeavesNothing() async throws {
         try await TestDatabase.withStore { store, url in
-            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1", ttl: Self.ttl).lease
             try await store.checkpoint(
                 Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
                 lease: lease)
@@ -107,7 +107,7 @@ struct PostgresStoreTests {
             }
             // The pool drops the killed connection; the first statement on it may fail, as after any
             // dropped connection (callers retry `.unavailable`).
-            _ = try await eventually { (try? await store.handler("k")) != nil }
+            _ = await eventually { (try? await store.handler("k")) != nil }
             let record = try #require(try await store.handler("k"))
             #expect(record.lastSequence == 0)
             #expect(try await store.events("k", after: -1, limit: 10).map(\.sequence) == [0])

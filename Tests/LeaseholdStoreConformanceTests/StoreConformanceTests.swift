@@ -36,9 +36,12 @@ struct StoreConformanceTests {
     func create(factory: StoreFactory) async throws {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl)
-            let lease = try await store.create(Self.new("h1"), owner: Self.r1, ttl: Self.ttl)
+            let created = try await store.create(Self.new("h1"), owner: Self.r1, ttl: Self.ttl)
+            let lease = created.lease
             #expect(lease.token == FencingToken(1))
             let record = try #require(try await store.handler("h1"))
+            #expect(created.record == record)  // the creator needs no read
+            #expect(created.state == HandlerState(workflowName: "approval"))
             #expect(record.status == .running)
             #expect(record.owner == Self.r1)
             #expect(record.lastSequence == -1)
@@ -53,7 +56,7 @@ struct StoreConformanceTests {
     @Test("checkpoint appends the log, consumes inbox ids and updates the record", arguments: StoreFactory.all)
     func checkpoint(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
                 lease: lease)
@@ -78,7 +81,7 @@ struct StoreConformanceTests {
     @Test("a write with a stale token is rejected and changes nothing", arguments: StoreFactory.all)
     func staleTokenRejected(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.release(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             let claimed = try #require(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").first)
             #expect(claimed.lease.token == FencingToken(2))
@@ -103,7 +106,7 @@ struct StoreConformanceTests {
     func expiredLease(factory: StoreFactory) async throws {
         try await factory.run { store in
             let created = ContinuousClock.now
-            let old = try await store.create(Self.new("h"), owner: Self.r1, ttl: .milliseconds(1500))
+            let old = try await store.create(Self.new("h"), owner: Self.r1, ttl: .milliseconds(1500)).lease
             let early = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
             // Not claimable while the lease lasts (checked only if this ran well within it).
             if ContinuousClock.now - created < .milliseconds(1000) { #expect(early.isEmpty) }
@@ -138,7 +141,7 @@ struct StoreConformanceTests {
     @Test("hibernate is refused while the inbox holds an unconsumed event", arguments: StoreFactory.all)
     func hibernateRefusedWithInbox(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
             _ = try await store.appendInbox("h", InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"])))
             let refused = try await store.hibernate(Checkpoint(state: Self.state(1), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
@@ -159,7 +162,7 @@ struct StoreConformanceTests {
     @Test("a hibernated handler is claimable only with an inbox event or a due timer", arguments: StoreFactory.all)
     func hibernatedClaimable(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: lease))
             #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
             #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").isEmpty)
@@ -172,7 +175,7 @@ struct StoreConformanceTests {
             #expect(claimed.lease.token == FencingToken(2))
             #expect(try await store.handler("h")?.hibernated == false)
 
-            let timed = try await store.create(Self.new("t"), owner: Self.r1, ttl: Self.ttl)
+            let timed = try await store.create(Self.new("t"), owner: Self.r1, ttl: Self.ttl).lease
             #expect(try await store.hibernate(
                 Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: Date().addingTimeInterval(-1), lease: timed))
             #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).map(\.record.id) == ["t"])
@@ -184,7 +187,7 @@ struct StoreConformanceTests {
         try await factory.run { store in
             let event = InboxEvent(id: "e", event: AnyEvent(type: "X", value: ["a": 1]))
             await #expect(throws: StoreError.handlerNotFound("nope")) { _ = try await store.appendInbox("nope", event) }
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             #expect(try await store.appendInbox("h", event).inserted)
             #expect(try await store.appendInbox("h", event).inserted == false)
             #expect(try await store.pendingInbox("h").map(\.id) == ["start", "e"])
@@ -199,7 +202,7 @@ struct StoreConformanceTests {
     @Test("cancel logs the terminal event, raises the token and fences the owner", arguments: StoreFactory.all)
     func cancel(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: []), lease: lease)
             guard case .cancelled(let record) = try await store.cancel("h") else {
                 Issue.record("expected cancelled")
@@ -225,7 +228,7 @@ struct StoreConformanceTests {
     @Test("delete removes the handler with its inbox and log", arguments: StoreFactory.all)
     func delete(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             #expect(try await store.delete("h"))
             #expect(try await store.delete("h") == false)
@@ -240,7 +243,7 @@ struct StoreConformanceTests {
     @Test("a log record that repeats a sequence is refused", arguments: StoreFactory.all)
     func sequenceConflict(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             await #expect(throws: StoreError.self) {
                 try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0)], consumedInbox: []), lease: lease)
@@ -254,9 +257,9 @@ struct StoreConformanceTests {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "http://a", ttl: Self.ttl)
             _ = try await store.heartbeat(Self.r2, address: "http://b", ttl: Self.ttl)
-            let a = try await store.create(Self.new("a", workflow: "echo"), owner: Self.r1, ttl: Self.ttl)
+            let a = try await store.create(Self.new("a", workflow: "echo"), owner: Self.r1, ttl: Self.ttl).lease
             _ = try await store.create(Self.new("b", workflow: "counter"), owner: Self.r1, ttl: Self.ttl)
-            let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2, ttl: Self.ttl)
+            let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2, ttl: Self.ttl).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
                            consumedInbox: []), lease: a)
@@ -282,7 +285,7 @@ struct StoreConformanceTests {
     @Test("log readers are woken when a checkpoint commits", arguments: StoreFactory.all)
     func logSignals(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
+            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
             let version = store.signals.logVersion("h")
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             // Readers wait on the version; a wake-up may be spurious, so they re-check (bounded here).
