@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+from hdrh.histogram import HdrHistogram
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
@@ -150,13 +151,157 @@ def reload_latency(url: str, count: int, hibernated) -> dict:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(hibernated(url, h) for h in ids):
         time.sleep(0.2)
-    samples = []
+    histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds, 1 µs .. 60 s, 3 significant digits
     for h in ids:
-        samples.append(first_event_after(url, h, lambda h=h: httpx.post(
-            f"{url}/events/{h}", json={"event": {"type": "HumanResponseEvent", "value": {"response": "yes"}}}, timeout=10)))
-    samples.sort()
-    return {"count": count, "p50_ms": round(samples[len(samples) // 2] * 1000, 2),
-            "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000, 2)}
+        seconds = first_event_after(url, h, lambda h=h: httpx.post(
+            f"{url}/events/{h}", json={"event": {"type": "HumanResponseEvent", "value": {"response": "yes"}}}, timeout=10))
+        histogram.record_value(min(60_000_000, max(1, int(seconds * 1e6))))
+    return {"count": count, "p50_ms": round(histogram.get_value_at_percentile(50) / 1000, 2),
+            "p99_ms": round(histogram.get_value_at_percentile(99) / 1000, 2),
+            "max_ms": round(histogram.get_max_value() / 1000, 2)}
+
+
+def cpu_ticks() -> dict[str, int]:
+    """utime+stime of every process on the machine, summed by command name."""
+    totals: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        totals[name] = totals.get(name, 0) + int(fields[11]) + int(fields[12])
+    return totals
+
+
+def cores_used(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    hz = os.sysconf("SC_CLK_TCK")
+    used = {name: (after[name] - before.get(name, 0)) / hz / seconds for name in after}
+    return {name: round(used.get(name, 0.0), 2) for name in ("leasehold", "postgres", "wrk", "haproxy")}
+
+
+def haproxy(port: int, replicas: list[int]) -> Proc:
+    """The deploy/haproxy.cfg load balancer, with loopback addresses (as deploy/local-cluster)."""
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text().replace("bind *:8080", f"bind 127.0.0.1:{port}")
+    lines = [line for line in config.splitlines() if not line.strip().startswith("server ")]
+    lines += [f"    server r{i + 1} 127.0.0.1:{p} check" for i, p in enumerate(replicas)]
+    path = RESULTS / "raw" / f"haproxy-{port}.cfg"
+    path.write_text("\n".join(lines) + "\n")
+    p = Proc(["haproxy", "-db", "-f", path], log=f"haproxy-{port}.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # every replica in rotation (each /ready checked)
+        ok = 0
+        for _ in range(len(replicas) * 2):
+            try:
+                ok += httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).json()["replica_id"] is not None
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+        if ok == len(replicas) * 2:
+            break
+        time.sleep(0.2)
+    return p
+
+
+def scaling(admin: str, seconds: int, quick: bool) -> list[dict]:
+    """Throughput with 1, 2 and 3 replicas behind HAProxy on one Postgres: echo runs (64 connections)
+    and concurrent counters, with the cores each kind of process used during the echo load."""
+    rows = []
+    for n in (1, 2, 3):
+        db = database(admin, f"scale{n}")
+        ports = [free_port() for _ in range(n)]
+        procs = [leasehold(db, port, replica=f"s{n}-r{i + 1}") for i, port in enumerate(ports)]
+        lb_port = free_port()
+        procs.append(haproxy(lb_port, ports))
+        url = f"http://127.0.0.1:{lb_port}"
+        try:
+            wrk(f"{url}/workflows/echo/run", "echo.lua", 2)  # warm-up
+            before, started = cpu_ticks(), time.monotonic()
+            echo = wrk(f"{url}/workflows/echo/run", "echo.lua", seconds)
+            cores = cores_used(before, cpu_ticks(), time.monotonic() - started)
+            counters, ticks = (16, 200) if quick else (32, 500)
+            started = time.monotonic()
+            ids = [post_json(f"{url}/workflows/counter/run-nowait", {"start_event": {"count_to": ticks}})["handler_id"]
+                   for _ in range(counters)]
+            deadline = time.monotonic() + 300
+            pending = set(ids)
+            while pending and time.monotonic() < deadline:
+                pending = {h for h in pending
+                           if httpx.get(f"{url}/handlers/{h}", timeout=10).json()["status"] == "running"}
+                time.sleep(0.05)
+            elapsed = time.monotonic() - started
+            rows.append({"replicas": n, "echo": echo, "cores_during_echo": cores,
+                         "counter": {"handlers": counters, "ticks_each": ticks, "finished": len(ids) - len(pending),
+                                     "ticks_per_s": round(counters * ticks / elapsed, 1)}})
+            print(json.dumps({"scaling": rows[-1]}), flush=True)
+        finally:
+            for p in procs:
+                p.stop()
+    return rows
+
+
+def post_json(url: str, body: dict) -> dict:
+    r = httpx.post(url, json=body, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    return r.json()
+
+
+def failover(runs: int) -> dict:
+    """kill -9 of the busiest replica in deploy/local-cluster (release binary, lease TTL 2 s), through
+    the kill9 drill: seconds until every handler it owned logged a new event on another replica."""
+    env = dict(os.environ, LH_DIR=str(RESULTS / "raw" / "cluster"), LH_PORT=str(free_port()),
+               LH_BASE_PORT=str(free_port_run(3)), LH_LEASE_TTL="2s", LH_BIN=str(DIST / "leasehold"))
+    try:
+        done = subprocess.run([ROOT / "deploy" / "drills" / "run", "kill9", "--runs", str(runs)], env=env,
+                              capture_output=True, text=True, timeout=120 + 60 * runs)
+    finally:
+        subprocess.run([ROOT / "deploy" / "local-cluster", "down"], env=env, capture_output=True, timeout=120)
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    times = sorted(line["failover_s"] for line in lines if "failover_s" in line)
+    return {"runs": len(lines), "passed": sum(bool(line.get("passed")) for line in lines), "ttl_s": 2.0,
+            "median_s": round(statistics.median(times), 3) if times else None,
+            "max_s": max(times) if times else None,
+            "lost": sum(line.get("lost", 0) for line in lines)}
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    for _ in range(100):
+        base = free_port()
+        try:
+            sockets = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+def python_memory(admin: str, port: int, count: int) -> dict:
+    """The Python server's resident memory per handler after its idle release (idle_timeout 0.3 s)."""
+    py = python_server(database(admin, "pymemory"), port, idle=0.3)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for i in range(20):  # warm up
+            post_json(f"{url}/workflows/echo/run", {"start_event": {"message": f"w{i}"}})
+        time.sleep(2)
+        before = py.rss_kib()
+        for i in range(count):
+            post_json(f"{url}/workflows/approval/run-nowait", {"start_event": {"request": f"m{i}"}})
+        time.sleep(5)  # well past the idle timeout: every approval is released
+        after = py.rss_kib()
+        return {"handlers": count, "rss_before_kib": before, "rss_after_kib": after,
+                "bytes_per_handler": round((after - before) * 1024 / count, 1)}
+    finally:
+        py.stop()
 
 
 def leasehold_hibernated(url, h) -> bool:
@@ -243,8 +388,14 @@ def main():
         hibernated = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]["hibernated"]
         results["memory"] = {"hibernated": hibernated, "rss_before_kib": before, "rss_after_kib": after,
                              "bytes_per_hibernated": round((after - before) * 1024 / max(1, hibernated), 1)}
+        results["memory"]["python"] = python_memory(admin, py_port, 1_000 if args.quick else 5_000)
         print(json.dumps({"memory": results["memory"]}), flush=True)
         lh.stop()
+
+        # 5. Throughput with 1, 2 and 3 replicas; 6. failover after kill -9 (10 runs).
+        results["scaling"] = scaling(admin, seconds, args.quick)
+        results["failover"] = failover(3 if args.quick else 10)
+        print(json.dumps({"failover": results["failover"]}), flush=True)
     finally:
         for p in procs:
             p.stop()
@@ -259,6 +410,7 @@ def main():
 def markdown(r: dict) -> str:
     m = r["machine"]
     s, e, c, rl, mem = r["store"], r["echo_run"], r["counter"], r["reload"], r["memory"]
+    pymem, fo = mem["python"], r["failover"]
     def ratio(a, b):
         return f"{a / b:.1f}×" if b else "—"
     lines = [f"Measured {r['date']} on {m['cores']} cores, {m['memory_gib']} GiB, PostgreSQL {m['postgres']} ({m['postgres_settings']}), loopback.",
@@ -271,8 +423,18 @@ def markdown(r: dict) -> str:
              f"| counter ticks/s (one replica, Postgres) | {c['leasehold']['ticks_per_s']} ({c['leasehold']['ticks']} ticks) | Python {c['python']['ticks_per_s']} ({c['python']['ticks']} ticks) | {ratio(c['leasehold']['ticks_per_s'], c['python']['ticks_per_s'])} | ≥ 10× |",
              f"| reload latency p50/p99 (hibernated approval → first stream event) | {rl['leasehold']['p50_ms']} / {rl['leasehold']['p99_ms']} ms | Python {rl['python']['p50_ms']} / {rl['python']['p99_ms']} ms | {ratio(rl['python']['p99_ms'], rl['leasehold']['p99_ms'])} faster at p99 | p99 ≤ 20 ms, ≥ 10× |",
              f"| in-memory store (one process): echo requests/s, counter ticks/s | {r['in_memory']['echo_run']['rps']} (p99 {r['in_memory']['echo_run']['p99_ms']} ms), {r['in_memory']['counter']['ticks_per_s']} | — | — | — |",
-             f"| resident memory per hibernated handler | {mem['bytes_per_hibernated']} B ({mem['hibernated']} hibernated, RSS {mem['rss_before_kib']} → {mem['rss_after_kib']} KiB) | — | — | ≤ 200 B |",
-             ""]
+             f"| resident memory per hibernated handler | {mem['bytes_per_hibernated']} B ({mem['hibernated']} hibernated, RSS {mem['rss_before_kib']} → {mem['rss_after_kib']} KiB) | Python {pymem['bytes_per_handler']} B per idle-released handler ({pymem['handlers']}) | — | ≤ 200 B |",
+             f"| failover, kill -9 → first event of a moved handler ({fo['runs']} runs, {fo['passed']} passed, {fo['lost']} lost) | median {fo['median_s']} s, max {fo['max_s']} s | lease TTL {fo['ttl_s']} s | — | ≤ TTL + 1 s |",
+             "",
+             "Throughput with 1, 2 and 3 replicas behind HAProxy on one Postgres (echo: 64 connections; counters: concurrent `counter` handlers), and the cores each kind of process used during the echo load:",
+             "",
+             "| replicas | echo requests/s | echo p99 | counter ticks/s | cores: leasehold / postgres / haproxy / wrk |",
+             "|---|---|---|---|---|"]
+    for row in r["scaling"]:
+        c = row["cores_during_echo"]
+        lines.append(f"| {row['replicas']} | {row['echo']['rps']} | {row['echo']['p99_ms']} ms | {row['counter']['ticks_per_s']} ({row['counter']['handlers']} × {row['counter']['ticks_each']}) | "
+                     f"{c['leasehold']} / {c['postgres']} / {c['haproxy']} / {c['wrk']} |")
+    lines.append("")
     if r.get("drills_table"):
         lines += ["Failover drills (deploy/drills/all):", "", r["drills_table"]]
     return "\n".join(lines) + "\n"

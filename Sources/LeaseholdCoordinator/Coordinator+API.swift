@@ -67,10 +67,9 @@ extension Coordinator {
     public func awaitCompletion(_ id: HandlerID) async throws -> HandlerRecord {
         while true {
             let version = store.signals.logVersion(id.rawValue)
-            // Running here and not finished in memory: the stored record cannot be finished yet
-            // (its final checkpoint follows the runtime), so skip the read.
-            let runningHere = state.withLock { $0.live[id] }.map { !$0.runtime.state.status.isFinished } ?? false
-            if !runningHere {
+            // While the handler runs here its record cannot be finished (the runtime returns only
+            // after its final checkpoint), so there is nothing to read; leaving memory signals.
+            if state.withLock({ $0.live[id] == nil }) {
                 guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
                 if record.status.isFinished { return record }
             }

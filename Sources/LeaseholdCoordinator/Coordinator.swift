@@ -381,6 +381,7 @@ public final class Coordinator: Service, Sendable {
             state.withLock { state in
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
             }
+            store.signals.logChanged(handler.id.rawValue)  // wakes `awaitCompletion` waiters
             handler.endedContinuation.finish()
         }
         do {
