@@ -112,7 +112,10 @@ let package = Package(
         ),
         .testTarget(
             name: "LeaseholdCoordinatorTests",
-            dependencies: ["LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport"],
+            dependencies: [
+                "LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

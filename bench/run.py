@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -161,8 +162,8 @@ def reload_latency(url: str, count: int, hibernated) -> dict:
             "max_ms": round(histogram.get_max_value() / 1000, 2)}
 
 
-def cpu_ticks() -> dict[str, int]:
-    """utime+stime of every process on the machine, summed by command name."""
+def process_ticks() -> dict[str, int]:
+    """utime+stime of every running process, summed by command name."""
     totals: dict[str, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -177,9 +178,18 @@ def cpu_ticks() -> dict[str, int]:
     return totals
 
 
-def cores_used(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+def cpu_ticks() -> dict[str, float]:
+    """CPU seconds of every process on the machine, summed by command name, plus this driver's
+    finished children (wrk has exited by the time the load is over)."""
     hz = os.sysconf("SC_CLK_TCK")
-    used = {name: (after[name] - before.get(name, 0)) / hz / seconds for name in after}
+    totals = {name: ticks / hz for name, ticks in process_ticks().items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["wrk"] = children.ru_utime + children.ru_stime
+    return totals
+
+
+def cores_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    used = {name: (after[name] - before.get(name, 0)) / seconds for name in after}
     return {name: round(used.get(name, 0.0), 2) for name in ("leasehold", "postgres", "wrk", "haproxy")}
 
 

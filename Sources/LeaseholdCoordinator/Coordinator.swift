@@ -59,6 +59,8 @@ public final class Coordinator: Service, Sendable {
         var rejectedWrites = 0
         /// Handlers with a checkpoint in flight, and since when.
         var writing: [HandlerID: ContinuousClock.Instant] = [:]
+        /// Leases the last renewal returned that had no runtime here.
+        var unrunLeases: Set<HandlerID> = []
     }
 
     public let store: any HandlerStore
@@ -205,8 +207,14 @@ public final class Coordinator: Service, Sendable {
                 logger.warning("lease renewed late", metadata: [LogKeys.elapsed: "\(sent - last)"])
             }
             state.lastRenewal = sent
-            let lost = state.live.values.filter { held[$0.id] != $0.lease.token }
-            let orphans = held.filter { state.live[$0.key] == nil && state.loading[$0.key] == nil }
+            // Only handlers taken before the renewal was sent can be missing from its answer
+            // because their lease is gone; one claimed or created meanwhile may simply be newer.
+            let lost = state.live.values.filter { $0.claimedAt < sent && held[$0.id] != $0.lease.token }
+            // A lease held with no runtime here is an orphan only when two renewals in a row saw it
+            // so: one acquired just before this renewal may not have started its runtime yet.
+            let unrun = held.filter { state.live[$0.key] == nil && state.loading[$0.key] == nil }
+            let orphans = unrun.filter { state.unrunLeases.contains($0.key) }
+            state.unrunLeases = Set(unrun.keys)
             return (lost, orphans)
         }
         metrics.leasesHeld.record(held.count)

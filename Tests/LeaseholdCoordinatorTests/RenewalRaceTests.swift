@@ -1,0 +1,123 @@
+@testable import LeaseholdCoordinator
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdRuntime
+import LeaseholdStore
+import LeaseholdTestSupport
+import Synchronization
+import Testing
+
+/// Leases acquired while a renewal is in flight are newer than its answer, not lost; a lease
+/// acquired just before a renewal whose runtime has not started yet is not an orphan.
+@Suite("Renewal races", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct RenewalRaceTests {
+    @Test("a handler created while a renewal's answer is on its way keeps running and keeps its lease")
+    func handlerCreatedDuringRenewalKeepsRunning() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            // TTL 60 s: the coordinator's own renewal loop (every 20 s) stays out of the way.
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(60)) { coordinators in
+                let coordinator = coordinators[0]
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    // The renewal runs in Postgres now; its answer reaches the coordinator later.
+                    store.holdNextAnswer()
+                    group.addTask { await coordinator.heartbeatOnce() }
+                    try await store.waitUntilHeld()
+                    let record = try await coordinator.start(
+                        workflow: "approval", startEvent: ["request": "x"], handlerID: "during-renewal")
+                    let runtime = try #require(coordinator.runtime(of: record.id))
+                    store.deliverAnswer()
+                    try await group.next()
+                    await coordinator.heartbeatOnce()
+                    // Not taken for lost (nor released as an orphan): the same runtime applies the
+                    // answer under its first lease. Stopped, the handler would wait for a renewal
+                    // to release its lease (20 s here) and a claim to raise the token.
+                    try await coordinator.send(
+                        AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                    let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(10)))
+                    #expect(finished.status == .completed)
+                    #expect(finished.fencingToken == FencingToken(1))
+                    #expect(runtime.state.status == .completed)
+                }
+            }
+        }
+    }
+}
+
+struct RenewalNeverRan: Error {}
+
+/// The Postgres store, except that one renewal's answer can be held back after the statement ran.
+final class DelayedRenewalStore: HandlerStore {
+    private let base: PostgresStore
+    private struct Gate {
+        var holding = false
+        var held = false
+        var release: CheckedContinuation<Void, Never>?
+        var released = false
+    }
+    private let gate = Mutex(Gate())
+
+    init(_ base: PostgresStore) { self.base = base }
+
+    func holdNextAnswer() { gate.withLock { $0 = Gate(holding: true) } }
+
+    func waitUntilHeld() async throws {
+        let held = await eventually { self.gate.withLock { $0.held } }
+        if !held { throw RenewalNeverRan() }
+    }
+
+    func deliverAnswer() {
+        let waiting = gate.withLock { gate -> CheckedContinuation<Void, Never>? in
+            gate.released = true
+            defer { gate.release = nil }
+            return gate.release
+        }
+        waiting?.resume()
+    }
+
+    var signals: StoreSignals { base.signals }
+
+    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
+        -> [HandlerID: FencingToken]
+    {
+        let answer = try await base.heartbeat(replica, address: address, ttl: ttl, excluding: excluding)
+        guard gate.withLock({ $0.holding && !$0.held }) else { return answer }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = gate.withLock { gate -> Bool in
+                gate.held = true
+                if gate.released { return true }
+                gate.release = continuation
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+        return answer
+    }
+
+    func deregister(_ replica: ReplicaID) async throws { try await base.deregister(replica) }
+    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
+        try await base.create(handler, owner: owner, ttl: ttl)
+    }
+    func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
+        try await base.claim(replica, ttl: ttl, limit: limit, only: only)
+    }
+    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws { try await base.checkpoint(checkpoint, lease: lease) }
+    func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
+        try await base.hibernate(checkpoint, wakeAt: wakeAt, lease: lease)
+    }
+    func release(_ checkpoint: Checkpoint?, lease: Lease) async throws { try await base.release(checkpoint, lease: lease) }
+    func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
+        try await base.appendInbox(handlerID, event)
+    }
+    func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] { try await base.pendingInbox(handlerID) }
+    func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome { try await base.cancel(handlerID) }
+    func delete(_ handlerID: HandlerID) async throws -> Bool { try await base.delete(handlerID) }
+    func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? { try await base.handler(handlerID) }
+    func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] { try await base.handlers(filter) }
+    func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
+        try await base.events(handlerID, after: sequence, limit: limit)
+    }
+    func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] { try await base.replicas(aliveWithin: ttl) }
+    func counts() async throws -> HandlerCounts { try await base.counts() }
+}
