@@ -61,6 +61,8 @@ public final class Coordinator: Service, Sendable {
         var writing: [HandlerID: ContinuousClock.Instant] = [:]
         /// Leases the last renewal returned that had no runtime here.
         var unrunLeases: Set<HandlerID> = []
+        /// How many handlers have left memory here (finished, hibernated, handed off or lost).
+        var departed = 0
     }
 
     public let store: any HandlerStore
@@ -321,13 +323,13 @@ public final class Coordinator: Service, Sendable {
         }
     }
 
-    /// Returns freed heap to the system after a wave of handlers has left memory (hibernated or
-    /// finished), so that a hibernated handler costs no resident memory here.
+    /// Returns freed heap to the system once handlers have left memory (hibernated or finished),
+    /// so that a hibernated handler costs no resident memory here.
     private func memoryLoop() async {
         var trim = MemoryTrim()
         while !Task.isCancelled {
             do { try await Task.sleep(for: .seconds(1)) } catch { return }
-            if trim.observe(liveHandlers: state.withLock { $0.live.count }) {
+            if trim.observe(departed: state.withLock { $0.departed }) {
                 logger.debug("returned freed memory to the system")
             }
         }
@@ -388,6 +390,7 @@ public final class Coordinator: Service, Sendable {
         defer {
             state.withLock { state in
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
+                state.departed += 1
             }
             store.signals.logChanged(handler.id.rawValue)  // wakes `awaitCompletion` waiters
             handler.endedContinuation.finish()

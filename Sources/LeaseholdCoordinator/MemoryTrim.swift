@@ -2,22 +2,29 @@
 import Glibc
 #endif
 
-/// Hands freed heap back to the operating system after many handlers have left memory.
+/// Hands freed heap back to the operating system after handlers have left memory.
 ///
-/// glibc keeps freed memory in its arenas; after 100,000 runtimes were built and hibernated the
-/// process would keep their peak footprint although nothing of them is left. `malloc_trim` gives
-/// the free pages back. It is looked up at run time, so other C libraries (musl) simply skip it.
+/// glibc keeps freed memory in its arenas: after thousands of runtimes were built and then
+/// hibernated or finished, the process would keep their peak footprint (measured: 34 MB more
+/// resident after 7,500 hibernations, of which 2.5 MB in use) although nothing of them is left.
+/// `malloc_trim` gives the free pages back. It is looked up at run time, so other C libraries
+/// (musl) simply skip it.
 struct MemoryTrim {
-    /// Trim once the live-handler count has fallen this far below its peak since the last trim.
-    static let threshold = 1_000
+    /// Trim once this many handlers have left memory since the last trim (checked once a second),
+    /// and at the end of every wave: some have left since the last trim, none in the last check.
+    static let threshold = 256
 
-    private var peak = 0
+    private var departedAtLastTrim = 0
+    private var departedAtLastCheck = 0
 
-    /// Called once a second with the number of live handlers; returns true when it trimmed.
-    mutating func observe(liveHandlers: Int) -> Bool {
-        peak = max(peak, liveHandlers)
-        guard peak - liveHandlers >= Self.threshold else { return false }
-        peak = liveHandlers
+    /// Called once a second with the running total of handlers that have left memory; true when
+    /// it trimmed.
+    mutating func observe(departed: Int) -> Bool {
+        defer { departedAtLastCheck = departed }
+        let sinceTrim = departed - departedAtLastTrim
+        let quiet = departed == departedAtLastCheck
+        guard sinceTrim >= Self.threshold || (sinceTrim > 0 && quiet) else { return false }
+        departedAtLastTrim = departed
         Self.release()
         return true
     }

@@ -134,15 +134,22 @@ extension PostgresStore {
             """
         }
 
-        static func lockForInbox(id: String) -> PostgresQuery {
-            "SELECT status, owner_replica, hibernated FROM handlers WHERE id = \(id) FOR SHARE"
-        }
-
-        static func insertInbox(id: String, eventID: String, event: String) -> PostgresQuery {
+        /// One statement: lock the handler row FOR SHARE (so an append and a hibernation, which
+        /// locks it FOR UPDATE, serialize; after waiting, the row's newest version is returned),
+        /// insert the event unless the handler finished (idempotent by event id), notify.
+        static func appendInbox(id: String, eventID: String, event: String, notification: String) -> PostgresQuery {
             """
-            INSERT INTO inbox (handler_id, event_id, event) VALUES (\(id), \(eventID), \(event)::jsonb)
-            ON CONFLICT (handler_id, event_id) DO NOTHING
-            RETURNING event_id
+            WITH h AS (
+                SELECT id, status, owner_replica, hibernated FROM handlers WHERE id = \(id) FOR SHARE),
+            inserted AS (
+                INSERT INTO inbox (handler_id, event_id, event)
+                SELECT h.id, \(eventID), \(event)::jsonb FROM h WHERE h.status = 'running'
+                ON CONFLICT (handler_id, event_id) DO NOTHING
+                RETURNING event_id),
+            notified AS (
+                SELECT pg_notify('leasehold', \(notification)) FROM h WHERE h.status = 'running')
+            SELECT h.status, h.owner_replica, h.hibernated, EXISTS (SELECT 1 FROM inserted)
+            FROM h WHERE (SELECT count(*) FROM notified) >= 0
             """
         }
 

@@ -205,6 +205,8 @@ public final class PostgresStore: HandlerStore, Service {
                 try await runCheckpoint(query, on: connection, lease: lease)
             }
         }
+        // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
+        signals.logChanged(lease.handlerID.rawValue)
     }
 
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
@@ -267,24 +269,16 @@ public final class PostgresStore: HandlerStore, Service {
         let id = handlerID.rawValue
         let payload = try json(event.event)
         return try await guarded {
-            try await client.withTransaction(logger: logger) { connection in
-                var found: (String, String?, Bool)?
-                for try await row in try await connection.query(Statements.lockForInbox(id: id), logger: logger)
-                    .decode((String, String?, Bool).self)
-                {
-                    found = row
-                }
-                guard let (status, owner, hibernated) = found else { throw StoreError.handlerNotFound(handlerID) }
-                guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
-                var inserted = false
-                for try await _ in try await connection.query(
-                    Statements.insertInbox(id: id, eventID: event.id, event: payload), logger: logger
-                ).decode(String.self) {
-                    inserted = true
-                }
-                _ = try await connection.query(Statements.notify("i:" + id), logger: logger).collect()
-                return InboxReceipt(owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted)
+            var found: (String, String?, Bool, Bool)?
+            for try await row in try await client.query(
+                Statements.appendInbox(id: id, eventID: event.id, event: payload, notification: "i:" + id),
+                logger: logger
+            ).decode((String, String?, Bool, Bool).self) {
+                found = row
             }
+            guard let (status, owner, hibernated, inserted) = found else { throw StoreError.handlerNotFound(handlerID) }
+            guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
+            return InboxReceipt(owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted)
         }
     }
 

@@ -2,12 +2,12 @@
 import Testing
 
 @Suite struct MemoryTrimTests {
-    @Test func trimsOnceAThousandHandlersHaveLeftSinceThePeak() {
+    @Test func trimsOnceEnoughHandlersHaveLeftMemorySinceTheLastTrim() {
         var trim = MemoryTrim()
-        let counts = [0, 5_000, 4_001, 4_000, 3_500, 4_200, 3_200]
-        let trimmed = counts.map { trim.observe(liveHandlers: $0) }
-        // 999 left: not yet; 1,000 left since the peak of 5,000: trim; the peak is then 4,000,
-        // raised to 4,200; 3,200 is 1,000 below it: trim.
-        #expect(trimmed == [false, false, false, true, false, false, true])
+        // 256 since the last trim: trim; a wave that stopped (no change since the last check)
+        // with departures not yet trimmed: trim; nothing new: nothing.
+        let departedTotals = [0, 100, 255, 256, 300, 300, 300, 511, 767, 2_000, 2_000]
+        let trimmed = departedTotals.map { trim.observe(departed: $0) }
+        #expect(trimmed == [false, false, false, true, false, true, false, false, true, true, false])
     }
 }
