@@ -127,7 +127,7 @@ public final class Coordinator: Service, Sendable {
         while true {
             let sent = ContinuousClock.now
             do {
-                _ = try await store.heartbeat(replicaID, address: configuration.address, ttl: configuration.leaseTTL)
+                try await store.register(replicaID, address: configuration.address, ttl: configuration.leaseTTL)
                 state.withLock { $0.lastRenewal = sent }
                 return
             } catch {

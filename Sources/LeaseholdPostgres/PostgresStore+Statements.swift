@@ -5,22 +5,66 @@ import PostgresNIO
 extension PostgresStore {
     enum Statements {
 
+        /// Renews the replica's registration, which carries every lease it holds: one row,
+        /// whatever the number of leases. A lapsed (or missing) registration is void: every lease
+        /// it carried is released and the replica registered anew (the answer is then empty).
+        /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
+        /// Answers the leases held (id, token).
         static func heartbeat(replica: String, address: String, ttlSeconds: Double, excluding: [String]) -> PostgresQuery {
             """
-            WITH registered AS (
-                INSERT INTO replicas (id, address) VALUES (\(replica), \(address))
-                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address
+            WITH previous AS (
+                SELECT COALESCE(bool_or(lease_expires_at > now()), false) AS current, max(lease_expires_at) AS expires
+                FROM replicas WHERE id = \(replica)),
+            registered AS (
+                INSERT INTO replicas (id, address, lease_expires_at)
+                VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)))
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address,
+                    lease_expires_at = EXCLUDED.lease_expires_at
+                RETURNING id),
+            voided AS (
+                UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE owner_replica = \(replica) AND NOT (SELECT current FROM previous)
+                RETURNING id),
+            capped AS (
+                UPDATE handlers SET lease_expires_at = (SELECT expires FROM previous)
+                WHERE id = ANY(\(excluding)::text[]) AND owner_replica = \(replica) AND lease_expires_at = 'infinity'
+                    AND (SELECT current FROM previous)
                 RETURNING id)
-            UPDATE handlers SET lease_expires_at = now() + make_interval(secs => \(ttlSeconds))
-            WHERE owner_replica = \(replica) AND status = 'running' AND lease_expires_at > now()
-                AND NOT (id = ANY(\(excluding)::text[]))
-                AND EXISTS (SELECT 1 FROM registered)
-            RETURNING id, fencing_token
+            SELECT h.id, h.fencing_token FROM handlers h
+            WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
+                AND (SELECT current FROM previous)
+                AND (SELECT count(*) FROM registered) + (SELECT count(*) FROM voided) + (SELECT count(*) FROM capped) >= 0
             """
         }
 
+        /// A new registration (a replica process starting): every lease held under this replica id
+        /// before is void and released, so a restarted replica's handlers move at once.
+        static func register(replica: String, address: String, ttlSeconds: Double) -> PostgresQuery {
+            """
+            WITH registered AS (
+                INSERT INTO replicas (id, address, lease_expires_at)
+                VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)))
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), started_at = now(), address = EXCLUDED.address,
+                    lease_expires_at = EXCLUDED.lease_expires_at
+                RETURNING id),
+            voided AS (
+                UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE owner_replica = \(replica)
+                RETURNING id)
+            SELECT (SELECT count(*) FROM registered), (SELECT count(*) FROM voided)
+            """
+        }
+
+        /// Removes the registration (graceful shutdown, after hand-off); a lease still carried by
+        /// it is released rather than left to a registration that no longer exists.
         static func deregister(replica: String) -> PostgresQuery {
-            "DELETE FROM replicas WHERE id = \(replica)"
+            """
+            WITH voided AS (
+                UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE owner_replica = \(replica)
+                RETURNING id)
+            DELETE FROM replicas WHERE id = \(replica) AND (SELECT count(*) FROM voided) >= 0
+            """
         }
 
         static func create(
@@ -30,33 +74,38 @@ extension PostgresStore {
             """
             WITH created AS (
                 INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
-                VALUES (\(id), \(workflow), \(runID), \(owner), now() + make_interval(secs => \(ttlSeconds)), 1)
+                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity', 1)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *),
             queued AS (
                 INSERT INTO inbox (handler_id, event_id, event)
                 SELECT created.id, \(eventID), \(event)::jsonb FROM created)
             SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
-                h.wake_at
+                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
+                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
             FROM created h
             """
         }
 
         /// Claims up to `limit` claimable handlers (unowned with work waiting, hibernated with an
-        /// inbox event or a due timer, or owned under an expired lease), or just `only`. The
-        /// candidate ids come from small partial indexes, each branch bounded, so one claim costs
-        /// O(limit) whatever the number of claimable or hibernated handlers; concurrent claimers
-        /// skip each other's locked rows. Each claim raises the fencing token.
+        /// inbox event or a due timer, or owned under an expired lease: the owner's registration
+        /// lapsed or the lease's own cap passed), or just `only`, for a replica whose registration
+        /// is current. The candidate ids come from small partial indexes, each branch bounded, so
+        /// one claim costs O(limit) whatever the number of claimable or hibernated handlers;
+        /// concurrent claimers skip each other's locked rows. Each claim raises the fencing token.
         static func claim(replica: String, ttlSeconds: Double, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
-            WITH candidates AS (
+            WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
+            candidates AS (
                 SELECT h.id FROM handlers h
-                WHERE (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
+                WHERE EXISTS (SELECT 1 FROM replicas WHERE id = \(replica) AND lease_expires_at > now())
+                AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
                     (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
                         LIMIT \(window))
+                    UNION ALL (SELECT id FROM handlers
+                        WHERE status = 'running' AND owner_replica IN (SELECT id FROM lapsed) LIMIT \(window))
                     UNION ALL (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false LIMIT \(window))
                     UNION ALL (SELECT id FROM handlers
@@ -64,18 +113,18 @@ extension PostgresStore {
                         LIMIT \(window))
                     UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))))
                 AND h.status = 'running'
-                AND ((h.owner_replica IS NOT NULL AND h.lease_expires_at <= now())
+                AND ((h.owner_replica IS NOT NULL AND (h.lease_expires_at <= now() OR NOT EXISTS (
+                        SELECT 1 FROM replicas r WHERE r.id = h.owner_replica AND r.lease_expires_at > now())))
                     OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
                         OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed))))
                 LIMIT \(limit)
                 FOR UPDATE OF h SKIP LOCKED)
-            UPDATE handlers h SET owner_replica = \(replica),
-                lease_expires_at = now() + make_interval(secs => \(ttlSeconds)),
+            UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
                 fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
             FROM candidates c WHERE h.id = c.id
             RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
-                h.wake_at, h.snapshot
+                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
+                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at, h.snapshot
             """
         }
 
@@ -94,6 +143,7 @@ extension PostgresStore {
                     lease_expires_at = CASE WHEN \(status) = 'running' THEN lease_expires_at ELSE NULL END
                 WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica)
                     AND lease_expires_at > now()
+                    AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
                 RETURNING id),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)
@@ -114,7 +164,8 @@ extension PostgresStore {
         static func lockForHibernate(id: String, token: Int64, replica: String) -> PostgresQuery {
             """
             SELECT fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
-            FROM handlers WHERE id = \(id) FOR UPDATE
+                AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
+            FROM handlers WHERE id = \(id) FOR UPDATE OF handlers
             """
         }
 
@@ -130,6 +181,7 @@ extension PostgresStore {
             UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL,
                 hibernated = (\(hibernate) AND status = 'running'), wake_at = \(wakeAt), updated_at = now()
             WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
+                AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
             RETURNING id
             """
         }
@@ -185,8 +237,8 @@ extension PostgresStore {
         static func handler(id: String) -> PostgresQuery {
             """
             SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
-                h.wake_at
+                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
+                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
             FROM handlers h WHERE h.id = \(id)
             """
         }
@@ -194,8 +246,8 @@ extension PostgresStore {
         static func handlers(statuses: [String], workflows: [String], limit: Int) -> PostgresQuery {
             """
             SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
-                h.wake_at
+                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
+                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
             FROM handlers h
             WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
                 AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))

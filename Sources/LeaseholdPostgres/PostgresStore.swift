@@ -124,6 +124,15 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+        try await guarded {
+            _ = try await client.query(
+                Statements.register(replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl)),
+                logger: logger
+            ).collect()
+        }
+    }
+
     public func deregister(_ replica: ReplicaID) async throws {
         try await guarded {
             _ = try await client.query(Statements.deregister(replica: replica.rawValue), logger: logger)

@@ -11,15 +11,23 @@ public protocol HandlerStore: Sendable {
     /// Wake-ups for log readers and inbox consumers in this process.
     var signals: StoreSignals { get }
 
-    /// Registers the replica or refreshes its heartbeat, and renews every lease it holds that has
-    /// not yet expired, in one statement.
+    /// Starts a new registration of the replica (a replica process starting), valid for `ttl`.
+    /// Every lease held under this replica id before is void: released, so that those handlers
+    /// move at once.
+    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws
+
+    /// Renews the replica's registration for `ttl`. Leases are anchored to it: renewing it renews
+    /// every lease the replica holds, at the cost of one row. A registration that has lapsed is
+    /// void with all its leases (they are released, and may already have been claimed); the
+    /// replica is then registered anew and holds nothing.
     /// - Parameter excluding: leases not to renew (handlers whose writes are stuck: let them expire
-    ///   so another replica takes over).
+    ///   so another replica takes over); they expire when the registration would have.
     /// - Returns: the handlers the replica still holds, with their tokens.
     func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> [HandlerID: FencingToken]
 
-    /// Removes the replica's registration (graceful shutdown).
+    /// Removes the replica's registration (graceful shutdown, after hand-off); a lease it still
+    /// carries is released.
     func deregister(_ replica: ReplicaID) async throws
 
     /// Creates a handler owned by `owner` with its start event in the inbox, and returns it as

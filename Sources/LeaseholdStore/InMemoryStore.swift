@@ -17,6 +17,10 @@ public actor InMemoryStore: HandlerStore {
         var address: String
         var startedAt: Date
         var heartbeatAt: Date
+        /// Leases are anchored here: a handler owned by this replica is held while this is in the
+        /// future and the handler's own cap (`record.leaseExpiresAt`, distant future unless the
+        /// replica stopped renewing that lease) has not passed.
+        var leaseExpiresAt: Date
     }
 
     public nonisolated let signals = StoreSignals()
@@ -32,25 +36,70 @@ public actor InMemoryStore: HandlerStore {
         now().addingTimeInterval(Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18)
     }
 
+    private func isCurrent(_ replica: ReplicaID, at time: Date) -> Bool {
+        (replicaTable[replica]?.leaseExpiresAt ?? .distantPast) > time
+    }
+
+    /// Releases every lease carried by the replica's registration.
+    private func void(_ replica: ReplicaID, at time: Date) {
+        for (id, entry) in entries where entry.record.owner == replica {
+            entries[id]?.record.owner = nil
+            entries[id]?.record.leaseExpiresAt = nil
+            entries[id]?.record.updatedAt = time
+        }
+    }
+
+    private func upsert(_ replica: ReplicaID, address: String, ttl: Duration, at time: Date, restart: Bool) {
+        var row = replicaTable[replica]
+            ?? Replica(address: address, startedAt: time, heartbeatAt: time, leaseExpiresAt: .distantPast)
+        row.address = address
+        row.heartbeatAt = time
+        row.leaseExpiresAt = expiry(ttl)
+        if restart { row.startedAt = time }
+        replicaTable[replica] = row
+    }
+
+    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+        let time = now()
+        upsert(replica, address: address, ttl: ttl, at: time, restart: true)
+        void(replica, at: time)
+    }
+
     public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> [HandlerID: FencingToken]
     {
         let time = now()
-        replicaTable[replica, default: Replica(address: address, startedAt: time, heartbeatAt: time)].heartbeatAt = time
-        replicaTable[replica]?.address = address
+        let current = isCurrent(replica, at: time)
+        let renewedFrom = replicaTable[replica]?.leaseExpiresAt
+        upsert(replica, address: address, ttl: ttl, at: time, restart: false)
+        guard current else {
+            void(replica, at: time)
+            return [:]
+        }
         var held: [HandlerID: FencingToken] = [:]
-        let expires = expiry(ttl)
-        let skip = Set(excluding)
-        for (id, entry) in entries where entry.record.owner == replica && entry.record.status == .running && !skip.contains(id) {
-            guard let current = entry.record.leaseExpiresAt, current > time else { continue }
-            entries[id]?.record.leaseExpiresAt = expires
+        for (id, entry) in entries where entry.record.owner == replica && entry.record.status == .running {
+            guard let cap = entry.record.leaseExpiresAt, cap > time else { continue }
             held[id] = entry.record.fencingToken
+        }
+        for id in excluding where entries[id]?.record.owner == replica && entries[id]?.record.leaseExpiresAt == .distantFuture {
+            entries[id]?.record.leaseExpiresAt = renewedFrom
         }
         return held
     }
 
     public func deregister(_ replica: ReplicaID) async throws {
+        void(replica, at: now())
         replicaTable[replica] = nil
+    }
+
+    /// The record as readers see it: the lease's effective expiry (the owner's registration or
+    /// the lease's own cap, whichever comes first).
+    private func published(_ record: HandlerRecord) -> HandlerRecord {
+        guard let owner = record.owner else { return record }
+        var record = record
+        let registration = replicaTable[owner]?.leaseExpiresAt ?? Date(timeIntervalSince1970: 0)
+        record.leaseExpiresAt = min(record.leaseExpiresAt ?? .distantFuture, registration)
+        return record
     }
 
     public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
@@ -59,19 +108,21 @@ public actor InMemoryStore: HandlerStore {
         let record = HandlerRecord(
             id: handler.id, workflowName: handler.workflowName, runID: handler.runID, status: .running, error: nil,
             result: nil, startedAt: time, updatedAt: time, completedAt: nil, owner: owner,
-            leaseExpiresAt: expiry(ttl), fencingToken: FencingToken(1), hibernated: false, lastSequence: -1,
+            leaseExpiresAt: .distantFuture, fencingToken: FencingToken(1), hibernated: false, lastSequence: -1,
             wakeAt: nil)
         entries[handler.id] = Entry(
             record: record, state: HandlerState(workflowName: handler.workflowName),
             inbox: [(handler.startEvent, false)], log: [])
         return ClaimedHandler(
-            record: record, lease: Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1)),
+            record: published(record), lease: Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1)),
             state: HandlerState(workflowName: handler.workflowName))
     }
 
     private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
         guard record.status == .running else { return false }
-        if record.owner != nil { return (record.leaseExpiresAt ?? .distantPast) <= time }
+        if let owner = record.owner {
+            return (record.leaseExpiresAt ?? .distantPast) <= time || !isCurrent(owner, at: time)
+        }
         if !record.hibernated || pendingInbox { return true }
         if let wakeAt = record.wakeAt, wakeAt <= time { return true }
         return false
@@ -79,6 +130,7 @@ public actor InMemoryStore: HandlerStore {
 
     public func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         let time = now()
+        guard isCurrent(replica, at: time) else { return [] }
         let candidates: [HandlerID] = only.map { [$0] } ?? Array(entries.keys)
         var claimed: [ClaimedHandler] = []
         for id in candidates where claimed.count < limit {
@@ -86,13 +138,13 @@ public actor InMemoryStore: HandlerStore {
                 isClaimable(entry.record, pendingInbox: entry.inbox.contains { !$0.consumed }, at: time)
             else { continue }
             entry.record.owner = replica
-            entry.record.leaseExpiresAt = expiry(ttl)
+            entry.record.leaseExpiresAt = .distantFuture
             entry.record.fencingToken = FencingToken(entry.record.fencingToken.rawValue + 1)
             entry.record.hibernated = false
             entry.record.wakeAt = nil
             entries[id] = entry
             claimed.append(ClaimedHandler(
-                record: entry.record,
+                record: published(entry.record),
                 lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken), state: entry.state))
         }
         return claimed
@@ -100,7 +152,8 @@ public actor InMemoryStore: HandlerStore {
 
     private func fencedEntry(_ lease: Lease) throws -> Entry {
         guard let entry = entries[lease.handlerID], entry.record.fencingToken == lease.token,
-            entry.record.owner == lease.replicaID, (entry.record.leaseExpiresAt ?? .distantPast) > now()
+            entry.record.owner == lease.replicaID, (entry.record.leaseExpiresAt ?? .distantPast) > now(),
+            isCurrent(lease.replicaID, at: now())
         else { throw StoreError.leaseLost(lease.handlerID) }
         return entry
     }
@@ -211,11 +264,11 @@ public actor InMemoryStore: HandlerStore {
     }
 
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
-        entries[handlerID]?.record
+        entries[handlerID].map { published($0.record) }
     }
 
     public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
-        entries.values.map(\.record).filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
+        entries.values.map { published($0.record) }.filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
     }
 
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {

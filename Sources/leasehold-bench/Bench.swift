@@ -74,6 +74,9 @@ struct StoreBench: AsyncParsableCommand {
         var throughStore: [Double] = []
         var raw: [Double] = []
         let batch = self.batch
+        for index in 0..<claimers {  // a claimer's registration must be current
+            try await store.register(ReplicaID("bench-\(index)"), address: "bench", ttl: .seconds(3600))
+        }
         for _ in 0..<repeats {
             try await reset(client, logger: logger)
             throughStore.append(try await claimAll { replica in
@@ -88,12 +91,13 @@ struct StoreBench: AsyncParsableCommand {
                 return count
             })
         }
-        // One renew of `leases` leases held by one replica.
+        // One renew of `leases` leases held by one replica (anchored to its registration).
         try await client.query("DELETE FROM handlers", logger: logger)
+        try await store.register("renewer", address: "bench", ttl: .seconds(3600))
         try await client.query(
             """
             INSERT INTO handlers (id, workflow_name, run_id, status, owner_replica, lease_expires_at)
-            SELECT 'l' || g, 'counter', 'r', 'running', 'renewer', now() + interval '1 hour'
+            SELECT 'l' || g, 'counter', 'r', 'running', 'renewer', 'infinity'
             FROM generate_series(1, \(leases)) AS g
             """, logger: logger)
         try await client.query("VACUUM ANALYZE handlers", logger: logger)

@@ -95,6 +95,9 @@ final class DelayedRenewalStore: HandlerStore {
         return answer
     }
 
+    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+        try await base.register(replica, address: address, ttl: ttl)
+    }
     func deregister(_ replica: ReplicaID) async throws { try await base.deregister(replica) }
     func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
         try await base.create(handler, owner: owner, ttl: ttl)

@@ -21,6 +21,7 @@ struct PostgresStoreTests {
     /// Creates `count` released (unowned, claimable) handlers.
     static func releasedHandlers(_ store: PostgresStore, _ count: Int) async throws -> Set<HandlerID> {
         var ids = Set<HandlerID>()
+        try await store.register("creator", address: "test://creator", ttl: ttl)
         for index in 0..<count {
             let id = HandlerID("h\(index)")
             let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator", ttl: ttl).lease
@@ -34,6 +35,7 @@ struct PostgresStoreTests {
     func concurrentClaimsAreDisjoint() async throws {
         try await TestDatabase.withStore { store, _ in
             let all = try await Self.releasedHandlers(store, 200)
+            for replica in 0..<4 { try await store.register(ReplicaID("c\(replica)"), address: "test", ttl: Self.ttl) }
             let claims = try await withThrowingTaskGroup(of: [ClaimedHandler].self) { group in
                 for replica in 0..<4 {
                     group.addTask {
@@ -60,6 +62,7 @@ struct PostgresStoreTests {
     @Test("a checkpoint killed mid-transaction (pg_terminate_backend) leaves nothing partial")
     func killedCheckpointLeavesNothing() async throws {
         try await TestDatabase.withStore { store, url in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
             let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1", ttl: Self.ttl).lease
             try await store.checkpoint(
                 Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),

@@ -105,6 +105,8 @@ struct StoreConformanceTests {
     @Test("an expired lease is claimable by another replica; the old owner is then fenced", arguments: StoreFactory.all)
     func expiredLease(factory: StoreFactory) async throws {
         try await factory.run { store in
+            // r1's registration, which carries its leases, lasts 1.5 s and is not renewed.
+            try await store.register(Self.r1, address: "a", ttl: .milliseconds(1500))
             let created = ContinuousClock.now
             let old = try await store.create(Self.new("h"), owner: Self.r1, ttl: .milliseconds(1500)).lease
             let early = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
@@ -123,7 +125,7 @@ struct StoreConformanceTests {
             await #expect(throws: StoreError.leaseLost("h")) {
                 try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: old)
             }
-            // The old owner's heartbeat no longer renews it.
+            // The old owner's renewal finds its registration lapsed: it holds nothing.
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
             #expect(try await store.heartbeat(Self.r2, address: "b", ttl: Self.ttl) == ["h": FencingToken(2)])
         }
@@ -294,6 +296,53 @@ struct StoreConformanceTests {
                 await store.signals.waitForLogChange("h", since: version, timeout: .seconds(10))
             }
             #expect(store.signals.logVersion("h") != version)
+        }
+    }
+
+    @Test("leases ride on the registration: a new registration or a deregistration releases them", arguments: StoreFactory.all)
+    func registrationCarriesLeases(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            _ = try await store.create(Self.new("a"), owner: Self.r1, ttl: Self.ttl)
+            _ = try await store.create(Self.new("b"), owner: Self.r1, ttl: Self.ttl)
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["a": FencingToken(1), "b": FencingToken(1)])
+            let record = try #require(try await store.handler("a"))
+            #expect(record.leaseExpiresAt != nil && record.leaseExpiresAt! > Date())
+            // r1 restarts: its old leases are void at once, and another replica takes them.
+            try await store.register(Self.r1, address: "a", ttl: Self.ttl)
+            #expect(try await store.handler("a")?.owner == nil)
+            let taken = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
+            #expect(Set(taken.map(\.record.id)) == ["a", "b"])
+            #expect(taken.allSatisfy { $0.lease.token == FencingToken(2) })
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
+            // r2 shuts down: deregistering releases what it still carries.
+            try await store.deregister(Self.r2)
+            #expect(try await store.handler("b")?.owner == nil)
+            // A replica whose registration lapsed (or never was) claims nothing.
+            #expect(try await store.claim("unregistered", ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+        }
+    }
+
+    @Test("a lease left out of renewal expires with the registration it was renewed from; the others go on", arguments: StoreFactory.all)
+    func excludedLeaseExpires(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            try await store.register(Self.r1, address: "a", ttl: .milliseconds(1500))
+            let stuck = try await store.create(Self.new("stuck"), owner: Self.r1, ttl: Self.ttl).lease
+            let fine = try await store.create(Self.new("fine"), owner: Self.r1, ttl: Self.ttl).lease
+            // r1 keeps renewing (1.5 s each time) but leaves "stuck" out; r2 takes it once it expires.
+            var taken: [ClaimedHandler] = []
+            let moved = try await eventually {
+                let held = try await store.heartbeat(Self.r1, address: "a", ttl: .milliseconds(1500), excluding: ["stuck"])
+                #expect(held["fine"] == FencingToken(1))
+                taken = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
+                return !taken.isEmpty
+            }
+            #expect(moved)
+            #expect(taken.map(\.record.id) == ["stuck"])
+            await #expect(throws: StoreError.leaseLost("stuck")) {
+                try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: stuck)
+            }
+            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: fine)
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["fine": FencingToken(1)])
         }
     }
 }
