@@ -22,7 +22,7 @@ extension Coordinator {
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
         let created: ClaimedHandler
         do {
-            created = try await store.create(new, owner: replicaID, ttl: configuration.leaseTTL)
+            created = try await store.create(new, owner: replicaID)
         } catch StoreError.handlerExists {
             throw CoordinatorError.handlerRunning(id)
         }

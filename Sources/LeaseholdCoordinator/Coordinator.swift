@@ -276,8 +276,7 @@ public final class Coordinator: Service, Sendable {
     func claimOnce() async {
         guard state.withLock({ !$0.shuttingDown }), leasesProvable() else { return }
         do {
-            let claimed = try await store.claim(
-                replicaID, ttl: configuration.leaseTTL, limit: configuration.claimBatch, only: nil)
+            let claimed = try await store.claim(replicaID, limit: configuration.claimBatch, only: nil)
             for handler in claimed {
                 metrics.failovers.increment()
                 await launch(handler, reason: "claimed")
@@ -476,7 +475,7 @@ public final class Coordinator: Service, Sendable {
             }
             guard state.withLock({ !$0.shuttingDown }), leasesProvable() else { return false }
             let started = ContinuousClock.now
-            let claimed = try await store.claim(replicaID, ttl: configuration.leaseTTL, limit: 1, only: id)
+            let claimed = try await store.claim(replicaID, limit: 1, only: id)
             guard let handler = claimed.first else { return false }
             await launch(handler, reason: handler.record.hibernated ? "reload" : "orphaned")
             metrics.reloads.increment()

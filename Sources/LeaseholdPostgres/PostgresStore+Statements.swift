@@ -68,7 +68,7 @@ extension PostgresStore {
         }
 
         static func create(
-            id: String, workflow: String, runID: String, owner: String, ttlSeconds: Double, eventID: String,
+            id: String, workflow: String, runID: String, owner: String, eventID: String,
             event: String
         ) -> PostgresQuery {
             """
@@ -93,7 +93,7 @@ extension PostgresStore {
         /// is current. The candidate ids come from small partial indexes, each branch bounded, so
         /// one claim costs O(limit) whatever the number of claimable or hibernated handlers;
         /// concurrent claimers skip each other's locked rows. Each claim raises the fencing token.
-        static func claim(replica: String, ttlSeconds: Double, limit: Int, only: String?) -> PostgresQuery {
+        static func claim(replica: String, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
             WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),

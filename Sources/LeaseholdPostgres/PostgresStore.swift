@@ -139,12 +139,12 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
-    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
+    public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         try await guarded {
             let rows = try await client.query(
                 Statements.create(
                     id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
-                    owner: owner.rawValue, ttlSeconds: Self.seconds(ttl), eventID: handler.startEvent.id,
+                    owner: owner.rawValue, eventID: handler.startEvent.id,
                     event: try json(handler.startEvent.event)),
                 logger: logger)
             var created: HandlerRecord?
@@ -156,10 +156,10 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
-    public func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
+    public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await guarded {
             let query = Statements.claim(
-                replica: replica.rawValue, ttlSeconds: Self.seconds(ttl), limit: limit, only: only?.rawValue)
+                replica: replica.rawValue, limit: limit, only: only?.rawValue)
             let rows = try await client.query(query, logger: logger)
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
@@ -178,8 +178,8 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     /// The claim statement exactly as `claim` sends it (benchmarks compare against it raw).
-    public static func claimStatement(replica: String, ttlSeconds: Double, limit: Int) -> PostgresQuery {
-        Statements.claim(replica: replica, ttlSeconds: ttlSeconds, limit: limit, only: nil)
+    public static func claimStatement(replica: String, limit: Int) -> PostgresQuery {
+        Statements.claim(replica: replica, limit: limit, only: nil)
     }
 
     // MARK: - Fenced writes

@@ -33,12 +33,13 @@ public protocol HandlerStore: Sendable {
     /// Creates a handler owned by `owner` with its start event in the inbox, and returns it as
     /// stored (its record, its first lease and an empty state), so the creator needs no read.
     /// - Throws: `StoreError.handlerExists`.
-    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler
+    func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler
 
     /// Claims claimable handlers (unowned with work waiting, hibernated with an inbox event or a due
-    /// timer, or owned under an expired lease), raising each one's fencing token.
+    /// timer, or owned under an expired lease), raising each one's fencing token. The leases ride
+    /// on the claimer's registration; a replica whose registration is not current claims nothing.
     /// - Parameter only: claim just this handler (a reload), if it is claimable.
-    func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler]
+    func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler]
 
     /// Writes state, new log records and consumed inbox ids in one fenced transaction.
     /// A finished state also clears the lease.

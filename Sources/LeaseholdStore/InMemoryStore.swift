@@ -102,7 +102,7 @@ public actor InMemoryStore: HandlerStore {
         return record
     }
 
-    public func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
+    public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
         let time = now()
         let record = HandlerRecord(
@@ -128,7 +128,7 @@ public actor InMemoryStore: HandlerStore {
         return false
     }
 
-    public func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
+    public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         let time = now()
         guard isCurrent(replica, at: time) else { return [] }
         let candidates: [HandlerID] = only.map { [$0] } ?? Array(entries.keys)

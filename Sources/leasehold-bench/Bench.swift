@@ -80,13 +80,13 @@ struct StoreBench: AsyncParsableCommand {
         for _ in 0..<repeats {
             try await reset(client, logger: logger)
             throughStore.append(try await claimAll { replica in
-                try await store.claim(ReplicaID(replica), ttl: .seconds(30), limit: batch, only: nil).count
+                try await store.claim(ReplicaID(replica), limit: batch, only: nil).count
             })
             try await reset(client, logger: logger)
             // The same statement, sent raw through the same pool, rows counted but not decoded.
             raw.append(try await claimAll { replica in
                 var count = 0
-                let query = PostgresStore.claimStatement(replica: replica, ttlSeconds: 30, limit: batch)
+                let query = PostgresStore.claimStatement(replica: replica, limit: batch)
                 for try await _ in try await client.query(query, logger: logger) { count += 1 }
                 return count
             })

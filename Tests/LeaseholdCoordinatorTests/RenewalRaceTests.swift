@@ -99,11 +99,11 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.register(replica, address: address, ttl: ttl)
     }
     func deregister(_ replica: ReplicaID) async throws { try await base.deregister(replica) }
-    func create(_ handler: NewHandler, owner: ReplicaID, ttl: Duration) async throws -> ClaimedHandler {
-        try await base.create(handler, owner: owner, ttl: ttl)
+    func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
+        try await base.create(handler, owner: owner)
     }
-    func claim(_ replica: ReplicaID, ttl: Duration, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
-        try await base.claim(replica, ttl: ttl, limit: limit, only: only)
+    func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
+        try await base.claim(replica, limit: limit, only: only)
     }
     func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws { try await base.checkpoint(checkpoint, lease: lease) }
     func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {

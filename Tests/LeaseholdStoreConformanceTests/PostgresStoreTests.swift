@@ -24,7 +24,7 @@ struct PostgresStoreTests {
         try await store.register("creator", address: "test://creator", ttl: ttl)
         for index in 0..<count {
             let id = HandlerID("h\(index)")
-            let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator", ttl: ttl).lease
+            let lease = try await store.create(StoreConformanceTests.new(id.rawValue), owner: "creator").lease
             try await store.release(nil, lease: lease)
             ids.insert(id)
         }
@@ -41,7 +41,7 @@ struct PostgresStoreTests {
                     group.addTask {
                         var mine: [ClaimedHandler] = []
                         while true {
-                            let batch = try await store.claim(ReplicaID("c\(replica)"), ttl: Self.ttl, limit: 7, only: nil)
+                            let batch = try await store.claim(ReplicaID("c\(replica)"), limit: 7, only: nil)
                             if batch.isEmpty { return mine }
                             mine += batch
                         }
@@ -63,7 +63,7 @@ struct PostgresStoreTests {
     func killedCheckpointLeavesNothing() async throws {
         try await TestDatabase.withStore { store, url in
             try await store.register("r1", address: "test://r1", ttl: Self.ttl)
-            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1", ttl: Self.ttl).lease
+            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1").lease
             try await store.checkpoint(
                 Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
                 lease: lease)

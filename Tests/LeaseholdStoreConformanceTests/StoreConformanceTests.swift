@@ -36,7 +36,7 @@ struct StoreConformanceTests {
     func create(factory: StoreFactory) async throws {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl)
-            let created = try await store.create(Self.new("h1"), owner: Self.r1, ttl: Self.ttl)
+            let created = try await store.create(Self.new("h1"), owner: Self.r1)
             let lease = created.lease
             #expect(lease.token == FencingToken(1))
             let record = try #require(try await store.handler("h1"))
@@ -47,7 +47,7 @@ struct StoreConformanceTests {
             #expect(record.lastSequence == -1)
             #expect(try await store.pendingInbox("h1").map(\.id) == ["start"])
             await #expect(throws: StoreError.handlerExists("h1")) {
-                try await store.create(Self.new("h1"), owner: Self.r2, ttl: Self.ttl)
+                try await store.create(Self.new("h1"), owner: Self.r2)
             }
             #expect(try await store.handler("nope") == nil)
         }
@@ -56,7 +56,7 @@ struct StoreConformanceTests {
     @Test("checkpoint appends the log, consumes inbox ids and updates the record", arguments: StoreFactory.all)
     func checkpoint(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
                 lease: lease)
@@ -81,9 +81,9 @@ struct StoreConformanceTests {
     @Test("a write with a stale token is rejected and changes nothing", arguments: StoreFactory.all)
     func staleTokenRejected(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.release(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
-            let claimed = try #require(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").first)
+            let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
             #expect(claimed.lease.token == FencingToken(2))
             #expect(claimed.state.context["marker"] == 1)
             try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: claimed.lease)
@@ -108,14 +108,14 @@ struct StoreConformanceTests {
             // r1's registration, which carries its leases, lasts 1.5 s and is not renewed.
             try await store.register(Self.r1, address: "a", ttl: .milliseconds(1500))
             let created = ContinuousClock.now
-            let old = try await store.create(Self.new("h"), owner: Self.r1, ttl: .milliseconds(1500)).lease
-            let early = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
+            let old = try await store.create(Self.new("h"), owner: Self.r1).lease
+            let early = try await store.claim(Self.r2, limit: 10, only: nil)
             // Not claimable while the lease lasts (checked only if this ran well within it).
             if ContinuousClock.now - created < .milliseconds(1000) { #expect(early.isEmpty) }
             var claimed = !early.isEmpty
             if !claimed {
                 claimed = try await eventually {
-                    try await !store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty
+                    try await !store.claim(Self.r2, limit: 10, only: nil).isEmpty
                 }
             }
             #expect(claimed)
@@ -134,16 +134,16 @@ struct StoreConformanceTests {
     @Test("an owned handler under a live lease is never claimed", arguments: StoreFactory.all)
     func liveLeaseNotClaimable(factory: StoreFactory) async throws {
         try await factory.run { store in
-            _ = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl)
-            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").isEmpty)
-            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+            _ = try await store.create(Self.new("h"), owner: Self.r1)
+            #expect(try await store.claim(Self.r2, limit: 10, only: "h").isEmpty)
+            #expect(try await store.claim(Self.r2, limit: 10, only: nil).isEmpty)
         }
     }
 
     @Test("hibernate is refused while the inbox holds an unconsumed event", arguments: StoreFactory.all)
     func hibernateRefusedWithInbox(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
             _ = try await store.appendInbox("h", InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"])))
             let refused = try await store.hibernate(Checkpoint(state: Self.state(1), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
@@ -164,23 +164,23 @@ struct StoreConformanceTests {
     @Test("a hibernated handler is claimable only with an inbox event or a due timer", arguments: StoreFactory.all)
     func hibernatedClaimable(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: lease))
-            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).isEmpty)
-            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").isEmpty)
+            #expect(try await store.claim(Self.r2, limit: 10, only: nil).isEmpty)
+            #expect(try await store.claim(Self.r2, limit: 10, only: "h").isEmpty)
             let receipt = try await store.appendInbox("h", InboxEvent(id: "e", event: AnyEvent(type: "X")))
             #expect(receipt.owner == nil)
             #expect(receipt.hibernated)
             #expect(receipt.inserted)
-            let claimed = try #require(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: "h").first)
+            let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
             #expect(claimed.state == Self.state(0))
             #expect(claimed.lease.token == FencingToken(2))
             #expect(try await store.handler("h")?.hibernated == false)
 
-            let timed = try await store.create(Self.new("t"), owner: Self.r1, ttl: Self.ttl).lease
+            let timed = try await store.create(Self.new("t"), owner: Self.r1).lease
             #expect(try await store.hibernate(
                 Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: Date().addingTimeInterval(-1), lease: timed))
-            #expect(try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil).map(\.record.id) == ["t"])
+            #expect(try await store.claim(Self.r2, limit: 10, only: nil).map(\.record.id) == ["t"])
         }
     }
 
@@ -189,7 +189,7 @@ struct StoreConformanceTests {
         try await factory.run { store in
             let event = InboxEvent(id: "e", event: AnyEvent(type: "X", value: ["a": 1]))
             await #expect(throws: StoreError.handlerNotFound("nope")) { _ = try await store.appendInbox("nope", event) }
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             #expect(try await store.appendInbox("h", event).inserted)
             #expect(try await store.appendInbox("h", event).inserted == false)
             #expect(try await store.pendingInbox("h").map(\.id) == ["start", "e"])
@@ -204,7 +204,7 @@ struct StoreConformanceTests {
     @Test("cancel logs the terminal event, raises the token and fences the owner", arguments: StoreFactory.all)
     func cancel(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: []), lease: lease)
             guard case .cancelled(let record) = try await store.cancel("h") else {
                 Issue.record("expected cancelled")
@@ -230,7 +230,7 @@ struct StoreConformanceTests {
     @Test("delete removes the handler with its inbox and log", arguments: StoreFactory.all)
     func delete(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             #expect(try await store.delete("h"))
             #expect(try await store.delete("h") == false)
@@ -245,7 +245,7 @@ struct StoreConformanceTests {
     @Test("a log record that repeats a sequence is refused", arguments: StoreFactory.all)
     func sequenceConflict(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             await #expect(throws: StoreError.self) {
                 try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0)], consumedInbox: []), lease: lease)
@@ -259,9 +259,9 @@ struct StoreConformanceTests {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "http://a", ttl: Self.ttl)
             _ = try await store.heartbeat(Self.r2, address: "http://b", ttl: Self.ttl)
-            let a = try await store.create(Self.new("a", workflow: "echo"), owner: Self.r1, ttl: Self.ttl).lease
-            _ = try await store.create(Self.new("b", workflow: "counter"), owner: Self.r1, ttl: Self.ttl)
-            let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2, ttl: Self.ttl).lease
+            let a = try await store.create(Self.new("a", workflow: "echo"), owner: Self.r1).lease
+            _ = try await store.create(Self.new("b", workflow: "counter"), owner: Self.r1)
+            let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
                            consumedInbox: []), lease: a)
@@ -287,7 +287,7 @@ struct StoreConformanceTests {
     @Test("log readers are woken when a checkpoint commits", arguments: StoreFactory.all)
     func logSignals(factory: StoreFactory) async throws {
         try await factory.run { store in
-            let lease = try await store.create(Self.new("h"), owner: Self.r1, ttl: Self.ttl).lease
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             let version = store.signals.logVersion("h")
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             // Readers wait on the version; a wake-up may be spurious, so they re-check (bounded here).
@@ -302,15 +302,15 @@ struct StoreConformanceTests {
     @Test("leases ride on the registration: a new registration or a deregistration releases them", arguments: StoreFactory.all)
     func registrationCarriesLeases(factory: StoreFactory) async throws {
         try await factory.run { store in
-            _ = try await store.create(Self.new("a"), owner: Self.r1, ttl: Self.ttl)
-            _ = try await store.create(Self.new("b"), owner: Self.r1, ttl: Self.ttl)
+            _ = try await store.create(Self.new("a"), owner: Self.r1)
+            _ = try await store.create(Self.new("b"), owner: Self.r1)
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["a": FencingToken(1), "b": FencingToken(1)])
             let record = try #require(try await store.handler("a"))
             #expect(record.leaseExpiresAt != nil && record.leaseExpiresAt! > Date())
             // r1 restarts: its old leases are void at once, and another replica takes them.
             try await store.register(Self.r1, address: "a", ttl: Self.ttl)
             #expect(try await store.handler("a")?.owner == nil)
-            let taken = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
+            let taken = try await store.claim(Self.r2, limit: 10, only: nil)
             #expect(Set(taken.map(\.record.id)) == ["a", "b"])
             #expect(taken.allSatisfy { $0.lease.token == FencingToken(2) })
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
@@ -318,7 +318,7 @@ struct StoreConformanceTests {
             try await store.deregister(Self.r2)
             #expect(try await store.handler("b")?.owner == nil)
             // A replica whose registration lapsed (or never was) claims nothing.
-            #expect(try await store.claim("unregistered", ttl: Self.ttl, limit: 10, only: nil).isEmpty)
+            #expect(try await store.claim("unregistered", limit: 10, only: nil).isEmpty)
         }
     }
 
@@ -326,14 +326,14 @@ struct StoreConformanceTests {
     func excludedLeaseExpires(factory: StoreFactory) async throws {
         try await factory.run { store in
             try await store.register(Self.r1, address: "a", ttl: .milliseconds(1500))
-            let stuck = try await store.create(Self.new("stuck"), owner: Self.r1, ttl: Self.ttl).lease
-            let fine = try await store.create(Self.new("fine"), owner: Self.r1, ttl: Self.ttl).lease
+            let stuck = try await store.create(Self.new("stuck"), owner: Self.r1).lease
+            let fine = try await store.create(Self.new("fine"), owner: Self.r1).lease
             // r1 keeps renewing (1.5 s each time) but leaves "stuck" out; r2 takes it once it expires.
             var taken: [ClaimedHandler] = []
             let moved = try await eventually {
                 let held = try await store.heartbeat(Self.r1, address: "a", ttl: .milliseconds(1500), excluding: ["stuck"])
                 #expect(held["fine"] == FencingToken(1))
-                taken = try await store.claim(Self.r2, ttl: Self.ttl, limit: 10, only: nil)
+                taken = try await store.claim(Self.r2, limit: 10, only: nil)
                 return !taken.isEmpty
             }
             #expect(moved)
