@@ -64,6 +64,31 @@ def free_port_block(size: int) -> int:
     raise RuntimeError("no free port block")
 
 
+def test_image_runtime_stage_has_what_the_binary_links():
+    """No Docker engine here, so the image is checked piecewise: the Dockerfile builds with the CI
+    build script, runs as a non-root user with a /health check, and its slim runtime stage has
+    every shared library the binary links (the Swift runtime it copies, the rest from Debian's
+    bookworm-slim base: libc, libm, libstdc++, libgcc_s)."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "scripts/build-release /dist" in dockerfile
+    assert "USER leasehold" in dockerfile and "useradd --system" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
+    assert "COPY --from=build /usr/lib/swift/linux/*.so* /usr/lib/swift/linux/" in dockerfile
+    binary = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
+    linked = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines()
+    base = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libdl.so.2",
+            "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libutil.so.1"}
+    missing = []
+    for line in linked:
+        name = line.split()[0].rsplit("/", 1)[-1]
+        target = line.split("=>")[1].split("(")[0].strip() if "=>" in line else ""
+        if "not found" in line:
+            missing.append(line.strip())
+        elif name not in base and "/swift/" not in target:
+            missing.append(f"{name} => {target} (neither the Swift runtime nor bookworm-slim)")
+    assert not missing, missing
+
+
 def test_every_drill_passes_once(tmp_path):
     base = free_port_block(4)
     # Not under pytest's tmp_path: that is private to root, and the throwaway Postgres runs as `postgres`.
