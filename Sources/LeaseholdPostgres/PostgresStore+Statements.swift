@@ -137,7 +137,7 @@ extension PostgresStore {
             try """
             WITH h AS (
                 UPDATE handlers SET snapshot = \(snapshot), status = \(status), error = \(error),
-                    result = \(result)::jsonb, last_sequence = \(lastSequence), updated_at = now(),
+                    result = \(result)::text::jsonb, last_sequence = \(lastSequence), updated_at = now(),
                     completed_at = CASE WHEN \(status) = 'running' THEN NULL ELSE now() END,
                     owner_replica = CASE WHEN \(status) = 'running' THEN owner_replica ELSE NULL END,
                     lease_expires_at = CASE WHEN \(status) = 'running' THEN lease_expires_at ELSE NULL END

@@ -111,13 +111,12 @@ public final class PostgresStore: HandlerStore, Service {
         -> [HandlerID: FencingToken]
     {
         try await guarded {
-            let rows = try await client.query(
-                Statements.heartbeat(
-                    replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl),
-                    excluding: excluding.map(\.rawValue)),
-                logger: logger)
+            let query = Statements.heartbeat(
+                replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl),
+                excluding: excluding.map(\.rawValue))
             var held: [HandlerID: FencingToken] = [:]
-            for try await (id, token) in rows.decode((String, Int64).self) {
+            for try await row in try await client.execute(prepared(query, as: Shapes.Heartbeat.self), logger: logger) {
+                let (id, token) = try row.decode((String, Int64).self)
                 held[HandlerID(id)] = FencingToken(token)
             }
             return held
@@ -141,12 +140,10 @@ public final class PostgresStore: HandlerStore, Service {
 
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         try await guarded {
-            let rows = try await client.query(
-                Statements.create(
-                    id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
-                    owner: owner.rawValue, eventID: handler.startEvent.id,
-                    event: try json(handler.startEvent.event)),
-                logger: logger)
+            let query = Statements.create(
+                id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
+                owner: owner.rawValue, eventID: handler.startEvent.id, event: try json(handler.startEvent.event))
+            let rows = try await client.execute(prepared(query, as: Shapes.Create.self), logger: logger)
             var created: HandlerRecord?
             for try await row in rows { created = try Self.record(row) }
             guard let created else { throw StoreError.handlerExists(handler.id) }
@@ -158,9 +155,8 @@ public final class PostgresStore: HandlerStore, Service {
 
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await guarded {
-            let query = Statements.claim(
-                replica: replica.rawValue, limit: limit, only: only?.rawValue)
-            let rows = try await client.query(query, logger: logger)
+            let query = Statements.claim(replica: replica.rawValue, limit: limit, only: only?.rawValue)
+            let rows = try await client.execute(prepared(query, as: Shapes.Claim.self), logger: logger)
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
             for try await row in rows {
@@ -196,14 +192,14 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     private func runCheckpoint(_ query: PostgresQuery, on connection: PostgresConnection, lease: Lease) async throws {
-        let rows: PostgresRowSequence
+        var written = false
         do {
-            rows = try await connection.query(query, logger: logger)
+            for try await _ in try await connection.execute(prepared(query, as: Shapes.Checkpoint.self), logger: logger) {
+                written = true
+            }
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
             throw StoreError.sequenceConflict(lease.handlerID, -1)
         }
-        var written = false
-        for try await _ in rows.decode((String, Int64, Int64, Int64).self) { written = true }
         if !written { throw StoreError.leaseLost(lease.handlerID) }
     }
 
@@ -279,11 +275,9 @@ public final class PostgresStore: HandlerStore, Service {
         let payload = try json(event.event)
         return try await guarded {
             var found: (String, String?, Bool, Bool)?
-            for try await row in try await client.query(
-                Statements.appendInbox(id: id, eventID: event.id, event: payload, notification: "i:" + id),
-                logger: logger
-            ).decode((String, String?, Bool, Bool).self) {
-                found = row
+            let query = Statements.appendInbox(id: id, eventID: event.id, event: payload, notification: "i:" + id)
+            for try await row in try await client.execute(prepared(query, as: Shapes.AppendInbox.self), logger: logger) {
+                found = try row.decode((String, String?, Bool, Bool).self)
             }
             guard let (status, owner, hibernated, inserted) = found else { throw StoreError.handlerNotFound(handlerID) }
             guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
@@ -295,9 +289,9 @@ public final class PostgresStore: HandlerStore, Service {
         try await guarded {
             let decoder = JSONDecoder()
             var events: [InboxEvent] = []
-            for try await (eventID, text) in try await client.query(
-                Statements.pendingInbox(id: handlerID.rawValue), logger: logger
-            ).decode((String, String).self) {
+            let query = Statements.pendingInbox(id: handlerID.rawValue)
+            for try await row in try await client.execute(prepared(query, as: Shapes.PendingInbox.self), logger: logger) {
+                let (eventID, text) = try row.decode((String, String).self)
                 events.append(InboxEvent(id: eventID, event: try decoder.decode(AnyEvent.self, from: Data(text.utf8))))
             }
             return events
@@ -372,7 +366,8 @@ public final class PostgresStore: HandlerStore, Service {
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
         try await guarded {
             var found: HandlerRecord?
-            for try await row in try await client.query(Statements.handler(id: handlerID.rawValue), logger: logger) {
+            let query = Statements.handler(id: handlerID.rawValue)
+            for try await row in try await client.execute(prepared(query, as: Shapes.Handler.self), logger: logger) {
                 found = try Self.record(row)
             }
             return found
@@ -397,9 +392,9 @@ public final class PostgresStore: HandlerStore, Service {
         try await guarded {
             let decoder = JSONDecoder()
             var records: [LogRecord] = []
-            for try await text in try await client.query(
-                Statements.events(id: handlerID.rawValue, after: sequence, limit: limit), logger: logger
-            ).decode(String.self) {
+            let query = Statements.events(id: handlerID.rawValue, after: sequence, limit: limit)
+            for try await row in try await client.execute(prepared(query, as: Shapes.Events.self), logger: logger) {
+                let text = try row.decode(String.self)
                 records.append(try decoder.decode(LogRecord.self, from: Data(text.utf8)))
             }
             return records
