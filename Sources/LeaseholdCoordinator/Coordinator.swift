@@ -210,8 +210,12 @@ public final class Coordinator: Service, Sendable {
             }
             state.lastRenewal = sent
             // Only handlers taken before the renewal was sent can be missing from its answer
-            // because their lease is gone; one claimed or created meanwhile may simply be newer.
-            let lost = state.live.values.filter { $0.claimedAt < sent && held[$0.id] != $0.lease.token }
+            // because their lease is gone; one claimed or created meanwhile may simply be newer,
+            // and one that finished or is being stopped (hibernated, handed off) gave it up.
+            let lost = state.live.values.filter { handler in
+                handler.claimedAt < sent && held[handler.id] != handler.lease.token
+                    && handler.stopReason.withLock({ $0 == nil }) && !handler.runtime.state.status.isFinished
+            }
             // A lease held with no runtime here is an orphan only when two renewals in a row saw it
             // so: one acquired just before this renewal may not have started its runtime yet.
             let unrun = held.filter { state.live[$0.key] == nil && state.loading[$0.key] == nil }
