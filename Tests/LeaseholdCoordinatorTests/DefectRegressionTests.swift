@@ -13,7 +13,8 @@ import Testing
 struct DefectRegressionTests {
     /// #1: hibernation must stop every task and timer of the handler and free its memory.
     @Test func hibernationStopsEveryTask() async throws {
-        try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
+        // Idle timeout 1 s: long enough to see the timer's task running first, even on a loaded machine.
+        try await Harness.withPostgres(replicas: 1, idle: .seconds(1)) { coordinators, store in
             let coordinator = coordinators[0]
             // A handler with a live step-less wait (approval) and one with a distant durable timer.
             let waiting = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "hib-a")
@@ -21,8 +22,9 @@ struct DefectRegressionTests {
             weak let approvalRuntime: HandlerRuntime? = coordinator.runtime(of: waiting.id)
             weak let timerRuntime: HandlerRuntime? = coordinator.runtime(of: timed.id)
             #expect(approvalRuntime != nil && timerRuntime != nil)
-            let liveTimerTasks = timerRuntime?.liveTasks ?? 0
-            #expect(liveTimerTasks >= 1)
+            // The start event is processed asynchronously: wait for the timer's task to be running.
+            let timerTaskRan = await eventually { (timerRuntime?.liveTasks ?? 0) >= 1 }
+            #expect(timerTaskRan)
             let hibernated = try await eventually {
                 let a = try await store.handler(waiting.id)?.hibernated ?? false
                 let t = try await store.handler(timed.id)?.hibernated ?? false
