@@ -24,8 +24,8 @@ struct Prepared<Shape: PreparedShape>: PostgresPreparedStatement {
 
 extension PostgresStore {
     enum Shapes {
-        enum Heartbeat: PreparedShape {
-            static let sql = Statements.heartbeat(replica: "", address: "", ttlSeconds: 0, excluding: []).sql
+        enum Renewal: PreparedShape {
+            static let sql = Statements.renewal(replica: "", address: "", ttlSeconds: 0, excluding: [], fresh: false).sql
         }
         enum Create: PreparedShape {
             static let sql = Statements.create(id: "", workflow: "", runID: "", owner: "", eventID: "", event: "").sql

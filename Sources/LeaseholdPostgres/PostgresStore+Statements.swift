@@ -8,18 +8,23 @@ extension PostgresStore {
         /// Renews the replica's registration, which carries every lease it holds: one row,
         /// whatever the number of leases. A lapsed (or missing) registration is void: every lease
         /// it carried is released and the replica registered anew (the answer is then empty).
+        /// `fresh` (a replica process starting) voids the registration whatever its state.
         /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
         /// Answers the leases held (id, token).
-        static func heartbeat(replica: String, address: String, ttlSeconds: Double, excluding: [String]) -> PostgresQuery {
+        static func renewal(
+            replica: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
+        ) -> PostgresQuery {
             """
             WITH previous AS (
-                SELECT COALESCE(bool_or(lease_expires_at > now()), false) AS current, max(lease_expires_at) AS expires
+                SELECT COALESCE(bool_or(lease_expires_at > now()), false) AND NOT \(fresh) AS current,
+                    max(lease_expires_at) AS expires
                 FROM replicas WHERE id = \(replica)),
             registered AS (
                 INSERT INTO replicas (id, address, lease_expires_at)
                 VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)))
                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address,
-                    lease_expires_at = EXCLUDED.lease_expires_at
+                    lease_expires_at = EXCLUDED.lease_expires_at,
+                    started_at = CASE WHEN \(fresh) THEN now() ELSE replicas.started_at END
                 RETURNING id),
             voided AS (
                 UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
@@ -34,24 +39,6 @@ extension PostgresStore {
             WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
                 AND (SELECT current FROM previous)
                 AND (SELECT count(*) FROM registered) + (SELECT count(*) FROM voided) + (SELECT count(*) FROM capped) >= 0
-            """
-        }
-
-        /// A new registration (a replica process starting): every lease held under this replica id
-        /// before is void and released, so a restarted replica's handlers move at once.
-        static func register(replica: String, address: String, ttlSeconds: Double) -> PostgresQuery {
-            """
-            WITH registered AS (
-                INSERT INTO replicas (id, address, lease_expires_at)
-                VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)))
-                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), started_at = now(), address = EXCLUDED.address,
-                    lease_expires_at = EXCLUDED.lease_expires_at
-                RETURNING id),
-            voided AS (
-                UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
-                WHERE owner_replica = \(replica)
-                RETURNING id)
-            SELECT (SELECT count(*) FROM registered), (SELECT count(*) FROM voided)
             """
         }
 

@@ -110,25 +110,26 @@ public final class PostgresStore: HandlerStore, Service {
     public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> [HandlerID: FencingToken]
     {
+        try await renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false)
+    }
+
+    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+        _ = try await renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
+    }
+
+    private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
+        async throws -> [HandlerID: FencingToken]
+    {
         try await guarded {
-            let query = Statements.heartbeat(
+            let query = Statements.renewal(
                 replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl),
-                excluding: excluding.map(\.rawValue))
+                excluding: excluding.map(\.rawValue), fresh: fresh)
             var held: [HandlerID: FencingToken] = [:]
-            for try await row in try await client.execute(prepared(query, as: Shapes.Heartbeat.self), logger: logger) {
+            for try await row in try await client.execute(prepared(query, as: Shapes.Renewal.self), logger: logger) {
                 let (id, token) = try row.decode((String, Int64).self)
                 held[HandlerID(id)] = FencingToken(token)
             }
             return held
-        }
-    }
-
-    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
-        try await guarded {
-            _ = try await client.query(
-                Statements.register(replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl)),
-                logger: logger
-            ).collect()
         }
     }
 

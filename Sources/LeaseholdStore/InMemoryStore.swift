@@ -60,18 +60,23 @@ public actor InMemoryStore: HandlerStore {
     }
 
     public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
-        let time = now()
-        upsert(replica, address: address, ttl: ttl, at: time, restart: true)
-        void(replica, at: time)
+        _ = renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
     }
 
     public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> [HandlerID: FencingToken]
     {
+        renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false)
+    }
+
+    /// The registration renewed (or, `fresh` or lapsed, started anew with its old leases void).
+    private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
+        -> [HandlerID: FencingToken]
+    {
         let time = now()
-        let current = isCurrent(replica, at: time)
+        let current = !fresh && isCurrent(replica, at: time)
         let renewedFrom = replicaTable[replica]?.leaseExpiresAt
-        upsert(replica, address: address, ttl: ttl, at: time, restart: false)
+        upsert(replica, address: address, ttl: ttl, at: time, restart: fresh)
         guard current else {
             void(replica, at: time)
             return [:]
