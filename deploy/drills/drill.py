@@ -175,6 +175,11 @@ def measure_failover(victim: str, before: tuple[list[str], dict[str, int]], star
     return time.monotonic() - started
 
 
+def wait_replicas_ready():
+    for r in REPLICAS:
+        wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+
+
 def drill_kill9(work: Workload) -> dict:
     victim = busiest_owner(work)
     before = victims_handlers(victim, work)
@@ -214,8 +219,7 @@ def drill_rolling_restart(work: Workload) -> dict:
 def drill_pg_restart(work: Workload) -> dict:
     started = time.monotonic()
     sh(ROOT / "scripts" / "pg", "restart", DIR / "pg")
-    for r in REPLICAS:
-        wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+    wait_replicas_ready()
     return {"recovered_s": round(time.monotonic() - started, 3)}
 
 
@@ -224,8 +228,7 @@ def drill_conn_drop(work: Workload) -> dict:
     killed = sh("psql", url, "-XAtc",
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    for r in REPLICAS:
-        wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+    wait_replicas_ready()
     return {"connections_killed": int(killed)}
 
 
@@ -287,8 +290,7 @@ class Partitioned:
         # Postgres also listens on the host end of the veth (restarts once when that is new, before
         # any workload runs); the replicas reconnect.
         sh(ROOT / "scripts" / "pg", "listen", DIR / "pg", f"{self.ns.host_ip}/30", timeout=60)
-        for r in REPLICAS:
-            wait_until(lambda: httpx.get(replica_url(r) + "/ready", timeout=2).status_code == 200, 30, f"{r} ready")
+        wait_replicas_ready()
         port = 8090
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
         env.update({"LEASEHOLD_HOST": self.ns.ns_ip, "LEASEHOLD_PORT": str(port),
