@@ -224,6 +224,9 @@ public final class Coordinator: Service, Sendable {
             return (lost, orphans)
         }
         metrics.leasesHeld.record(held.count)
+        // The renewal is a write the database refused for these leases: count them with the
+        // checkpoints it refused, so "fenced by the database" has one figure.
+        if !lost.isEmpty { state.withLock { $0.rejectedWrites += lost.count } }
         for handler in lost {
             logger.warning("lease lost", metadata: [
                 LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",

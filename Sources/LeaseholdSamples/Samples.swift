@@ -1,6 +1,6 @@
 import LeaseholdEngine
 
-/// The sample workflows every build registers (api-contract.md, "Sample workflows").
+/// The sample workflows every build registers (docs/wire.md, "Sample workflows").
 /// They double as examples of the workflow-definition API.
 public enum Samples {
     public static func registry() throws -> WorkflowRegistry {

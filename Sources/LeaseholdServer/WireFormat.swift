@@ -3,7 +3,7 @@ import Hummingbird
 import LeaseholdEngine
 import LeaseholdStore
 
-/// The JSON shapes of the LlamaIndex workflows server (api-contract.md).
+/// The JSON shapes of the LlamaIndex workflows server (docs/wire.md).
 enum WireFormat {
     static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
         var text = value.jsonString

@@ -6,6 +6,7 @@ import LeaseholdSamples
 import LeaseholdStore
 import LeaseholdTestSupport
 import Logging
+import Testing
 
 /// A test workflow: external `Add` events, each applied once; stops after `count` of them with the sum.
 enum TestWorkflows {
@@ -69,7 +70,7 @@ enum Harness {
             }
             defer { group.cancelAll() }
             for coordinator in coordinators {
-                _ = await eventually { coordinator.isReady }
+                try #require(await eventually { coordinator.isReady })
             }
             return try await body(coordinators)
         }

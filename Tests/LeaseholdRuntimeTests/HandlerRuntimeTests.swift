@@ -61,7 +61,7 @@ struct HandlerRuntimeTests {
             return try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
                 group.addTask { try await runtime.run() }
                 // The timer task is armed once the handler is idle (waiting only for its timer).
-                while runtime.idleSince == nil || runtime.liveTasks < 2 { await Task.yield() }
+                try #require(await within(.seconds(20)) { runtime.idleSince != nil && runtime.liveTasks >= 2 })
                 #expect(runtime.liveTasks == 2)  // the timer and the checkpointer
                 runtime.stop(.drain)
                 let outcome = try await group.next()!!
@@ -99,12 +99,13 @@ struct HandlerRuntimeTests {
         start(runtime, ["request": "x"])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { _ = try await runtime.run() }
-            while runtime.idleSince == nil { await Task.yield() }
+            try #require(await within(.seconds(20)) { runtime.idleSince != nil })
             let before = persistence.checkpoints.withLock { $0.count }
-            runtime.deliver([Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))])
+            // The stop reason is set before stop() returns: what is delivered after it is never written.
             runtime.stop(.abandon)
+            runtime.deliver([Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))])
             try await group.next()
-            #expect(persistence.checkpoints.withLock { $0.count } <= before + 1)
+            #expect(persistence.checkpoints.withLock { $0.count } == before)
         }
         #expect(runtime.liveTasks == 0)
     }
@@ -142,4 +143,15 @@ struct HandlerRuntimeTests {
         #expect(state.status == .failed)
         #expect(state.error?.contains("flaky failure on attempt 5") == true)
     }
+}
+
+/// Polls an in-process condition until it holds or the deadline passes; false on timeout, so a
+/// test fails instead of hanging.
+func within(_ timeout: Duration, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(1))  // a cancelled test just stops polling
+    }
+    return condition()
 }

@@ -128,9 +128,10 @@ struct BadInputTests {
                 uri: "/events/h", method: .post,
                 body: ByteBuffer(string: #"{"event": "{\"type\": \"HumanResponseEvent\", \"data\": {\"response\": \"y\"}}"}"#)
             ) { response throws in #expect(response.status == .ok) }
-            _ = await eventually {
-                (try? await client.execute(uri: "/handlers/h", method: .get) { $0.status }) == .ok
-            }
+            #expect(
+                await eventually {
+                    (try? await client.execute(uri: "/handlers/h", method: .get) { $0.status }) == .ok
+                })
             try await expectError(
                 client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
                 status: .conflict, detail: "already completed")

@@ -34,7 +34,7 @@ TTL = float(os.environ.get("LH_LEASE_TTL", "5s").rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"]
 
-sys.path.insert(0, str(ROOT / "tests" / "python"))
+sys.path.insert(0, str(ROOT / "tests-python"))
 from cluster import check_log, full_log  # noqa: E402
 
 
@@ -128,17 +128,24 @@ class Workload:
 
 
 def post(path: str, body: dict):
-    # The load balancer may briefly have no ready replica during a drill; retry a bounded number of times.
+    """POSTs through the load balancer, retrying a bounded number of times while it briefly has no
+    ready replica. Every POST here names its handler, so a retry of a request whose first attempt
+    was in fact applied answers 409 (handler exists, or already answered): after an attempt with an
+    unknown outcome, that counts as applied."""
     last = None
+    uncertain = False
     for _ in range(100):
         try:
             r = httpx.post(LB + path, json=body, timeout=10)
+            if r.status_code == 409 and uncertain:
+                return r.json()
             if r.status_code < 500:
                 assert r.status_code == 200, (path, r.status_code, r.text)
                 return r.json()
             last = r.text
         except httpx.HTTPError as error:
             last = str(error)
+        uncertain = True
         time.sleep(0.1)
     raise RuntimeError(f"POST {path} kept failing: {last}")
 
@@ -156,22 +163,24 @@ def busiest_owner(work: Workload) -> str:
 
 
 def victims_handlers(victim: str, work: Workload) -> tuple[list[str], dict[str, int]]:
-    """The victim's running counters and their progress, read before the disruption."""
-    moved = [h for h, o in owners(work.counters).items() if o == victim]
-    return moved, {h: get(LB, f"/cluster/handlers/{h}")["last_sequence"] for h in moved}
+    """The victim's running counters and the fencing token it holds for each, read before the
+    disruption."""
+    views = {h: get(LB, f"/cluster/handlers/{h}") for h in work.counters}
+    moved = [h for h, view in views.items() if view["owner"] == victim and view["status"] == "running"]
+    return moved, {h: views[h]["fencing_token"] for h in moved}
 
 
 def measure_failover(victim: str, before: tuple[list[str], dict[str, int]], started: float) -> float:
-    """Seconds from the disruption until every moved handler logged a new event elsewhere.
-    Reads through a healthy replica, never through the victim."""
-    moved, progress = before
+    """Seconds from the disruption until every handler the victim held was claimed elsewhere: its
+    fencing token rose above the victim's (tokens only rise, so this stays true once seen). A
+    handler that finished under the victim's own token finished before the disruption took effect
+    and did not move. Reads through a healthy replica, never through the victim."""
+    moved, tokens = before
     observer = replica_url(next(r for r in REPLICAS if r != victim)) if victim in REPLICAS else LB
-    def resumed(h):
+    def resolved(h):
         view = get(observer, f"/cluster/handlers/{h}")
-        # Taken over (owned elsewhere) or already finished elsewhere, with new events logged.
-        elsewhere = view["owner"] not in (None, victim) or view["status"] != "running"
-        return elsewhere and view["last_sequence"] > progress[h]
-    wait_until(lambda: all(resumed(h) for h in moved), TTL + 30, "handlers moved")
+        return view["fencing_token"] > tokens[h] or view["status"] != "running"
+    wait_until(lambda: all(resolved(h) for h in moved), TTL + 30, "handlers moved")
     return time.monotonic() - started
 
 
@@ -342,7 +351,7 @@ def drill_partition(work: Workload, replica: Partitioned) -> dict:
         assert r.status_code == 200, r.text
     work.counters.extend(mine)
     wait_until(lambda: all(get(LB, f"/cluster/handlers/{h}")["last_sequence"] >= 3 for h in mine), 30, "r4 working")
-    before = (mine, {h: get(LB, f"/cluster/handlers/{h}")["last_sequence"] for h in mine})
+    before = (mine, {h: get(LB, f"/cluster/handlers/{h}")["fencing_token"] for h in mine})
     started = time.monotonic()
     replica.ns.cut()
     try:

@@ -26,14 +26,12 @@ def status(url: str, handler_id: str) -> str:
 
 
 def full_log(url: str, handler_id: str) -> list[tuple[int, dict]]:
-    """Every logged event (internal included) read with NDJSON from -1 until the terminal event."""
-    r = httpx.get(f"{url}/events/{handler_id}",
-                  params={"sse": "false", "after_sequence": "-1", "include_internal": "true"}, timeout=30)
-    if r.status_code == 204:
-        return []
-    r.raise_for_status()
-    events = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-    return list(enumerate(events))
+    """Every logged event (internal included) with its sequence number, from -1 to the terminal event.
+
+    Read from the SSE stream because only it carries the sequence (`id:`); the NDJSON form has none,
+    so a contiguity check over it could not fail. Call it on a finished handler: the stream then
+    ends by itself after the terminal event."""
+    return sse_log(url, handler_id, after="-1", timeout=30)
 
 
 def sse_log(url: str, handler_id: str, after: str = "-1", timeout: float = 60) -> list[tuple[int, dict]]:

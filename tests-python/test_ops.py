@@ -23,14 +23,24 @@ def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
     wait_until(lambda: httpx.get(f"{replica.url}/cluster/handlers/m1").json()["hibernated"], what="hibernation")
     httpx.post(f"{replica.url}/events/m1", json={"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}})
     wait_until(lambda: httpx.get(f"{replica.url}/handlers/m1").json()["status"] == "completed", what="completion")
-    text = httpx.get(f"{replica.url}/metrics").text
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name_labels, value = line.rsplit(" ", 1)
-            samples[name_labels] = float(value)
+
+    def scrape() -> dict[str, float]:
+        samples = {}
+        for line in httpx.get(f"{replica.url}/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name_labels, value = line.rsplit(" ", 1)
+                samples[name_labels] = float(value)
+        return samples
+
     def total(name):
         return sum(v for k, v in samples.items() if re.match(rf"{name}(\{{|$)", k))
+    # Counters are incremented just after the commit a client sees: scrape until they caught up
+    # (they only grow, so once true this stays true).
+    def caught_up() -> dict[str, float] | None:
+        latest = scrape()
+        finished = sum(v for k, v in latest.items() if k.startswith("leasehold_handlers_finished_total"))
+        return latest if finished >= 2 else None
+    samples = wait_until(caught_up, what="finished counter caught up")
     assert total("leasehold_handlers_started_total") >= 2
     assert total("leasehold_handlers_finished_total") >= 2
     assert total("leasehold_hibernations_total") >= 1
@@ -45,7 +55,13 @@ def test_json_logs_carry_lease_changes_and_never_the_password(database_url, spaw
     with_password = database_url.replace("postgres@", "postgres:hunter2secret@")
     replica = spawn(database_url=with_password, extra=["--log-format", "json", "--idle-timeout", "200ms"])
     httpx.post(f"{replica.url}/workflows/approval/run-nowait", json={"start_event": {"request": "l"}, "handler_id": "l1"})
-    wait_until(lambda: httpx.get(f"{replica.url}/cluster/handlers/l1").json()["hibernated"], what="hibernation")
+    # The log line follows the commit the cluster route shows: wait for the line itself.
+    def logged(message: str) -> bool:
+        for line in replica.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and line.endswith("}") and json.loads(line).get("message") == message:
+                return True
+        return False
+    wait_until(lambda: logged("hibernated"), what="hibernation logged")
     replica.terminate()
     lines = [json.loads(line) for line in replica.log_path.read_text().splitlines() if line.startswith("{")]
     messages = {line["message"] for line in lines}

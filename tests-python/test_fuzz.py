@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def test_schemathesis_finds_nothing(server):
-    st = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "st"
+    st = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "st"
     result = subprocess.run(
         [str(st), "run", f"{server.url}/openapi.json",
          "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
