@@ -15,7 +15,7 @@ extension Coordinator {
         let workflow = try registry.workflow(name)
         try workflow.validateStart(startEvent)
         if let handlerID, !HandlerID.isValid(handlerID) { throw CoordinatorError.invalidHandlerID(handlerID) }
-        guard state.withLock({ !$0.shuttingDown }) else { throw CoordinatorError.shuttingDown }
+        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
         let id = handlerID.map { HandlerID($0) } ?? HandlerID.random()
         let new = NewHandler(
             id: id, workflowName: name, runID: UUID().uuidString.lowercased(),
@@ -27,7 +27,7 @@ extension Coordinator {
             throw CoordinatorError.handlerRunning(id)
         }
         metrics.handlersStarted.increment()
-        await launch(created, reason: "created")
+        await host.launch(created, reason: "created")
         return created.record
     }
 
@@ -40,10 +40,10 @@ extension Coordinator {
         try registry.workflow(record.workflowName).validateExternal(event)
         let receipt = try await store.appendInbox(id, InboxEvent(id: eventID, event: event))
         metrics.inboxEvents.increment()
-        if let handler = state.withLock({ $0.live[id] }) {
+        if let handler = host.handler(id) {
             handler.runtime.deliver([Delivery(inboxID: eventID, event: event)])
         } else if receipt.owner == nil {
-            try await reload(id)
+            try await host.reload(id)
         }
     }
 
@@ -56,8 +56,8 @@ extension Coordinator {
         } catch StoreError.handlerNotFound {
             return false
         }
-        if case .cancelled = outcome, let handler = state.withLock({ $0.live[id] }) {
-            handler.stop(.leaseLost)
+        if case .cancelled = outcome, let handler = host.handler(id) {
+            host.fence([handler], reason: "cancelled")
         }
         if purge { _ = try await store.delete(id) }
         return true
@@ -69,7 +69,7 @@ extension Coordinator {
             let version = store.signals.logVersion(id.rawValue)
             // While the handler runs here its record cannot be finished (the runtime returns only
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
-            if state.withLock({ $0.live[id] == nil }) {
+            if host.handler(id) == nil {
                 guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
                 if record.status.isFinished { return record }
             }

@@ -1,34 +1,32 @@
+import CoreMetrics
 import LeaseholdEngine
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
-import CoreMetrics
-import Metrics
-import Synchronization
 
 /// Checkpoints a handler through the store under its lease.
 ///
-/// Before each write it checks that the replica can still prove its leases (self-fencing); a
-/// store that is briefly unavailable is retried while that holds. A write the store rejects
-/// (`leaseLost`) is final: the runtime stops.
+/// Before each attempt it asks the `LeaseKeeper` whether a write for this lease may still be
+/// tried (self-fencing, stuck-write exclusion); a store that is briefly unavailable is retried
+/// while that holds, so a runtime whose lease was abandoned stops retrying. A write the store
+/// rejects (`leaseLost`) is final: the runtime stops.
 struct LeasePersistence: HandlerPersistence {
-    let coordinator: Coordinator
+    let store: any HandlerStore
+    let keeper: LeaseKeeper
+    let metrics: CoordinatorMetrics
+    let logger: Logger
     let lease: Lease
+    let clock: ReplicaClock
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
         var delay = Duration.milliseconds(20)
         var uncertain = false
-        let store = coordinator.store
         while true {
-            guard coordinator.leasesProvable() else {
-                throw StoreError.leaseLost(lease.handlerID)
-            }
+            guard keeper.mayWrite(lease) else { throw StoreError.leaseLost(lease.handlerID) }
             do {
-                coordinator.state.withLock { $0.writing[lease.handlerID] = .now }
-                defer { coordinator.state.withLock { _ = $0.writing.removeValue(forKey: lease.handlerID) } }
-                try await store.checkpoint(checkpoint, lease: lease)
-                coordinator.metrics.checkpoints.increment()
-                coordinator.metrics.eventsAppended.increment(by: checkpoint.log.count)
+                try await keeper.writing(lease) { try await store.checkpoint(checkpoint, lease: lease) }
+                metrics.checkpoints.increment()
+                metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return
             } catch StoreError.sequenceConflict where uncertain {
                 // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
@@ -38,19 +36,12 @@ struct LeasePersistence: HandlerPersistence {
                     return
                 }
                 throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
-            } catch let error where Self.isUnavailable(error) {
+            } catch StoreError.unavailable(let reason) {
                 uncertain = true
-                coordinator.logger.warning("checkpoint retry", metadata: [
-                    LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(error)",
-                ])
-                try await Task.sleep(for: delay)
+                logger.warning("checkpoint retry", metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(reason)"])
+                try await clock.sleep(for: delay)
                 delay = min(delay * 2, .milliseconds(500))
             }
         }
-    }
-
-    static func isUnavailable(_ error: any Error) -> Bool {
-        if case StoreError.unavailable = error { return true }
-        return false
     }
 }

@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LeaseholdRuntime
+import Logging
 
 /// Hands freed heap back to the operating system after handlers have left memory.
 ///
@@ -39,4 +41,18 @@ struct MemoryTrim {
     #if canImport(Glibc)
     private nonisolated(unsafe) static let trimSymbol = dlsym(dlopen(nil, RTLD_NOW), "malloc_trim")
     #endif
+}
+
+extension MemoryTrim {
+    /// Once a second, returns freed heap to the system when handlers have left memory
+    /// (hibernated or finished), so that a hibernated handler costs no resident memory here.
+    static func run(host: HandlerHost, clock: ReplicaClock, logger: Logger) async {
+        var trim = MemoryTrim()
+        while !Task.isCancelled {
+            do { try await clock.sleep(for: .seconds(1)) } catch { return }
+            if trim.observe(departed: host.departed) {
+                logger.debug("returned freed memory to the system")
+            }
+        }
+    }
 }

@@ -200,6 +200,14 @@ extension PostgresStore {
             "SELECT event_id, event::text FROM inbox WHERE handler_id = \(id) AND NOT consumed ORDER BY seq"
         }
 
+        /// The pending inbox of several handlers (the reconciliation of a replica's live handlers).
+        static func pendingInboxOf(ids: [String]) -> PostgresQuery {
+            """
+            SELECT handler_id, event_id, event::text FROM inbox
+            WHERE handler_id = ANY(\(ids)::text[]) AND NOT consumed ORDER BY handler_id, seq
+            """
+        }
+
         static func lockForCancel(id: String) -> PostgresQuery {
             "SELECT status, last_sequence FROM handlers WHERE id = \(id) FOR UPDATE"
         }

@@ -35,7 +35,7 @@ public final class PostgresStore: HandlerStore, Service {
                 do {
                     try await self.client.withConnection { connection in
                         try await connection.listen(on: Self.channel) { notifications in
-                            self.signals.allLogsChanged()
+                            self.signals.resubscribed()
                             delay = .milliseconds(100)
                             for try await notification in notifications {
                                 self.dispatch(notification.payload)
@@ -82,8 +82,10 @@ public final class PostgresStore: HandlerStore, Service {
         guard let psql = error as? PSQLError else { return error }
         if let state = psql.serverInfo?[.sqlState] {
             if state == "23505" { return StoreError.sequenceConflict(HandlerID(psql.serverInfo?[.detail] ?? "?"), -1) }
-            // 08: connection exception; 57P: operator intervention (shutdown, terminated backend); 53: resources.
-            if state.hasPrefix("08") || state.hasPrefix("57P") || state.hasPrefix("53") {
+            // 08: connection exception; 57P: operator intervention (shutdown, terminated backend); 53: resources;
+            // and the transient outcomes a retry resolves: serialization failure, deadlock, query
+            // cancelled (statement timeout), idle-in-transaction timeout, lock not available.
+            if state.hasPrefix("08") || state.hasPrefix("57P") || state.hasPrefix("53") || Self.transientStates.contains(state) {
                 return StoreError.unavailable(psql.serverInfo?[.message] ?? state)
             }
             return StoreError.corrupt("\(psql.serverInfo?[.message] ?? "") (SQLSTATE \(state))")
@@ -96,6 +98,11 @@ public final class PostgresStore: HandlerStore, Service {
             return StoreError.unavailable(String(reflecting: psql))
         }
     }
+
+    /// SQLSTATEs that mean "try again", not "corrupt": 40001 serialization_failure, 40P01
+    /// deadlock_detected, 57014 query_canceled, 25P03 idle_in_transaction_session_timeout,
+    /// 55P03 lock_not_available.
+    static let transientStates: Set<String> = ["40001", "40P01", "57014", "25P03", "55P03"]
 
     static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
@@ -283,6 +290,22 @@ public final class PostgresStore: HandlerStore, Service {
             guard let (status, owner, hibernated, inserted) = found else { throw StoreError.handlerNotFound(handlerID) }
             guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
             return InboxReceipt(owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted)
+        }
+    }
+
+    public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
+        guard !handlerIDs.isEmpty else { return [:] }
+        return try await guarded {
+            let decoder = JSONDecoder()
+            var events: [HandlerID: [InboxEvent]] = [:]
+            let query = Statements.pendingInboxOf(ids: handlerIDs.map(\.rawValue))
+            for try await (handlerID, eventID, text) in try await client.query(query, logger: logger).decode(
+                (String, String, String).self)
+            {
+                let event = try decoder.decode(AnyEvent.self, from: Data(text.utf8))
+                events[HandlerID(handlerID), default: []].append(InboxEvent(id: eventID, event: event))
+            }
+            return events
         }
     }
 

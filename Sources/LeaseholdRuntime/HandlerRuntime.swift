@@ -23,7 +23,7 @@ public final class HandlerRuntime: Sendable {
         var dirty = false
         var abandoned = false
         var delivered: Set<String> = []
-        var lastActivity: ContinuousClock.Instant
+        var lastActivity: Duration
         var quiescent = false
         var liveTasks = 0
     }
@@ -32,7 +32,7 @@ public final class HandlerRuntime: Sendable {
     private let machine: HandlerMachine
     private let persistence: any HandlerPersistence
     private let maxConcurrentSteps: Int
-    private let now: @Sendable () -> Double
+    private let clock: ReplicaClock
     private let shared: Mutex<Shared>
     private let inputs: AsyncStream<Input>
     private let inputContinuation: AsyncStream<Input>.Continuation
@@ -42,21 +42,21 @@ public final class HandlerRuntime: Sendable {
     /// - Parameters:
     ///   - state: a fresh state (its start event comes as a delivery) or one restored from a snapshot.
     ///   - maxConcurrentSteps: how many step runs may execute at once; more wait in order.
-    ///   - now: wall clock in seconds since 1970, for durable timer deadlines.
+    ///   - clock: monotonic time (idleness, timer sleeps) and wall time (durable timer deadlines).
     public init(
         handlerID: String,
         workflow: Workflow,
         state: HandlerState,
         persistence: any HandlerPersistence,
         maxConcurrentSteps: Int = 16,
-        now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }
+        clock: ReplicaClock = .system
     ) {
         self.handlerID = handlerID
         self.machine = HandlerMachine(workflow: workflow)
         self.persistence = persistence
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
-        self.now = now
-        self.shared = Mutex(Shared(state: state, lastActivity: .now))
+        self.clock = clock
+        self.shared = Mutex(Shared(state: state, lastActivity: clock.now))
         (inputs, inputContinuation) = AsyncStream.makeStream(of: Input.self)
         (checkpointSignals, checkpointContinuation) = AsyncStream.makeStream(
             of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -85,7 +85,8 @@ public final class HandlerRuntime: Sendable {
     public var state: HandlerState { shared.withLock { $0.state } }
 
     /// When the handler last did anything, if it now only waits (no step running, nothing to apply).
-    public var idleSince: ContinuousClock.Instant? {
+    /// Monotonic time of the replica's clock (`ReplicaClock.now`).
+    public var idleSince: Duration? {
         shared.withLock { $0.quiescent && !$0.dirty ? $0.lastActivity : nil }
     }
 
@@ -169,9 +170,9 @@ public final class HandlerRuntime: Sendable {
                     case .armTimer(let id, let deadline):
                         tasks.addTask {
                             await self.tracked {
-                                let delay = deadline - self.now()
+                                let delay = deadline - self.clock.wallSeconds
                                 if delay > 0 {
-                                    do { try await Task.sleep(for: .seconds(delay)) } catch { return }
+                                    do { try await self.clock.sleep(for: .seconds(delay)) } catch { return }
                                 }
                                 self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
                             }
@@ -183,7 +184,7 @@ public final class HandlerRuntime: Sendable {
             }
 
             func apply(_ kind: Tick.Kind, consumed: [String]) {
-                let (next, commands) = machine.reduce(state, Tick(now: now(), kind))
+                let (next, commands) = machine.reduce(state, Tick(now: clock.wallSeconds, kind))
                 state = next
                 let log = commands.compactMap { command -> LogRecord? in
                     if case .log(let record) = command { return record }
@@ -237,7 +238,7 @@ public final class HandlerRuntime: Sendable {
                     stepName: run.step, attempt: run.attempt, state: context, received: run.received)
                 let kind: Tick.Kind
                 do {
-                    try await Self.withTimeout(step.timeout) { try await step.body(run.event, stepContext) }
+                    try await Self.withTimeout(step.timeout, clock: self.clock) { try await step.body(run.event, stepContext) }
                     kind = .stepFinished(runID: run.id, output: stepContext.collectedOutput)
                 } catch let waiting as WaitingForEvent {
                     var output = StepOutput()
@@ -252,12 +253,12 @@ public final class HandlerRuntime: Sendable {
         }
     }
 
-    private static func withTimeout(_ seconds: Double?, _ body: @escaping @Sendable () async throws -> Void) async throws {
+    private static func withTimeout(_ seconds: Double?, clock: ReplicaClock, _ body: @escaping @Sendable () async throws -> Void) async throws {
         guard let seconds else { return try await body() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await body() }
             group.addTask {
-                try await Task.sleep(for: .seconds(seconds))
+                try await clock.sleep(for: .seconds(seconds))
                 throw StepTimedOut(seconds: seconds)
             }
             try await group.next()
@@ -271,7 +272,7 @@ public final class HandlerRuntime: Sendable {
             shared.state = state
             shared.pendingLog.append(contentsOf: log)
             shared.pendingConsumed.append(contentsOf: consumed)
-            shared.lastActivity = .now
+            shared.lastActivity = clock.now
             shared.quiescent = state.isQuiescent && running == 0
             if changed || state.status.isFinished { shared.dirty = true }
         }

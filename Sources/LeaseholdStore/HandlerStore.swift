@@ -62,6 +62,10 @@ public protocol HandlerStore: Sendable {
     /// The inbox events not yet consumed, oldest first.
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent]
 
+    /// The inbox events not yet consumed of several handlers (oldest first per handler), in one
+    /// read: the reconciliation of every handler live on a replica. Handlers with none are absent.
+    func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]]
+
     /// Cancels a handler wherever it lives: raises the token (so the owner's next write fails),
     /// logs a `WorkflowCancelledEvent` and marks it cancelled.
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome

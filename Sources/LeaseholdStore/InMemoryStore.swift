@@ -236,6 +236,15 @@ public actor InMemoryStore: HandlerStore {
         return InboxReceipt(owner: entry.record.owner, hibernated: entry.record.hibernated, inserted: inserted)
     }
 
+    public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
+        var events: [HandlerID: [InboxEvent]] = [:]
+        for id in handlerIDs {
+            let pending = entries[id]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
+            if !pending.isEmpty { events[id] = pending }
+        }
+        return events
+    }
+
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
         entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
     }

@@ -33,11 +33,24 @@ public final class StoreSignals: Sendable {
 
     private let state = Mutex(State())
     private let inboxContinuation: AsyncStream<String>.Continuation
+    private let resubscriptionContinuation: AsyncStream<Void>.Continuation
+    /// One element per (re)subscription of the store's notifications, when some may have been
+    /// missed: the coordinator then reconciles every live handler's inbox. One consumer.
     /// Handler ids whose inbox got an event (or whose lease was taken away). One consumer: the coordinator.
     public let inboxWakeups: AsyncStream<String>
 
+    public let resubscriptions: AsyncStream<Void>
+
     public init() {
         (inboxWakeups, inboxContinuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(4096))
+        (resubscriptions, resubscriptionContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Notifications were (re)subscribed after a gap: wakes every log reader and asks the
+    /// coordinator to reconcile every live handler's inbox.
+    public func resubscribed() {
+        allLogsChanged()
+        resubscriptionContinuation.yield()
     }
 
     /// The current version of a handler's log; pass it to `waitForLogChange`.

@@ -5,6 +5,7 @@ import LeaseholdPostgres
 import LeaseholdRuntime
 import LeaseholdStore
 import LeaseholdTestSupport
+import PostgresNIO
 import Synchronization
 import Testing
 
@@ -158,4 +159,35 @@ final class SeenTypes: Sendable {
     private let types = Mutex<[String]>([])
     func append(_ type: String) { types.withLock { $0.append(type) } }
     var all: [String] { types.withLock { $0 } }
+}
+
+/// Delivery that does not depend on one notification (reconciled delivery).
+@Suite("Reconciled delivery", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct ReconciledDeliveryTests {
+    /// An event accepted into the inbox whose NOTIFY never arrived (a LISTEN connection that was
+    /// reconnecting or half-open) reaches the live handler by the periodic reconciliation, with
+    /// hibernation off so that no idle sweep can stand in for it.
+    @Test func eventWithLostNotificationIsApplied() async throws {
+        try await TestDatabase.withStore { store, url in
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "lost-notify")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                let before = coordinator.signals.count(.reconcile)
+                // The answer as another replica's append writes it, minus its NOTIFY.
+                let id = record.id.rawValue
+                let event = #"{"type": "HumanResponseEvent", "value": {"response": "yes"}}"#
+                _ = try await TestDatabase.withClient(url) { client in
+                    try await client.query(
+                        "INSERT INTO inbox (handler_id, event_id, event) VALUES (\(id), 'answer', \(event)::jsonb)",
+                        logger: Harness.logger)
+                }
+                let finished = try #require(try await Harness.waitFinished(store, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                #expect(finished.result?.value["result"]?["response"] == "yes")
+                #expect(coordinator.signals.count(.reconcile) > before)
+            }
+        }
+    }
 }

@@ -114,6 +114,9 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.appendInbox(handlerID, event)
     }
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] { try await base.pendingInbox(handlerID) }
+    func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
+        try await base.pendingInbox(of: handlerIDs)
+    }
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome { try await base.cancel(handlerID) }
     func delete(_ handlerID: HandlerID) async throws -> Bool { try await base.delete(handlerID) }
     func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? { try await base.handler(handlerID) }

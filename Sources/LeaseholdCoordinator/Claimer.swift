@@ -1,0 +1,37 @@
+import CoreMetrics
+import LeaseholdRuntime
+import LeaseholdStore
+import Logging
+
+/// Claims what no live replica runs: handlers whose owner's lease lapsed (failover), released
+/// ones, hibernated ones with inbox work or a due timer. Each claim raises the handler's token.
+struct Claimer: Sendable {
+    let store: any HandlerStore
+    let configuration: CoordinatorConfiguration
+    let clock: ReplicaClock
+    let logger: Logger
+    let metrics: CoordinatorMetrics
+    let signals: CoordinatorSignals
+
+    func run(host: HandlerHost) async {
+        while !Task.isCancelled {
+            do { try await clock.sleep(for: configuration.claimInterval) } catch { return }
+            await claimOnce(host: host)
+        }
+    }
+
+    func claimOnce(host: HandlerHost) async {
+        defer { signals.passed(.claim) }
+        guard !host.isShuttingDown, host.keeper.leasesProvable else { return }
+        do {
+            let claimed = try await store.claim(configuration.replicaID, limit: configuration.claimBatch, only: nil)
+            for handler in claimed {
+                metrics.failovers.increment()
+                await host.launch(handler, reason: "claimed")
+            }
+        } catch {
+            // The next pass (one claim interval later) tries again; nothing was claimed.
+            logger.debug("claim failed", metadata: [LogKeys.error: "\(error)"])
+        }
+    }
+}

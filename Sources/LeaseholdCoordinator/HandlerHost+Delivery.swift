@@ -1,0 +1,152 @@
+import CoreMetrics
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdStore
+import Logging
+import Synchronization
+
+/// How events reach live handlers. Every path ends in the durable inbox, and none relies on a
+/// single notification: a direct delivery or a NOTIFY is the fast path, the reconciliation that
+/// reads the pending inbox of every live handler (each renewal period, on every LISTEN
+/// (re)subscription, after a failed wake) is the guarantee. Runtimes skip inbox ids they already
+/// have, so delivering twice is harmless.
+extension HandlerHost {
+    /// Hands a just-launched handler its pending inbox. A failed read is retried (backing off)
+    /// while the handler still runs here under a provable lease; after one TTL of failures the
+    /// handler is handed off (its lease released, or lapsing if the database is gone), so it
+    /// never sits live here without its start event.
+    func deliverPending(_ handler: LiveHandler) async {
+        let deadline = clock.now + configuration.leaseTTL
+        var delay = Duration.milliseconds(20)
+        while self.handler(handler.id) === handler, handler.isActive {
+            do {
+                let pending = try await store.pendingInbox(handler.id)
+                handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+                return
+            } catch {
+                logger.warning("inbox read failed", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.error: "\(error)"])
+                guard clock.now + delay < deadline else {
+                    handler.stop(.handoff)
+                    return
+                }
+                do { try await clock.sleep(for: delay) } catch { return }
+                delay = min(delay * 2, .milliseconds(500))
+            }
+        }
+    }
+
+    /// An inbox event arrived for `id` (a NOTIFY or a local append), or its lease was taken away
+    /// (a cancel). A live handler gets its pending inbox; one not live here is reloaded here if it
+    /// is claimable (hibernated with work, or orphaned).
+    func wake(_ id: HandlerID) async {
+        guard let handler = handler(id) else {
+            do {
+                try await reload(id)
+            } catch is CancellationError {
+                return  // shutdown
+            } catch {
+                // Not lost: the event is durable and the claim sweep picks up a hibernated
+                // handler with inbox work; it only waits for that sweep instead.
+                logger.warning("reload on wake failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+            }
+            return
+        }
+        do {
+            guard let record = try await store.handler(id), record.status == .running,
+                record.fencingToken == handler.lease.token
+            else {
+                logger.info("lease taken away", metadata: [LogKeys.handlerID: "\(id)"])
+                fence([handler], reason: "lease taken away")
+                return
+            }
+            let pending = try await store.pendingInbox(id)
+            handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+        } catch is CancellationError {
+            return  // shutdown
+        } catch {
+            logger.warning("wake failed, reconciling", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+            await reconcile()
+        }
+    }
+
+    /// Delivers the pending inbox of every live handler, read in one statement. Runs each renewal
+    /// period, on every LISTEN (re)subscription and after a failed wake.
+    /// - Returns: false when the read failed (the next period retries).
+    @discardableResult
+    func reconcile() async -> Bool {
+        defer { signals.passed(.reconcile) }
+        let live = liveHandlers.filter(\.isActive)
+        guard !live.isEmpty else { return true }
+        let pending: [HandlerID: [InboxEvent]]
+        do {
+            pending = try await store.pendingInbox(of: live.map(\.id))
+        } catch is CancellationError {
+            return false  // shutdown
+        } catch {
+            logger.warning("inbox reconciliation failed", metadata: [LogKeys.count: "\(live.count)", LogKeys.error: "\(error)"])
+            return false
+        }
+        for handler in live {
+            guard let events = pending[handler.id], !events.isEmpty else { continue }
+            handler.runtime.deliver(events.map { Delivery(inboxID: $0.id, event: $0.event) })
+        }
+        return true
+    }
+
+    /// Makes sure the handler runs somewhere: when it is claimable (hibernated with work, or
+    /// orphaned), claims it here and starts it. Concurrent callers for one id share one load.
+    /// - Returns: true when the handler is live on this replica afterwards.
+    @discardableResult
+    func reload(_ id: HandlerID) async throws -> Bool {
+        enum Role { case live, leader, follower }
+        let role = state.withLock { state -> Role in
+            if state.live[id] != nil { return .live }
+            if state.loading[id] != nil { return .follower }
+            state.loading[id] = []
+            return .leader
+        }
+        switch role {
+        case .live:
+            return true
+        case .follower:
+            await withCheckedContinuation { continuation in
+                let appended = state.withLock { state -> Bool in
+                    guard state.loading[id] != nil else { return false }
+                    state.loading[id]!.append(continuation)
+                    return true
+                }
+                if !appended { continuation.resume() }
+            }
+            return handler(id) != nil
+        case .leader:
+            defer {
+                let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
+                for waiter in waiters { waiter.resume() }
+            }
+            guard !isShuttingDown, keeper.leasesProvable else { return false }
+            let started = clock.now
+            let claimed = try await store.claim(replicaID, limit: 1, only: id)
+            guard let handler = claimed.first else { return false }
+            await launch(handler, reason: handler.record.hibernated ? "reload" : "orphaned")
+            metrics.reloads.increment()
+            metrics.reloadLatency.recordInterval(since: started, clock: clock)
+            return true
+        }
+    }
+
+    /// Consumes inbox wake-ups and LISTEN (re)subscriptions from the store until cancelled.
+    func runWakeups() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await id in self.store.signals.inboxWakeups {
+                    await self.wake(HandlerID(id))
+                }
+            }
+            group.addTask {
+                for await _ in self.store.signals.resubscriptions {
+                    await self.reconcile()
+                }
+            }
+        }
+    }
+}

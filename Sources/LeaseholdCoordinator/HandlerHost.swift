@@ -1,0 +1,206 @@
+import CoreMetrics
+import Foundation
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdStore
+import Logging
+import Synchronization
+
+/// The handlers live on this replica: the table of them, launching a runtime for a lease just
+/// acquired, running it to its end, and what happens after (finished, hibernated, handed off, or
+/// stopped because the lease is gone). Delivery of events and single-flight reloads are in
+/// `HandlerHost+Delivery.swift`.
+final class HandlerHost: Sendable {
+    struct State {
+        var live: [HandlerID: LiveHandler] = [:]
+        var loading: [HandlerID: [CheckedContinuation<Void, Never>]] = [:]
+        var shuttingDown = false
+        /// How many handlers have left memory here (finished, hibernated, handed off or lost).
+        var departed = 0
+    }
+
+    let store: any HandlerStore
+    let registry: WorkflowRegistry
+    let configuration: CoordinatorConfiguration
+    let clock: ReplicaClock
+    let logger: Logger
+    let metrics: CoordinatorMetrics
+    let signals: CoordinatorSignals
+    let keeper: LeaseKeeper
+    let state = Mutex(State())
+    private let jobs: AsyncStream<LiveHandler>
+    private let jobContinuation: AsyncStream<LiveHandler>.Continuation
+
+    init(
+        store: any HandlerStore, registry: WorkflowRegistry, configuration: CoordinatorConfiguration,
+        clock: ReplicaClock, logger: Logger, metrics: CoordinatorMetrics, signals: CoordinatorSignals,
+        keeper: LeaseKeeper
+    ) {
+        self.store = store
+        self.registry = registry
+        self.configuration = configuration
+        self.clock = clock
+        self.logger = logger
+        self.metrics = metrics
+        self.signals = signals
+        self.keeper = keeper
+        (jobs, jobContinuation) = AsyncStream.makeStream(of: LiveHandler.self)
+    }
+
+    var replicaID: ReplicaID { configuration.replicaID }
+
+    // MARK: - The table
+
+    func handler(_ id: HandlerID) -> LiveHandler? { state.withLock { $0.live[id] } }
+
+    var liveHandlers: [LiveHandler] { state.withLock { Array($0.live.values) } }
+
+    /// Live here or being loaded here.
+    func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading[id] != nil } }
+
+    var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
+
+    var departed: Int { state.withLock { $0.departed } }
+
+    /// Stops handlers whose lease is gone or unprovable, writing nothing more, and takes them out
+    /// of the table at once: a request for one of them reads the store from now on, even while a
+    /// stuck write of the old runtime is still unwinding.
+    func fence(_ handlers: [LiveHandler], reason: String) {
+        for handler in handlers {
+            handler.stop(.leaseLost)
+            state.withLock { state in
+                if state.live[handler.id] === handler { state.live[handler.id] = nil }
+            }
+            logger.info("stopped", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.reason: "\(reason)"])
+        }
+    }
+
+    // MARK: - Running
+
+    /// Runs every launched handler as a child task until hand-off has stopped them all.
+    func runAll() async {
+        await withDiscardingTaskGroup { handlers in
+            for await handler in jobs {
+                handlers.addTask { await self.run(handler) }
+            }
+        }
+    }
+
+    /// Stops taking work, stops every handler with a final checkpoint and releases its lease.
+    func beginHandoff() {
+        let handlers = state.withLock { state -> [LiveHandler] in
+            state.shuttingDown = true
+            return Array(state.live.values)
+        }
+        logger.info("handing off", metadata: [LogKeys.count: "\(handlers.count)"])
+        for handler in handlers { handler.stop(.handoff) }
+        jobContinuation.finish()
+    }
+
+    /// Starts a runtime for a handler this replica has just claimed or created, and hands it its
+    /// pending inbox (the start event of a new handler, the events that woke a hibernated one).
+    func launch(_ claimed: ClaimedHandler, reason: String) async {
+        let id = claimed.record.id
+        let workflow: Workflow
+        do {
+            workflow = try registry.workflow(claimed.record.workflowName)
+        } catch {
+            logger.error("unknown workflow for claimed handler", metadata: [
+                LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
+            ])
+            await giveBack(claimed.lease, why: "unknown workflow")
+            return
+        }
+        let persistence = LeasePersistence(store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock)
+        let runtime = HandlerRuntime(
+            handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
+            maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock)
+        let handler = LiveHandler(id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
+        let accepted = state.withLock { state -> Bool in
+            guard !state.shuttingDown, state.live[id] == nil else { return false }
+            state.live[id] = handler
+            return true
+        }
+        guard accepted else {
+            await giveBack(claimed.lease, why: "not accepted")
+            return
+        }
+        metrics.claims.increment()
+        logger.info("claimed", metadata: [
+            LogKeys.handlerID: "\(id)", LogKeys.fencingToken: "\(claimed.lease.token)", LogKeys.reason: "\(reason)",
+        ])
+        jobContinuation.yield(handler)
+        await deliverPending(handler)
+    }
+
+    /// Releases a lease this replica will not run. A failure is logged: the lease then lapses
+    /// with the next renewal that finds it unrun (see `LeaseKeeper.renewOnce`).
+    private func giveBack(_ lease: Lease, why: String) async {
+        do {
+            try await store.release(nil, lease: lease)
+        } catch {
+            logger.warning("release failed", metadata: [
+                LogKeys.handlerID: "\(lease.handlerID)", LogKeys.reason: "\(why)", LogKeys.error: "\(error)",
+            ])
+        }
+    }
+
+    private func run(_ handler: LiveHandler) async {
+        var log = logger
+        log[metadataKey: LogKeys.handlerID] = "\(handler.id)"
+        defer {
+            state.withLock { state in
+                if state.live[handler.id] === handler { state.live[handler.id] = nil }
+                state.departed += 1
+            }
+            store.signals.logChanged(handler.id.rawValue)  // wakes `awaitCompletion` waiters
+            handler.endedContinuation.finish()
+        }
+        do {
+            switch try await handler.runtime.run() {
+            case .finished(let final):
+                metrics.handlersFinished.increment()
+                log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
+            case .stopped(let final):
+                switch handler.stopReason.withLock({ $0 }) {
+                case .hibernate:
+                    try await hibernate(handler, final, log: log)
+                case .handoff:
+                    // Bounded: with the database gone, the lease simply expires and another replica resumes.
+                    try await bounded(configuration.leaseTTL, clock: clock) {
+                        try await self.store.release(Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
+                    }
+                    metrics.handoffs.increment()
+                    log.info("handed off", metadata: [LogKeys.fencingToken: "\(handler.lease.token)"])
+                case .leaseLost, nil:
+                    log.info("stopped", metadata: [LogKeys.reason: "lease lost"])
+                }
+            }
+        } catch StoreError.leaseLost {
+            keeper.recordRejectedWrite()
+            log.warning("lease lost", metadata: [
+                LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected",
+            ])
+        } catch {
+            log.error("handler stopped by an error", metadata: [LogKeys.error: "\(error)"])
+        }
+    }
+
+    private func hibernate(_ handler: LiveHandler, _ final: HandlerState, log: Logger) async throws {
+        let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
+        let done = try await store.hibernate(
+            Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+        if done {
+            metrics.hibernations.increment()
+            log.info("hibernated", metadata: [LogKeys.fencingToken: "\(handler.lease.token)"])
+            return
+        }
+        // An event reached the inbox between idle and hibernate: keep running, nothing is lost.
+        log.debug("hibernation refused, inbox not empty")
+        state.withLock { state in
+            if state.live[handler.id] === handler { state.live[handler.id] = nil }
+        }
+        guard let record = try await store.handler(handler.id) else { return }
+        await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "inbox not empty")
+    }
+}

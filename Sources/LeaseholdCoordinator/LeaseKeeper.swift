@@ -1,0 +1,232 @@
+import CoreMetrics
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdStore
+import Logging
+import Synchronization
+
+/// Where the replica decides whether it may still write for a lease: registration, renewal,
+/// lost-lease detection, stuck writes and self-fencing.
+///
+/// The database is the authority (every write is conditional on token, owner, lease cap and a
+/// current registration; see `HandlerStore`); this part keeps the replica from even trying once
+/// it cannot prove a lease, and stops every handler whose lease is gone before another replica
+/// can claim it. Fencing on the replica side is checked here and nowhere else: `mayWrite(_:)`
+/// before every checkpoint, `renewOnce(host:)` after every renewal, `selfFenceIfNeeded(host:)`
+/// on its own short period.
+final class LeaseKeeper: Sendable {
+    struct State {
+        /// Monotonic time at which the last successful renewal was *sent*.
+        var lastRenewal: Duration?
+        /// Handlers with a checkpoint in flight, and since when (monotonic).
+        var writing: [HandlerID: Duration] = [:]
+        /// Leases left out of renewal because their write was stuck: fenced here at once.
+        var excluded: Set<Lease> = []
+        /// Leases the last renewal returned that had no runtime here.
+        var unrunLeases: Set<HandlerID> = []
+        var selfFences = 0
+        var rejectedWrites = 0
+    }
+
+    let store: any HandlerStore
+    let configuration: CoordinatorConfiguration
+    let clock: ReplicaClock
+    let logger: Logger
+    let metrics: CoordinatorMetrics
+    let signals: CoordinatorSignals
+    let state = Mutex(State())
+
+    init(
+        store: any HandlerStore, configuration: CoordinatorConfiguration, clock: ReplicaClock, logger: Logger,
+        metrics: CoordinatorMetrics, signals: CoordinatorSignals
+    ) {
+        self.store = store
+        self.configuration = configuration
+        self.clock = clock
+        self.logger = logger
+        self.metrics = metrics
+        self.signals = signals
+    }
+
+    var replicaID: ReplicaID { configuration.replicaID }
+
+    // MARK: - Registration
+
+    /// Registers this process anew (voiding any lease an earlier process under this id held),
+    /// retrying until it succeeds. - Throws: `CancellationError` on shutdown.
+    func register() async throws {
+        var delay = Duration.milliseconds(100)
+        while true {
+            let sent = clock.now
+            do {
+                try await store.register(replicaID, address: configuration.address, ttl: configuration.leaseTTL)
+                state.withLock { $0.lastRenewal = sent }
+                return
+            } catch {
+                logger.warning("registration failed, retrying", metadata: [LogKeys.error: "\(error)"])
+                try await clock.sleep(for: delay)
+                delay = min(delay * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// Removes the registration after hand-off, bounded by one TTL (the database may be gone).
+    func deregister() async {
+        do {
+            try await bounded(configuration.leaseTTL, clock: clock) { try await self.store.deregister(self.replicaID) }
+        } catch {
+            logger.warning("deregister failed", metadata: [LogKeys.error: "\(error)"])
+        }
+    }
+
+    // MARK: - May I write?
+
+    /// Whether this replica can still prove its leases by its own monotonic clock: the last
+    /// renewal was sent less than `selfFenceAfter` ago.
+    var leasesProvable: Bool {
+        guard configuration.selfFencing else { return true }
+        return state.withLock { state in
+            guard let last = state.lastRenewal else { return false }
+            return clock.now - last < configuration.selfFenceAfter
+        }
+    }
+
+    /// Whether a write for `lease` may be attempted now. The store still checks the token.
+    func mayWrite(_ lease: Lease) -> Bool {
+        leasesProvable && !state.withLock { $0.excluded.contains(lease) }
+    }
+
+    /// True once registered and renewed within one TTL (readiness).
+    var isCurrent: Bool {
+        state.withLock { state in
+            guard let last = state.lastRenewal else { return false }
+            return clock.now - last < configuration.leaseTTL
+        }
+    }
+
+    /// Runs one write for `lease`, recorded as in flight so that a renewal can tell a stuck one.
+    func writing<T>(_ lease: Lease, _ body: () async throws -> T) async rethrows -> T {
+        state.withLock { $0.writing[lease.handlerID] = clock.now }
+        defer { state.withLock { _ = $0.writing.removeValue(forKey: lease.handlerID) } }
+        return try await body()
+    }
+
+    /// A write the store rejected with `leaseLost`.
+    func recordRejectedWrite() {
+        state.withLock { $0.rejectedWrites += 1 }
+        metrics.fencedWrites.increment()
+    }
+
+    var fenceCounts: (selfFences: Int, rejectedWrites: Int) {
+        state.withLock { ($0.selfFences, $0.rejectedWrites) }
+    }
+
+    // MARK: - Renewal
+
+    func runRenewals(host: HandlerHost) async {
+        while !Task.isCancelled {
+            do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
+            await renewOnce(host: host)
+        }
+    }
+
+    /// One renewal: renews the registration (and so every lease on it) except leases whose write
+    /// is stuck, then stops every handler whose lease the answer no longer shows and gives back
+    /// leases this replica holds but runs nothing for.
+    func renewOnce(host: HandlerHost) async {
+        defer { signals.passed(.renewal) }
+        let sent = clock.now
+        // A write that has not returned within half a TTL is stuck (a dead connection that never
+        // errors): stop renewing that lease so another replica takes the handler over, and stop
+        // the handler here first, so that two replicas never run it at once. The token rejects the
+        // stuck write should it ever land.
+        let stuck = state.withLock { state in
+            state.writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key)
+        }
+        if !stuck.isEmpty {
+            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(stuck.count)"])
+            let handlers = stuck.compactMap { host.handler($0) }
+            state.withLock { state in
+                for handler in handlers { state.excluded.insert(handler.lease) }
+            }
+            host.fence(handlers, reason: "write stuck")
+        }
+        let held: [HandlerID: FencingToken]
+        do {
+            held = try await store.heartbeat(
+                replicaID, address: configuration.address, ttl: configuration.leaseTTL, excluding: stuck)
+        } catch {
+            metrics.renewFailures.increment()
+            logger.warning("lease renewal failed", metadata: [LogKeys.error: "\(error)"])
+            return
+        }
+        metrics.renewLatency.recordInterval(since: sent, clock: clock)
+        metrics.leasesHeld.record(held.count)
+        let live = host.liveHandlers
+        let orphans = state.withLock { state -> [HandlerID: FencingToken] in
+            if let last = state.lastRenewal, sent - last > configuration.leaseTTL {
+                logger.warning("lease renewed late", metadata: [LogKeys.elapsed: "\(sent - last)"])
+            }
+            state.lastRenewal = sent
+            state.excluded = state.excluded.filter { held[$0.handlerID] == $0.token }
+            // A lease held with no runtime here is an orphan only when two renewals in a row saw it
+            // so: one acquired just before this renewal may not have started its runtime yet.
+            let unrun = held.filter { !host.isHosting($0.key) }
+            let orphans = unrun.filter { state.unrunLeases.contains($0.key) }
+            state.unrunLeases = Set(unrun.keys)
+            return orphans
+        }
+        // Only handlers taken before the renewal was sent can be missing from its answer because
+        // their lease is gone; one claimed or created meanwhile may simply be newer, and one that
+        // finished or is being stopped (hibernated, handed off) gave it up.
+        let lost = live.filter { $0.claimedAt < sent && held[$0.id] != $0.lease.token && $0.isActive }
+        if !lost.isEmpty {
+            // The renewal is a write the database refused for these leases: counted with the
+            // checkpoints it refused, so "fenced by the database" has one figure.
+            state.withLock { $0.rejectedWrites += lost.count }
+            for handler in lost {
+                logger.warning("lease lost", metadata: [
+                    LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",
+                ])
+            }
+            host.fence(lost, reason: "lease lost")
+        }
+        for (id, token) in orphans {
+            let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
+            do {
+                try await store.release(nil, lease: lease)
+                logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
+            } catch {
+                // The next renewal sees it again and retries; meanwhile nobody else can run it.
+                logger.warning("orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+            }
+        }
+    }
+
+    // MARK: - Self-fencing
+
+    /// How often the replica checks that it can still prove its leases.
+    static let selfFencePeriod = Duration.milliseconds(50)
+
+    func runSelfFencing(host: HandlerHost) async {
+        while !Task.isCancelled {
+            do { try await clock.sleep(for: Self.selfFencePeriod) } catch { return }
+            selfFenceIfNeeded(host: host)
+        }
+    }
+
+    /// Stops every running handler when the last renewal is too old to prove their leases: by the
+    /// time anyone else may claim them (one TTL after that renewal was sent), nothing runs here.
+    /// - Returns: true when it fenced something.
+    @discardableResult
+    func selfFenceIfNeeded(host: HandlerHost) -> Bool {
+        guard !leasesProvable else { return false }
+        let handlers = host.liveHandlers.filter { $0.stopReason.withLock { $0 } == nil }
+        guard !handlers.isEmpty else { return false }
+        state.withLock { $0.selfFences += 1 }
+        metrics.selfFences.increment()
+        logger.warning("self-fenced", metadata: [LogKeys.count: "\(handlers.count)"])
+        host.fence(handlers, reason: "self-fenced")
+        return true
+    }
+}

@@ -1,0 +1,52 @@
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdStore
+import Synchronization
+
+/// Why a live handler is being stopped; decides what happens after its runtime returns.
+enum StopReason: Sendable {
+    /// Idle: write a snapshot, release the lease, leave memory (`IdleSweeper`).
+    case hibernate
+    /// Graceful shutdown: final checkpoint, release the lease so another replica takes it at once.
+    case handoff
+    /// The lease is gone or cannot be proven: stop at once and write nothing more.
+    case leaseLost
+}
+
+/// One handler running on this replica under one lease.
+final class LiveHandler: Sendable {
+    let id: HandlerID
+    let lease: Lease
+    let runtime: HandlerRuntime
+    let workflow: Workflow
+    /// Monotonic time (`ReplicaClock.now`) at which this replica acquired the lease.
+    let claimedAt: Duration
+    let stopReason = Mutex<StopReason?>(nil)
+    /// Finishes when the handler's task has ended (after hibernate / release).
+    let ended: AsyncStream<Void>
+    let endedContinuation: AsyncStream<Void>.Continuation
+
+    init(id: HandlerID, lease: Lease, runtime: HandlerRuntime, workflow: Workflow, claimedAt: Duration) {
+        self.id = id
+        self.lease = lease
+        self.runtime = runtime
+        self.workflow = workflow
+        self.claimedAt = claimedAt
+        (ended, endedContinuation) = AsyncStream.makeStream(of: Void.self)
+    }
+
+    /// Asks the runtime to stop for `reason`; the first reason wins. Returns at once.
+    func stop(_ reason: StopReason) {
+        let first = stopReason.withLock { current -> Bool in
+            guard current == nil else { return false }
+            current = reason
+            return true
+        }
+        if first { runtime.stop(reason == .leaseLost ? .abandon : .drain) }
+    }
+
+    /// Running, not finished and not asked to stop: its lease should be renewed.
+    var isActive: Bool {
+        stopReason.withLock { $0 == nil } && !runtime.state.status.isFinished
+    }
+}
