@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "LeaseholdCoordinator", "LeaseholdStore", "LeaseholdSamples",
+                "LeaseholdCoordinator", "LeaseholdStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -79,7 +79,6 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],

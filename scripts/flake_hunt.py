@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ HOG_SECONDS = 6 * 3600  # each hog stops by itself even if this script is killed
 
 
 def start_hogs(count: int) -> list[subprocess.Popen]:
-    code = f"import time\nend = time.monotonic() + {HOG_SECONDS}\nwhile time.monotonic() < end:\n    pass\n"
+    # Each hog also stops when this script is gone (its parent changes).
+    code = (f"import os, time\nparent = os.getppid()\nend = time.monotonic() + {HOG_SECONDS}\n"
+            "while time.monotonic() < end and os.getppid() == parent:\n    for _ in range(100000):\n        pass\n")
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 
 
@@ -33,6 +36,8 @@ def junit_results(path: Path) -> dict[str, bool]:
 
 
 def main() -> int:
+    # SIGTERM ends the hunt like Ctrl-C: the hogs are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description="runs the multi-process suites N times under a CPU hog")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--hogs", type=int, default=os.cpu_count() or 2)

@@ -22,14 +22,12 @@ TTL_SECONDS = 2.0
 
 @pytest.fixture
 def cluster(database_url, spawn):
-    def make(count: int = 3, ttl: str = TTL, idle: str = "60s", env: dict | None = None, envs: list | None = None):
+    def make(count: int = 3, ttl: str = TTL, idle: str = "60s", args: list | None = None):
+        """`args[i]`: extra flags for replica i."""
         replicas = []
         for index in range(count):
-            extra = ["--lease-ttl", ttl, "--idle-timeout", idle]
-            replica_env = dict(env or {})
-            if envs and envs[index]:
-                replica_env.update(envs[index])
-            replicas.append(spawn(database_url=database_url, replica_id=f"r{index + 1}", extra=extra, env=replica_env))
+            extra = ["--lease-ttl", ttl, "--idle-timeout", idle, *((args[index] or []) if args else [])]
+            replicas.append(spawn(database_url=database_url, replica_id=f"r{index + 1}", extra=extra))
         return replicas
     return make
 
@@ -115,8 +113,8 @@ def test_sigstop_longer_than_ttl_is_fenced(cluster):
 
 
 def test_token_alone_keeps_a_stale_replica_out(cluster):
-    """Self-fencing disabled on r1 (test-only setting): only the database-side token stops it."""
-    r1, r2, r3 = cluster(envs=[{"LEASEHOLD_TEST_DISABLE_SELF_FENCING": "1"}, None, None])
+    """Self-fencing disabled on r1 (a hidden flag for this test): only the database stops it."""
+    r1, r2, r3 = cluster(args=[["--unsafe-disable-self-fencing"], None, None])
     held = owned_counters(r1, 4, ticks=40, tick_ms=150, prefix="tok")
     r1.signal(signal.SIGSTOP)
     wait_claimed_elsewhere(r2.url, held, timeout=TTL_SECONDS + 20, what="handlers claimed off the paused replica")

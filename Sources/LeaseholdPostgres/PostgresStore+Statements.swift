@@ -269,7 +269,12 @@ extension PostgresStore {
         }
 
         static func counts() -> PostgresQuery {
-            "SELECT status, hibernated, count(*) FROM handlers GROUP BY status, hibernated"
+            """
+            SELECT status, hibernated, count(*),
+                count(*) FILTER (WHERE owner_replica IS NOT NULL
+                    AND leasehold_lease_expiry(owner_replica, lease_expires_at) <= now())
+            FROM handlers GROUP BY status, hibernated
+            """
         }
     }
 }

@@ -442,9 +442,10 @@ public final class PostgresStore: HandlerStore, Service {
     public func counts() async throws -> HandlerCounts {
         try await guarded {
             var counts = HandlerCounts()
-            for try await (status, hibernated, count) in try await client.query(Statements.counts(), logger: logger)
-                .decode((String, Bool, Int64).self)
+            for try await (status, hibernated, count, expired) in try await client.query(Statements.counts(), logger: logger)
+                .decode((String, Bool, Int64, Int64).self)
             {
+                counts.expiredLeases += Int(expired)
                 switch HandlerStatus(rawValue: status) {
                 case .running: if hibernated { counts.hibernated += Int(count) } else { counts.running += Int(count) }
                 case .completed: counts.completed += Int(count)

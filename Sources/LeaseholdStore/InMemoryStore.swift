@@ -305,7 +305,9 @@ public actor InMemoryStore: HandlerStore {
 
     public func counts() async throws -> HandlerCounts {
         var counts = HandlerCounts()
+        let time = now()
         for entry in entries.values {
+            if let expiry = published(entry.record).leaseExpiresAt, expiry <= time { counts.expiredLeases += 1 }
             switch entry.record.status {
             case .running: if entry.record.hibernated { counts.hibernated += 1 } else { counts.running += 1 }
             case .completed: counts.completed += 1

@@ -145,6 +145,8 @@ public struct HandlerCounts: Sendable, Hashable, Codable {
     public var completed = 0
     public var failed = 0
     public var cancelled = 0
+    /// Running handlers whose owner's lease has expired by the store's clock (failover pending).
+    public var expiredLeases = 0
 
     public init() {}
 }

@@ -1,30 +1,16 @@
 import ArgumentParser
 import Foundation
-import LeaseholdCoordinator
 import LeaseholdPostgres
 import Logging
-import PostgresNIO
 
-/// Runs `body` with a running pool for `url`; exits 2 with a clear message when it cannot connect.
+/// Runs `body` with a running database; exits 2 with a clear message when it cannot connect.
 func withDatabase<T: Sendable>(
-    _ url: DatabaseURL, logger: Logger, _ body: @escaping @Sendable (PostgresClient) async throws -> T
+    _ url: DatabaseURL, logger: Logger, _ body: @escaping @Sendable (Database) async throws -> T
 ) async throws -> T {
-    let client = PostgresClient(configuration: url.clientConfiguration(), backgroundLogger: quieter(logger))
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask {
-            await client.run()
-            return nil
-        }
-        defer { group.cancelAll() }
-        do {
-            return try await bounded(.seconds(10)) { try await body(client) }
-        } catch let error as MigrationError {
-            throw fail("migrations: \(error)")
-        } catch is OperationTimedOut {
-            throw fail("cannot reach the database at \(url.host):\(url.port) (timed out)")
-        } catch let error as PSQLError {
-            throw fail("database at \(url.host):\(url.port): \(describe(error))")
-        }
+    do {
+        return try await Database.with(url, logger: logger, body)
+    } catch let error as DatabaseError {
+        throw fail(error.message)
     }
 }
 
@@ -43,8 +29,8 @@ struct Migrate: AsyncParsableCommand {
         } catch let error as BadSetting {
             throw fail(error.message)
         }
-        let applied = try await withDatabase(url, logger: logger) { client in
-            try await Migrator().migrate(client, logger: logger)
+        let applied = try await withDatabase(url, logger: logger) { database in
+            try await Migrator().migrate(database.client, logger: logger)
         }
         print(applied.isEmpty ? "schema is current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
     }

@@ -82,10 +82,3 @@ struct LogOptions: ParsableArguments {
     }
 }
 
-/// The pool's own logger: connection retries are logged at info by postgres-nio; keep them out
-/// unless the operator asked for debug output.
-func quieter(_ logger: Logger) -> Logger {
-    var logger = logger
-    if logger.logLevel > .debug { logger.logLevel = .warning }
-    return logger
-}

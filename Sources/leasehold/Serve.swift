@@ -9,7 +9,6 @@ import LeaseholdServer
 import LeaseholdStore
 import Logging
 import Metrics
-import PostgresNIO
 import Prometheus
 import ServiceLifecycle
 import UnixSignals
@@ -41,6 +40,11 @@ struct Serve: AsyncParsableCommand {
     var maxStreams: String?
     @OptionGroup var logging: LogOptions
 
+    @Flag(
+        name: .customLong("unsafe-disable-self-fencing"),
+        help: ArgumentHelp("Never stop handlers on a lapsed renewal (fencing tests only)", visibility: .private))
+    var unsafeDisableSelfFencing = false
+
     func run() async throws {
         let settings: Settings
         let logger: Logger
@@ -52,82 +56,66 @@ struct Serve: AsyncParsableCommand {
         }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let samples = try Samples.registry()
-        let server = ServerConfiguration(
-            host: settings.host, port: settings.port, maxBodyBytes: settings.maxBody, apiKeys: settings.apiKeys,
-            maxStreams: settings.maxStreams, metricsText: { registry.emitToString() })
-        let coordinatorConfiguration = CoordinatorConfiguration(
-            replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
-            idleTimeout: settings.idleTimeout,
-            selfFencing: ProcessInfo.processInfo.environment["LEASEHOLD_TEST_DISABLE_SELF_FENCING"] != "1")
         logger.info("starting", metadata: [
             "replica_id": "\(settings.replicaID)", "port": "\(settings.port)",
             "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
             "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
         ])
-        guard let url = settings.database else {
-            let coordinator = Coordinator(
-                store: InMemoryStore(), registry: samples, configuration: coordinatorConfiguration, logger: logger)
-            let api = LeaseholdAPI(coordinator: coordinator, configuration: server)
-            try await ServiceGroup(
-                services: [coordinator, api.application(logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            ).run()
-            return
+        // The one composition root: the database's services first (the pool closes last), then
+        // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).
+        let database = settings.database.map {
+            Database(url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL, logger: logger)
         }
-        let client = PostgresClient(
-            configuration: url.clientConfiguration(
-                applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL),
-            backgroundLogger: quieter(logger))
-        let store = PostgresStore(client: client, logger: logger)
-        try await withThrowingDiscardingTaskGroup { group in
-            // The pool runs outside the service group so that it closes last, after hand-off.
-            group.addTask { await client.run() }
-            do {
-                try await migrateWithRetry(client, url: url, logger: logger, deadline: .seconds(30))
-            } catch let error as BadSetting {
-                group.cancelAll()
-                throw fail(error.message)
-            }
-            let coordinator = Coordinator(
-                store: store, registry: samples, configuration: coordinatorConfiguration, logger: logger)
-            let api = LeaseholdAPI(coordinator: coordinator, configuration: server)
+        let migrated = OnceFlag()
+        let coordinator = Coordinator(
+            store: database?.store ?? InMemoryStore(), registry: try Samples.registry(),
+            configuration: CoordinatorConfiguration(
+                replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
+                idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing),
+            logger: logger)
+        let api = LeaseholdAPI(
+            coordinator: coordinator,
+            configuration: ServerConfiguration(
+                host: settings.host, port: settings.port, maxBodyBytes: settings.maxBody, apiKeys: settings.apiKeys,
+                maxStreams: settings.maxStreams, metricsText: { registry.emitToString() },
+                migrated: { database == nil || migrated.isSet }))
+        let startCoordinator = StartAfter(coordinator) {
+            try await database?.migrate(within: .seconds(30), logger: logger)
+            migrated.set()
+        }
+        do {
             try await ServiceGroup(
-                services: [store, coordinator, api.application(logger: logger)],
+                services: (database?.services ?? []) + [startCoordinator, api.application(logger: logger)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
             ).run()
-            group.cancelAll()
+        } catch let error as DatabaseError {
+            throw fail(error.message)
         }
     }
 }
 
-/// Applies migrations, retrying while the database is not reachable yet.
-/// - Throws: `BadSetting` naming host and port (never the password) when the deadline passes.
-func migrateWithRetry(_ client: PostgresClient, url: DatabaseURL, logger: Logger, deadline: Duration) async throws {
-    let start = ContinuousClock.now
-    var lastError = ""
-    while ContinuousClock.now - start < deadline {
-        do {
-            let applied = try await bounded(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
-            logger.info("schema ready", metadata: ["applied": "\(applied)"])
-            return
-        } catch let error as MigrationError {
-            throw BadSetting(message: "migrations: \(error)")
-        } catch {
-            lastError = describe(error)
-            logger.warning("database not reachable yet", metadata: ["database": "\(url)", "error": "\(lastError)"])
-            try await Task.sleep(for: .milliseconds(500))
-        }
+/// A service that runs `prepare` (migrations) before the wrapped service; when `prepare` throws,
+/// the service group stops with that error.
+struct StartAfter: Service {
+    let service: any Service
+    let prepare: @Sendable () async throws -> Void
+
+    init(_ service: any Service, prepare: @escaping @Sendable () async throws -> Void) {
+        self.service = service
+        self.prepare = prepare
     }
-    throw BadSetting(message: "cannot reach the database at \(url.host):\(url.port) (\(lastError))")
+
+    func run() async throws {
+        try await prepare()
+        try await service.run()
+    }
 }
 
-func describe(_ error: any Error) -> String {
-    if let psql = error as? PSQLError {
-        if let message = psql.serverInfo?[.message] { return message }
-        return "\(psql.code)"
-    }
-    return "\(error)"
+/// A flag set once, read from any thread.
+final class OnceFlag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
 
 /// Every serve setting, resolved from flag or environment and checked.

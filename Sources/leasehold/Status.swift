@@ -4,7 +4,6 @@ import LeaseholdEngine
 import LeaseholdPostgres
 import LeaseholdStore
 import Logging
-import PostgresNIO
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the cluster view: replicas, handlers, leases.")
@@ -26,13 +25,11 @@ struct Status: AsyncParsableCommand {
         } catch let error as BadSetting {
             throw fail(error.message)
         }
-        let (replicas, counts, expired) = try await withDatabase(url, logger: logger) { client in
-            let store = PostgresStore(client: client, logger: logger)
-            let running = try await store.handlers(HandlerFilter(statuses: [.running]))
-            let now = Date()
-            let expired = running.filter { ($0.leaseExpiresAt.map { $0 <= now }) ?? false }.count
-            return (try await store.replicas(aliveWithin: ttl), try await store.counts(), expired)
+        // Lease expiry is judged by the database's clock (in `counts`), never this machine's.
+        let (replicas, counts) = try await withDatabase(url, logger: logger) { database in
+            (try await database.store.replicas(aliveWithin: ttl), try await database.store.counts())
         }
+        let expired = counts.expiredLeases
         if json {
             let value: JSONValue = [
                 "replicas": .array(replicas.map {

@@ -1,0 +1,116 @@
+import Foundation
+import LeaseholdStore
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// The PostgreSQL side of a replica, built from its URL: the connection pool, the store on it,
+/// migrations, and errors described for an operator (host and port, never the password).
+///
+/// Run `services` first and in that order in the replica's `ServiceGroup`: the pool starts first
+/// and, since graceful shutdown runs in reverse, closes last, after the coordinator has handed its
+/// handlers off.
+public struct Database: Sendable {
+    public let url: DatabaseURL
+    public let client: PostgresClient
+    public let store: PostgresStore
+
+    /// - Parameters:
+    ///   - applicationName: shown in `pg_stat_activity` (a replica passes "leasehold <replica id>").
+    ///   - sessionTimeout: see `DatabaseURL.clientConfiguration` (a replica passes its lease TTL).
+    ///   - logger: for the store; the pool logs at warning and above only.
+    public init(url: DatabaseURL, applicationName: String = "leasehold", sessionTimeout: Duration? = nil, logger: Logger) {
+        self.url = url
+        var quiet = logger
+        if quiet.logLevel > .debug { quiet.logLevel = .warning }
+        client = PostgresClient(
+            configuration: url.clientConfiguration(applicationName: applicationName, sessionTimeout: sessionTimeout),
+            backgroundLogger: quiet)
+        store = PostgresStore(client: client, logger: logger)
+    }
+
+    /// The pool, then the store's LISTEN connection.
+    public var services: [any Service] { [client, store] }
+
+    /// Applies the migrations, retrying while the database is not reachable yet (it may start
+    /// after the replica). Needs the pool running.
+    /// - Returns: the migration versions applied now.
+    /// - Throws: `DatabaseError` naming host and port when `deadline` passes or a migration fails.
+    @discardableResult
+    public func migrate(within deadline: Duration, logger: Logger) async throws -> [Int] {
+        let start = ContinuousClock.now
+        var lastError = ""
+        while ContinuousClock.now - start < deadline {
+            do {
+                let applied = try await withTimeout(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
+                logger.info("schema ready", metadata: ["applied": "\(applied)"])
+                return applied
+            } catch let error as MigrationError {
+                throw DatabaseError(message: "migrations: \(error)")
+            } catch {
+                lastError = Self.describe(error)
+                logger.warning("database not reachable yet", metadata: ["database": "\(url)", "error": "\(lastError)"])
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        throw DatabaseError(message: "cannot reach the database at \(url.host):\(url.port) (\(lastError))")
+    }
+
+    /// Runs `body` with a running pool (one-shot commands: `migrate`, `status`), bounded by `limit`.
+    /// - Throws: `DatabaseError` naming host and port for connection, timeout and server errors.
+    public static func with<T: Sendable>(
+        _ url: DatabaseURL, logger: Logger, limit: Duration = .seconds(10),
+        _ body: @escaping @Sendable (Database) async throws -> T
+    ) async throws -> T {
+        let database = Database(url: url, logger: logger)
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                await database.client.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            do {
+                return try await withTimeout(limit) { try await body(database) }
+            } catch let error as MigrationError {
+                throw DatabaseError(message: "migrations: \(error)")
+            } catch is DatabaseTimedOut {
+                throw DatabaseError(message: "cannot reach the database at \(url.host):\(url.port) (timed out)")
+            } catch let error as PSQLError {
+                throw DatabaseError(message: "database at \(url.host):\(url.port): \(describe(error))")
+            } catch StoreError.unavailable(let reason) {
+                throw DatabaseError(message: "database at \(url.host):\(url.port): \(reason)")
+            }
+        }
+    }
+
+    /// What went wrong, for an operator: the server's message or the client's error code.
+    public static func describe(_ error: any Error) -> String {
+        if let psql = error as? PSQLError {
+            if let message = psql.serverInfo?[.message] { return message }
+            return "\(psql.code)"
+        }
+        return "\(error)"
+    }
+}
+
+/// The database cannot be used; the message names host and port, never the password.
+public struct DatabaseError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var description: String { message }
+}
+
+struct DatabaseTimedOut: Error {}
+
+/// Runs `body` with a time limit; the body is cancelled when it passes.
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw DatabaseTimedOut() }
+        return value
+    }
+}
