@@ -61,7 +61,7 @@ extension PostgresStore {
             """
             WITH created AS (
                 INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
-                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity', 1)
+                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity', nextval('leasehold_fencing_tokens'))
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *),
             queued AS (
@@ -107,7 +107,7 @@ extension PostgresStore {
                 LIMIT \(limit)
                 FOR UPDATE OF h SKIP LOCKED)
             UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
-                fencing_token = h.fencing_token + 1, hibernated = false, wake_at = NULL, updated_at = now()
+                fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL, updated_at = now()
             FROM candidates c WHERE h.id = c.id
             RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
                 h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
@@ -219,7 +219,7 @@ extension PostgresStore {
         static func markCancelled(id: String, sequence: Int64, result: String) -> PostgresQuery {
             """
             UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
-                fencing_token = fencing_token + 1, owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
+                fencing_token = nextval('leasehold_fencing_tokens'), owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
                 wake_at = NULL, updated_at = now(), completed_at = now()
             WHERE id = \(id)
             """

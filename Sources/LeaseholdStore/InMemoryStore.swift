@@ -26,10 +26,17 @@ public actor InMemoryStore: HandlerStore {
     public nonisolated let signals = StoreSignals()
     private var entries: [HandlerID: Entry] = [:]
     private var replicaTable: [ReplicaID: Replica] = [:]
+    /// The last fencing token handed out, for any handler: tokens never repeat, across deletes.
+    private var lastToken: Int64 = 0
     private let now: @Sendable () -> Date
 
     public init(now: @escaping @Sendable () -> Date = { Date() }) {
         self.now = now
+    }
+
+    private func nextToken() -> FencingToken {
+        lastToken += 1
+        return FencingToken(lastToken)
     }
 
     private func expiry(_ ttl: Duration) -> Date {
@@ -113,13 +120,13 @@ public actor InMemoryStore: HandlerStore {
         let record = HandlerRecord(
             id: handler.id, workflowName: handler.workflowName, runID: handler.runID, status: .running, error: nil,
             result: nil, startedAt: time, updatedAt: time, completedAt: nil, owner: owner,
-            leaseExpiresAt: .distantFuture, fencingToken: FencingToken(1), hibernated: false, lastSequence: -1,
+            leaseExpiresAt: .distantFuture, fencingToken: nextToken(), hibernated: false, lastSequence: -1,
             wakeAt: nil)
         entries[handler.id] = Entry(
             record: record, state: HandlerState(workflowName: handler.workflowName),
             inbox: [(handler.startEvent, false)], log: [])
         return ClaimedHandler(
-            record: published(record), lease: Lease(handlerID: handler.id, replicaID: owner, token: FencingToken(1)),
+            record: published(record), lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
             state: HandlerState(workflowName: handler.workflowName))
     }
 
@@ -144,7 +151,7 @@ public actor InMemoryStore: HandlerStore {
             else { continue }
             entry.record.owner = replica
             entry.record.leaseExpiresAt = .distantFuture
-            entry.record.fencingToken = FencingToken(entry.record.fencingToken.rawValue + 1)
+            entry.record.fencingToken = nextToken()
             entry.record.hibernated = false
             entry.record.wakeAt = nil
             entries[id] = entry
@@ -258,7 +265,7 @@ public actor InMemoryStore: HandlerStore {
         entry.record.status = .cancelled
         entry.record.result = terminal
         entry.record.lastSequence = terminal.sequence
-        entry.record.fencingToken = FencingToken(entry.record.fencingToken.rawValue + 1)
+        entry.record.fencingToken = nextToken()
         entry.record.owner = nil
         entry.record.leaseExpiresAt = nil
         entry.record.hibernated = false

@@ -32,14 +32,14 @@ struct StoreConformanceTests {
         return state
     }
 
-    @Test("create owns the handler with token 1 and puts the start event in the inbox", arguments: StoreFactory.all)
+    @Test("create owns the handler with a fresh token and puts the start event in the inbox", arguments: StoreFactory.all)
     func create(factory: StoreFactory) async throws {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl)
             let created = try await store.create(Self.new("h1"), owner: Self.r1)
             let lease = created.lease
-            #expect(lease.token == FencingToken(1))
             let record = try #require(try await store.handler("h1"))
+            #expect(record.fencingToken == lease.token)
             #expect(created.record == record)  // the creator needs no read
             #expect(created.state == HandlerState(workflowName: "approval"))
             #expect(record.status == .running)
@@ -84,7 +84,7 @@ struct StoreConformanceTests {
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.release(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
-            #expect(claimed.lease.token == FencingToken(2))
+            #expect(claimed.lease.token > lease.token)
             #expect(claimed.state.context["marker"] == 1)
             try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: claimed.lease)
             await #expect(throws: StoreError.leaseLost("h")) {
@@ -118,13 +118,13 @@ struct StoreConformanceTests {
             #expect(claimed)
             let record = try #require(try await store.handler("h"))
             #expect(record.owner == Self.r2)
-            #expect(record.fencingToken == FencingToken(2))
+            #expect(record.fencingToken > old.token)
             await #expect(throws: StoreError.leaseLost("h")) {
                 try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: old)
             }
             // The old owner's renewal finds its registration lapsed: it holds nothing.
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
-            #expect(try await store.heartbeat(Self.r2, address: "b", ttl: Self.ttl) == ["h": FencingToken(2)])
+            #expect(try await store.heartbeat(Self.r2, address: "b", ttl: Self.ttl) == ["h": record.fencingToken])
         }
     }
 
@@ -171,7 +171,7 @@ struct StoreConformanceTests {
             #expect(receipt.inserted)
             let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
             #expect(claimed.state == Self.state(0))
-            #expect(claimed.lease.token == FencingToken(2))
+            #expect(claimed.lease.token > lease.token)
             #expect(try await store.handler("h")?.hibernated == false)
 
             let timed = try await store.create(Self.new("t"), owner: Self.r1).lease
@@ -208,7 +208,7 @@ struct StoreConformanceTests {
                 return
             }
             #expect(record.status == .cancelled)
-            #expect(record.fencingToken == FencingToken(2))
+            #expect(record.fencingToken > lease.token)
             #expect(record.lastSequence == 2)
             let log = try await store.events("h", after: -1, limit: 10)
             #expect(log.map(\.type) == ["Tick", "Tick", "WorkflowCancelledEvent"])
@@ -299,9 +299,9 @@ struct StoreConformanceTests {
     @Test("leases ride on the registration: a new registration or a deregistration releases them", arguments: StoreFactory.all)
     func registrationCarriesLeases(factory: StoreFactory) async throws {
         try await factory.run { store in
-            _ = try await store.create(Self.new("a"), owner: Self.r1)
-            _ = try await store.create(Self.new("b"), owner: Self.r1)
-            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["a": FencingToken(1), "b": FencingToken(1)])
+            let a = try await store.create(Self.new("a"), owner: Self.r1).lease
+            let b = try await store.create(Self.new("b"), owner: Self.r1).lease
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["a": a.token, "b": b.token])
             let record = try #require(try await store.handler("a"))
             #expect(record.leaseExpiresAt != nil && record.leaseExpiresAt! > Date())
             // r1 restarts: its old leases are void at once, and another replica takes them.
@@ -309,7 +309,7 @@ struct StoreConformanceTests {
             #expect(try await store.handler("a")?.owner == nil)
             let taken = try await store.claim(Self.r2, limit: 10, only: nil)
             #expect(Set(taken.map(\.record.id)) == ["a", "b"])
-            #expect(taken.allSatisfy { $0.lease.token == FencingToken(2) })
+            #expect(taken.allSatisfy { $0.lease.token > max(a.token, b.token) })
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
             // r2 shuts down: deregistering releases what it still carries.
             try await store.deregister(Self.r2)
@@ -329,7 +329,7 @@ struct StoreConformanceTests {
             // r1 renews for 30 s but leaves "stuck" out: that lease keeps the 3 s registration it was
             // renewed from as its cap, and r2 takes it once that passes; "fine" stays with r1.
             let held = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl, excluding: ["stuck"])
-            #expect(held["fine"] == FencingToken(1))
+            #expect(held["fine"] == fine.token)
             var taken: [ClaimedHandler] = []
             let moved = try await eventually(timeout: .seconds(20)) {
                 taken = try await store.claim(Self.r2, limit: 10, only: nil)
@@ -341,7 +341,28 @@ struct StoreConformanceTests {
                 try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: stuck)
             }
             try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: fine)
-            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["fine": FencingToken(1)])
+            #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["fine": fine.token])
+        }
+    }
+
+    @Test("tokens never repeat for a handler id, across delete and re-creation", arguments: StoreFactory.all)
+    func tokensNeverRepeat(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let first = try await store.create(Self.new("h"), owner: Self.r1).lease
+            try await store.release(nil, lease: first)
+            let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first).lease
+            #expect(try await store.delete("h"))
+            // The same id again: its first token lies above every token the old run ever had, so a
+            // write still retrying from the old run cannot land in the new one.
+            let again = try await store.create(Self.new("h"), owner: Self.r1).lease
+            #expect(again.token > claimed.token && claimed.token > first.token)
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]),
+                    lease: Lease(handlerID: "h", replicaID: Self.r1, token: first.token))
+            }
+            #expect(try await store.handler("h")?.lastSequence == -1)
+            #expect(try await store.pendingInbox("h").map(\.id) == ["start"])
         }
     }
 }
