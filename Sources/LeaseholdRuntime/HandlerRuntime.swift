@@ -194,6 +194,7 @@ public final class HandlerRuntime: Sendable {
                 execute(commands)
             }
 
+            var beforeStart: [Delivery] = []
             if state.started { apply(.resume, consumed: []) }
             loop: for await input in inputs {
                 switch input {
@@ -208,6 +209,15 @@ public final class HandlerRuntime: Sendable {
                     for delivery in deliveries {
                         if delivery.event.type == EventType.startEventName && !state.started {
                             apply(.start(delivery.event), consumed: [delivery.inboxID])
+                            // Events that arrived before the start event, in their order.
+                            for early in beforeStart {
+                                apply(.external(early.event), consumed: [early.inboxID])
+                            }
+                            beforeStart = []
+                        } else if !state.started {
+                            // A direct delivery can overtake the start event (a send while the
+                            // launch's inbox read is in flight): keep it, unconsumed, until then.
+                            beforeStart.append(delivery)
                         } else {
                             apply(.external(delivery.event), consumed: [delivery.inboxID])
                         }

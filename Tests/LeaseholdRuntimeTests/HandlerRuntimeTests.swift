@@ -29,6 +29,25 @@ struct HandlerRuntimeTests {
         runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
     }
 
+    @Test("an event delivered before the start event is kept and applied after it, not dropped")
+    func eventBeforeStartIsKept() async throws {
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
+            persistence: persistence)
+        // The answer overtakes the start event (a send racing the launch's inbox read).
+        runtime.deliver([Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "early"]))])
+        start(runtime, ["request": "r"])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.status == .completed)
+        #expect(state.result == ["request": "r", "response": "early"])
+        let consumed = persistence.checkpoints.withLock { $0.flatMap(\.consumedInbox) }
+        #expect(consumed == ["start", "answer"])
+    }
+
     @Test("a finished run checkpoints its whole log, contiguous, and leaves no task")
     func finishes() async throws {
         let persistence = RecordingPersistence()
