@@ -38,8 +38,19 @@ struct HandlerRuntimeTests {
         // The answer overtakes the start event (a send racing the launch's inbox read).
         runtime.deliver([Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "early"]))])
         start(runtime, ["request": "r"])
-        guard case .finished(let state) = try await runtime.run() else {
-            Issue.record("expected finished")
+        // Without the answer the handler would wait forever: bound the run so the test fails instead.
+        let outcome = try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
+            group.addTask { try await runtime.run() }
+            group.addTask {
+                try await Task.sleep(for: .seconds(20))
+                runtime.stop(.abandon)
+                return nil
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
+        guard case .finished(let state)? = outcome else {
+            Issue.record("the early answer was not applied: the handler never finished")
             return
         }
         #expect(state.status == .completed)
