@@ -58,6 +58,8 @@ public final class Coordinator: Service, Sendable {
 
     // MARK: - Service
 
+    /// - Throws: `CoordinatorError.replicaIDTaken` when another process registered this replica
+    ///   id after this one (this one's handlers are stopped by then).
     public func run() async throws {
         try await keeper.register()
         logger.info("replica registered", metadata: [LogKeys.address: "\(configuration.address)"])
@@ -76,12 +78,13 @@ public final class Coordinator: Service, Sendable {
             } onGracefulShutdown: {
                 self.host.beginHandoff()
             }
-            if host.isShuttingDown {
+            if !keeper.isSuperseded, host.isShuttingDown {
                 await keeper.deregister()
                 logger.info("replica stopped")
             }
             loops.cancelAll()
         }
+        if keeper.isSuperseded { throw CoordinatorError.replicaIDTaken(replicaID) }
     }
 
     /// Reconciles the pending inbox of every live handler once per renewal period, so that an

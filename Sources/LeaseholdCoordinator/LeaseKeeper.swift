@@ -26,6 +26,8 @@ final class LeaseKeeper: Sendable {
         var unrunLeases: Set<HandlerID> = []
         var selfFences = 0
         var rejectedWrites = 0
+        /// Another process registered under this replica id: this one holds nothing and stops.
+        var superseded = false
     }
 
     let store: any HandlerStore
@@ -117,6 +119,8 @@ final class LeaseKeeper: Sendable {
         metrics.fencedWrites.increment()
     }
 
+    var isSuperseded: Bool { state.withLock { $0.superseded } }
+
     var fenceCounts: (selfFences: Int, rejectedWrites: Int) {
         state.withLock { ($0.selfFences, $0.rejectedWrites) }
     }
@@ -124,7 +128,7 @@ final class LeaseKeeper: Sendable {
     // MARK: - Renewal
 
     func runRenewals(host: HandlerHost) async {
-        while !Task.isCancelled {
+        while !Task.isCancelled, !isSuperseded {
             do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
             await renewOnce(host: host)
         }
@@ -155,6 +159,17 @@ final class LeaseKeeper: Sendable {
         do {
             held = try await store.heartbeat(
                 replicaID, address: configuration.address, ttl: configuration.leaseTTL, excluding: stuck)
+        } catch StoreError.registrationSuperseded {
+            // A second process took this replica id (its registration voided every lease of this
+            // one). Stop everything here at once and take no more work; the coordinator then ends
+            // with `CoordinatorError.replicaIDTaken` rather than fight over the id.
+            state.withLock { $0.superseded = true }
+            logger.error("replica id registered by another process, stopping", metadata: [
+                LogKeys.count: "\(host.liveHandlers.count)",
+            ])
+            host.fence(host.liveHandlers, reason: "replica id taken")
+            host.beginHandoff()
+            return
         } catch {
             metrics.renewFailures.increment()
             logger.warning("lease renewal failed", metadata: [LogKeys.error: "\(error)"])

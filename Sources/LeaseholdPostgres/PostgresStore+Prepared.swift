@@ -25,13 +25,13 @@ struct Prepared<Shape: PreparedShape>: PostgresPreparedStatement {
 extension PostgresStore {
     enum Shapes {
         enum Renewal: PreparedShape {
-            static let sql = Statements.renewal(replica: "", address: "", ttlSeconds: 0, excluding: [], fresh: false).sql
+            static let sql = Statements.renewal(replica: "", instance: "", address: "", ttlSeconds: 0, excluding: [], fresh: false).sql
         }
         enum Create: PreparedShape {
             static let sql = Statements.create(id: "", workflow: "", runID: "", owner: "", eventID: "", event: "").sql
         }
         enum Claim: PreparedShape {
-            static let sql = Statements.claim(replica: "", limit: 1, only: nil).sql
+            static let sql = Statements.claim(replica: "", instance: "", limit: 1, only: nil).sql
         }
         enum Checkpoint: PreparedShape {
             static let sql =

@@ -12,29 +12,35 @@ extension PostgresStore {
         /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
         /// Answers the leases held (id, token).
         static func renewal(
-            replica: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
+            replica: String, instance: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
         ) -> PostgresQuery {
             """
             WITH previous AS (
-                SELECT COALESCE(bool_or(lease_expires_at > now()), false) AND NOT \(fresh) AS current,
+                SELECT COALESCE(bool_or(lease_expires_at > now() AND instance = \(instance)), false)
+                        AND NOT \(fresh) AS current,
+                    COALESCE(bool_or(instance <> \(instance)), false) AND NOT \(fresh) AS superseded,
                     max(lease_expires_at) AS expires
                 FROM replicas WHERE id = \(replica)),
             registered AS (
-                INSERT INTO replicas (id, address, lease_expires_at)
-                VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)))
+                INSERT INTO replicas (id, address, lease_expires_at, instance)
+                VALUES (\(replica), \(address), now() + make_interval(secs => \(ttlSeconds)), \(instance))
                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), address = EXCLUDED.address,
-                    lease_expires_at = EXCLUDED.lease_expires_at,
+                    lease_expires_at = EXCLUDED.lease_expires_at, instance = EXCLUDED.instance,
                     started_at = CASE WHEN \(fresh) THEN now() ELSE replicas.started_at END
+                WHERE \(fresh) OR replicas.instance = EXCLUDED.instance
                 RETURNING id),
             voided AS (
                 UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
                 WHERE owner_replica = \(replica) AND NOT (SELECT current FROM previous)
+                    AND NOT (SELECT superseded FROM previous)
                 RETURNING id),
             capped AS (
                 UPDATE handlers SET lease_expires_at = (SELECT expires FROM previous)
                 WHERE id = ANY(\(excluding)::text[]) AND owner_replica = \(replica) AND lease_expires_at = 'infinity'
                     AND (SELECT current FROM previous)
                 RETURNING id)
+            SELECT NULL::text AS id, NULL::bigint AS fencing_token FROM previous WHERE superseded
+            UNION ALL
             SELECT h.id, h.fencing_token FROM handlers h
             WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
                 AND (SELECT current FROM previous)
@@ -42,15 +48,17 @@ extension PostgresStore {
             """
         }
 
-        /// Removes the registration (graceful shutdown, after hand-off); a lease still carried by
-        /// it is released rather than left to a registration that no longer exists.
-        static func deregister(replica: String) -> PostgresQuery {
+        /// Removes this process's registration (graceful shutdown, after hand-off); a lease still
+        /// carried by it is released rather than left to a registration that no longer exists.
+        /// A newer process's registration under the same id is left alone.
+        static func deregister(replica: String, instance: String) -> PostgresQuery {
             """
-            WITH voided AS (
+            WITH mine AS (SELECT id FROM replicas WHERE id = \(replica) AND instance = \(instance)),
+            voided AS (
                 UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
-                WHERE owner_replica = \(replica)
+                WHERE owner_replica IN (SELECT id FROM mine)
                 RETURNING id)
-            DELETE FROM replicas WHERE id = \(replica) AND (SELECT count(*) FROM voided) >= 0
+            DELETE FROM replicas WHERE id IN (SELECT id FROM mine) AND (SELECT count(*) FROM voided) >= 0
             """
         }
 
@@ -80,13 +88,14 @@ extension PostgresStore {
         /// is current. The candidate ids come from small partial indexes, each branch bounded, so
         /// one claim costs O(limit) whatever the number of claimable or hibernated handlers;
         /// concurrent claimers skip each other's locked rows. Each claim raises the fencing token.
-        static func claim(replica: String, limit: Int, only: String?) -> PostgresQuery {
+        static func claim(replica: String, instance: String, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
             WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
             candidates AS (
                 SELECT h.id FROM handlers h
-                WHERE EXISTS (SELECT 1 FROM replicas WHERE id = \(replica) AND lease_expires_at > now())
+                WHERE EXISTS (SELECT 1 FROM replicas
+                    WHERE id = \(replica) AND instance = \(instance) AND lease_expires_at > now())
                 AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
                     (SELECT id FROM handlers
                         WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()

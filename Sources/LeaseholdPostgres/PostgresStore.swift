@@ -14,6 +14,9 @@ import ServiceLifecycle
 public final class PostgresStore: HandlerStore, Service {
     public let client: PostgresClient
     public let signals = StoreSignals()
+    /// This process's registration instance: two processes with one replica id never share a
+    /// registration (the newest wins; see migration 0004).
+    let instance = UUID().uuidString.lowercased()
     let logger: Logger
     let encoder: JSONEncoder
     static let channel = "leasehold"
@@ -129,11 +132,12 @@ public final class PostgresStore: HandlerStore, Service {
     {
         try await guarded {
             let query = Statements.renewal(
-                replica: replica.rawValue, address: address, ttlSeconds: Self.seconds(ttl),
+                replica: replica.rawValue, instance: instance, address: address, ttlSeconds: Self.seconds(ttl),
                 excluding: excluding.map(\.rawValue), fresh: fresh)
             var held: [HandlerID: FencingToken] = [:]
             for try await row in try await client.execute(prepared(query, as: Shapes.Renewal.self), logger: logger) {
-                let (id, token) = try row.decode((String, Int64).self)
+                let (id, token) = try row.decode((String?, Int64?).self)
+                guard let id, let token else { throw StoreError.registrationSuperseded(replica) }
                 held[HandlerID(id)] = FencingToken(token)
             }
             return held
@@ -142,7 +146,7 @@ public final class PostgresStore: HandlerStore, Service {
 
     public func deregister(_ replica: ReplicaID) async throws {
         try await guarded {
-            _ = try await client.query(Statements.deregister(replica: replica.rawValue), logger: logger)
+            _ = try await client.query(Statements.deregister(replica: replica.rawValue, instance: instance), logger: logger)
         }
     }
 
@@ -163,7 +167,7 @@ public final class PostgresStore: HandlerStore, Service {
 
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await guarded {
-            let query = Statements.claim(replica: replica.rawValue, limit: limit, only: only?.rawValue)
+            let query = Statements.claim(replica: replica.rawValue, instance: instance, limit: limit, only: only?.rawValue)
             let rows = try await client.execute(prepared(query, as: Shapes.Claim.self), logger: logger)
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
@@ -182,8 +186,8 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     /// The claim statement exactly as `claim` sends it (benchmarks compare against it raw).
-    public static func claimStatement(replica: String, limit: Int) -> PostgresQuery {
-        Statements.claim(replica: replica, limit: limit, only: nil)
+    public func claimStatement(replica: String, limit: Int) -> PostgresQuery {
+        Statements.claim(replica: replica, instance: instance, limit: limit, only: nil)
     }
 
     // MARK: - Fenced writes

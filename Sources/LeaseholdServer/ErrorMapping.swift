@@ -43,10 +43,13 @@ enum ErrorMapping {
             case .handlerFinished: return APIError(.conflict, "Workflow already completed")
             case .unavailable: return APIError(.serviceUnavailable, "database unavailable, retry", headers: [.retryAfter: "1"])
             case .leaseLost, .sequenceConflict, .corrupt: return APIError(.internalServerError, error.description)
+            case .registrationSuperseded:
+                return APIError(.serviceUnavailable, "this replica is shutting down", headers: [.retryAfter: "1"])
             }
         case let error as CoordinatorError:
             switch error {
-            case .shuttingDown: return APIError(.serviceUnavailable, error.description, headers: [.retryAfter: "1"])
+            case .shuttingDown, .replicaIDTaken:
+                return APIError(.serviceUnavailable, error.description, headers: [.retryAfter: "1"])
             case .handlerRunning: return APIError(.conflict, error.description)
             case .invalidHandlerID: return APIError(.badRequest, error.description)
             }

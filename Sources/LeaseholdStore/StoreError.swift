@@ -11,6 +11,9 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The database cannot be reached or failed; the operation may be retried.
     case unavailable(String)
     case corrupt(String)
+    /// Another process registered under this replica id after this one: this process holds no
+    /// lease any more and must stop its handlers (and exit; replica ids must be unique).
+    case registrationSuperseded(ReplicaID)
 
     public var description: String {
         switch self {
@@ -21,6 +24,8 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         case .sequenceConflict(let id, let sequence): return "handler \(id): sequence \(sequence) already written"
         case .unavailable(let reason): return "store unavailable: \(reason)"
         case .corrupt(let reason): return "store data corrupt: \(reason)"
+        case .registrationSuperseded(let id):
+            return "replica id \(id) was registered by another process: this one holds no lease any more"
         }
     }
 }

@@ -86,7 +86,7 @@ struct StoreBench: AsyncParsableCommand {
             // The same statement, sent raw through the same pool, rows counted but not decoded.
             raw.append(try await claimAll { replica in
                 var count = 0
-                let query = PostgresStore.claimStatement(replica: replica, limit: batch)
+                let query = store.claimStatement(replica: replica, limit: batch)
                 for try await _ in try await client.query(query, logger: logger) { count += 1 }
                 return count
             })

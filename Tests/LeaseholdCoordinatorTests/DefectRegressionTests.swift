@@ -191,3 +191,46 @@ struct ReconciledDeliveryTests {
         }
     }
 }
+
+/// A second process started with a replica id already in use.
+@Suite("Duplicate replica id", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct DuplicateReplicaIDTests {
+    /// The newest process wins: the older one stops its handlers and ends with `replicaIDTaken`
+    /// at its next renewal, instead of both releasing each other's leases forever; the handler
+    /// moves to the newer process and completes there.
+    @Test func olderProcessStepsDown() async throws {
+        try await TestDatabase.withStore { store, _ in
+            let registry = try TestWorkflows.registry()
+            let configuration = Harness.configuration("r1", ttl: .seconds(3), idle: nil)
+            let older = Coordinator(store: store, registry: registry, configuration: configuration, logger: Harness.logger)
+            let newerStore = PostgresStore(client: store.client, logger: Harness.logger)
+            let newer = Coordinator(
+                store: newerStore, registry: registry, configuration: configuration, logger: Harness.logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let ended = Mutex<String?>(nil)
+                group.addTask {
+                    do {
+                        try await older.run()
+                        ended.withLock { $0 = "returned" }
+                    } catch {
+                        ended.withLock { $0 = "\(error)" }
+                    }
+                }
+                try #require(await eventually { older.isReady })
+                let record = try await older.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "dup")
+                group.addTask { try await newerStore.run() }
+                group.addTask { try await newer.run() }
+                // The older one notices at its next renewal (every TTL/3 = 1 s).
+                try #require(await eventually(timeout: .seconds(20)) { ended.withLock { $0 } != nil })
+                #expect(ended.withLock { $0 } == "\(CoordinatorError.replicaIDTaken("r1"))")
+                #expect(older.liveHandlerIDs.isEmpty)
+                // The newer process claims the handler (its lease was voided) and applies the answer.
+                try await newer.send(AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                let finished = try #require(try await Harness.waitFinished(store, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                #expect(finished.fencingToken > record.fencingToken)
+                group.cancelAll()
+            }
+        }
+    }
+}

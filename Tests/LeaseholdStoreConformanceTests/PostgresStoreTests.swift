@@ -128,6 +128,33 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test("two processes with one replica id: the newest registration wins; the older holds, claims and removes nothing")
+    func duplicateReplicaID() async throws {
+        try await TestDatabase.withStore { older, _ in
+            let newer = PostgresStore(client: older.client, logger: Self.logger)
+            try await older.register("r1", address: "a", ttl: Self.ttl)
+            let lease = try await older.create(StoreConformanceTests.new("h"), owner: "r1").lease
+            #expect(try await older.heartbeat("r1", address: "a", ttl: Self.ttl) == ["h": lease.token])
+            try await newer.register("r1", address: "b", ttl: Self.ttl)
+            // The newer registration voided the older one's lease.
+            #expect(try await older.handler("h")?.owner == nil)
+            await #expect(throws: StoreError.registrationSuperseded("r1")) {
+                _ = try await older.heartbeat("r1", address: "a", ttl: Self.ttl)
+            }
+            #expect(try await older.claim("r1", limit: 10, only: nil).isEmpty)
+            let claimed = try #require(try await newer.claim("r1", limit: 10, only: nil).first)
+            #expect(claimed.lease.token > lease.token)
+            // The older process's shutdown leaves the newer one's registration and lease alone.
+            try await older.deregister("r1")
+            #expect(try await newer.heartbeat("r1", address: "b", ttl: Self.ttl) == ["h": claimed.lease.token])
+            await #expect(throws: StoreError.leaseLost("h")) {
+                try await older.checkpoint(
+                    Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
+                    lease: lease)
+            }
+        }
+    }
+
     @Test("migrations: applying twice is a no-op; three concurrent runs succeed")
     func migrations() async throws {
         try await TestDatabase.withStore { store, url in
