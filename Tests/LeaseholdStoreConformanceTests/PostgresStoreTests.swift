@@ -155,6 +155,27 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test("the database refuses a gap in a handler's event log")
+    func logStaysContiguous() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "a", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
+            try await store.checkpoint(
+                Checkpoint(state: StoreConformanceTests.state(2), log: [StoreConformanceTests.record(0), StoreConformanceTests.record(1)],
+                           consumedInbox: []), lease: lease)
+            // Sequence 3 without 2, written behind the store's back: refused, nothing written.
+            await #expect(throws: (any Error).self) {
+                try await store.client.query(
+                    "INSERT INTO event_log (handler_id, sequence, record) SELECT 'h', 3, record FROM event_log WHERE handler_id = 'h' AND sequence = 1",
+                    logger: Self.logger)
+            }
+            try await store.checkpoint(
+                Checkpoint(state: StoreConformanceTests.state(3), log: [StoreConformanceTests.record(2)], consumedInbox: []),
+                lease: lease)
+            #expect(try await store.events("h", after: -1, limit: 10).map(\.sequence) == [0, 1, 2])
+        }
+    }
+
     @Test("migrations: applying twice is a no-op; three concurrent runs succeed")
     func migrations() async throws {
         try await TestDatabase.withStore { store, url in
