@@ -3,6 +3,7 @@ import LeaseholdEngine
 import CoreMetrics
 import LeaseholdRuntime
 import LeaseholdStore
+import Logging
 import Synchronization
 
 extension Coordinator {
@@ -40,10 +41,19 @@ extension Coordinator {
         try registry.workflow(record.workflowName).validateExternal(event)
         let receipt = try await store.appendInbox(id, InboxEvent(id: eventID, event: event))
         metrics.inboxEvents.increment()
-        if let handler = host.handler(id) {
-            handler.runtime.deliver([Delivery(inboxID: eventID, event: event)])
+        // The event is durable: from here on nothing may fail the request, or a client retry would
+        // add it twice. Delivery is best effort; reconciliation (every renewal period) and the
+        // claim sweep apply it whatever happens here.
+        if host.handler(id) != nil {
+            // The whole pending inbox, in order: an earlier event accepted through another replica
+            // (its NOTIFY still on the way) must not be overtaken by this one.
+            await host.wake(id)
         } else if receipt.owner == nil {
-            try await host.reload(id)
+            do {
+                try await host.reload(id)
+            } catch {
+                logger.warning("reload after send failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+            }
         }
     }
 

@@ -125,7 +125,11 @@ extension HandlerHost {
             }
             guard !isShuttingDown, keeper.leasesProvable else { return false }
             let started = clock.now
-            let claimed = try await store.claim(replicaID, limit: 1, only: id)
+            // Bounded: a claim stuck on a dead connection must not hold every follower (and the
+            // wake-up consumer) forever; if it did commit, the lease lapses unrun and is released.
+            let claimed = try await bounded(configuration.leaseTTL, clock: clock) {
+                try await self.store.claim(self.replicaID, limit: 1, only: id)
+            }
             guard let handler = claimed.first else { return false }
             await launch(handler, reason: handler.record.hibernated ? "reload" : "orphaned")
             metrics.reloads.increment()

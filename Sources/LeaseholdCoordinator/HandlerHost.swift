@@ -116,8 +116,11 @@ final class HandlerHost: Sendable {
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock)
         let handler = LiveHandler(id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
+        // Enter the table and the run queue in one step: hand-off either sees the handler (and
+        // stops it) or this launch sees the shutdown (and gives the lease back).
         let accepted = state.withLock { state -> Bool in
             guard !state.shuttingDown, state.live[id] == nil else { return false }
+            guard case .enqueued = jobContinuation.yield(handler) else { return false }
             state.live[id] = handler
             return true
         }
@@ -129,7 +132,6 @@ final class HandlerHost: Sendable {
         logger.info("claimed", metadata: [
             LogKeys.handlerID: "\(id)", LogKeys.fencingToken: "\(claimed.lease.token)", LogKeys.reason: "\(reason)",
         ])
-        jobContinuation.yield(handler)
         await deliverPending(handler)
     }
 
@@ -177,7 +179,8 @@ final class HandlerHost: Sendable {
                 }
             }
         } catch StoreError.leaseLost {
-            keeper.recordRejectedWrite()
+            // Counted once: a lease already found lost by the renewal was counted there.
+            if handler.stopReason.withLock({ $0 }) != .leaseLost { keeper.recordRejectedWrites() }
             log.warning("lease lost", metadata: [
                 LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected",
             ])
@@ -187,9 +190,22 @@ final class HandlerHost: Sendable {
     }
 
     private func hibernate(_ handler: LiveHandler, _ final: HandlerState, log: Logger) async throws {
+        // An event delivered just before the stop may have started a step that the stop
+        // cancelled: such a handler has work to do and is not idle; hibernating it would leave it
+        // waiting for a wake-up that never comes. Keep it running here instead.
+        guard final.isQuiescent else {
+            log.debug("hibernation skipped, work in flight")
+            state.withLock { state in
+                if state.live[handler.id] === handler { state.live[handler.id] = nil }
+            }
+            guard let record = try await store.handler(handler.id) else { return }
+            await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "work in flight")
+            return
+        }
         let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
-        let done = try await store.hibernate(
-            Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+        let done = try await keeper.writing(handler.lease) {
+            try await store.hibernate(Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+        }
         if done {
             metrics.hibernations.increment()
             log.info("hibernated", metadata: [LogKeys.fencingToken: "\(handler.lease.token)"])

@@ -18,8 +18,10 @@ final class LeaseKeeper: Sendable {
     struct State {
         /// Monotonic time at which the last successful renewal was *sent*.
         var lastRenewal: Duration?
-        /// Handlers with a checkpoint in flight, and since when (monotonic).
-        var writing: [HandlerID: Duration] = [:]
+        /// Leases with a checkpoint in flight, and since when (monotonic). Keyed by lease, not
+        /// handler: an abandoned runtime's stuck write must not implicate a newer lease of the same
+        /// handler on this replica.
+        var writing: [Lease: Duration] = [:]
         /// Leases left out of renewal because their write was stuck: fenced here at once.
         var excluded: Set<Lease> = []
         /// Leases the last renewal returned that had no runtime here.
@@ -108,15 +110,15 @@ final class LeaseKeeper: Sendable {
 
     /// Runs one write for `lease`, recorded as in flight so that a renewal can tell a stuck one.
     func writing<T>(_ lease: Lease, _ body: () async throws -> T) async rethrows -> T {
-        state.withLock { $0.writing[lease.handlerID] = clock.now }
-        defer { state.withLock { _ = $0.writing.removeValue(forKey: lease.handlerID) } }
+        state.withLock { $0.writing[lease] = clock.now }
+        defer { state.withLock { _ = $0.writing.removeValue(forKey: lease) } }
         return try await body()
     }
 
-    /// A write the store rejected with `leaseLost`.
-    func recordRejectedWrite() {
-        state.withLock { $0.rejectedWrites += 1 }
-        metrics.fencedWrites.increment()
+    /// Writes (or renewals of leases) the store refused: the lease was gone.
+    func recordRejectedWrites(_ count: Int = 1) {
+        state.withLock { $0.rejectedWrites += count }
+        metrics.fencedWrites.increment(by: count)
     }
 
     var isSuperseded: Bool { state.withLock { $0.superseded } }
@@ -144,12 +146,15 @@ final class LeaseKeeper: Sendable {
         // errors): stop renewing that lease so another replica takes the handler over, and stop
         // the handler here first, so that two replicas never run it at once. The token rejects the
         // stuck write should it ever land.
-        let stuck = state.withLock { state in
+        let stuckLeases = state.withLock { state in
             state.writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key)
         }
-        if !stuck.isEmpty {
-            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(stuck.count)"])
-            let handlers = stuck.compactMap { host.handler($0) }
+        // Only a lease this replica still runs the handler under: a stuck write of a runtime that
+        // was already fenced concerns a lease that is gone, not the handler's current one.
+        let handlers = stuckLeases.compactMap { lease in host.handler(lease.handlerID).flatMap { $0.lease == lease ? $0 : nil } }
+        let stuck = handlers.map(\.id)
+        if !handlers.isEmpty {
+            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(handlers.count)"])
             state.withLock { state in
                 for handler in handlers { state.excluded.insert(handler.lease) }
             }
@@ -198,7 +203,7 @@ final class LeaseKeeper: Sendable {
         if !lost.isEmpty {
             // The renewal is a write the database refused for these leases: counted with the
             // checkpoints it refused, so "fenced by the database" has one figure.
-            state.withLock { $0.rejectedWrites += lost.count }
+            recordRejectedWrites(lost.count)
             for handler in lost {
                 logger.warning("lease lost", metadata: [
                     LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",
@@ -209,7 +214,8 @@ final class LeaseKeeper: Sendable {
         for (id, token) in orphans {
             let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
             do {
-                try await store.release(nil, lease: lease)
+                // Bounded: a release stuck on a dead connection must not stop the renewals.
+                try await bounded(configuration.leaseTTL / 3, clock: clock) { try await self.store.release(nil, lease: lease) }
                 logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
             } catch {
                 // The next renewal sees it again and retries; meanwhile nobody else can run it.

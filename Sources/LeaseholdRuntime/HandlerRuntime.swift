@@ -105,8 +105,16 @@ public final class HandlerRuntime: Sendable {
             }
             group.addTask { await self.mainLoop() }
             var outcome: RuntimeOutcome?
-            while let next = try await group.next() {
-                if let next { outcome = next }
+            do {
+                while let next = try await group.next() {
+                    guard let next else { continue }
+                    outcome = next
+                    // Abandoned (the lease is gone): a checkpoint still in flight can only be
+                    // rejected, and may be stuck on a dead connection; cancel it rather than wait.
+                    if shared.withLock({ $0.abandoned }) { group.cancelAll() }
+                }
+            } catch where shared.withLock({ $0.abandoned }) {
+                return .stopped(self.state)  // the cancelled write's error: nothing was meant to be written
             }
             return outcome ?? .stopped(self.state)
         }

@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""Randomized fault run with a history checker, against deploy/local-cluster.
+
+    deploy/nemesis/run [--seeds N | --seed S] [--seconds T] [--minutes M] [--faults kill9,pause,...]
+
+For each seed, several clients drive a mixed workload through random replicas and the load
+balancer — counters (durable ticks), approvals answered by a human-in-the-loop event, timers,
+cancels, purge and re-creation of the same handler id, stream reads from random cursors — while a
+nemesis injects random faults from the menu:
+
+    kill9      kill -9 of a replica, restarted 0.5-2 s later
+    pause      SIGSTOP of a replica for 1.2-2.5 × TTL, then SIGCONT
+    sessions   pg_terminate_backend of every database session of one replica
+    pg-restart restart of PostgreSQL
+    duplicate  a second process started with a replica id already in use, for 1-3 s
+
+Every operation and its answer is recorded (history.jsonl per seed). After the run the faults
+stop, every replica is brought back, unanswered approvals are answered, every handler is awaited
+(bounded), and the checker proves over the recorded history and the final state:
+
+    - every handler ends with exactly one terminal event, last in its log;
+    - every log is contiguous (SSE ids 0..n), and every stream read from a cursor saw contiguous ids;
+    - every acknowledged event was applied exactly once, in order: a counter's ticks are 1..n once
+      each (a prefix of them when it was cancelled), an approval's result carries the answer that was
+      acknowledged, a timer rang;
+    - fencing tokens (from every replica's "claimed" log lines) are never handed out twice, for any
+      handler, across purge and re-creation, and rise over time for each handler id;
+    - every acknowledged start exists at the end (or was purged by the workload itself).
+
+The seed fixes the workload's and the nemesis's choices (not the machine's timing). Loopback
+only; every loop is bounded in count and time. Prints one JSON line per seed and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "deploy" / "local-cluster"
+os.environ.setdefault("LH_DIR", str(ROOT / "deploy" / ".nemesis"))
+os.environ.setdefault("LH_PORT", "8180")
+os.environ.setdefault("LH_BASE_PORT", "8181")
+os.environ.setdefault("LH_LEASE_TTL", "2s")
+os.environ.setdefault("LH_IDLE_TIMEOUT", "1s")
+DIR = Path(os.environ["LH_DIR"])
+LB = f"http://127.0.0.1:{os.environ['LH_PORT']}"
+BASE = int(os.environ["LH_BASE_PORT"])
+TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
+REPLICAS = ["r1", "r2", "r3"]
+FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate"]
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def sh(*args, timeout: float = 120, check: bool = True) -> str:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def replica_url(r: str) -> str:
+    return f"http://127.0.0.1:{BASE + int(r[1:]) - 1}"
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def ready(r: str) -> bool:
+    try:
+        return httpx.get(replica_url(r) + "/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def pid_of(r: str) -> int | None:
+    try:
+        pid = int((DIR / f"{r}.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+class History:
+    """Every operation with its answer, in the order answers arrived (thread-safe)."""
+
+    def __init__(self, path: Path):
+        self.lock = threading.Lock()
+        self.ops: list[dict] = []
+        self.file = open(path, "w")
+
+    def record(self, **fields):
+        fields["t"] = round(time.monotonic(), 4)
+        with self.lock:
+            self.ops.append(fields)
+            self.file.write(json.dumps(fields) + "\n")
+
+    def close(self):
+        self.file.close()
+
+
+class Handlers:
+    """What the clients believe about each handler id (its current generation)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_id: dict[str, dict] = {}
+
+    def add(self, handler_id: str, **spec):
+        with self.lock:
+            previous = self.by_id.get(handler_id)
+            spec["generation"] = (previous["generation"] + 1) if previous else 0
+            spec.setdefault("answers", [])
+            spec.setdefault("cancel_acked", False)
+            spec.setdefault("purged", False)
+            self.by_id[handler_id] = spec
+
+    def pick(self, rng: random.Random, **match) -> str | None:
+        with self.lock:
+            ids = sorted(h for h, s in self.by_id.items() if all(s.get(k) == v for k, v in match.items()))
+        return rng.choice(ids) if ids else None
+
+    def update(self, handler_id: str, **changes):
+        with self.lock:
+            self.by_id[handler_id].update(changes)
+
+    def get(self, handler_id: str) -> dict:
+        with self.lock:
+            return dict(self.by_id[handler_id])
+
+    def all(self) -> dict[str, dict]:
+        with self.lock:
+            return {h: dict(s) for h, s in self.by_id.items()}
+
+
+class Client(threading.Thread):
+    def __init__(self, index: int, seed: int, tag: str, history: History, handlers: Handlers, deadline: float,
+                 violations: list):
+        super().__init__(daemon=True)
+        self.rng = random.Random(seed * 1000 + index)
+        self.index, self.tag, self.history, self.handlers = index, tag, history, handlers
+        self.deadline, self.violations = deadline, violations
+        self.http = httpx.Client(timeout=5)
+        self.count = 0
+
+    def target(self) -> str:
+        return self.rng.choice([LB, LB] + [replica_url(r) for r in REPLICAS])
+
+    def call(self, op: str, method: str, path: str, **kwargs) -> httpx.Response | None:
+        url = self.target()
+        try:
+            response = self.http.request(method, url + path, **kwargs)
+            self.history.record(op=op, client=self.index, url=url, path=path, status=response.status_code,
+                                body=response.text[:300])
+            return response
+        except httpx.HTTPError as error:
+            self.history.record(op=op, client=self.index, url=url, path=path, status=None,
+                                error=type(error).__name__)
+            return None
+
+    def run(self):
+        while time.monotonic() < self.deadline:
+            self.count += 1
+            choice = self.rng.random()
+            if choice < 0.25:
+                self.start_handler("counter", {"count_to": self.rng.randint(5, 30), "tick_ms": self.rng.randint(20, 80)})
+            elif choice < 0.45:
+                self.start_handler("approval", {"request": "r"})
+            elif choice < 0.55:
+                self.start_handler("timer", {"seconds": round(self.rng.uniform(0.5, 3.0), 2)})
+            elif choice < 0.72:
+                self.answer()
+            elif choice < 0.78:
+                self.cancel()
+            elif choice < 0.84:
+                self.purge_and_recreate()
+            else:
+                self.read_stream()
+            time.sleep(self.rng.uniform(0.01, 0.1))
+        self.http.close()
+
+    def new_id(self) -> str:
+        return f"{self.tag}-c{self.index}-{self.count}"
+
+    def start_handler(self, workflow: str, start_event: dict, handler_id: str | None = None):
+        handler_id = handler_id or self.new_id()
+        response = self.call("start", "POST", f"/workflows/{workflow}/run-nowait",
+                             json={"start_event": start_event, "handler_id": handler_id})
+        acked = response is not None and response.status_code == 200
+        # A start whose answer was lost may still have happened: it is checked if it exists.
+        uncertain = response is None or response.status_code >= 500
+        if acked or uncertain:
+            self.handlers.add(handler_id, workflow=workflow, start=start_event, acked=acked)
+
+    def answer(self):
+        handler_id = self.handlers.pick(self.rng, workflow="approval", answered=None)
+        if not handler_id:
+            return
+        answer = f"yes-{uuid.uuid4().hex[:8]}"
+        # One answer per approval, never retried: a retry of an accepted event would be a second event.
+        self.handlers.update(handler_id, answered=answer)
+        response = self.call("answer", "POST", f"/events/{handler_id}",
+                             json={"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
+        state = ("acked" if response is not None and response.status_code == 200
+                 else "uncertain" if response is None or response.status_code >= 500 else "refused")
+        spec = self.handlers.get(handler_id)
+        self.handlers.update(handler_id, answers=spec["answers"] + [(answer, state)])
+
+    def cancel(self):
+        handler_id = self.handlers.pick(self.rng, purged=False)
+        if not handler_id:
+            return
+        response = self.call("cancel", "POST", f"/handlers/{handler_id}/cancel")
+        if response is not None and response.status_code == 200:
+            self.handlers.update(handler_id, cancel_acked=True)
+
+    def purge_and_recreate(self):
+        handler_id = self.handlers.pick(self.rng, purged=False)
+        if not handler_id:
+            return
+        response = self.call("purge", "POST", f"/handlers/{handler_id}/cancel", params={"purge": "true"})
+        if response is None or response.status_code != 200:
+            return
+        # The old run is gone; the id is checked again only if the re-creation below is accepted.
+        self.handlers.update(handler_id, purged=True, acked=False)
+        self.start_handler("counter", {"count_to": self.rng.randint(5, 20), "tick_ms": 30}, handler_id=handler_id)
+
+    def read_stream(self):
+        handler_id = self.handlers.pick(self.rng, purged=False)
+        if not handler_id:
+            return
+        after = self.rng.choice([-1, 0, 2, 5])
+        url = self.target()
+        seen: list[int] = []
+        try:
+            with httpx.stream("GET", f"{url}/events/{handler_id}",
+                              params={"after_sequence": str(after), "include_internal": "true"},
+                              timeout=httpx.Timeout(5, read=1.5)) as r:
+                if r.status_code != 200:
+                    return
+                for line in r.iter_lines():
+                    if line.startswith("id:"):
+                        seen.append(int(line[3:].strip()))
+                    if len(seen) >= 50:
+                        break
+        except httpx.HTTPError:
+            pass  # a read timeout ends a read of a running handler; what was seen is still checked
+        self.history.record(op="read", client=self.index, url=url, handler=handler_id, after=after, ids=seen)
+        expected = list(range(after + 1, after + 1 + len(seen)))
+        if seen and seen != expected:
+            # Only meaningful within one generation; a purge between reads restarts the log at 0.
+            if self.handlers.get(handler_id)["generation"] == 0:
+                self.violations.append(f"{handler_id}: stream from {after} saw ids {seen[:10]}…, not contiguous")
+
+
+class Nemesis(threading.Thread):
+    def __init__(self, seed: int, faults: list[str], history: History, deadline: float):
+        super().__init__(daemon=True)
+        self.rng = random.Random(seed * 7919 + 1)
+        self.faults, self.history, self.deadline = faults, history, deadline
+        self.counts = {f: 0 for f in faults}
+        self.errors: list[str] = []
+
+    def run(self):
+        while time.monotonic() < self.deadline - 1:
+            time.sleep(self.rng.uniform(1.0, 3.0))
+            if time.monotonic() >= self.deadline - 1:
+                break
+            fault = self.rng.choice(self.faults)
+            victim = self.rng.choice(REPLICAS)
+            try:
+                self.history.record(op="fault", fault=fault, replica=victim)
+                getattr(self, fault.replace("-", "_"))(victim)
+                self.counts[fault] += 1
+            except Exception as error:  # a fault that could not be injected is reported, not fatal
+                self.errors.append(f"{fault} on {victim}: {type(error).__name__}: {error}")
+            self.history.record(op="healed", fault=fault, replica=victim)
+
+    def kill9(self, r: str):
+        sh(CLUSTER, "kill", r)
+        time.sleep(self.rng.uniform(0.5, 2.0))
+        sh(CLUSTER, "start", r, timeout=90)
+
+    def pause(self, r: str):
+        pid = pid_of(r)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(self.rng.uniform(1.2, 2.5) * TTL)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def sessions(self, r: str):
+        url = sh(CLUSTER, "url")
+        sh("psql", url, "-XAtc", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 f"WHERE application_name = 'leasehold {r}'")
+
+    def pg_restart(self, r: str):
+        sh(ROOT / "scripts" / "pg", "restart", DIR / "pg", timeout=90)
+
+    def duplicate(self, r: str):
+        """A second process with r's id: the newest registration wins, so r steps down and exits;
+        then the intruder stops and r is started again (as an operator would)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
+        port = BASE + 50
+        env.update({"LEASEHOLD_PORT": str(port), "LEASEHOLD_REPLICA_ID": r, "LEASEHOLD_DATABASE_URL": sh(CLUSTER, "url"),
+                    "LEASEHOLD_LEASE_TTL": f"{TTL}s", "LEASEHOLD_IDLE_TIMEOUT": os.environ["LH_IDLE_TIMEOUT"],
+                    "LEASEHOLD_LOG_FORMAT": "json"})
+        binary = os.environ.get("LH_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
+        with open(DIR / f"{r}-duplicate.log", "ab") as log:
+            intruder = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=log)
+        try:
+            time.sleep(self.rng.uniform(1.0, 3.0))
+        finally:
+            intruder.send_signal(signal.SIGTERM)
+            try:
+                intruder.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                intruder.kill()
+                intruder.wait(timeout=5)
+        original = pid_of(r)
+        if original is not None:
+            # It steps down at its next renewal (TTL/3) unless the intruder never registered.
+            deadline = time.monotonic() + 3 * TTL
+            while time.monotonic() < deadline and pid_of(r) is not None:
+                time.sleep(0.05)
+        sh(CLUSTER, "start", r, timeout=90)
+
+
+def restore():
+    """Every replica running and ready, PostgreSQL up."""
+    for r in REPLICAS:
+        pid = pid_of(r)
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+    for r in REPLICAS:
+        sh(CLUSTER, "start", r, timeout=90)
+    for r in REPLICAS:
+        wait_until(lambda: ready(r), 60, f"{r} ready")
+
+
+def claims_since(offsets: dict[Path, int]) -> list[dict]:
+    """The "claimed" log lines written since `offsets` (every replica log, duplicates included)."""
+    lines = []
+    for path in sorted(DIR.glob("r*.log")):
+        with open(path, "rb") as f:
+            f.seek(offsets.get(path, 0))
+            for raw in f.read().decode(errors="replace").splitlines():
+                if raw.startswith("{") and '"claimed"' in raw:
+                    try:
+                        line = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if line.get("message") == "claimed":
+                        lines.append(line)
+    return lines
+
+
+def full_log(handler_id: str) -> list[tuple[int, dict]]:
+    out = []
+    with httpx.stream("GET", f"{LB}/events/{handler_id}", params={"after_sequence": "-1", "include_internal": "true"},
+                      timeout=30) as r:
+        if r.status_code == 204:
+            return []
+        r.raise_for_status()
+        current = None
+        for line in r.iter_lines():
+            if line.startswith("id:"):
+                current = int(line[3:].strip())
+            elif line.startswith("data:"):
+                out.append((current, json.loads(line[5:].strip())))
+    return out
+
+
+def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], dict]:
+    violations: list[str] = []
+    stats = {"handlers": 0, "completed": 0, "cancelled": 0}
+    for handler_id, spec in handlers.all().items():
+        response = httpx.get(f"{LB}/handlers/{handler_id}", timeout=10)
+        if response.status_code == 404:
+            if spec["acked"]:
+                violations.append(f"{handler_id}: start acknowledged, handler missing")
+            continue
+        record = response.json()
+        status = record["status"]
+        stats["handlers"] += 1
+        if status not in TERMINAL:
+            violations.append(f"{handler_id}: still {status} after the run")
+            continue
+        stats[status] = stats.get(status, 0) + 1
+        log = full_log(handler_id)
+        ids = [s for s, _ in log]
+        if ids != list(range(len(ids))):
+            violations.append(f"{handler_id}: log ids not contiguous: {ids[:20]}")
+        terminals = [e for _, e in log if "StopEvent" in ([e["type"]] + (e.get("types") or []))]
+        if len(terminals) != 1 or not log or log[-1][1] is not terminals[0]:
+            violations.append(f"{handler_id}: {len(terminals)} terminal events, last is terminal: "
+                              f"{bool(terminals) and log[-1][1] is terminals[-1]}")
+        cancelled = status == "cancelled"
+        if status == "failed":
+            violations.append(f"{handler_id}: failed: {record.get('error')}")
+        if cancelled and not spec["cancel_acked"]:
+            violations.append(f"{handler_id}: cancelled, but no cancel was acknowledged")
+        value = (record.get("result") or {}).get("value", {}).get("result") if status == "completed" else None
+        if spec["workflow"] == "counter":
+            ticks = [e["value"]["n"] for _, e in log if e["type"] == "Tick"]
+            n = spec["start"]["count_to"]
+            if ticks != list(range(1, len(ticks) + 1)) or (not cancelled and (ticks != list(range(1, n + 1)) or value != n)):
+                violations.append(f"{handler_id}: counter to {n} ticked {ticks[:40]} result {value}")
+        elif spec["workflow"] == "approval" and status == "completed":
+            sent = {answer: state for answer, state in spec["answers"]}
+            got = (value or {}).get("response")
+            if got not in sent:
+                violations.append(f"{handler_id}: result {value} carries no answer that was sent ({sent})")
+            acked = [a for a, state in spec["answers"] if state == "acked"]
+            if acked and got != acked[0] and len(spec["answers"]) == 1:
+                violations.append(f"{handler_id}: acknowledged answer {acked[0]} not applied (got {got})")
+            applied = [e for _, e in log if e["type"] == "HumanResponseEvent"]
+            if len(applied) > 1:
+                violations.append(f"{handler_id}: {len(applied)} answers applied")
+        elif spec["workflow"] == "timer" and status == "completed" and value != "rang":
+            violations.append(f"{handler_id}: timer result {value}")
+    # Tokens: never handed out twice (any handler, any replica), rising over time per handler id.
+    by_token: dict[str, list[dict]] = {}
+    for line in claims:
+        by_token.setdefault(line.get("fencing_token", "?"), []).append(line)
+    for token, lines in by_token.items():
+        if len(lines) > 1:
+            violations.append(f"token {token} handed out {len(lines)} times: "
+                              f"{[(l.get('handler_id'), l.get('replica_id')) for l in lines]}")
+    per_handler: dict[str, list[tuple[str, int]]] = {}
+    for line in claims:
+        if str(line.get("handler_id", "")).startswith(tag):
+            per_handler.setdefault(line["handler_id"], []).append((line.get("time", ""), int(line["fencing_token"])))
+    for handler_id, seen in per_handler.items():
+        seen.sort()
+        for (t1, k1), (t2, k2) in zip(seen, seen[1:]):
+            if t2 > t1 and k2 <= k1:  # second-resolution times: only strictly later claims are ordered
+                violations.append(f"{handler_id}: token {k2} claimed after token {k1}")
+    stats["claims"] = sum(1 for line in claims if str(line.get("handler_id", "")).startswith(tag))
+    return violations, stats
+
+
+def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict:
+    tag = f"n{seed}-{uuid.uuid4().hex[:4]}"
+    out = DIR / "runs" / tag
+    out.mkdir(parents=True, exist_ok=True)
+    offsets = {path: path.stat().st_size for path in DIR.glob("r*.log")}
+    history = History(out / "history.jsonl")
+    handlers = Handlers()
+    violations: list[str] = []
+    deadline = time.monotonic() + seconds
+    nemesis = Nemesis(seed, faults, history, deadline)
+    workers = [Client(i, seed, tag, history, handlers, deadline, violations) for i in range(clients)]
+    nemesis.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=seconds + 60)
+    nemesis.join(timeout=120)
+    restore()
+    # Answer every approval still waiting, through the load balancer (the quiet phase).
+    # Also those whose only answer was not acknowledged (a dropped connection) and that still wait
+    # with nothing in their inbox: that answer never arrived.
+    for handler_id, spec in handlers.all().items():
+        if spec["workflow"] != "approval" or spec["purged"] or any(s == "acked" for _, s in spec["answers"]):
+            continue
+        view = httpx.get(f"{LB}/cluster/handlers/{handler_id}", timeout=10)
+        if view.status_code == 200 and view.json()["status"] == "running" and view.json()["inbox_pending"] == 0:
+            answer = f"final-{uuid.uuid4().hex[:6]}"
+            r = httpx.post(f"{LB}/events/{handler_id}", timeout=10,
+                           json={"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
+            state = "acked" if r.status_code == 200 else "refused"
+            handlers.update(handler_id, answered=answer, answers=spec["answers"] + [(answer, state)])
+    ids = list(handlers.all())
+    try:
+        wait_until(lambda: all(httpx.get(f"{LB}/handlers/{h}", timeout=5).status_code == 404
+                               or httpx.get(f"{LB}/handlers/{h}", timeout=5).json()["status"] in TERMINAL for h in ids),
+                   120, "every handler finished")
+    except TimeoutError:
+        pass  # the checker reports which ones
+    found, stats = check(handlers, claims_since(offsets), tag)
+    violations += found
+    history.close()
+    result = {"seed": seed, "seconds": seconds, "ops": len(history.ops), "faults": nemesis.counts,
+              "fault_errors": nemesis.errors, **stats, "violations": len(violations)}
+    (out / "violations.txt").write_text("\n".join(violations) + "\n")
+    if violations:
+        result["first_violations"] = violations[:5]
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    faults = sorted({f for r in results for f in r["faults"]})
+    lines = ["| seeds | seconds each | operations | handlers | " + " | ".join(faults) + " | violations |",
+             "|---|---|---|---|" + "---|" * len(faults) + "---|"]
+    lines.append(f"| {len(results)} | {results[0]['seconds']:.0f} | {sum(r['ops'] for r in results)} | "
+                 f"{sum(r['handlers'] for r in results)} | "
+                 + " | ".join(str(sum(r['faults'].get(f, 0) for r in results)) for f in faults)
+                 + f" | {sum(r['violations'] for r in results)} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, help="run this one seed")
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 1..N (default 3)")
+    parser.add_argument("--minutes", type=float, help="run seeds 1, 2, ... until this much time has passed")
+    parser.add_argument("--seconds", type=float, default=20, help="workload time per seed (default 20)")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated subset of {FAULTS}")
+    parser.add_argument("--table", type=Path, help="append the markdown table here")
+    parser.add_argument("--down", action="store_true", help="stop the cluster afterwards")
+    args = parser.parse_args()
+    faults = [f for f in args.faults.split(",") if f]
+    if any(f not in FAULTS for f in faults) or not faults:
+        parser.error(f"--faults: choose from {FAULTS}")
+    if args.seconds <= 0 or args.seconds > 3600 or args.clients < 1 or args.clients > 32:
+        parser.error("--seconds must be in (0, 3600] and --clients in [1, 32]")
+    sh(CLUSTER, "up", timeout=300)
+    results = []
+    try:
+        if args.seed is not None:
+            results.append(run_seed(args.seed, args.seconds, faults, args.clients))
+        elif args.minutes:
+            end = time.monotonic() + args.minutes * 60
+            seed = 1
+            while time.monotonic() < end and seed <= 100_000:
+                results.append(run_seed(seed, args.seconds, faults, args.clients))
+                seed += 1
+        else:
+            for seed in range(1, args.seeds + 1):
+                results.append(run_seed(seed, args.seconds, faults, args.clients))
+    finally:
+        if args.down:
+            sh(CLUSTER, "down", timeout=120, check=False)
+    text = table(results)
+    print(text)
+    if args.table:
+        with open(args.table, "a") as f:
+            f.write(f"\nNemesis run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, lease TTL {TTL}s, "
+                    f"idle timeout {os.environ['LH_IDLE_TIMEOUT']}\n\n{text}\n")
+    sys.exit(1 if any(r["violations"] for r in results) else 0)
+
+
+if __name__ == "__main__":
+    main()
