@@ -20,7 +20,8 @@ extension HandlerHost {
         var delay = Duration.milliseconds(20)
         while self.handler(handler.id) === handler, handler.isActive {
             do {
-                let pending = try await store.pendingInbox(handler.id)
+                let id = handler.id
+                let pending = try await storeCall { try await $0.pendingInbox(id) }
                 handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
                 return
             } catch {
@@ -52,14 +53,14 @@ extension HandlerHost {
             return
         }
         do {
-            guard let record = try await store.handler(id), record.status == .running,
+            guard let record = try await storeCall({ try await $0.handler(id) }), record.status == .running,
                 record.fencingToken == handler.lease.token
             else {
                 logger.info("lease taken away", metadata: [LogKeys.handlerID: "\(id)"])
                 fence([handler], reason: "lease taken away")
                 return
             }
-            let pending = try await store.pendingInbox(id)
+            let pending = try await storeCall { try await $0.pendingInbox(id) }
             handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
         } catch is CancellationError {
             return  // shutdown
@@ -79,7 +80,8 @@ extension HandlerHost {
         guard !live.isEmpty else { return true }
         let pending: [HandlerID: [InboxEvent]]
         do {
-            pending = try await store.pendingInbox(of: live.map(\.id))
+            let ids = live.map(\.id)
+            pending = try await storeCall { try await $0.pendingInbox(of: ids) }
         } catch is CancellationError {
             return false  // shutdown
         } catch {
@@ -127,9 +129,8 @@ extension HandlerHost {
             let started = clock.now
             // Bounded: a claim stuck on a dead connection must not hold every follower (and the
             // wake-up consumer) forever; if it did commit, the lease lapses unrun and is released.
-            let claimed = try await bounded(configuration.leaseTTL, clock: clock) {
-                try await self.store.claim(self.replicaID, limit: 1, only: id)
-            }
+            let replica = replicaID
+            let claimed = try await storeCall { try await $0.claim(replica, limit: 1, only: id) }
             guard let handler = claimed.first else { return false }
             await launch(handler, reason: handler.record.hibernated ? "reload" : "orphaned")
             metrics.reloads.increment()

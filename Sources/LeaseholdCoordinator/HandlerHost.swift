@@ -198,13 +198,15 @@ final class HandlerHost: Sendable {
             state.withLock { state in
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
             }
-            guard let record = try await store.handler(handler.id) else { return }
+            guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
             await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "work in flight")
             return
         }
         let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
         let done = try await keeper.writing(handler.lease) {
-            try await store.hibernate(Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+            try await storeCall {
+                try await $0.hibernate(Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+            }
         }
         if done {
             metrics.hibernations.increment()
@@ -216,7 +218,16 @@ final class HandlerHost: Sendable {
         state.withLock { state in
             if state.live[handler.id] === handler { state.live[handler.id] = nil }
         }
-        guard let record = try await store.handler(handler.id) else { return }
+        guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
         await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "inbox not empty")
+    }
+
+    /// A store call bounded by one lease TTL, for work done on behalf of a handler: with the
+    /// database unreachable (a pool waiting to reconnect), the call gives up rather than hold the
+    /// handler's task — and with it hand-off and shutdown — forever. A lease whose write timed out
+    /// lapses and is taken over; its token rejects the write should it land later.
+    func storeCall<T: Sendable>(_ body: @escaping @Sendable (any HandlerStore) async throws -> T) async throws -> T {
+        let store = self.store
+        return try await bounded(configuration.leaseTTL, clock: clock) { try await body(store) }
     }
 }

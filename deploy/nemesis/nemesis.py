@@ -282,6 +282,7 @@ class Nemesis(threading.Thread):
         self.faults, self.history, self.deadline = faults, history, deadline
         self.counts = {f: 0 for f in faults}
         self.errors: list[str] = []
+        self.stuck: list[str] = []  # invariant violations seen by the nemesis itself
 
     def run(self):
         while time.monotonic() < self.deadline - 1:
@@ -343,10 +344,14 @@ class Nemesis(threading.Thread):
                 intruder.wait(timeout=5)
         original = pid_of(r)
         if original is not None:
-            # It steps down at its next renewal (TTL/3) unless the intruder never registered.
-            deadline = time.monotonic() + 3 * TTL
+            # It steps down at its next renewal (TTL/3) and exits; the intruder's hand-off (SIGTERM)
+            # may take up to a TTL more. A replica still alive after that is a violation.
+            deadline = time.monotonic() + 5 * TTL
             while time.monotonic() < deadline and pid_of(r) is not None:
                 time.sleep(0.05)
+            if pid_of(r) is not None:
+                self.stuck.append(f"{r} superseded by a duplicate but still running after {5 * TTL:.0f}s")
+                sh(CLUSTER, "kill", r)
         sh(CLUSTER, "start", r, timeout=90)
 
 
@@ -503,7 +508,7 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     except TimeoutError:
         pass  # the checker reports which ones
     found, stats = check(handlers, claims_since(offsets), tag)
-    violations += found
+    violations += found + nemesis.stuck
     history.close()
     result = {"seed": seed, "seconds": seconds, "ops": len(history.ops), "faults": nemesis.counts,
               "fault_errors": nemesis.errors, **stats, "violations": len(violations)}
