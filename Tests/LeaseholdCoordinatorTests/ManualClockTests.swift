@@ -22,7 +22,8 @@ struct ManualClockTests {
         let coordinator = Coordinator(
             store: store, registry: try TestWorkflows.registry(),
             configuration: Harness.configuration("r1", ttl: ttl, idle: idle), logger: Harness.logger,
-            clock: ReplicaClock(clock))
+            // Wall time moves with the manual clock too, so durable timers and the sweep agree.
+            clock: ReplicaClock(clock, wall: { Date(timeIntervalSince1970: 1_800_000_000 + clock.now.offset.seconds) }))
         try await coordinator.keeper.register()
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await coordinator.host.runAll() }
@@ -67,14 +68,15 @@ struct ManualClockTests {
     func idleSweep() async throws {
         try await Self.withParts(idle: .seconds(30)) { coordinator, clock, store in
             let waiting = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "idle")
-            let timed = try await coordinator.start(workflow: "timer", startEvent: ["seconds": 20], handlerID: "soon")
+            // Due 45 s after start: at the 30 s timeout it is 15 s away, sooner than the timeout.
+            let timed = try await coordinator.start(workflow: "timer", startEvent: ["seconds": 45], handlerID: "soon")
             // The start events are applied asynchronously; idleness begins once they are.
             try #require(await eventually { coordinator.runtime(of: waiting.id)?.idleSince != nil })
             try #require(await eventually { coordinator.runtime(of: timed.id)?.idleSince != nil })
             clock.advance(by: .seconds(30) - .milliseconds(1))
             #expect(coordinator.sweepIdle().isEmpty)
             clock.advance(by: .milliseconds(1))
-            // The timer is due within the timeout (by the wall clock): it stays.
+            // The timer is due within the timeout: it stays.
             #expect(coordinator.sweepIdle() == [waiting.id])
             await coordinator.hibernateNow(waiting.id)  // returns once it has left memory
             #expect(coordinator.liveHandlerIDs == [timed.id])
