@@ -61,6 +61,7 @@ TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate"]
 TERMINAL = {"completed", "failed", "cancelled"}
+RELAUNCH = {"inbox not empty", "work in flight"}
 
 
 def sh(*args, timeout: float = 120, check: bool = True) -> str:
@@ -379,7 +380,9 @@ def claims_since(offsets: dict[Path, int]) -> list[dict]:
                         line = json.loads(raw)
                     except ValueError:
                         continue
-                    if line.get("message") == "claimed":
+                    # A re-launch after a refused hibernation runs on under the lease it already
+                    # holds (same process, old runtime ended): not a new grant of the token.
+                    if line.get("message") == "claimed" and line.get("reason") not in RELAUNCH:
                         lines.append(line)
     return lines
 
