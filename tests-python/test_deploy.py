@@ -127,3 +127,28 @@ def test_every_drill_passes_once(tmp_path):
     for line in ran:
         if line["drill"] == "partition":
             assert line["network"] == "netns+veth" and line["stale_replica_fences"] > 0, line
+
+
+def test_randomized_faults_fixed_seeds():
+    """Two short fixed seeds of the randomized fault run (deploy/nemesis): its checker must find no
+    violation over the recorded history. Long runs: `deploy/nemesis/run --minutes N`."""
+    base = free_port_block(4)
+    cluster_dir = Path(tempfile.mkdtemp(prefix="lh-nemesis-", dir="/tmp"))
+    cluster_dir.chmod(0o755)
+    env = dict(os.environ, LH_DIR=str(cluster_dir / "cluster"), LH_PORT=str(base), LH_BASE_PORT=str(base + 1),
+               LH_LEASE_TTL="2s", LH_IDLE_TIMEOUT="1s")
+    env = {k: v for k, v in env.items() if not k.startswith("LEASEHOLD_")}
+    try:
+        result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "deploy" / "nemesis" / "nemesis.py"),
+                                 "--seeds", "2", "--seconds", "15", "--down"],
+                                env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        subprocess.run([str(ROOT / "deploy" / "local-cluster"), "down"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+    print(result.stdout)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2, result.stdout[-4000:] + result.stderr[-4000:]
+    for line in lines:
+        assert line["violations"] == 0, line
+        assert line["handlers"] > 0 and sum(line["faults"].values()) > 0, line
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -38,6 +38,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -327,7 +328,9 @@ class Nemesis(threading.Thread):
         """A second process with r's id: the newest registration wins, so r steps down and exits;
         then the intruder stops and r is started again (as an operator would)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
-        port = BASE + 50
+        with socket.socket() as probe:  # any free loopback port
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         env.update({"LEASEHOLD_PORT": str(port), "LEASEHOLD_REPLICA_ID": r, "LEASEHOLD_DATABASE_URL": sh(CLUSTER, "url"),
                     "LEASEHOLD_LEASE_TTL": f"{TTL}s", "LEASEHOLD_IDLE_TIMEOUT": os.environ["LH_IDLE_TIMEOUT"],
                     "LEASEHOLD_LOG_FORMAT": "json"})
