@@ -37,6 +37,7 @@ public struct Migrator: Sendable {
     }
 
     /// The versions shipped with the binary, in order.
+    /// Empty when the bundle cannot be read; `migrate` then throws the reason.
     public static var bundledVersions: [Int] { ((try? bundled()) ?? []).map(\.version) }
 
     /// Splits a file on `-- split` lines; the extended protocol takes one statement per query.
@@ -68,6 +69,7 @@ public struct Migrator: Sendable {
                 try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
                 return applied
             } catch {
+                // Best effort: the session's end releases the lock anyway.
                 _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
                 throw error
             }

@@ -35,6 +35,7 @@ extension PostgresStore {
         }
         enum Checkpoint: PreparedShape {
             static let sql =
+                // Cannot throw for these empty values (it throws only on unencodable records).
                 (try? Statements.checkpoint(
                     id: "", token: 0, replica: "", snapshot: Data(), status: "", error: nil, result: nil,
                     lastSequence: 0, sequences: [], records: [], consumed: []))?.sql ?? ""

@@ -5,6 +5,7 @@ import Hummingbird
 enum ClusterPage {
     static let html: String = {
         guard let url = Bundle.module.url(forResource: "index", withExtension: "html", subdirectory: "Resources"),
+            // A build without the resource serves the fallback page below.
             let text = try? String(contentsOf: url, encoding: .utf8)
         else { return "<!doctype html><title>Leasehold</title><p>cluster page missing from this build</p>" }
         return text

@@ -85,7 +85,7 @@ public final class StoreSignals: Sendable {
     public func waitForLogChange(_ handlerID: String, since version: UInt64, timeout: Duration) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.waitUntilChanged(handlerID, since: version) }
-            group.addTask { try? await Task.sleep(for: timeout) }
+            group.addTask { try? await Task.sleep(for: timeout) }  // cancelled = woken early: fine
             await group.next()
             group.cancelAll()
         }

@@ -150,6 +150,7 @@ struct Settings {
         var keys: [String] = []
         if let key = setting(serve.apiKey, "LEASEHOLD_API_KEY") { keys.append(key) }
         if let file = setting(serve.apiKeyFile, "LEASEHOLD_API_KEY_FILE") {
+            // Reported as a bad setting naming the file (the OS error adds nothing an operator needs).
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw BadSetting(message: "--api-key-file: cannot read '\(file)'")
             }
