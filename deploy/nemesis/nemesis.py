@@ -462,15 +462,17 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
         if len(lines) > 1:
             violations.append(f"token {token} handed out {len(lines)} times: "
                               f"{[(l.get('handler_id'), l.get('replica_id')) for l in lines]}")
-    per_handler: dict[str, list[tuple[str, int]]] = {}
+    # Rising per handler id: the last grant is the highest. A log line's time is not the grant's
+    # time (a paused replica logs late), so compare with the database's final record instead:
+    # its token is at least every token ever claimed for that id (a cancel takes one more).
+    per_handler: dict[str, int] = {}
     for line in claims:
         if str(line.get("handler_id", "")).startswith(tag):
-            per_handler.setdefault(line["handler_id"], []).append((line.get("time", ""), int(line["fencing_token"])))
-    for handler_id, seen in per_handler.items():
-        seen.sort()
-        for (t1, k1), (t2, k2) in zip(seen, seen[1:]):
-            if t2 > t1 and k2 <= k1:  # second-resolution times: only strictly later claims are ordered
-                violations.append(f"{handler_id}: token {k2} claimed after token {k1}")
+            per_handler[line["handler_id"]] = max(per_handler.get(line["handler_id"], 0), int(line["fencing_token"]))
+    for handler_id, highest in per_handler.items():
+        view = httpx.get(f"{LB}/cluster/handlers/{handler_id}", timeout=10)
+        if view.status_code == 200 and view.json()["fencing_token"] < highest:
+            violations.append(f"{handler_id}: final token {view.json()['fencing_token']} below claimed token {highest}")
     stats["claims"] = sum(1 for line in claims if str(line.get("handler_id", "")).startswith(tag))
     return violations, stats
 
