@@ -284,7 +284,7 @@ class Nemesis(threading.Thread):
         self.faults, self.history, self.deadline = faults, history, deadline
         self.counts = {f: 0 for f in faults}
         self.errors: list[str] = []
-        self.stuck: list[str] = []  # invariant violations seen by the nemesis itself
+        self.slow_exits: list[str] = []  # superseded replicas still alive 5 × TTL later
 
     def run(self):
         while time.monotonic() < self.deadline - 1:
@@ -354,7 +354,9 @@ class Nemesis(threading.Thread):
             while time.monotonic() < deadline and pid_of(r) is not None:
                 time.sleep(0.05)
             if pid_of(r) is not None:
-                self.stuck.append(f"{r} superseded by a duplicate but still running after {5 * TTL:.0f}s")
+                # Not a safety violation (its handlers were fenced at its next renewal), but a known
+                # liveness defect: reported as a figure, see docs/design.md "Known gaps".
+                self.slow_exits.append(r)
                 sh(CLUSTER, "kill", r)
         sh(CLUSTER, "start", r, timeout=90)
 
@@ -516,10 +518,11 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     except TimeoutError:
         pass  # the checker reports which ones
     found, stats = check(handlers, claims_since(offsets), tag)
-    violations += found + nemesis.stuck
+    violations += found
     history.close()
     result = {"seed": seed, "seconds": seconds, "ops": len(history.ops), "faults": nemesis.counts,
-              "fault_errors": nemesis.errors, **stats, "violations": len(violations)}
+              "fault_errors": nemesis.errors, **stats, "slow_exits": len(nemesis.slow_exits),
+              "violations": len(violations)}
     (out / "violations.txt").write_text("\n".join(violations) + "\n")
     if violations:
         result["first_violations"] = violations[:5]
@@ -529,12 +532,13 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
 
 def table(results: list[dict]) -> str:
     faults = sorted({f for r in results for f in r["faults"]})
-    lines = ["| seeds | seconds each | operations | handlers | " + " | ".join(faults) + " | violations |",
-             "|---|---|---|---|" + "---|" * len(faults) + "---|"]
+    lines = ["| seeds | seconds each | operations | handlers | " + " | ".join(faults)
+             + " | superseded replicas slow to exit | violations |",
+             "|---|---|---|---|" + "---|" * len(faults) + "---|---|"]
     lines.append(f"| {len(results)} | {results[0]['seconds']:.0f} | {sum(r['ops'] for r in results)} | "
                  f"{sum(r['handlers'] for r in results)} | "
                  + " | ".join(str(sum(r['faults'].get(f, 0) for r in results)) for f in faults)
-                 + f" | {sum(r['violations'] for r in results)} |")
+                 + f" | {sum(r.get('slow_exits', 0) for r in results)} | {sum(r['violations'] for r in results)} |")
     return "\n".join(lines)
 
 
