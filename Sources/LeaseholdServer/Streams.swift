@@ -41,7 +41,9 @@ extension LeaseholdAPI {
             status: .ok, headers: headers,
             body: ResponseBody { writer in
                 defer { gate.leave() }
-                // On graceful shutdown the stream ends; the client reconnects elsewhere with Last-Event-ID.
+                // On graceful shutdown the stream ends. An SSE client that reconnects (browsers, with
+                // Last-Event-ID) resumes elsewhere; the Python client ends its iteration on a clean
+                // close and must resume with after_sequence (docs/wire.md).
                 let stopping = StopFlag()
                 var cursor = start
                 try await withGracefulShutdownHandler {
