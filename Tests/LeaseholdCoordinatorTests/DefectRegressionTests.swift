@@ -1,5 +1,5 @@
 import Foundation
-import LeaseholdCoordinator
+@testable import LeaseholdCoordinator
 import LeaseholdEngine
 import LeaseholdPostgres
 import LeaseholdRuntime
@@ -140,8 +140,10 @@ struct DefectRegressionTests {
     @Test func idleTimeoutIsConfigurableAndOff() async throws {
         try await Harness.withPostgres(replicas: 1, idle: nil) { coordinators, store in
             let record = try await coordinators[0].start(workflow: "approval", startEvent: ["request": "x"], handlerID: "off")
-            // Generous: with `off`, a full second of idleness (many sweep periods of a 150 ms timeout) changes nothing.
-            try await Task.sleep(for: .seconds(1))
+            // With `off` there is no idle sweep at all: nothing can hibernate the waiting handler.
+            try #require(await eventually { coordinators[0].runtime(of: record.id)?.idleSince != nil })
+            #expect(coordinators[0].sweeper == nil)
+            #expect(coordinators[0].sweepIdle().isEmpty)
             #expect(try await store.handler(record.id)?.hibernated == false)
             #expect(coordinators[0].liveHandlerIDs == [record.id])
         }
