@@ -44,7 +44,9 @@ def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
     assert total("leasehold_handlers_started_total") >= 2
     assert total("leasehold_handlers_finished_total") >= 2
     assert total("leasehold_hibernations_total") >= 1
-    assert total("leasehold_reloads_total") >= 1
+    # The answered hibernated handler came back either through the receiving replica's reload or,
+    # when its claim sweep got there first, through a claim (found in the flake hunt, 1 of 5 rounds).
+    assert total("leasehold_reloads_total") + total("leasehold_failovers_total") >= 1
     assert total("leasehold_events_appended_total") >= 20
     assert total("leasehold_checkpoints_total") >= 1
     assert any(k.startswith("leasehold_http_requests_total{") and 'status="200"' in k for k in samples)
