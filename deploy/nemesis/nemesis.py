@@ -61,6 +61,9 @@ BASE = int(os.environ["LH_BASE_PORT"])
 TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate"]
+sys.path.insert(0, str(ROOT / "tests-python"))  # as deploy/drills/drill.py: the suites' log helpers
+from cluster import sse_log  # noqa: E402
+
 TERMINAL = {"completed", "failed", "cancelled"}
 RELAUNCH = {"inbox not empty", "work in flight"}
 
@@ -393,19 +396,8 @@ def claims_since(offsets: dict[Path, int]) -> list[dict]:
 
 
 def full_log(handler_id: str) -> list[tuple[int, dict]]:
-    out = []
-    with httpx.stream("GET", f"{LB}/events/{handler_id}", params={"after_sequence": "-1", "include_internal": "true"},
-                      timeout=30) as r:
-        if r.status_code == 204:
-            return []
-        r.raise_for_status()
-        current = None
-        for line in r.iter_lines():
-            if line.startswith("id:"):
-                current = int(line[3:].strip())
-            elif line.startswith("data:"):
-                out.append((current, json.loads(line[5:].strip())))
-    return out
+    """The whole log of a finished handler with its SSE ids (the shared reader of the test suites)."""
+    return sse_log(LB, handler_id, after="-1", timeout=30)
 
 
 def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], dict]:
