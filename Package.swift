@@ -32,7 +32,7 @@ let package = Package(
         .target(
             name: "LeaseholdPostgres",
             dependencies: [
-                "LeaseholdStore",
+                "LeaseholdStore", "LeaseholdSamples",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,6 +1,6 @@
+import CoreMetrics
 import Foundation
 import LeaseholdEngine
-import CoreMetrics
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -52,7 +52,8 @@ extension Coordinator {
             do {
                 try await host.reload(id)
             } catch {
-                logger.warning("reload after send failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+                logger.warning(
+                    "reload after send failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
             }
         }
     }

@@ -45,12 +45,14 @@ public final class Coordinator: Service, Sendable {
         let signals = CoordinatorSignals()
         self.signals = signals
         keeper = LeaseKeeper(
-            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals)
+            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals
+        )
         host = HandlerHost(
             store: store, registry: registry, configuration: configuration, clock: clock, logger: logger,
             metrics: metrics, signals: signals, keeper: keeper)
         claimer = Claimer(
-            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals)
+            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals
+        )
         sweeper = configuration.idleTimeout.map { IdleSweeper(idleTimeout: $0, clock: clock, signals: signals) }
     }
 
@@ -103,6 +105,9 @@ public final class Coordinator: Service, Sendable {
 
     /// Self-fence actions and writes the store rejected, since start.
     public var fenceCounts: (selfFences: Int, rejectedWrites: Int) { keeper.fenceCounts }
+
+    /// Clock steps detected between the database and this replica (each fenced every handler).
+    public var clockSteps: Int { keeper.clockSteps }
 
     public var liveHandlerIDs: [HandlerID] { host.liveHandlers.map(\.id) }
 

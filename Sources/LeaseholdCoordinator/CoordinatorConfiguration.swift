@@ -43,4 +43,10 @@ public struct CoordinatorConfiguration: Sendable {
     /// A replica stops its handlers itself when it has not renewed for this long (TTL minus a
     /// margin for clock-rate differences and the statement's own latency).
     public var selfFenceAfter: Duration { leaseTTL - max(leaseTTL / 5, .milliseconds(200)) }
+
+    /// How far the database's clock may move apart from the replica's monotonic clock between two
+    /// renewals (beyond both renewals' round trips) before it counts as a clock step: the self-
+    /// fencing margin, since a step larger than that lets another replica claim a lease before
+    /// this one fences itself.
+    public var clockStepMargin: Duration { max(leaseTTL / 5, .milliseconds(200)) }
 }

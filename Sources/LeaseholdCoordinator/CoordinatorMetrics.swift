@@ -9,6 +9,7 @@ struct CoordinatorMetrics: Sendable {
     let renewLatency = Timer(label: "leasehold_renew_duration_seconds")
     let renewFailures = Counter(label: "leasehold_renew_failures_total")
     let selfFences = Counter(label: "leasehold_self_fences_total")
+    let clockSteps = Counter(label: "leasehold_clock_steps_total")
     let fencedWrites = Counter(label: "leasehold_fenced_writes_rejected_total")
     let hibernations = Counter(label: "leasehold_hibernations_total")
     let reloads = Counter(label: "leasehold_reloads_total")

@@ -25,7 +25,8 @@ extension HandlerHost {
                 handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
                 return
             } catch {
-                logger.warning("inbox read failed", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.error: "\(error)"])
+                logger.warning(
+                    "inbox read failed", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.error: "\(error)"])
                 guard clock.now + delay < deadline else {
                     handler.stop(.handoff)
                     return
@@ -48,7 +49,8 @@ extension HandlerHost {
             } catch {
                 // Not lost: the event is durable and the claim sweep picks up a hibernated
                 // handler with inbox work; it only waits for that sweep instead.
-                logger.warning("reload on wake failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+                logger.warning(
+                    "reload on wake failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
             }
             return
         }
@@ -65,7 +67,8 @@ extension HandlerHost {
         } catch is CancellationError {
             return  // shutdown
         } catch {
-            logger.warning("wake failed, reconciling", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+            logger.warning(
+                "wake failed, reconciling", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
             await reconcile()
         }
     }
@@ -85,7 +88,8 @@ extension HandlerHost {
         } catch is CancellationError {
             return false  // shutdown
         } catch {
-            logger.warning("inbox reconciliation failed", metadata: [LogKeys.count: "\(live.count)", LogKeys.error: "\(error)"])
+            logger.warning(
+                "inbox reconciliation failed", metadata: [LogKeys.count: "\(live.count)", LogKeys.error: "\(error)"])
             return false
         }
         for handler in live {

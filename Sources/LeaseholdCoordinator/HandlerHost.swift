@@ -105,17 +105,22 @@ final class HandlerHost: Sendable {
         do {
             workflow = try registry.workflow(claimed.record.workflowName)
         } catch {
-            logger.error("unknown workflow for claimed handler", metadata: [
-                LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
-            ])
+            logger.error(
+                "unknown workflow for claimed handler",
+                metadata: [
+                    LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
+                ])
             await giveBack(claimed.lease, why: "unknown workflow")
             return
         }
-        let persistence = LeasePersistence(store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock)
+        let persistence = LeasePersistence(
+            store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock)
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
-            maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock)
-        let handler = LiveHandler(id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
+            maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
+            fencingToken: claimed.lease.token.rawValue)
+        let handler = LiveHandler(
+            id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
         // Enter the table and the run queue in one step: hand-off either sees the handler (and
         // stops it) or this launch sees the shutdown (and gives the lease back).
         let accepted = state.withLock { state -> Bool in
@@ -129,9 +134,11 @@ final class HandlerHost: Sendable {
             return
         }
         metrics.claims.increment()
-        logger.info("claimed", metadata: [
-            LogKeys.handlerID: "\(id)", LogKeys.fencingToken: "\(claimed.lease.token)", LogKeys.reason: "\(reason)",
-        ])
+        logger.info(
+            "claimed",
+            metadata: [
+                LogKeys.handlerID: "\(id)", LogKeys.fencingToken: "\(claimed.lease.token)", LogKeys.reason: "\(reason)",
+            ])
         await deliverPending(handler)
     }
 
@@ -141,9 +148,11 @@ final class HandlerHost: Sendable {
         do {
             try await store.release(nil, lease: lease)
         } catch {
-            logger.warning("release failed", metadata: [
-                LogKeys.handlerID: "\(lease.handlerID)", LogKeys.reason: "\(why)", LogKeys.error: "\(error)",
-            ])
+            logger.warning(
+                "release failed",
+                metadata: [
+                    LogKeys.handlerID: "\(lease.handlerID)", LogKeys.reason: "\(why)", LogKeys.error: "\(error)",
+                ])
         }
     }
 
@@ -170,7 +179,8 @@ final class HandlerHost: Sendable {
                 case .handoff:
                     // Bounded: with the database gone, the lease simply expires and another replica resumes.
                     try await bounded(configuration.leaseTTL, clock: clock) {
-                        try await self.store.release(Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
+                        try await self.store.release(
+                            Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
                     }
                     metrics.handoffs.increment()
                     log.info("handed off", metadata: [LogKeys.fencingToken: "\(handler.lease.token)"])
@@ -181,9 +191,11 @@ final class HandlerHost: Sendable {
         } catch StoreError.leaseLost {
             // Counted once: a lease already found lost by the renewal was counted there.
             if handler.stopReason.withLock({ $0 }) != .leaseLost { keeper.recordRejectedWrites() }
-            log.warning("lease lost", metadata: [
-                LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected",
-            ])
+            log.warning(
+                "lease lost",
+                metadata: [
+                    LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected",
+                ])
         } catch {
             log.error("handler stopped by an error", metadata: [LogKeys.error: "\(error)"])
         }
@@ -205,7 +217,8 @@ final class HandlerHost: Sendable {
         let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
         let done = try await keeper.writing(handler.lease) {
             try await storeCall {
-                try await $0.hibernate(Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
+                try await $0.hibernate(
+                    Checkpoint(state: final, log: [], consumedInbox: []), wakeAt: wakeAt, lease: handler.lease)
             }
         }
         if done {

@@ -1,4 +1,5 @@
 import CoreMetrics
+import Foundation
 import LeaseholdEngine
 import LeaseholdRuntime
 import LeaseholdStore
@@ -12,8 +13,12 @@ import Synchronization
 /// current registration; see `HandlerStore`); this part keeps the replica from even trying once
 /// it cannot prove a lease, and stops every handler whose lease is gone before another replica
 /// can claim it. Fencing on the replica side is checked here and nowhere else: `mayWrite(_:)`
-/// before every checkpoint, `renewOnce(host:)` after every renewal, `selfFenceIfNeeded(host:)`
-/// on its own short period.
+/// before every checkpoint, `renewOnce(host:)` after every renewal (with the clock-step check),
+/// `selfFenceIfNeeded(host:)` on its own short period.
+///
+/// Leases assume bounded clock drift and no clock steps (as etcd's and Temporal's do): expiry is
+/// judged by the database's clock, self-fencing by this replica's monotonic clock. Each renewal
+/// compares the two; a step beyond `clockStepMargin` fences every handler here and registers anew.
 final class LeaseKeeper: Sendable {
     struct State {
         /// Monotonic time at which the last successful renewal was *sent*.
@@ -30,6 +35,16 @@ final class LeaseKeeper: Sendable {
         var rejectedWrites = 0
         /// Another process registered under this replica id: this one holds nothing and stops.
         var superseded = false
+        /// The last renewal's database time, with the monotonic times it was sent and answered.
+        var lastReading: ClockReading?
+        var clockSteps = 0
+    }
+
+    /// A renewal's database time between the local monotonic times it was sent and answered.
+    struct ClockReading {
+        var sent: Duration
+        var received: Duration
+        var database: Date
     }
 
     let store: any HandlerStore
@@ -151,7 +166,9 @@ final class LeaseKeeper: Sendable {
         }
         // Only a lease this replica still runs the handler under: a stuck write of a runtime that
         // was already fenced concerns a lease that is gone, not the handler's current one.
-        let handlers = stuckLeases.compactMap { lease in host.handler(lease.handlerID).flatMap { $0.lease == lease ? $0 : nil } }
+        let handlers = stuckLeases.compactMap { lease in
+            host.handler(lease.handlerID).flatMap { $0.lease == lease ? $0 : nil }
+        }
         let stuck = handlers.map(\.id)
         if !handlers.isEmpty {
             logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(handlers.count)"])
@@ -160,18 +177,20 @@ final class LeaseKeeper: Sendable {
             }
             host.fence(handlers, reason: "write stuck")
         }
-        let held: [HandlerID: FencingToken]
+        let renewal: Renewal
         do {
-            held = try await store.heartbeat(
+            renewal = try await store.renew(
                 replicaID, address: configuration.address, ttl: configuration.leaseTTL, excluding: stuck)
         } catch StoreError.registrationSuperseded {
             // A second process took this replica id (its registration voided every lease of this
             // one). Stop everything here at once and take no more work; the coordinator then ends
             // with `CoordinatorError.replicaIDTaken` rather than fight over the id.
             state.withLock { $0.superseded = true }
-            logger.error("replica id registered by another process, stopping", metadata: [
-                LogKeys.count: "\(host.liveHandlers.count)",
-            ])
+            logger.error(
+                "replica id registered by another process, stopping",
+                metadata: [
+                    LogKeys.count: "\(host.liveHandlers.count)"
+                ])
             host.fence(host.liveHandlers, reason: "replica id taken")
             host.beginHandoff()
             return
@@ -181,6 +200,12 @@ final class LeaseKeeper: Sendable {
             return
         }
         metrics.renewLatency.recordInterval(since: sent, clock: clock)
+        if let time = renewal.databaseTime,
+            await clockStepped(ClockReading(sent: sent, received: clock.now, database: time), host: host)
+        {
+            return
+        }
+        let held = renewal.held
         metrics.leasesHeld.record(held.count)
         let live = host.liveHandlers
         let orphans = state.withLock { state -> [HandlerID: FencingToken] in
@@ -205,9 +230,11 @@ final class LeaseKeeper: Sendable {
             // checkpoints it refused, so "fenced by the database" has one figure.
             recordRejectedWrites(lost.count)
             for handler in lost {
-                logger.warning("lease lost", metadata: [
-                    LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",
-                ])
+                logger.warning(
+                    "lease lost",
+                    metadata: [
+                        LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",
+                    ])
             }
             host.fence(lost, reason: "lease lost")
         }
@@ -215,14 +242,62 @@ final class LeaseKeeper: Sendable {
             let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
             do {
                 // Bounded: a release stuck on a dead connection must not stop the renewals.
-                try await bounded(configuration.leaseTTL / 3, clock: clock) { try await self.store.release(nil, lease: lease) }
+                try await bounded(configuration.leaseTTL / 3, clock: clock) {
+                    try await self.store.release(nil, lease: lease)
+                }
                 logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
             } catch {
                 // The next renewal sees it again and retries; meanwhile nobody else can run it.
-                logger.warning("orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+                logger.warning(
+                    "orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
             }
         }
     }
+
+    // MARK: - Clock steps
+
+    /// Compares the database's elapsed time between two renewals with this replica's. Each
+    /// database reading lies between its renewal's send and answer, so without a step the two
+    /// differ by at most the renewals' round trips; beyond that plus `clockStepMargin` one of the
+    /// clocks stepped, and leases judged by one and proved by the other are no longer safe: every
+    /// handler here is fenced and the replica registers anew (voiding its leases, so that the
+    /// handlers are claimed again under new tokens).
+    /// - Returns: true when it detected a step.
+    func clockStepped(_ reading: ClockReading, host: HandlerHost) async -> Bool {
+        let previous = state.withLock { state in
+            defer { state.lastReading = reading }
+            return state.lastReading
+        }
+        guard let previous else { return false }
+        let database = Duration.milliseconds(
+            Int64((reading.database.timeIntervalSince(previous.database) * 1000).rounded()))
+        let local = reading.sent - previous.sent
+        let divergence = database - local
+        let tolerance = configuration.clockStepMargin
+        guard
+            divergence > (reading.received - reading.sent) + tolerance
+                || divergence < .zero - (previous.received - previous.sent) - tolerance
+        else { return false }
+        state.withLock { state in
+            state.clockSteps += 1
+            state.lastReading = nil
+        }
+        metrics.clockSteps.increment()
+        logger.error(
+            "database and replica clocks moved apart, fencing every handler and registering anew",
+            metadata: [
+                LogKeys.elapsed: "database \(database), replica \(local)", LogKeys.count: "\(host.liveHandlers.count)",
+            ])
+        host.fence(host.liveHandlers, reason: "clock step")
+        do {
+            try await register()
+        } catch {
+            // Cancelled (shutdown): nothing more to hold.
+        }
+        return true
+    }
+
+    var clockSteps: Int { state.withLock { $0.clockSteps } }
 
     // MARK: - Self-fencing
 

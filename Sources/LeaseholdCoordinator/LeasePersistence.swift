@@ -38,7 +38,8 @@ struct LeasePersistence: HandlerPersistence {
                 throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
             } catch StoreError.unavailable(let reason) {
                 uncertain = true
-                logger.warning("checkpoint retry", metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(reason)"])
+                logger.warning(
+                    "checkpoint retry", metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(reason)"])
                 try await clock.sleep(for: delay)
                 delay = min(delay * 2, .milliseconds(500))
             }

@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import LeaseholdRuntime
 import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Hands freed heap back to the operating system after handlers have left memory.
 ///
@@ -33,13 +34,13 @@ struct MemoryTrim {
 
     static func release() {
         #if canImport(Glibc)
-        guard let symbol = trimSymbol else { return }
-        _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)
+            guard let symbol = trimSymbol else { return }
+            _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)
         #endif
     }
 
     #if canImport(Glibc)
-    private nonisolated(unsafe) static let trimSymbol = dlsym(dlopen(nil, RTLD_NOW), "malloc_trim")
+        private nonisolated(unsafe) static let trimSymbol = dlsym(dlopen(nil, RTLD_NOW), "malloc_trim")
     #endif
 }
 

@@ -147,10 +147,13 @@ extension EventType {
     public static let startEventName = "StartEvent"
     public static let stopEventName = "StopEvent"
 
-    public static let stop = EventType("StopEvent", fields: [FieldSpec("result", .any, required: false)], module: "workflows.events")
+    public static let stop = EventType(
+        "StopEvent", fields: [FieldSpec("result", .any, required: false)], module: "workflows.events")
     public static let failed = EventType(
-        "WorkflowFailedEvent", parents: ["StopEvent"], fields: [FieldSpec("error", .string)], module: "workflows.events")
-    public static let cancelled = EventType("WorkflowCancelledEvent", parents: ["StopEvent"], module: "workflows.events")
+        "WorkflowFailedEvent", parents: ["StopEvent"], fields: [FieldSpec("error", .string)], module: "workflows.events"
+    )
+    public static let cancelled = EventType(
+        "WorkflowCancelledEvent", parents: ["StopEvent"], module: "workflows.events")
     public static let stepStateChanged = EventType(
         "StepStateChanged", parents: ["InternalDispatchEvent"],
         fields: [FieldSpec("name", .string), FieldSpec("step_state", .string)], module: "workflows.events")

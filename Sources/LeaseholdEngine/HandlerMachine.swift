@@ -69,7 +69,9 @@ private struct Reduction {
                 run.received = event
                 run.attempt = 1
                 start(step: run.step, event: run.event, attempt: 1, received: event)
-            } else if workflow.steps.contains(where: { $0.accepts.contains(event.type) || $0.fanIn?.eventType == event.type }) {
+            } else if workflow.steps.contains(where: {
+                $0.accepts.contains(event.type) || $0.fanIn?.eventType == event.type
+            }) {
                 dispatch(event)
             } else if workflow.externalEvents.contains(where: { $0.name == event.type }) {
                 state.pendingExternal.append(event)
@@ -87,8 +89,11 @@ private struct Reduction {
                 arm(.retry(next), at: now + policy.delay(after: run.attempt))
             } else {
                 let tries = run.attempt == 1 ? "" : " after \(run.attempt) attempts"
-                finish(.failed, terminal: AnyEvent(
-                    type: EventType.failed.name, value: ["error": .string("step '\(run.step)' failed\(tries): \(error)")]))
+                finish(
+                    .failed,
+                    terminal: AnyEvent(
+                        type: EventType.failed.name,
+                        value: ["error": .string("step '\(run.step)' failed\(tries): \(error)")]))
             }
         case .timerFired(let timerID):
             guard let index = state.timers.firstIndex(where: { $0.id == timerID }) else { return }
@@ -111,8 +116,10 @@ private struct Reduction {
 
     mutating func timeOut() {
         let seconds = workflow.timeout.map { " after \($0)s" } ?? ""
-        finish(.failed, terminal: AnyEvent(
-            type: EventType.failed.name, value: ["error": .string("workflow timed out\(seconds)")]))
+        finish(
+            .failed,
+            terminal: AnyEvent(
+                type: EventType.failed.name, value: ["error": .string("workflow timed out\(seconds)")]))
     }
 
     mutating func takeRun(_ id: Int) -> StepRun? {
@@ -210,13 +217,15 @@ private struct Reduction {
     }
 
     func stepState(_ run: StepRun, running: Bool, output: String?) -> AnyEvent {
-        AnyEvent(type: EventType.stepStateChanged.name, value: [
-            "name": .string(run.step),
-            "step_state": running ? "running" : "not_running",
-            "worker_id": "0",
-            "input_event_name": .string(run.event.type),
-            "output_event_name": output.map(JSONValue.string) ?? .null,
-        ])
+        AnyEvent(
+            type: EventType.stepStateChanged.name,
+            value: [
+                "name": .string(run.step),
+                "step_state": running ? "running" : "not_running",
+                "worker_id": "0",
+                "input_event_name": .string(run.event.type),
+                "output_event_name": output.map(JSONValue.string) ?? .null,
+            ])
     }
 
     mutating func log(_ event: AnyEvent) {

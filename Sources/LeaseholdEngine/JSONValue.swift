@@ -16,7 +16,7 @@ extension JSONValue: Codable {
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
             self = .null
-        // Each `try?` asks "is it this type?": a failure only means try the next one.
+            // Each `try?` asks "is it this type?": a failure only means try the next one.
         } else if let value = try? container.decode(Bool.self) {
             self = .bool(value)
         } else if let value = try? container.decode(Int.self) {

@@ -128,13 +128,25 @@ public final class StepContext: Sendable {
     public let stepName: String
     /// 1 for the first try, 2 for the first retry, …
     public let attempt: Int
+    /// The fencing token of the lease this step runs under (0 where there is no lease). A step
+    /// with an external side effect passes it along, and the external system keeps only writes
+    /// whose token is not lower than the highest it has seen: a replica that lost its lease while
+    /// the step ran (paused, partitioned) cannot overwrite the newer owner there either.
+    public let fencingToken: Int64
+    /// The handler this step runs for ("" outside a runtime).
+    public let handlerID: String
     private let initialState: [String: JSONValue]
     private let received: AnyEvent?
     private let output = Mutex(StepOutput())
 
-    public init(stepName: String, attempt: Int, state: [String: JSONValue], received: AnyEvent?) {
+    public init(
+        stepName: String, attempt: Int, state: [String: JSONValue], received: AnyEvent?, fencingToken: Int64 = 0,
+        handlerID: String = ""
+    ) {
+        self.handlerID = handlerID
         self.stepName = stepName
         self.attempt = attempt
+        self.fencingToken = fencingToken
         self.initialState = state
         self.received = received
     }

@@ -33,7 +33,8 @@ public struct Workflow: Sendable {
         for type in [startEvent, stop, .stop, .failed, .cancelled, .stepStateChanged] + events + external {
             types[type.name] = type
         }
-        types[FanIn.collectedEventName] = EventType(FanIn.collectedEventName, fields: [FieldSpec("events", .array(.any))])
+        types[FanIn.collectedEventName] = EventType(
+            FanIn.collectedEventName, fields: [FieldSpec("events", .array(.any))])
         self.eventTypes = types
         try validate()
     }
@@ -88,7 +89,8 @@ public struct Workflow: Sendable {
 
     /// Whether `type` ends the run (StopEvent or one of its subtypes).
     public func isStop(_ type: String) -> Bool {
-        type == EventType.stopEventName || type == stopEvent.name || (eventTypes[type]?.isA(EventType.stopEventName) ?? false)
+        type == EventType.stopEventName || type == stopEvent.name
+            || (eventTypes[type]?.isA(EventType.stopEventName) ?? false)
     }
 
     public func step(named name: String) -> Step? { steps.first { $0.name == name } }

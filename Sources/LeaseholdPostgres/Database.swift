@@ -18,16 +18,24 @@ public struct Database: Sendable {
     /// - Parameters:
     ///   - applicationName: shown in `pg_stat_activity` (a replica passes "leasehold <replica id>").
     ///   - sessionTimeout: see `DatabaseURL.clientConfiguration` (a replica passes its lease TTL).
+    ///   - listenProbe: the period of the store's LISTEN liveness probe (a replica passes its renewal
+    ///     period).
     ///   - logger: for the store; the pool logs at warning and above only.
-    public init(url: DatabaseURL, applicationName: String = "leasehold", sessionTimeout: Duration? = nil, logger: Logger) {
+    public init(
+        url: DatabaseURL, applicationName: String = "leasehold", sessionTimeout: Duration? = nil,
+        listenProbe: Duration? = .seconds(1), logger: Logger
+    ) {
         self.url = url
         var quiet = logger
         if quiet.logLevel > .debug { quiet.logLevel = .warning }
         client = PostgresClient(
             configuration: url.clientConfiguration(applicationName: applicationName, sessionTimeout: sessionTimeout),
             backgroundLogger: quiet)
-        store = PostgresStore(client: client, logger: logger)
+        store = PostgresStore(client: client, logger: logger, listenProbe: listenProbe)
     }
+
+    /// The `ledger` sample's external system, in this database.
+    public func ledger(logger: Logger) -> PostgresLedger { PostgresLedger(client: client, logger: logger) }
 
     /// The pool, then the store's LISTEN connection.
     public var services: [any Service] { [client, store] }
@@ -42,7 +50,9 @@ public struct Database: Sendable {
         var lastError = ""
         while ContinuousClock.now - start < deadline {
             do {
-                let applied = try await withTimeout(.seconds(5)) { try await Migrator().migrate(client, logger: logger) }
+                let applied = try await withTimeout(.seconds(5)) {
+                    try await Migrator().migrate(client, logger: logger)
+                }
                 logger.info("schema ready", metadata: ["applied": "\(applied)"])
                 return applied
             } catch let error as MigrationError {

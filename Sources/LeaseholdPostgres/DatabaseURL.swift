@@ -47,8 +47,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(5))
         var parameters = [("application_name", String(applicationName.prefix(63)))]
         if let sessionTimeout {
-            let milliseconds = max(1, sessionTimeout.components.seconds * 1000
-                + sessionTimeout.components.attoseconds / 1_000_000_000_000_000)
+            let milliseconds = max(
+                1,
+                sessionTimeout.components.seconds * 1000
+                    + sessionTimeout.components.attoseconds / 1_000_000_000_000_000)
             parameters.append(("idle_in_transaction_session_timeout", "\(milliseconds)"))
             parameters.append(("tcp_user_timeout", "\(milliseconds)"))
         }

@@ -54,7 +54,10 @@ public struct Migrator: Sendable {
         }
         statements.append(current.joined(separator: "\n"))
         return statements.filter { statement in
-            statement.split(separator: "\n").contains { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("--") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+            statement.split(separator: "\n").contains {
+                !$0.trimmingCharacters(in: .whitespaces).hasPrefix("--")
+                    && !$0.trimmingCharacters(in: .whitespaces).isEmpty
+            }
         }
     }
 
@@ -98,7 +101,8 @@ public struct Migrator: Sendable {
                     "INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
                     logger: logger)
             }
-            logger.info("migration applied", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+            logger.info(
+                "migration applied", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
             applied.append(migration.version)
         }
         return applied

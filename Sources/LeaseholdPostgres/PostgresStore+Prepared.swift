@@ -25,7 +25,9 @@ struct Prepared<Shape: PreparedShape>: PostgresPreparedStatement {
 extension PostgresStore {
     enum Shapes {
         enum Renewal: PreparedShape {
-            static let sql = Statements.renewal(replica: "", instance: "", address: "", ttlSeconds: 0, excluding: [], fresh: false).sql
+            static let sql = Statements.renewal(
+                replica: "", instance: "", address: "", ttlSeconds: 0, excluding: [], fresh: false
+            ).sql
         }
         enum Create: PreparedShape {
             static let sql = Statements.create(id: "", workflow: "", runID: "", owner: "", eventID: "", event: "").sql

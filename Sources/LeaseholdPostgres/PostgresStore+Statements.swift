@@ -4,13 +4,21 @@ import PostgresNIO
 /// Every SQL statement of the Postgres store, one function each. Values are always bound.
 extension PostgresStore {
     enum Statements {
+        /// The columns of a `HandlerRecord`, in the order `RecordRow` decodes them (`h` is the
+        /// handlers row). Every statement that answers records selects exactly these.
+        static let recordColumns = """
+            h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+            h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
+            h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
+            """
 
         /// Renews the replica's registration, which carries every lease it holds: one row,
         /// whatever the number of leases. A lapsed (or missing) registration is void: every lease
         /// it carried is released and the replica registered anew (the answer is then empty).
         /// `fresh` (a replica process starting) voids the registration whatever its state.
         /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
-        /// Answers the leases held (id, token).
+        /// Answers one header row (no id: the database's time, and whether a newer process took
+        /// the registration), then the leases held (id, token).
         static func renewal(
             replica: String, instance: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
         ) -> PostgresQuery {
@@ -39,9 +47,9 @@ extension PostgresStore {
                 WHERE id = ANY(\(excluding)::text[]) AND owner_replica = \(replica) AND lease_expires_at = 'infinity'
                     AND (SELECT current FROM previous)
                 RETURNING id)
-            SELECT NULL::text AS id, NULL::bigint AS fencing_token FROM previous WHERE superseded
+            SELECT NULL::text AS id, NULL::bigint AS fencing_token, now() AS database_time, superseded FROM previous
             UNION ALL
-            SELECT h.id, h.fencing_token FROM handlers h
+            SELECT h.id, h.fencing_token, now(), false FROM handlers h
             WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
                 AND (SELECT current FROM previous)
                 AND (SELECT count(*) FROM registered) + (SELECT count(*) FROM voided) + (SELECT count(*) FROM capped) >= 0
@@ -75,9 +83,7 @@ extension PostgresStore {
             queued AS (
                 INSERT INTO inbox (handler_id, event_id, event)
                 SELECT created.id, \(eventID), \(event)::jsonb FROM created)
-            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
-                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
+            SELECT \(unescaped: recordColumns)
             FROM created h
             """
         }
@@ -91,41 +97,41 @@ extension PostgresStore {
         static func claim(replica: String, instance: String, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
-            WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
-            candidates AS (
-                SELECT h.id FROM handlers h
-                WHERE EXISTS (SELECT 1 FROM replicas
-                    WHERE id = \(replica) AND instance = \(instance) AND lease_expires_at > now())
-                AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
-                    (SELECT id FROM handlers
-                        WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
-                        LIMIT \(window))
-                    UNION ALL (SELECT id FROM handlers
-                        WHERE status = 'running' AND owner_replica IN (SELECT id FROM lapsed) LIMIT \(window))
-                    UNION ALL (SELECT id FROM handlers
-                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false LIMIT \(window))
-                    UNION ALL (SELECT id FROM handlers
-                        WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
-                        LIMIT \(window))
-                    UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))))
-                AND h.status = 'running'
-                AND ((h.owner_replica IS NOT NULL AND (h.lease_expires_at <= now() OR NOT EXISTS (
-                        SELECT 1 FROM replicas r WHERE r.id = h.owner_replica AND r.lease_expires_at > now())))
-                    OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
-                        OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed))))
-                LIMIT \(limit)
-                FOR UPDATE OF h SKIP LOCKED)
-            UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
-                fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL, updated_at = now()
-            FROM candidates c WHERE h.id = c.id
-            RETURNING h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
-                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at, h.snapshot
-            """
+                WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
+                candidates AS (
+                    SELECT h.id FROM handlers h
+                    WHERE EXISTS (SELECT 1 FROM replicas
+                        WHERE id = \(replica) AND instance = \(instance) AND lease_expires_at > now())
+                    AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
+                        (SELECT id FROM handlers
+                            WHERE status = 'running' AND owner_replica IS NOT NULL AND lease_expires_at <= now()
+                            LIMIT \(window))
+                        UNION ALL (SELECT id FROM handlers
+                            WHERE status = 'running' AND owner_replica IN (SELECT id FROM lapsed) LIMIT \(window))
+                        UNION ALL (SELECT id FROM handlers
+                            WHERE status = 'running' AND owner_replica IS NULL AND hibernated = false LIMIT \(window))
+                        UNION ALL (SELECT id FROM handlers
+                            WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
+                            LIMIT \(window))
+                        UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))))
+                    AND h.status = 'running'
+                    AND ((h.owner_replica IS NOT NULL AND (h.lease_expires_at <= now() OR NOT EXISTS (
+                            SELECT 1 FROM replicas r WHERE r.id = h.owner_replica AND r.lease_expires_at > now())))
+                        OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
+                            OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed))))
+                    LIMIT \(limit)
+                    FOR UPDATE OF h SKIP LOCKED)
+                UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
+                    fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL, updated_at = now()
+                FROM candidates c WHERE h.id = c.id
+                RETURNING \(unescaped: recordColumns), h.snapshot
+                """
         }
 
         /// One fenced statement: the handler row update is conditional on the lease; the log insert
-        /// and inbox consumption join on its result, so a stale lease writes nothing at all.
+        /// and inbox consumption join on its result, so a stale lease writes nothing at all. The
+        /// checkpoint that finishes a handler consumes what is left of its inbox (nothing can apply
+        /// it any more, and unconsumed rows would keep showing up as claim candidates).
         static func checkpoint(
             id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
             result: String?, lastSequence: Int64, sequences: [Int64], records: [String], consumed: [String]
@@ -137,9 +143,7 @@ extension PostgresStore {
                     completed_at = CASE WHEN \(status) = 'running' THEN NULL ELSE now() END,
                     owner_replica = CASE WHEN \(status) = 'running' THEN owner_replica ELSE NULL END,
                     lease_expires_at = CASE WHEN \(status) = 'running' THEN lease_expires_at ELSE NULL END
-                WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica)
-                    AND lease_expires_at > now()
-                    AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
+                WHERE id = \(id) AND leasehold_lease_is_current(fencing_token, owner_replica, lease_expires_at, \(token), \(replica))
                 RETURNING id),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)
@@ -147,10 +151,11 @@ extension PostgresStore {
                 RETURNING 1),
             consumed AS (
                 UPDATE inbox SET consumed = true FROM h
-                WHERE inbox.handler_id = h.id AND inbox.event_id = ANY(\(consumed)::text[])
+                WHERE inbox.handler_id = h.id AND NOT inbox.consumed
+                    AND (inbox.event_id = ANY(\(consumed)::text[]) OR \(status) <> 'running')
                 RETURNING 1),
             notified AS (
-                SELECT pg_notify('leasehold', 'l:' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0)
+                SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.log)' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0)
             SELECT h.id, (SELECT count(*) FROM logged), (SELECT count(*) FROM consumed), (SELECT count(*) FROM notified)
             FROM h
             """
@@ -159,8 +164,7 @@ extension PostgresStore {
         /// Locks the row and says whether the lease is still current.
         static func lockForHibernate(id: String, token: Int64, replica: String) -> PostgresQuery {
             """
-            SELECT fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
-                AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
+            SELECT leasehold_lease_is_current(fencing_token, owner_replica, lease_expires_at, \(token), \(replica))
             FROM handlers WHERE id = \(id) FOR UPDATE OF handlers
             """
         }
@@ -172,12 +176,13 @@ extension PostgresStore {
             """
         }
 
-        static func releaseLease(id: String, token: Int64, replica: String, hibernate: Bool, wakeAt: Date?) -> PostgresQuery {
+        static func releaseLease(id: String, token: Int64, replica: String, hibernate: Bool, wakeAt: Date?)
+            -> PostgresQuery
+        {
             """
             UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL,
                 hibernated = (\(hibernate) AND status = 'running'), wake_at = \(wakeAt), updated_at = now()
-            WHERE id = \(id) AND fencing_token = \(token) AND owner_replica = \(replica) AND lease_expires_at > now()
-                AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = \(replica) AND r.lease_expires_at > now())
+            WHERE id = \(id) AND leasehold_lease_is_current(fencing_token, owner_replica, lease_expires_at, \(token), \(replica))
             RETURNING id
             """
         }
@@ -195,14 +200,14 @@ extension PostgresStore {
                 ON CONFLICT (handler_id, event_id) DO NOTHING
                 RETURNING event_id),
             notified AS (
-                SELECT pg_notify('leasehold', \(notification)) FROM h WHERE h.status = 'running')
+                SELECT pg_notify('\(unescaped: Notification.channel)', \(notification)) FROM h WHERE h.status = 'running')
             SELECT h.status, h.owner_replica, h.hibernated, EXISTS (SELECT 1 FROM inserted)
             FROM h WHERE (SELECT count(*) FROM notified) >= 0
             """
         }
 
         static func notify(_ payload: String) -> PostgresQuery {
-            "SELECT pg_notify('leasehold', \(payload))"
+            "SELECT pg_notify('\(unescaped: Notification.channel)', \(payload))"
         }
 
         static func pendingInbox(id: String) -> PostgresQuery {
@@ -227,6 +232,7 @@ extension PostgresStore {
 
         static func markCancelled(id: String, sequence: Int64, result: String) -> PostgresQuery {
             """
+            WITH leftover AS (UPDATE inbox SET consumed = true WHERE handler_id = \(id) AND NOT consumed)
             UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
                 fencing_token = nextval('leasehold_fencing_tokens'), owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
                 wake_at = NULL, updated_at = now(), completed_at = now()
@@ -240,18 +246,14 @@ extension PostgresStore {
 
         static func handler(id: String) -> PostgresQuery {
             """
-            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
-                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
+            SELECT \(unescaped: recordColumns)
             FROM handlers h WHERE h.id = \(id)
             """
         }
 
         static func handlers(statuses: [String], workflows: [String], limit: Int) -> PostgresQuery {
             """
-            SELECT h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
-                h.completed_at, h.owner_replica, leasehold_lease_expiry(h.owner_replica, h.lease_expires_at),
-                h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
+            SELECT \(unescaped: recordColumns)
             FROM handlers h
             WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
                 AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))

@@ -33,6 +33,7 @@ public final class HandlerRuntime: Sendable {
     private let persistence: any HandlerPersistence
     private let maxConcurrentSteps: Int
     private let clock: ReplicaClock
+    private let fencingToken: Int64
     private let shared: Mutex<Shared>
     private let inputs: AsyncStream<Input>
     private let inputContinuation: AsyncStream<Input>.Continuation
@@ -43,15 +44,18 @@ public final class HandlerRuntime: Sendable {
     ///   - state: a fresh state (its start event comes as a delivery) or one restored from a snapshot.
     ///   - maxConcurrentSteps: how many step runs may execute at once; more wait in order.
     ///   - clock: monotonic time (idleness, timer sleeps) and wall time (durable timer deadlines).
+    ///   - fencingToken: the token of the lease this runtime runs under, handed to every step.
     public init(
         handlerID: String,
         workflow: Workflow,
         state: HandlerState,
         persistence: any HandlerPersistence,
         maxConcurrentSteps: Int = 16,
-        clock: ReplicaClock = .system
+        clock: ReplicaClock = .system,
+        fencingToken: Int64 = 0
     ) {
         self.handlerID = handlerID
+        self.fencingToken = fencingToken
         self.machine = HandlerMachine(workflow: workflow)
         self.persistence = persistence
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
@@ -113,7 +117,7 @@ public final class HandlerRuntime: Sendable {
                     // rejected, and may be stuck on a dead connection; cancel it rather than wait.
                     if shared.withLock({ $0.abandoned }) { group.cancelAll() }
                 }
-            } catch where shared.withLock({ $0.abandoned }) {
+            } catch  where shared.withLock({ $0.abandoned }) {
                 return .stopped(self.state)  // the cancelled write's error: nothing was meant to be written
             }
             return outcome ?? .stopped(self.state)
@@ -253,10 +257,13 @@ public final class HandlerRuntime: Sendable {
         tasks.addTask {
             await self.tracked {
                 let stepContext = StepContext(
-                    stepName: run.step, attempt: run.attempt, state: context, received: run.received)
+                    stepName: run.step, attempt: run.attempt, state: context, received: run.received,
+                    fencingToken: self.fencingToken, handlerID: self.handlerID)
                 let kind: Tick.Kind
                 do {
-                    try await Self.withTimeout(step.timeout, clock: self.clock) { try await step.body(run.event, stepContext) }
+                    try await Self.withTimeout(step.timeout, clock: self.clock) {
+                        try await step.body(run.event, stepContext)
+                    }
                     kind = .stepFinished(runID: run.id, output: stepContext.collectedOutput)
                 } catch let waiting as WaitingForEvent {
                     var output = StepOutput()
@@ -271,7 +278,9 @@ public final class HandlerRuntime: Sendable {
         }
     }
 
-    private static func withTimeout(_ seconds: Double?, clock: ReplicaClock, _ body: @escaping @Sendable () async throws -> Void) async throws {
+    private static func withTimeout(
+        _ seconds: Double?, clock: ReplicaClock, _ body: @escaping @Sendable () async throws -> Void
+    ) async throws {
         guard let seconds else { return try await body() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await body() }
@@ -308,7 +317,8 @@ public final class HandlerRuntime: Sendable {
     private func flush() async throws {
         let pending = shared.withLock { shared -> Checkpoint? in
             guard shared.dirty, !shared.abandoned else { return nil }
-            let checkpoint = Checkpoint(state: shared.state, log: shared.pendingLog, consumedInbox: shared.pendingConsumed)
+            let checkpoint = Checkpoint(
+                state: shared.state, log: shared.pendingLog, consumedInbox: shared.pendingConsumed)
             shared.pendingLog = []
             shared.pendingConsumed = []
             shared.dirty = false

@@ -3,8 +3,10 @@ import LeaseholdEngine
 /// The sample workflows every build registers (docs/wire.md, "Sample workflows").
 /// They double as examples of the workflow-definition API.
 public enum Samples {
-    public static func registry() throws -> WorkflowRegistry {
-        try WorkflowRegistry([echo(), counter(), approval(), fanout(), timer(), flaky()])
+    /// - Parameter ledger: where the `ledger` sample posts (the cluster passes its database's
+    ///   `PostgresLedger`; a single process keeps postings in memory).
+    public static func registry(ledger: any FencedLedger = InMemoryLedger()) throws -> WorkflowRegistry {
+        try WorkflowRegistry([echo(), counter(), approval(), fanout(), timer(), flaky(), Samples.ledger(ledger)])
     }
 
     /// `{"message": str}` → stops at once with `message`.
@@ -29,7 +31,10 @@ public enum Samples {
     public static func counter() throws -> Workflow {
         try Workflow(
             name: "counter",
-            start: [FieldSpec("count_to", .integer(minimum: 0)), FieldSpec("tick_ms", .integer(minimum: 0), required: false)],
+            start: [
+                FieldSpec("count_to", .integer(minimum: 0)),
+                FieldSpec("tick_ms", .integer(minimum: 0), required: false),
+            ],
             events: [Tick.eventType],
             steps: [
                 Step("count", accepts: ["StartEvent", "Tick"], emits: ["Tick", "StopEvent"], streams: ["Tick"]) {

@@ -41,7 +41,8 @@ enum ErrorMapping {
             case .handlerNotFound: return APIError(.notFound, "Handler not found")
             case .handlerExists: return APIError(.conflict, error.description)
             case .handlerFinished: return APIError(.conflict, "Workflow already completed")
-            case .unavailable: return APIError(.serviceUnavailable, "database unavailable, retry", headers: [.retryAfter: "1"])
+            case .unavailable:
+                return APIError(.serviceUnavailable, "database unavailable, retry", headers: [.retryAfter: "1"])
             case .leaseLost, .sequenceConflict, .corrupt: return APIError(.internalServerError, error.description)
             case .registrationSuperseded:
                 return APIError(.serviceUnavailable, "this replica is shutting down", headers: [.retryAfter: "1"])

@@ -16,8 +16,10 @@ enum OpenAPI {
         }
         return [
             "openapi": "3.1.0",
-            "info": ["title": "Leasehold", "version": "0.1.0",
-                     "description": "Wire-compatible with the LlamaIndex workflows server; plus cluster routes."],
+            "info": [
+                "title": "Leasehold", "version": "0.1.0",
+                "description": "Wire-compatible with the LlamaIndex workflows server; plus cluster routes.",
+            ],
             "paths": .object(paths),
             "components": ["schemas": schemas, "securitySchemes": ["bearer": ["type": "http", "scheme": "bearer"]]],
         ]
@@ -27,8 +29,10 @@ enum OpenAPI {
         var parameters: [JSONValue] = []
         for part in route.path.split(separator: "/") where part.hasPrefix("{") {
             let name = String(part.dropFirst().dropLast())
-            parameters.append(["name": .string(name), "in": "path", "required": true,
-                               "schema": ["type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.~-]+$"]])
+            parameters.append([
+                "name": .string(name), "in": "path", "required": true,
+                "schema": ["type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.~-]+$"],
+            ])
         }
         for name in route.query {
             let schema: JSONValue =
@@ -46,24 +50,32 @@ enum OpenAPI {
         }
         var operation: [String: JSONValue] = [
             "summary": .string(route.summary),
-            "operationId": .string(route.method.rawValue.lowercased() + route.path
-                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "{", with: "")
-                .replacingOccurrences(of: "}", with: "").replacingOccurrences(of: "-", with: "_")
-                .replacingOccurrences(of: ".", with: "_")),
+            "operationId": .string(
+                route.method.rawValue.lowercased()
+                    + route.path
+                    .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "{", with: "")
+                    .replacingOccurrences(of: "}", with: "").replacingOccurrences(of: "-", with: "_")
+                    .replacingOccurrences(of: ".", with: "_")),
             "parameters": .array(parameters),
             "responses": .object(responses),
         ]
         if route.method == .post, let body = requestBody(route.path) { operation["requestBody"] = body }
-        if !route.public_ { operation["security"] = [[:], ["bearer": []]] }
+        if !route.isPublic { operation["security"] = [[:], ["bearer": []]] }
         return .object(operation)
     }
 
     static func requestBody(_ path: String) -> JSONValue? {
         if path.hasSuffix("/run") || path.hasSuffix("/run-nowait") {
-            return ["required": false, "content": ["application/json": ["schema": ["$ref": "#/components/schemas/RunRequest"]]]]
+            return [
+                "required": false,
+                "content": ["application/json": ["schema": ["$ref": "#/components/schemas/RunRequest"]]],
+            ]
         }
         if path.hasPrefix("/events/") {
-            return ["required": true, "content": ["application/json": ["schema": ["$ref": "#/components/schemas/SendEventRequest"]]]]
+            return [
+                "required": true,
+                "content": ["application/json": ["schema": ["$ref": "#/components/schemas/SendEventRequest"]]],
+            ]
         }
         return nil
     }
@@ -76,24 +88,41 @@ enum OpenAPI {
         if code >= 400 { return json(error, "error") }
         switch (route.path, code) {
         case ("/", _): return ["description": "HTML page", "content": ["text/html": ["schema": ["type": "string"]]]]
-        case ("/metrics", _): return ["description": "Prometheus text", "content": ["text/plain": ["schema": ["type": "string"]]]]
+        case ("/metrics", _):
+            return ["description": "Prometheus text", "content": ["text/plain": ["schema": ["type": "string"]]]]
         case ("/events/{handler_id}", 204): return ["description": "finished, nothing after the cursor"]
         case ("/events/{handler_id}", _):
-            return ["description": "events", "content": [
-                "text/event-stream": ["schema": ["type": "string"]],
-                "application/x-ndjson": ["schema": ["type": "string"]],
-            ]]
+            return [
+                "description": "events",
+                "content": [
+                    "text/event-stream": ["schema": ["type": "string"]],
+                    "application/x-ndjson": ["schema": ["type": "string"]],
+                ],
+            ]
         case ("/health", _):
-            return json(["type": "object", "required": ["status"], "properties": ["status": ["enum": ["healthy", "unhealthy"]]]], "health")
+            return json(
+                [
+                    "type": "object", "required": ["status"],
+                    "properties": ["status": ["enum": ["healthy", "unhealthy"]]],
+                ], "health")
         case ("/handlers", _):
-            return json(["type": "object", "required": ["handlers"], "properties": ["handlers": ["type": "array", "items": handler]]], "handlers")
+            return json(
+                [
+                    "type": "object", "required": ["handlers"],
+                    "properties": ["handlers": ["type": "array", "items": handler]],
+                ], "handlers")
         case ("/handlers/{handler_id}", _), ("/results/{handler_id}", _), ("/workflows/{name}/run", _),
             ("/workflows/{name}/run-nowait", _):
             return json(route.path.hasPrefix("/results") ? ["type": "object"] : handler, "handler")
         case ("/events/{handler_id}", _), ("/handlers/{handler_id}/cancel", _):
-            return json(["type": "object", "required": ["status"], "properties": ["status": ["type": "string"]]], "status")
+            return json(
+                ["type": "object", "required": ["status"], "properties": ["status": ["type": "string"]]], "status")
         case ("/workflows", _):
-            return json(["type": "object", "required": ["workflows"], "properties": ["workflows": ["type": "array", "items": ["type": "string"]]]], "names")
+            return json(
+                [
+                    "type": "object", "required": ["workflows"],
+                    "properties": ["workflows": ["type": "array", "items": ["type": "string"]]],
+                ], "names")
         default:
             return json(["type": "object"], route.summary)
         }
@@ -111,8 +140,10 @@ enum OpenAPI {
         ],
         "HandlerData": [
             "type": "object",
-            "required": ["handler_id", "workflow_name", "run_id", "status", "error", "result", "started_at", "updated_at",
-                         "completed_at"],
+            "required": [
+                "handler_id", "workflow_name", "run_id", "status", "error", "result", "started_at", "updated_at",
+                "completed_at",
+            ],
             "properties": [
                 "handler_id": ["type": "string"], "workflow_name": ["type": "string"],
                 "run_id": ["type": ["string", "null"]],
@@ -134,7 +165,14 @@ enum OpenAPI {
         "SendEventRequest": [
             "type": "object", "required": ["event"],
             "properties": [
-                "event": ["oneOf": [["type": "object", "required": ["type"], "properties": ["type": ["type": "string"], "value": ["type": "object"]]], ["type": "string"]]],
+                "event": [
+                    "oneOf": [
+                        [
+                            "type": "object", "required": ["type"],
+                            "properties": ["type": ["type": "string"], "value": ["type": "object"]],
+                        ], ["type": "string"],
+                    ]
+                ],
                 "step": ["type": "string"],
             ],
         ],

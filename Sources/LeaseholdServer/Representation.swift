@@ -10,7 +10,9 @@ enum Representation {
             if !eventNames.contains(name) { eventNames.append(name) }
         }
         for step in workflow.steps {
-            nodes.append(["id": .string(step.name), "label": .string(step.name), "node_type": "step", "description": .null])
+            nodes.append([
+                "id": .string(step.name), "label": .string(step.name), "node_type": "step", "description": .null,
+            ])
             for type in step.accepts + (step.fanIn.map { [$0.eventType] } ?? []) + step.waitsFor {
                 useEvent(type)
                 edges.append(["source": .string(type), "target": .string(step.name), "label": .null])

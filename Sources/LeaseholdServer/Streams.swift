@@ -60,7 +60,8 @@ extension LeaseholdAPI {
     }
 
     private func cursorFrom(_ request: Request, sse: Bool, record: HandlerRecord) throws -> Int64 {
-        if sse, let header = request.headers[.lastEventID], let last = Int64(header.trimmingCharacters(in: .whitespaces)),
+        if sse, let header = request.headers[.lastEventID],
+            let last = Int64(header.trimmingCharacters(in: .whitespaces)),
             last >= -1
         {
             return last
@@ -75,50 +76,51 @@ extension LeaseholdAPI {
     }
 
     private static func tail(
-        _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration, sse: Bool,
+        _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration,
+        sse: Bool,
         includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, writer: inout any ResponseBodyWriter
     ) async throws {
-        let batch = 500
         var lastWrite = ContinuousClock.now
-        var lastCheck = ContinuousClock.now
         let heartbeat = Duration.seconds(configuration.heartbeatSeconds)
-        while !Task.isCancelled, !stopping.isSet {
-            let version = store.signals.logVersion(id.rawValue)
-            let records = try await store.events(id, after: cursor, limit: batch)
+        let tail = LogTail(
+            store: store, id: id, after: cursor, poll: .seconds(configuration.pollSeconds), existenceCheck: heartbeat)
+        for try await records in tail {
+            if Task.isCancelled || stopping.isSet { return }
             var out = ""
-            var finished = false
             for record in records {
                 cursor = record.sequence
                 if record.isInternal && !includeInternal && !record.isTerminal { continue }
                 let line = WireFormat.envelope(record, qualifiedName: qualifiedName).jsonString
-                if sse {
-                    out += "id: \(record.sequence)\ndata: \(line)\n\n"
-                } else {
-                    out += line + "\n"
-                }
-                if record.isTerminal {
-                    finished = true
-                    break
-                }
+                out += sse ? "id: \(record.sequence)\ndata: \(line)\n\n" : line + "\n"
             }
             if !out.isEmpty {
                 try await writer.write(ByteBuffer(string: out))
                 lastWrite = .now
-            }
-            if finished { return }
-            if records.count == batch { continue }
-            if ContinuousClock.now - lastCheck >= heartbeat {
-                lastCheck = .now
-                // A purged handler has no terminal event to wait for.
-                guard try await store.handler(id) != nil else { return }
-            }
-            await store.signals.waitForLogChange(id.rawValue, since: version, timeout: .seconds(configuration.pollSeconds))
-            if sse && ContinuousClock.now - lastWrite >= heartbeat {
+            } else if sse && ContinuousClock.now - lastWrite >= heartbeat {
                 try await writer.write(ByteBuffer(string: ": heartbeat\n\n"))
                 lastWrite = .now
             }
         }
     }
+}
+
+/// Counts open streams so one replica cannot be exhausted by readers.
+final class StreamGate: Sendable {
+    let limit: Int
+    private let open = Mutex(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func enter() -> Bool {
+        open.withLock { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func leave() { open.withLock { $0 -= 1 } }
+    var count: Int { open.withLock { $0 } }
 }
 
 /// A one-way flag shared between a stream and its graceful-shutdown handler.

@@ -92,7 +92,9 @@ enum WireFormat {
         } catch {
             throw APIError(.badRequest, "request body is not valid JSON: \(error)")
         }
-        guard case .object(let object) = value else { throw APIError(.badRequest, "request body must be a JSON object") }
+        guard case .object(let object) = value else {
+            throw APIError(.badRequest, "request body must be a JSON object")
+        }
         if containsNUL(value) { throw APIError(.badRequest, "strings in the request body must not contain \\u0000") }
         return object
     }

@@ -22,9 +22,10 @@ public protocol HandlerStore: Sendable {
     /// replica is then registered anew and holds nothing.
     /// - Parameter excluding: leases not to renew (handlers whose writes are stuck: let them expire
     ///   so another replica takes over); they expire when the registration would have.
-    /// - Returns: the handlers the replica still holds, with their tokens.
-    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
-        -> [HandlerID: FencingToken]
+    /// - Returns: the handlers the replica still holds, with their tokens, and the store's clock
+    ///   at the renewal (a replica compares its steps with its own to detect a clock step).
+    /// - Throws: `StoreError.registrationSuperseded` when a newer process registered this id.
+    func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws -> Renewal
 
     /// Removes the replica's registration (graceful shutdown, after hand-off); a lease it still
     /// carries is released.
@@ -84,7 +85,24 @@ public protocol HandlerStore: Sendable {
 }
 
 extension HandlerStore {
-    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> [HandlerID: FencingToken] {
-        try await heartbeat(replica, address: address, ttl: ttl, excluding: [])
+    /// `renew`, answering only the leases held.
+    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID] = [])
+        async throws -> [HandlerID: FencingToken]
+    {
+        try await renew(replica, address: address, ttl: ttl, excluding: excluding).held
+    }
+}
+
+/// The answer to a renewal.
+public struct Renewal: Sendable, Equatable {
+    /// The handlers the replica still holds, with their tokens.
+    public var held: [HandlerID: FencingToken]
+    /// The store's clock when it renewed (Postgres: `now()`); nil for a store that has no clock of
+    /// its own apart from the replica's (the in-memory store).
+    public var databaseTime: Date?
+
+    public init(held: [HandlerID: FencingToken], databaseTime: Date?) {
+        self.held = held
+        self.databaseTime = databaseTime
     }
 }

@@ -57,7 +57,8 @@ public actor InMemoryStore: HandlerStore {
     }
 
     private func upsert(_ replica: ReplicaID, address: String, ttl: Duration, at time: Date, restart: Bool) {
-        var row = replicaTable[replica]
+        var row =
+            replicaTable[replica]
             ?? Replica(address: address, startedAt: time, heartbeatAt: time, leaseExpiresAt: .distantPast)
         row.address = address
         row.heartbeatAt = time
@@ -70,10 +71,11 @@ public actor InMemoryStore: HandlerStore {
         _ = renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
     }
 
-    public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
-        -> [HandlerID: FencingToken]
+    /// The in-memory store shares the replica's clock (one process): it reports no time of its own.
+    public func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
+        -> Renewal
     {
-        renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false)
+        Renewal(held: renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false), databaseTime: nil)
     }
 
     /// The registration renewed (or, `fresh` or lapsed, started anew with its old leases void).
@@ -93,7 +95,8 @@ public actor InMemoryStore: HandlerStore {
             guard let cap = entry.record.leaseExpiresAt, cap > time else { continue }
             held[id] = entry.record.fencingToken
         }
-        for id in excluding where entries[id]?.record.owner == replica && entries[id]?.record.leaseExpiresAt == .distantFuture {
+        for id in excluding
+        where entries[id]?.record.owner == replica && entries[id]?.record.leaseExpiresAt == .distantFuture {
             entries[id]?.record.leaseExpiresAt = renewedFrom
         }
         return held
@@ -126,7 +129,8 @@ public actor InMemoryStore: HandlerStore {
             record: record, state: HandlerState(workflowName: handler.workflowName),
             inbox: [(handler.startEvent, false)], log: [])
         return ClaimedHandler(
-            record: published(record), lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
+            record: published(record),
+            lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
             state: HandlerState(workflowName: handler.workflowName))
     }
 
@@ -155,9 +159,11 @@ public actor InMemoryStore: HandlerStore {
             entry.record.hibernated = false
             entry.record.wakeAt = nil
             entries[id] = entry
-            claimed.append(ClaimedHandler(
-                record: published(entry.record),
-                lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken), state: entry.state))
+            claimed.append(
+                ClaimedHandler(
+                    record: published(entry.record),
+                    lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken),
+                    state: entry.state))
         }
         return claimed
     }
@@ -179,7 +185,9 @@ public actor InMemoryStore: HandlerStore {
         entry.state = checkpoint.state
         entry.log.append(contentsOf: checkpoint.log)
         let consumed = Set(checkpoint.consumedInbox)
-        for index in entry.inbox.indices where consumed.contains(entry.inbox[index].event.id) {
+        // A finished handler consumes what is left of its inbox: nothing can apply it any more.
+        for index in entry.inbox.indices
+        where consumed.contains(entry.inbox[index].event.id) || checkpoint.state.status.isFinished {
             entry.inbox[index].consumed = true
         }
         entry.record.status = checkpoint.state.status
@@ -263,6 +271,7 @@ public actor InMemoryStore: HandlerStore {
         let terminal = LogRecord.cancelled(sequence: Int64(entry.log.count))
         entry.log.append(terminal)
         entry.record.status = .cancelled
+        for index in entry.inbox.indices { entry.inbox[index].consumed = true }
         entry.record.result = terminal
         entry.record.lastSequence = terminal.sequence
         entry.record.fencingToken = nextToken()

@@ -42,8 +42,10 @@ public final class StoreSignals: Sendable {
     public let resubscriptions: AsyncStream<Void>
 
     public init() {
-        (inboxWakeups, inboxContinuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(4096))
-        (resubscriptions, resubscriptionContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (inboxWakeups, inboxContinuation) = AsyncStream.makeStream(
+            of: String.self, bufferingPolicy: .bufferingNewest(4096))
+        (resubscriptions, resubscriptionContinuation) = AsyncStream.makeStream(
+            of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     /// Notifications were (re)subscribed after a gap: wakes every log reader and asks the

@@ -79,17 +79,19 @@ struct StoreBench: AsyncParsableCommand {
         }
         for _ in 0..<repeats {
             try await reset(client, logger: logger)
-            throughStore.append(try await claimAll { replica in
-                try await store.claim(ReplicaID(replica), limit: batch, only: nil).count
-            })
+            throughStore.append(
+                try await claimAll { replica in
+                    try await store.claim(ReplicaID(replica), limit: batch, only: nil).count
+                })
             try await reset(client, logger: logger)
             // The same statement, sent raw through the same pool, rows counted but not decoded.
-            raw.append(try await claimAll { replica in
-                var count = 0
-                let query = store.claimStatement(replica: replica, limit: batch)
-                for try await _ in try await client.query(query, logger: logger) { count += 1 }
-                return count
-            })
+            raw.append(
+                try await claimAll { replica in
+                    var count = 0
+                    let query = store.claimStatement(replica: replica, limit: batch)
+                    for try await _ in try await client.query(query, logger: logger) { count += 1 }
+                    return count
+                })
         }
         // One renew of `leases` leases held by one replica (anchored to its registration).
         try await client.query("DELETE FROM handlers", logger: logger)

@@ -32,6 +32,8 @@ struct Migrate: AsyncParsableCommand {
         let applied = try await withDatabase(url, logger: logger) { database in
             try await Migrator().migrate(database.client, logger: logger)
         }
-        print(applied.isEmpty ? "schema is current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
+        print(
+            applied.isEmpty
+                ? "schema is current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
     }
 }

@@ -38,7 +38,8 @@ func parseDuration(_ text: String, flag: String) throws -> Duration {
 }
 
 struct DatabaseOptions: ParsableArguments {
-    @Option(name: .customLong("database-url"), help: "postgres://user:password@host:port/db (env LEASEHOLD_DATABASE_URL)")
+    @Option(
+        name: .customLong("database-url"), help: "postgres://user:password@host:port/db (env LEASEHOLD_DATABASE_URL)")
     var databaseURL: String?
 
     func url(required: Bool) throws -> DatabaseURL? {
@@ -55,7 +56,9 @@ struct DatabaseOptions: ParsableArguments {
 }
 
 struct LogOptions: ParsableArguments {
-    @Option(name: .customLong("log-level"), help: "trace|debug|info|notice|warning|error|critical (env LEASEHOLD_LOG_LEVEL)")
+    @Option(
+        name: .customLong("log-level"), help: "trace|debug|info|notice|warning|error|critical (env LEASEHOLD_LOG_LEVEL)"
+    )
     var level: String?
 
     @Option(name: .customLong("log-format"), help: "text|json (env LEASEHOLD_LOG_FORMAT)")
@@ -81,4 +84,3 @@ struct LogOptions: ParsableArguments {
         return logger
     }
 }
-

@@ -47,27 +47,23 @@ struct Run: AsyncParsableCommand {
             } catch let error as EngineError {
                 throw fail("\(error)")
             }
-            var cursor: Int64 = -1
-            while true {
-                let version = store.signals.logVersion(record.id.rawValue)
-                for event in try await store.events(record.id, after: cursor, limit: 1000) {
-                    cursor = event.sequence
-                    if event.isInternal && !includeInternal { continue }
-                    print(["sequence": .int(Int(event.sequence)), "type": .string(event.type), "value": event.value]
-                        as JSONValue)
-                    if event.isTerminal {
-                        return try await store.handler(record.id) ?? record
-                    }
+            for try await records in LogTail(store: store, id: record.id, after: -1) {
+                // The tail ends after the terminal record.
+                for event in records where includeInternal || !event.isInternal {
+                    print(
+                        ["sequence": .int(Int(event.sequence)), "type": .string(event.type), "value": event.value]
+                            as JSONValue)
                 }
-                await store.signals.waitForLogChange(record.id.rawValue, since: version, timeout: .seconds(1))
             }
+            return try await store.handler(record.id) ?? record
         }
         switch outcome.status {
         case .completed:
             print((["result": outcome.result?.value["result"] ?? .null] as JSONValue).jsonString)
         default:
-            print((["status": .string(outcome.status.rawValue), "error": outcome.error.map(JSONValue.string) ?? .null]
-                as JSONValue).jsonString)
+            print(
+                (["status": .string(outcome.status.rawValue), "error": outcome.error.map(JSONValue.string) ?? .null]
+                    as JSONValue).jsonString)
             throw ExitCode(1)
         }
     }

@@ -11,8 +11,8 @@ import Logging
 import Metrics
 import Prometheus
 import ServiceLifecycle
-import UnixSignals
 import Synchronization
+import UnixSignals
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,19 +24,26 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @Option(name: .customLong("replica-id"), help: "This replica's id (env LEASEHOLD_REPLICA_ID; default hostname-pid)")
     var replicaID: String?
-    @Option(name: .customLong("advertise-address"), help: "Address shown in the cluster view (env LEASEHOLD_ADVERTISE_ADDRESS)")
+    @Option(
+        name: .customLong("advertise-address"),
+        help: "Address shown in the cluster view (env LEASEHOLD_ADVERTISE_ADDRESS)")
     var advertiseAddress: String?
     @Option(name: .customLong("lease-ttl"), help: "Lease TTL, e.g. 5s (env LEASEHOLD_LEASE_TTL; default 5s)")
     var leaseTTL: String?
-    @Option(name: .customLong("idle-timeout"), help: "Hibernate after this idle time; 'off' disables (env LEASEHOLD_IDLE_TIMEOUT; default 60s)")
+    @Option(
+        name: .customLong("idle-timeout"),
+        help: "Hibernate after this idle time; 'off' disables (env LEASEHOLD_IDLE_TIMEOUT; default 60s)")
     var idleTimeout: String?
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer <key>' (env LEASEHOLD_API_KEY)")
     var apiKey: String?
     @Option(name: .customLong("api-key-file"), help: "File with one API key per line (env LEASEHOLD_API_KEY_FILE)")
     var apiKeyFile: String?
-    @Option(name: .customLong("max-body"), help: "Largest request body in bytes (env LEASEHOLD_MAX_BODY; default 1048576)")
+    @Option(
+        name: .customLong("max-body"), help: "Largest request body in bytes (env LEASEHOLD_MAX_BODY; default 1048576)")
     var maxBody: String?
-    @Option(name: .customLong("max-streams"), help: "Concurrent event streams per replica (env LEASEHOLD_MAX_STREAMS; default 1000)")
+    @Option(
+        name: .customLong("max-streams"),
+        help: "Concurrent event streams per replica (env LEASEHOLD_MAX_STREAMS; default 1000)")
     var maxStreams: String?
     @OptionGroup var logging: LogOptions
 
@@ -56,19 +63,24 @@ struct Serve: AsyncParsableCommand {
         }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        logger.info("starting", metadata: [
-            "replica_id": "\(settings.replicaID)", "port": "\(settings.port)",
-            "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
-            "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
-        ])
+        logger.info(
+            "starting",
+            metadata: [
+                "replica_id": "\(settings.replicaID)", "port": "\(settings.port)",
+                "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
+                "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
+            ])
         // The one composition root: the database's services first (the pool closes last), then
         // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).
         let database = settings.database.map {
-            Database(url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL, logger: logger)
+            Database(
+                url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL,
+                listenProbe: settings.leaseTTL / 3, logger: logger)
         }
         let migrated = OnceFlag()
         let coordinator = Coordinator(
-            store: database?.store ?? InMemoryStore(), registry: try Samples.registry(),
+            store: database?.store ?? InMemoryStore(),
+            registry: try Samples.registry(ledger: database?.ledger(logger: logger) ?? InMemoryLedger()),
             configuration: CoordinatorConfiguration(
                 replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
                 idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing),

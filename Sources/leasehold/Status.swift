@@ -32,13 +32,18 @@ struct Status: AsyncParsableCommand {
         let expired = counts.expiredLeases
         if json {
             let value: JSONValue = [
-                "replicas": .array(replicas.map {
-                    ["id": .string($0.id.rawValue), "address": .string($0.address), "alive": .bool($0.alive),
-                     "handlers_owned": .int($0.handlersOwned), "last_heartbeat": .string("\($0.heartbeatAt)")]
-                }),
-                "handlers": ["running": .int(counts.running), "hibernated": .int(counts.hibernated),
-                             "completed": .int(counts.completed), "failed": .int(counts.failed),
-                             "cancelled": .int(counts.cancelled)],
+                "replicas": .array(
+                    replicas.map {
+                        [
+                            "id": .string($0.id.rawValue), "address": .string($0.address), "alive": .bool($0.alive),
+                            "handlers_owned": .int($0.handlersOwned), "last_heartbeat": .string("\($0.heartbeatAt)"),
+                        ]
+                    }),
+                "handlers": [
+                    "running": .int(counts.running), "hibernated": .int(counts.hibernated),
+                    "completed": .int(counts.completed), "failed": .int(counts.failed),
+                    "cancelled": .int(counts.cancelled),
+                ],
                 "expired_leases": .int(expired),
             ]
             print(value.jsonString)
@@ -46,12 +51,14 @@ struct Status: AsyncParsableCommand {
         }
         print(pad("REPLICA", 24) + pad("ADDRESS", 28) + pad("ALIVE", 7) + pad("OWNED", 7) + "LAST HEARTBEAT")
         for replica in replicas {
-            print(pad(replica.id.rawValue, 24) + pad(replica.address, 28) + pad(replica.alive ? "yes" : "no", 7)
-                + pad(String(replica.handlersOwned), 7) + "\(replica.heartbeatAt)")
+            print(
+                pad(replica.id.rawValue, 24) + pad(replica.address, 28) + pad(replica.alive ? "yes" : "no", 7)
+                    + pad(String(replica.handlersOwned), 7) + "\(replica.heartbeatAt)")
         }
         print("")
-        print("handlers: running \(counts.running), hibernated \(counts.hibernated), completed \(counts.completed), "
-            + "failed \(counts.failed), cancelled \(counts.cancelled); expired leases \(expired)")
+        print(
+            "handlers: running \(counts.running), hibernated \(counts.hibernated), completed \(counts.completed), "
+                + "failed \(counts.failed), cancelled \(counts.cancelled); expired leases \(expired)")
     }
 
     func pad(_ text: String, _ width: Int) -> String {

@@ -21,7 +21,8 @@ enum TestWorkflows {
                     context.set("seen", 0)
                     context.set("sum", 0)
                 },
-                Step("add", accepts: ["Add"], emits: ["StopEvent"], streams: ["Add"], maxConcurrency: 1) { event, context in
+                Step("add", accepts: ["Add"], emits: ["StopEvent"], streams: ["Add"], maxConcurrency: 1) {
+                    event, context in
                     let seen = (context.get("seen")?.intValue ?? 0) + 1
                     let sum = (context.get("sum")?.intValue ?? 0) + (event.value["value"]?.intValue ?? 0)
                     context.set("seen", .int(seen))
@@ -32,8 +33,8 @@ enum TestWorkflows {
             ])
     }
 
-    static func registry() throws -> WorkflowRegistry {
-        var registry = try Samples.registry()
+    static func registry(ledger: any FencedLedger = InMemoryLedger()) throws -> WorkflowRegistry {
+        var registry = try Samples.registry(ledger: ledger)
         try registry.register(try accumulate())
         return registry
     }
@@ -53,9 +54,10 @@ enum Harness {
     /// Runs coordinators (each a service in the group) over the given stores, then cancels them.
     static func withCoordinators<T: Sendable>(
         _ stores: [any HandlerStore], idle: Duration?, ttl: Duration = .seconds(5),
+        ledger: any FencedLedger = InMemoryLedger(),
         _ body: @Sendable ([Coordinator]) async throws -> T
     ) async throws -> T {
-        let registry = try TestWorkflows.registry()
+        let registry = try TestWorkflows.registry(ledger: ledger)
         let coordinators = stores.enumerated().map { index, store in
             Coordinator(
                 store: store, registry: registry, configuration: configuration("r\(index + 1)", ttl: ttl, idle: idle),

@@ -1,5 +1,4 @@
 import Foundation
-@testable import LeaseholdCoordinator
 import LeaseholdEngine
 import LeaseholdPostgres
 import LeaseholdRuntime
@@ -8,6 +7,8 @@ import LeaseholdTestSupport
 import PostgresNIO
 import Synchronization
 import Testing
+
+@testable import LeaseholdCoordinator
 
 /// One regression test per defect of the reviewed single-process design (docs/design.md's table).
 @Suite("Defect regressions", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
@@ -19,8 +20,10 @@ struct DefectRegressionTests {
         try await Harness.withPostgres(replicas: 1, idle: nil) { coordinators, store in
             let coordinator = coordinators[0]
             // A handler with a live step-less wait (approval) and one with a distant durable timer.
-            let waiting = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "hib-a")
-            let timed = try await coordinator.start(workflow: "timer", startEvent: ["seconds": 3600], handlerID: "hib-t")
+            let waiting = try await coordinator.start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "hib-a")
+            let timed = try await coordinator.start(
+                workflow: "timer", startEvent: ["seconds": 3600], handlerID: "hib-t")
             weak let approvalRuntime: HandlerRuntime? = coordinator.runtime(of: waiting.id)
             weak let timerRuntime: HandlerRuntime? = coordinator.runtime(of: timed.id)
             #expect(approvalRuntime != nil && timerRuntime != nil)
@@ -45,7 +48,8 @@ struct DefectRegressionTests {
     @Test func streamReaderDoesNotPinIdleHandler() async throws {
         try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
             let coordinator = coordinators[0]
-            let record = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "pin")
+            let record = try await coordinator.start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "pin")
             let seen = SeenTypes()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 // A reader tailing the log exactly as GET /events does (store + signals, never the runtime).
@@ -68,7 +72,8 @@ struct DefectRegressionTests {
                 // The reader may lag behind the commit it is woken for: wait for what it must see.
                 #expect(await eventually { seen.all.contains("InputRequiredEvent") })
                 // The reader still gets the rest after a reload.
-                try await coordinator.send(AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]), to: record.id)
+                try await coordinator.send(
+                    AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]), to: record.id)
                 let ended = await eventually { seen.all.last == "StopEvent" }
                 #expect(ended)
                 group.cancelAll()
@@ -139,7 +144,8 @@ struct DefectRegressionTests {
     /// #5: the idle timeout is configurable, and `off` disables hibernation.
     @Test func idleTimeoutIsConfigurableAndOff() async throws {
         try await Harness.withPostgres(replicas: 1, idle: nil) { coordinators, store in
-            let record = try await coordinators[0].start(workflow: "approval", startEvent: ["request": "x"], handlerID: "off")
+            let record = try await coordinators[0].start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "off")
             // With `off` there is no idle sweep at all: nothing can hibernate the waiting handler.
             try #require(await eventually { coordinators[0].runtime(of: record.id)?.idleSince != nil })
             #expect(coordinators[0].sweeper == nil)
@@ -149,7 +155,8 @@ struct DefectRegressionTests {
         }
         try await Harness.withPostgres(replicas: 1, idle: .milliseconds(150)) { coordinators, store in
             let started = ContinuousClock.now
-            let record = try await coordinators[0].start(workflow: "approval", startEvent: ["request": "x"], handlerID: "on")
+            let record = try await coordinators[0].start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "on")
             let hibernated = try await eventually { try await store.handler(record.id)?.hibernated ?? false }
             #expect(hibernated)
             #expect(ContinuousClock.now - started >= .milliseconds(150))
@@ -204,7 +211,8 @@ struct DuplicateReplicaIDTests {
         try await TestDatabase.withStore { store, _ in
             let registry = try TestWorkflows.registry()
             let configuration = Harness.configuration("r1", ttl: .seconds(3), idle: nil)
-            let older = Coordinator(store: store, registry: registry, configuration: configuration, logger: Harness.logger)
+            let older = Coordinator(
+                store: store, registry: registry, configuration: configuration, logger: Harness.logger)
             let newerStore = PostgresStore(client: store.client, logger: Harness.logger)
             let newer = Coordinator(
                 store: newerStore, registry: registry, configuration: configuration, logger: Harness.logger)
@@ -234,5 +242,47 @@ struct DuplicateReplicaIDTests {
                 group.cancelAll()
             }
         }
+    }
+}
+
+/// D7: the database's clock and the replica's monotonic clock disagree.
+@Suite("Clock steps", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct ClockStepTests {
+    /// The database clock jumps 10 s forward (beyond the margin of TTL/5): leases judged by the
+    /// database now expire early, so the replica fences every handler at once and registers anew;
+    /// the handler is claimed again under a new token and still completes. One step is one
+    /// detection (the comparison starts over from the stepped clock).
+    @Test func databaseClockStepFencesAndReregisters() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "clock-step")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                await coordinator.heartbeatOnce()
+                #expect(coordinator.clockSteps == 0)
+                let fencesBefore = coordinator.fenceCounts.selfFences
+                store.stepDatabaseClock(by: 10)
+                await coordinator.heartbeatOnce()
+                #expect(coordinator.clockSteps == 1)
+                let first = record.fencingToken
+                let moved = try await eventually(timeout: .seconds(20)) {
+                    try await Self.token(postgres, "clock-step") > first
+                }
+                #expect(moved)
+                try await coordinator.send(
+                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                await coordinator.heartbeatOnce()
+                #expect(coordinator.clockSteps == 1)
+                #expect(coordinator.fenceCounts.selfFences == fencesBefore)
+            }
+        }
+    }
+
+    static func token(_ store: PostgresStore, _ id: HandlerID) async throws -> FencingToken {
+        try await store.handler(id)?.fencingToken ?? FencingToken(0)
     }
 }

@@ -1,10 +1,11 @@
-@testable import LeaseholdCoordinator
 import Foundation
 import LeaseholdEngine
 import LeaseholdRuntime
 import LeaseholdStore
 import LeaseholdTestSupport
 import Testing
+
+@testable import LeaseholdCoordinator
 
 /// The replica's time-driven decisions (self-fencing, idle hibernation, renewal deadlines) on a
 /// manual clock: each test moves time by hand and runs one pass of the part it tests, so the
@@ -43,7 +44,8 @@ struct ManualClockTests {
     @Test("self-fencing happens exactly when the last renewal is too old, and a renewal moves that point")
     func selfFencingDeadline() async throws {
         try await Self.withParts(idle: nil) { coordinator, clock, _ in
-            let record = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "sf")
+            let record = try await coordinator.start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "sf")
             let limit = coordinator.configuration.selfFenceAfter
             clock.advance(by: limit - .milliseconds(1))
             #expect(!coordinator.selfFenceIfNeeded())
@@ -52,9 +54,11 @@ struct ManualClockTests {
             clock.advance(by: limit - .milliseconds(1))
             #expect(!coordinator.selfFenceIfNeeded())
             #expect(coordinator.liveHandlerIDs == [record.id])
-            #expect(coordinator.keeper.mayWrite(Lease(handlerID: record.id, replicaID: "r1", token: record.fencingToken)))
+            #expect(
+                coordinator.keeper.mayWrite(Lease(handlerID: record.id, replicaID: "r1", token: record.fencingToken)))
             clock.advance(by: .milliseconds(1))
-            #expect(!coordinator.keeper.mayWrite(Lease(handlerID: record.id, replicaID: "r1", token: record.fencingToken)))
+            #expect(
+                !coordinator.keeper.mayWrite(Lease(handlerID: record.id, replicaID: "r1", token: record.fencingToken)))
             #expect(coordinator.selfFenceIfNeeded())
             #expect(coordinator.liveHandlerIDs.isEmpty)
             #expect(coordinator.fenceCounts.selfFences == 1)
@@ -64,10 +68,13 @@ struct ManualClockTests {
         }
     }
 
-    @Test("the idle sweep hibernates a waiting handler after the timeout, not before, and never one with a timer due sooner")
+    @Test(
+        "the idle sweep hibernates a waiting handler after the timeout, not before, and never one with a timer due sooner"
+    )
     func idleSweep() async throws {
         try await Self.withParts(idle: .seconds(30)) { coordinator, clock, store in
-            let waiting = try await coordinator.start(workflow: "approval", startEvent: ["request": "x"], handlerID: "idle")
+            let waiting = try await coordinator.start(
+                workflow: "approval", startEvent: ["request": "x"], handlerID: "idle")
             // Due 45 s after start: at the 30 s timeout it is 15 s away, sooner than the timeout.
             let timed = try await coordinator.start(workflow: "timer", startEvent: ["seconds": 45], handlerID: "soon")
             // The start events are applied asynchronously; idleness begins once they are.

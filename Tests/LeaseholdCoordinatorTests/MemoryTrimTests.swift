@@ -1,5 +1,6 @@
-@testable import LeaseholdCoordinator
 import Testing
+
+@testable import LeaseholdCoordinator
 
 @Suite struct MemoryTrimTests {
     @Test func trimsOnceEnoughHandlersHaveLeftMemorySinceTheLastTrim() {

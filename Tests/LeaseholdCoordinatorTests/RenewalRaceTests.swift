@@ -1,4 +1,3 @@
-@testable import LeaseholdCoordinator
 import Foundation
 import LeaseholdEngine
 import LeaseholdPostgres
@@ -7,6 +6,8 @@ import LeaseholdStore
 import LeaseholdTestSupport
 import Synchronization
 import Testing
+
+@testable import LeaseholdCoordinator
 
 /// Leases acquired while a renewal is in flight are newer than its answer, not lost; a lease
 /// acquired just before a renewal whose runtime has not started yet is not an orphan.
@@ -35,7 +36,8 @@ struct RenewalRaceTests {
                     // to release its lease (20 s here) and a claim to raise the token.
                     try await coordinator.send(
                         AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
-                    let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(10)))
+                    let finished = try #require(
+                        try await Harness.waitFinished(postgres, record.id, timeout: .seconds(10)))
                     #expect(finished.status == .completed)
                     #expect(finished.fencingToken == record.fencingToken)  // never claimed again
                     #expect(runtime.state.status == .completed)
@@ -47,9 +49,13 @@ struct RenewalRaceTests {
 
 struct RenewalNeverRan: Error {}
 
-/// The Postgres store, except that one renewal's answer can be held back after the statement ran.
+/// The Postgres store, except that one renewal's answer can be held back after the statement ran,
+/// and the database time renewals report can be stepped (as a database whose clock jumped).
 final class DelayedRenewalStore: HandlerStore {
     private let base: PostgresStore
+    private let clockStep = Mutex<TimeInterval>(0)
+
+    func stepDatabaseClock(by seconds: TimeInterval) { clockStep.withLock { $0 += seconds } }
     private struct Gate {
         var holding = false
         var held = false
@@ -78,10 +84,10 @@ final class DelayedRenewalStore: HandlerStore {
 
     var signals: StoreSignals { base.signals }
 
-    func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
-        -> [HandlerID: FencingToken]
-    {
-        let answer = try await base.heartbeat(replica, address: address, ttl: ttl, excluding: excluding)
+    func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws -> Renewal {
+        var answer = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
+        let step = clockStep.withLock { $0 }
+        answer.databaseTime = answer.databaseTime.map { $0.addingTimeInterval(step) }
         guard gate.withLock({ $0.holding && !$0.held }) else { return answer }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = gate.withLock { gate -> Bool in
@@ -105,11 +111,15 @@ final class DelayedRenewalStore: HandlerStore {
     func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await base.claim(replica, limit: limit, only: only)
     }
-    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws { try await base.checkpoint(checkpoint, lease: lease) }
+    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+        try await base.checkpoint(checkpoint, lease: lease)
+    }
     func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
         try await base.hibernate(checkpoint, wakeAt: wakeAt, lease: lease)
     }
-    func release(_ checkpoint: Checkpoint?, lease: Lease) async throws { try await base.release(checkpoint, lease: lease) }
+    func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
+        try await base.release(checkpoint, lease: lease)
+    }
     func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
         try await base.appendInbox(handlerID, event)
     }
@@ -124,6 +134,8 @@ final class DelayedRenewalStore: HandlerStore {
     func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
         try await base.events(handlerID, after: sequence, limit: limit)
     }
-    func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] { try await base.replicas(aliveWithin: ttl) }
+    func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
+        try await base.replicas(aliveWithin: ttl)
+    }
     func counts() async throws -> HandlerCounts { try await base.counts() }
 }

@@ -126,9 +126,11 @@ struct HandlerMachineTests {
     func workflowTimeoutTimer() async throws {
         let slow = try Workflow(
             name: "slow", start: [], external: [EventType("Never")],
-            steps: [Step("wait", accepts: ["StartEvent"], waitsFor: ["Never"]) { _, context in
-                _ = try context.waitForEvent("Never")
-            }], timeout: 5)
+            steps: [
+                Step("wait", accepts: ["StartEvent"], waitsFor: ["Never"]) { _, context in
+                    _ = try context.waitForEvent("Never")
+                }
+            ], timeout: 5)
         var driver = EngineDriver(slow)
         driver.apply(.start(AnyEvent(type: "StartEvent")))
         await driver.runToEnd()
@@ -169,27 +171,38 @@ struct HandlerMachineTests {
 struct WorkflowValidationTests {
     @Test("a step that cannot be reached from StartEvent is rejected, naming it")
     func unreachableStep() {
-        #expect(throws: EngineError.invalidWorkflow(workflow: "w", reason: "step 'orphan' cannot be reached from StartEvent")) {
-            try Workflow(name: "w", start: [], events: [EventType("A")], steps: [
-                Step("begin", accepts: ["StartEvent"], emits: ["StopEvent"]) { _, _ in },
-                Step("orphan", accepts: ["A"], emits: ["StopEvent"]) { _, _ in },
-            ])
+        #expect(
+            throws: EngineError.invalidWorkflow(
+                workflow: "w", reason: "step 'orphan' cannot be reached from StartEvent")
+        ) {
+            try Workflow(
+                name: "w", start: [], events: [EventType("A")],
+                steps: [
+                    Step("begin", accepts: ["StartEvent"], emits: ["StopEvent"]) { _, _ in },
+                    Step("orphan", accepts: ["A"], emits: ["StopEvent"]) { _, _ in },
+                ])
         }
     }
 
     @Test("an emitted event that no step accepts is rejected, naming it")
     func unhandledEvent() {
-        #expect(throws: EngineError.invalidWorkflow(workflow: "w", reason: "event 'A' emitted by step 'begin' is accepted by no step")) {
-            try Workflow(name: "w", start: [], events: [EventType("A")], steps: [
-                Step("begin", accepts: ["StartEvent"], emits: ["A", "StopEvent"]) { _, _ in }
-            ])
+        #expect(
+            throws: EngineError.invalidWorkflow(
+                workflow: "w", reason: "event 'A' emitted by step 'begin' is accepted by no step")
+        ) {
+            try Workflow(
+                name: "w", start: [], events: [EventType("A")],
+                steps: [
+                    Step("begin", accepts: ["StartEvent"], emits: ["A", "StopEvent"]) { _, _ in }
+                ])
         }
     }
 
     @Test("an undeclared event type is rejected")
     func undeclared() {
         #expect(throws: EngineError.self) {
-            try Workflow(name: "w", start: [], steps: [Step("s", accepts: ["StartEvent"], emits: ["Ghost"]) { _, _ in }])
+            try Workflow(
+                name: "w", start: [], steps: [Step("s", accepts: ["StartEvent"], emits: ["Ghost"]) { _, _ in }])
         }
     }
 
@@ -211,7 +224,9 @@ struct WorkflowValidationTests {
     @Test("start values are checked against the start fields", arguments: badStarts)
     func badStart(name: String, value: JSONValue, message: String) throws {
         let workflow = try Samples.registry().workflow(name)
-        #expect(throws: EngineError.invalidEvent(type: "StartEvent", reason: message)) { try workflow.validateStart(value) }
+        #expect(throws: EngineError.invalidEvent(type: "StartEvent", reason: message)) {
+            try workflow.validateStart(value)
+        }
     }
 
     @Test("an event of an unknown type for the workflow is rejected")
@@ -220,7 +235,9 @@ struct WorkflowValidationTests {
         #expect(throws: EngineError.unknownEventType(workflow: "approval", type: "Tick")) {
             try workflow.validateExternal(AnyEvent(type: "Tick", value: ["n": 1]))
         }
-        #expect(throws: EngineError.invalidEvent(type: "HumanResponseEvent", reason: "field 'response' must be a string")) {
+        #expect(
+            throws: EngineError.invalidEvent(type: "HumanResponseEvent", reason: "field 'response' must be a string")
+        ) {
             try workflow.validateExternal(AnyEvent(type: "HumanResponseEvent", value: ["response": 1]))
         }
     }

@@ -22,11 +22,15 @@ struct SnapshotPropertyTests {
         switch Int.random(in: 0..<5, using: &rng) {
         case 0: return ("counter", ["count_to": .int(Int.random(in: 0...25, using: &rng))], [])
         case 1:
-            let items = (0..<Int.random(in: 0...8, using: &rng)).map { _ in JSONValue.int(Int.random(in: -50...50, using: &rng)) }
+            let items = (0..<Int.random(in: 0...8, using: &rng)).map { _ in
+                JSONValue.int(Int.random(in: -50...50, using: &rng))
+            }
             return ("fanout", ["items": .array(items)], [])
         case 2:
-            return ("approval", ["request": .string("r\(Int.random(in: 0...9, using: &rng))")],
-                    [AnyEvent(type: "HumanResponseEvent", value: ["response": "ok"])])
+            return (
+                "approval", ["request": .string("r\(Int.random(in: 0...9, using: &rng))")],
+                [AnyEvent(type: "HumanResponseEvent", value: ["response": "ok"])]
+            )
         case 3: return ("flaky", ["fail_times": .int(Int.random(in: 0...6, using: &rng))], [])
         default: return ("timer", ["seconds": .double(Double(Int.random(in: 0...3600, using: &rng)))], [])
         }

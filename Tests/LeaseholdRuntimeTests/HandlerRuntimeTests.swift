@@ -36,7 +36,9 @@ struct HandlerRuntimeTests {
             handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
             persistence: persistence)
         // The answer overtakes the start event (a send racing the launch's inbox read).
-        runtime.deliver([Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "early"]))])
+        runtime.deliver([
+            Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "early"]))
+        ])
         start(runtime, ["request": "r"])
         // Without the answer the handler would wait forever: bound the run so the test fails instead.
         let outcome = try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
@@ -133,7 +135,9 @@ struct HandlerRuntimeTests {
             let before = persistence.checkpoints.withLock { $0.count }
             // The stop reason is set before stop() returns: what is delivered after it is never written.
             runtime.stop(.abandon)
-            runtime.deliver([Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))])
+            runtime.deliver([
+                Delivery(inboxID: "e", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))
+            ])
             try await group.next()
             #expect(persistence.checkpoints.withLock { $0.count } == before)
         }

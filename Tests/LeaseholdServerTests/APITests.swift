@@ -36,9 +36,11 @@ func json(_ buffer: ByteBuffer) throws -> JSONValue {
 
 func expectError(
     _ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ uri: String, body: String? = nil,
-    headers: HTTPFields = [:], status: HTTPResponse.Status, detail: String, sourceLocation: SourceLocation = #_sourceLocation
+    headers: HTTPFields = [:], status: HTTPResponse.Status, detail: String,
+    sourceLocation: SourceLocation = #_sourceLocation
 ) async throws {
-    try await client.execute(uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }) { response in
+    try await client.execute(uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }) {
+        response in
         #expect(response.status == status, "\(method) \(uri)", sourceLocation: sourceLocation)
         #expect(response.headers[.contentType] == "application/json", sourceLocation: sourceLocation)
         let text = try json(response.body)["detail"]?.stringValue ?? ""
@@ -51,11 +53,18 @@ struct BadInputTests {
     @Test("run: malformed JSON, wrong types, unknown workflow, bad start values, context, handler id")
     func runBadInput() async throws {
         try await withAPI { client, _ in
-            try await expectError(client, .post, "/workflows/echo/run", body: "{not json", status: .badRequest, detail: "not valid JSON")
-            try await expectError(client, .post, "/workflows/echo/run", body: "[1,2]", status: .badRequest, detail: "must be a JSON object")
-            try await expectError(client, .post, "/workflows/echo/run", body: "42", status: .badRequest, detail: "must be a JSON object")
-            try await expectError(client, .post, "/workflows/nope/run", body: "{}", status: .notFound, detail: "workflow 'nope' not found")
-            try await expectError(client, .post, "/workflows/nope/run-nowait", body: "{}", status: .notFound, detail: "not found")
+            try await expectError(
+                client, .post, "/workflows/echo/run", body: "{not json", status: .badRequest, detail: "not valid JSON")
+            try await expectError(
+                client, .post, "/workflows/echo/run", body: "[1,2]", status: .badRequest,
+                detail: "must be a JSON object")
+            try await expectError(
+                client, .post, "/workflows/echo/run", body: "42", status: .badRequest, detail: "must be a JSON object")
+            try await expectError(
+                client, .post, "/workflows/nope/run", body: "{}", status: .notFound, detail: "workflow 'nope' not found"
+            )
+            try await expectError(
+                client, .post, "/workflows/nope/run-nowait", body: "{}", status: .notFound, detail: "not found")
             try await expectError(
                 client, .post, "/workflows/counter/run-nowait", body: #"{"start_event": {"count_to": "x"}}"#,
                 status: .badRequest, detail: "field 'count_to' must be an integer")
@@ -70,13 +79,16 @@ struct BadInputTests {
                 body: #"{"start_event": {"type": "Tick", "value": {"message": "x"}}}"#,
                 status: .badRequest, detail: "start_event type must be StartEvent")
             try await expectError(
-                client, .post, "/workflows/echo/run-nowait", body: #"{"start_event": {"message": "x"}, "context": {"a": 1}}"#,
+                client, .post, "/workflows/echo/run-nowait",
+                body: #"{"start_event": {"message": "x"}, "context": {"a": 1}}"#,
                 status: .badRequest, detail: "non-empty 'context'")
             try await expectError(
-                client, .post, "/workflows/echo/run-nowait", body: #"{"start_event": {"message": "x"}, "handler_id": 7}"#,
+                client, .post, "/workflows/echo/run-nowait",
+                body: #"{"start_event": {"message": "x"}, "handler_id": 7}"#,
                 status: .badRequest, detail: "'handler_id' must be a string")
             try await expectError(
-                client, .post, "/workflows/echo/run-nowait", body: #"{"start_event": {"message": "x"}, "handler_id": "a b/c"}"#,
+                client, .post, "/workflows/echo/run-nowait",
+                body: #"{"start_event": {"message": "x"}, "handler_id": "a b/c"}"#,
                 status: .badRequest, detail: "URL-safe")
         }
     }
@@ -85,9 +97,12 @@ struct BadInputTests {
     func duplicateHandler() async throws {
         try await withAPI { client, _ in
             let body = ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "dup"}"#)
-            try await client.execute(uri: "/workflows/approval/run-nowait", method: .post, body: body) { response throws in #expect(response.status == .ok) }
+            try await client.execute(uri: "/workflows/approval/run-nowait", method: .post, body: body) {
+                response throws in #expect(response.status == .ok)
+            }
             try await expectError(
-                client, .post, "/workflows/approval/run-nowait", body: #"{"start_event": {"request": "y"}, "handler_id": "dup"}"#,
+                client, .post, "/workflows/approval/run-nowait",
+                body: #"{"start_event": {"request": "y"}, "handler_id": "dup"}"#,
                 status: .conflict, detail: "already exists")
             try await client.execute(uri: "/handlers/dup", method: .get) { response in
                 #expect(response.status == .accepted)
@@ -102,38 +117,52 @@ struct BadInputTests {
         try await withAPI { client, _ in
             try await client.execute(
                 uri: "/workflows/approval/run-nowait", method: .post,
-                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "h"}"#)) { response throws in #expect(response.status == .ok) }
-            try await expectError(client, .post, "/events/h", body: "{}", status: .badRequest, detail: "Event data is required")
-            try await expectError(client, .post, "/events/h", body: "{bad", status: .badRequest, detail: "not valid JSON")
-            try await expectError(client, .post, "/events/h", body: #"{"event": [1]}"#, status: .badRequest, detail: "must be a JSON object")
-            try await expectError(client, .post, "/events/h", body: #"{"event": {"value": {}}}"#, status: .badRequest, detail: "string 'type'")
-            try await expectError(client, .post, "/events/h", body: #"{"event": "not json"}"#, status: .badRequest, detail: "not JSON")
+                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "h"}"#)
+            ) { response throws in #expect(response.status == .ok) }
             try await expectError(
-                client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "a\u0000b"}}}"#,
+                client, .post, "/events/h", body: "{}", status: .badRequest, detail: "Event data is required")
+            try await expectError(
+                client, .post, "/events/h", body: "{bad", status: .badRequest, detail: "not valid JSON")
+            try await expectError(
+                client, .post, "/events/h", body: #"{"event": [1]}"#, status: .badRequest,
+                detail: "must be a JSON object")
+            try await expectError(
+                client, .post, "/events/h", body: #"{"event": {"value": {}}}"#, status: .badRequest,
+                detail: "string 'type'")
+            try await expectError(
+                client, .post, "/events/h", body: #"{"event": "not json"}"#, status: .badRequest, detail: "not JSON")
+            try await expectError(
+                client, .post, "/events/h",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "a\u0000b"}}}"#,
                 status: .badRequest, detail: "must not contain")
             try await expectError(
                 client, .post, "/events/h", body: #"{"event": {"type": "Tick", "value": {"n": 1}}}"#,
                 status: .badRequest, detail: "not an event of workflow 'approval'")
             try await expectError(
-                client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": 3}}}"#,
+                client, .post, "/events/h",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": 3}}}"#,
                 status: .badRequest, detail: "field 'response' must be a string")
             try await expectError(
-                client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}, "step": 5}"#,
+                client, .post, "/events/h",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}, "step": 5}"#,
                 status: .badRequest, detail: "'step' must be a string")
             try await expectError(
-                client, .post, "/events/nope", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
+                client, .post, "/events/nope",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
                 status: .notFound, detail: "Handler not found")
             // Nothing accepted before was lost: the handler still waits and takes a good event.
             try await client.execute(
                 uri: "/events/h", method: .post,
-                body: ByteBuffer(string: #"{"event": "{\"type\": \"HumanResponseEvent\", \"data\": {\"response\": \"y\"}}"}"#)
+                body: ByteBuffer(
+                    string: #"{"event": "{\"type\": \"HumanResponseEvent\", \"data\": {\"response\": \"y\"}}"}"#)
             ) { response throws in #expect(response.status == .ok) }
             #expect(
                 await eventually {
                     (try? await client.execute(uri: "/handlers/h", method: .get) { $0.status }) == .ok
                 })
             try await expectError(
-                client, .post, "/events/h", body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
+                client, .post, "/events/h",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
                 status: .conflict, detail: "already completed")
         }
     }
@@ -143,11 +172,16 @@ struct BadInputTests {
         try await withAPI { client, _ in
             try await client.execute(
                 uri: "/workflows/approval/run-nowait", method: .post,
-                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "s"}"#)) { response throws in #expect(response.status == .ok) }
-            try await expectError(client, .get, "/events/s?after_sequence=abc", status: .badRequest, detail: "after_sequence must be")
-            try await expectError(client, .get, "/events/s?after_sequence=-5", status: .badRequest, detail: "after_sequence must be")
-            try await expectError(client, .get, "/events/s?sse=maybe", status: .badRequest, detail: "'sse' must be true or false")
-            try await expectError(client, .get, "/events/s?include_internal=2", status: .badRequest, detail: "true or false")
+                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "s"}"#)
+            ) { response throws in #expect(response.status == .ok) }
+            try await expectError(
+                client, .get, "/events/s?after_sequence=abc", status: .badRequest, detail: "after_sequence must be")
+            try await expectError(
+                client, .get, "/events/s?after_sequence=-5", status: .badRequest, detail: "after_sequence must be")
+            try await expectError(
+                client, .get, "/events/s?sse=maybe", status: .badRequest, detail: "'sse' must be true or false")
+            try await expectError(
+                client, .get, "/events/s?include_internal=2", status: .badRequest, detail: "true or false")
             try await expectError(client, .get, "/events/missing", status: .notFound, detail: "Handler not found")
         }
     }
@@ -155,7 +189,8 @@ struct BadInputTests {
     @Test("handlers: unknown status filter, unknown handler, cancel of unknown, bad purge")
     func handlersBadInput() async throws {
         try await withAPI { client, _ in
-            try await expectError(client, .get, "/handlers?status=sleeping", status: .badRequest, detail: "unknown status 'sleeping'")
+            try await expectError(
+                client, .get, "/handlers?status=sleeping", status: .badRequest, detail: "unknown status 'sleeping'")
             try await client.execute(uri: "/handlers?status=&workflow_name=", method: .get) { response in
                 #expect(response.status == .ok)
                 let list = try json(response.body)
@@ -165,12 +200,16 @@ struct BadInputTests {
             try await expectError(client, .get, "/handlers/a%00b", status: .notFound, detail: "Handler not found")
             try await expectError(client, .get, "/handlers?workflow_name=a%00b", status: .badRequest, detail: "NUL")
             try await expectError(client, .get, "/results/none", status: .notFound, detail: "Handler not found")
-            try await expectError(client, .post, "/handlers/none/cancel", status: .notFound, detail: "Handler not found")
-            try await expectError(client, .post, "/handlers/none/cancel?purge=perhaps", status: .badRequest, detail: "'purge'")
-            try await expectError(client, .get, "/cluster/handlers/none", status: .notFound, detail: "Handler not found")
+            try await expectError(
+                client, .post, "/handlers/none/cancel", status: .notFound, detail: "Handler not found")
+            try await expectError(
+                client, .post, "/handlers/none/cancel?purge=perhaps", status: .badRequest, detail: "'purge'")
+            try await expectError(
+                client, .get, "/cluster/handlers/none", status: .notFound, detail: "Handler not found")
             try await expectError(client, .get, "/workflows/none/schema", status: .notFound, detail: "not found")
             try await expectError(client, .get, "/workflows/none/events", status: .notFound, detail: "not found")
-            try await expectError(client, .get, "/workflows/none/representation", status: .notFound, detail: "not found")
+            try await expectError(
+                client, .get, "/workflows/none/representation", status: .notFound, detail: "not found")
         }
     }
 
@@ -184,7 +223,9 @@ struct BadInputTests {
                 #expect(response.headers[.allow] == "POST")
             }
             let big = #"{"start_event": {"message": ""# + String(repeating: "x", count: 5000) + #""}}"#
-            try await expectError(client, .post, "/workflows/echo/run-nowait", body: big, status: .contentTooLarge, detail: "larger than 4096")
+            try await expectError(
+                client, .post, "/workflows/echo/run-nowait", body: big, status: .contentTooLarge,
+                detail: "larger than 4096")
             try await client.execute(uri: "/handlers", method: .get) { response in
                 let list = try json(response.body)
                 #expect(list["handlers"] == [])
@@ -197,9 +238,11 @@ struct BadInputTests {
         try await withAPI(ServerConfiguration(apiKeys: ["s3cret", "other"])) { client, _ in
             try await expectError(client, .get, "/workflows", status: .unauthorized, detail: "API key")
             try await expectError(
-                client, .get, "/workflows", headers: [.authorization: "Bearer wrong"], status: .unauthorized, detail: "API key")
+                client, .get, "/workflows", headers: [.authorization: "Bearer wrong"], status: .unauthorized,
+                detail: "API key")
             try await expectError(
-                client, .get, "/workflows", headers: [.authorization: "Basic s3cret"], status: .unauthorized, detail: "API key")
+                client, .get, "/workflows", headers: [.authorization: "Basic s3cret"], status: .unauthorized,
+                detail: "API key")
             try await client.execute(uri: "/workflows", method: .get, headers: [.authorization: "Bearer s3cret"]) {
                 response throws in #expect(response.status == .ok)
             }
@@ -207,7 +250,9 @@ struct BadInputTests {
                 response throws in #expect(response.status == .ok)
             }
             for open in ["/health", "/ready", "/metrics"] {
-                try await client.execute(uri: open, method: .get) { response throws in #expect(response.status != .unauthorized, "\(open)") }
+                try await client.execute(uri: open, method: .get) { response throws in
+                    #expect(response.status != .unauthorized, "\(open)")
+                }
             }
         }
     }
@@ -223,15 +268,19 @@ struct ContractTests {
                 body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "rec"}"#)
             ) { response in
                 let record = try json(response.body)
-                for key in ["handler_id", "workflow_name", "run_id", "status", "error", "result", "started_at", "updated_at",
-                            "completed_at", "result_unreadable"] {
+                for key in [
+                    "handler_id", "workflow_name", "run_id", "status", "error", "result", "started_at", "updated_at",
+                    "completed_at", "result_unreadable",
+                ] {
                     #expect(record[key] != nil, "missing \(key)")
                 }
                 #expect(record["status"] == "running")
                 #expect(record["result"] == .null)
                 #expect(record["started_at"]?.stringValue?.hasSuffix("+00:00") == true)
             }
-            try await client.execute(uri: "/handlers/rec", method: .get) { response throws in #expect(response.status == .accepted) }
+            try await client.execute(uri: "/handlers/rec", method: .get) { response throws in
+                #expect(response.status == .accepted)
+            }
         }
     }
 
@@ -239,7 +288,8 @@ struct ContractTests {
     func streams() async throws {
         try await withAPI { client, _ in
             try await client.execute(
-                uri: "/workflows/counter/run", method: .post, body: ByteBuffer(string: #"{"start_event": {"count_to": 3}}"#)
+                uri: "/workflows/counter/run", method: .post,
+                body: ByteBuffer(string: #"{"start_event": {"count_to": 3}}"#)
             ) { response in
                 let id = try json(response.body)["handler_id"]?.stringValue ?? ""
                 try await client.execute(uri: "/events/\(id)?sse=false&after_sequence=-1", method: .get) { stream in
@@ -249,13 +299,16 @@ struct ContractTests {
                     #expect(types == ["Tick", "Tick", "Tick", "StopEvent"])
                 }
                 try await client.execute(
-                    uri: "/events/\(id)?after_sequence=-1", method: .get, headers: [HTTPField.Name("Last-Event-ID")!: "5"]
+                    uri: "/events/\(id)?after_sequence=-1", method: .get,
+                    headers: [HTTPField.Name("Last-Event-ID")!: "5"]
                 ) { stream in
                     let text = String(buffer: stream.body)
                     #expect(!text.contains("id: 5\n"))
                     #expect(text.contains("id: 8\n"))
                 }
-                try await client.execute(uri: "/events/\(id)?after_sequence=now", method: .get) { response throws in #expect(response.status == .noContent) }
+                try await client.execute(uri: "/events/\(id)?after_sequence=now", method: .get) { response throws in
+                    #expect(response.status == .noContent)
+                }
             }
         }
     }
@@ -270,11 +323,15 @@ struct ContractTests {
                 #expect(document["openapi"] == "3.1.0")
                 var documented = Set<String>()
                 for (path, operations) in document["paths"]?.objectValue ?? [:] {
-                    for method in (operations.objectValue ?? [:]).keys { documented.insert("\(method.uppercased()) \(path)") }
+                    for method in (operations.objectValue ?? [:]).keys {
+                        documented.insert("\(method.uppercased()) \(path)")
+                    }
                 }
                 var routed = Set<String>()
                 for route in router.routes {
-                    routed.insert("\(route.method.rawValue) \(route.path.description.hasPrefix("/") ? "" : "/")\(route.path.description)")
+                    routed.insert(
+                        "\(route.method.rawValue) \(route.path.description.hasPrefix("/") ? "" : "/")\(route.path.description)"
+                    )
                 }
                 #expect(documented == routed)
             }
@@ -286,7 +343,8 @@ struct ContractTests {
         try await withAPI { client, _ in
             try await client.execute(
                 uri: "/workflows/approval/run-nowait", method: .post,
-                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "cl"}"#)) { _ in }
+                body: ByteBuffer(string: #"{"start_event": {"request": "x"}, "handler_id": "cl"}"#)
+            ) { _ in }
             try await client.execute(uri: "/cluster", method: .get) { response in
                 let view = try json(response.body)
                 #expect(view["replica_id"] == "t")

@@ -68,7 +68,8 @@ struct PostgresStoreTests {
             try await store.register("r1", address: "test://r1", ttl: Self.ttl)
             let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1").lease
             try await store.checkpoint(
-                Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
+                Checkpoint(
+                    state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
                 lease: lease)
             _ = try await store.appendInbox("k", InboxEvent(id: "e", event: AnyEvent(type: "X")))
             try await TestDatabase.withClient(url) { blocker in
@@ -83,7 +84,8 @@ struct PostgresStoreTests {
                             try await store.checkpoint(
                                 Checkpoint(
                                     state: StoreConformanceTests.state(3),
-                                    log: [StoreConformanceTests.record(1), StoreConformanceTests.record(2)], consumedInbox: ["e"]),
+                                    log: [StoreConformanceTests.record(1), StoreConformanceTests.record(2)],
+                                    consumedInbox: ["e"]),
                                 lease: lease)
                         }
                         var victim: Int32?
@@ -128,7 +130,8 @@ struct PostgresStoreTests {
         }
     }
 
-    @Test("two processes with one replica id: the newest registration wins; the older holds, claims and removes nothing")
+    @Test(
+        "two processes with one replica id: the newest registration wins; the older holds, claims and removes nothing")
     func duplicateReplicaID() async throws {
         try await TestDatabase.withStore { older, _ in
             let newer = PostgresStore(client: older.client, logger: Self.logger)
@@ -149,7 +152,9 @@ struct PostgresStoreTests {
             #expect(try await newer.heartbeat("r1", address: "b", ttl: Self.ttl) == ["h": claimed.lease.token])
             await #expect(throws: StoreError.leaseLost("h")) {
                 try await older.checkpoint(
-                    Checkpoint(state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []),
+                    Checkpoint(
+                        state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: []
+                    ),
                     lease: lease)
             }
         }
@@ -161,8 +166,10 @@ struct PostgresStoreTests {
             try await store.register("r1", address: "a", ttl: Self.ttl)
             let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
             try await store.checkpoint(
-                Checkpoint(state: StoreConformanceTests.state(2), log: [StoreConformanceTests.record(0), StoreConformanceTests.record(1)],
-                           consumedInbox: []), lease: lease)
+                Checkpoint(
+                    state: StoreConformanceTests.state(2),
+                    log: [StoreConformanceTests.record(0), StoreConformanceTests.record(1)],
+                    consumedInbox: []), lease: lease)
             // Sequence 3 without 2, written behind the store's back: refused, nothing written.
             await #expect(throws: (any Error).self) {
                 try await store.client.query(
@@ -170,9 +177,25 @@ struct PostgresStoreTests {
                     logger: Self.logger)
             }
             try await store.checkpoint(
-                Checkpoint(state: StoreConformanceTests.state(3), log: [StoreConformanceTests.record(2)], consumedInbox: []),
+                Checkpoint(
+                    state: StoreConformanceTests.state(3), log: [StoreConformanceTests.record(2)], consumedInbox: []),
                 lease: lease)
             #expect(try await store.events("h", after: -1, limit: 10).map(\.sequence) == [0, 1, 2])
+        }
+    }
+
+    /// D1: a LISTEN connection that goes silent without an error (a half-open socket after a
+    /// partition) is found out by the process's own probes and replaced; notifications flow again.
+    @Test("a LISTEN connection that stops hearing its own probes is replaced")
+    func silentListenIsReplaced() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try #require(await eventually { store.listenSessions >= 1 })
+            let first = store.listenSessions
+            store.deafenCurrentListen()
+            // Probes every second, replaced three periods after the first unheard one was sent.
+            try #require(await eventually(timeout: .seconds(20)) { store.listenSessions > first })
+            // The new connection hears the probes (NOTIFYs sent through another pooled connection).
+            #expect(await eventually(timeout: .seconds(10)) { store.probesHeard > 0 })
         }
     }
 
@@ -185,7 +208,8 @@ struct PostgresStoreTests {
             copy.database = url.database + "_m"
             let fresh = copy
             _ = try await TestDatabase.withClient(url) { client in
-                try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(fresh.database)"), logger: Self.logger)
+                try await client.query(
+                    PostgresQuery(unsafeSQL: "CREATE DATABASE \(fresh.database)"), logger: Self.logger)
             }
             let applied = try await withThrowingTaskGroup(of: [Int].self) { group in
                 for _ in 0..<3 {
@@ -202,7 +226,8 @@ struct PostgresStoreTests {
             #expect(applied.filter { !$0.isEmpty }.count == 1)
             #expect(applied.flatMap { $0 } == Migrator.bundledVersions)
             _ = try await TestDatabase.withClient(url) { client in
-                try await client.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(fresh.database) WITH (FORCE)"), logger: Self.logger)
+                try await client.query(
+                    PostgresQuery(unsafeSQL: "DROP DATABASE \(fresh.database) WITH (FORCE)"), logger: Self.logger)
             }
         }
     }

@@ -32,7 +32,8 @@ struct StoreConformanceTests {
         return state
     }
 
-    @Test("create owns the handler with a fresh token and puts the start event in the inbox", arguments: StoreFactory.all)
+    @Test(
+        "create owns the handler with a fresh token and puts the start event in the inbox", arguments: StoreFactory.all)
     func create(factory: StoreFactory) async throws {
         try await factory.run { store in
             _ = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl)
@@ -60,7 +61,8 @@ struct StoreConformanceTests {
             try await store.checkpoint(
                 Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
                 lease: lease)
-            try await store.checkpoint(Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
             #expect(try await store.events("h", after: -1, limit: 100).map(\.sequence) == [0, 1, 2])
             #expect(try await store.events("h", after: 0, limit: 1).map(\.sequence) == [1])
             #expect(try await store.events("h", after: 2, limit: 100).isEmpty)
@@ -68,8 +70,9 @@ struct StoreConformanceTests {
             #expect(try await store.handler("h")?.lastSequence == 2)
             // A finished state completes the record and frees the lease.
             try await store.checkpoint(
-                Checkpoint(state: Self.state(4, status: .completed), log: [Self.record(3, "StopEvent", terminal: true)],
-                           consumedInbox: []), lease: lease)
+                Checkpoint(
+                    state: Self.state(4, status: .completed), log: [Self.record(3, "StopEvent", terminal: true)],
+                    consumedInbox: []), lease: lease)
             let done = try #require(try await store.handler("h"))
             #expect(done.status == .completed)
             #expect(done.result?.type == "StopEvent")
@@ -82,16 +85,20 @@ struct StoreConformanceTests {
     func staleTokenRejected(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.release(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            try await store.release(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
             #expect(claimed.lease.token > lease.token)
             #expect(claimed.state.context["marker"] == 1)
-            try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: claimed.lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: claimed.lease)
             await #expect(throws: StoreError.leaseLost("h")) {
-                try await store.checkpoint(Checkpoint(state: Self.state(9), log: [Self.record(2)], consumedInbox: ["start"]), lease: lease)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(9), log: [Self.record(2)], consumedInbox: ["start"]), lease: lease)
             }
             await #expect(throws: StoreError.leaseLost("h")) {
-                _ = try await store.hibernate(Checkpoint(state: Self.state(9), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
+                _ = try await store.hibernate(
+                    Checkpoint(state: Self.state(9), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
             }
             await #expect(throws: StoreError.leaseLost("h")) { try await store.release(nil, lease: lease) }
             let record = try #require(try await store.handler("h"))
@@ -120,7 +127,8 @@ struct StoreConformanceTests {
             #expect(record.owner == Self.r2)
             #expect(record.fencingToken > old.token)
             await #expect(throws: StoreError.leaseLost("h")) {
-                try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: old)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: old)
             }
             // The old owner's renewal finds its registration lapsed: it holds nothing.
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl).isEmpty)
@@ -141,15 +149,19 @@ struct StoreConformanceTests {
     func hibernateRefusedWithInbox(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
-            _ = try await store.appendInbox("h", InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"])))
-            let refused = try await store.hibernate(Checkpoint(state: Self.state(1), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
+            _ = try await store.appendInbox(
+                "h", InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"])))
+            let refused = try await store.hibernate(
+                Checkpoint(state: Self.state(1), log: [], consumedInbox: []), wakeAt: nil, lease: lease)
             #expect(!refused)
             #expect(try await store.handler("h")?.hibernated == false)
             #expect(try await store.handler("h")?.owner == Self.r1)
             // Consuming it in the same hibernation is allowed.
             let done = try await store.hibernate(
-                Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: ["e1"]), wakeAt: nil, lease: lease)
+                Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: ["e1"]), wakeAt: nil,
+                lease: lease)
             #expect(done)
             let record = try #require(try await store.handler("h"))
             #expect(record.hibernated)
@@ -162,7 +174,9 @@ struct StoreConformanceTests {
     func hibernatedClaimable(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: lease))
+            #expect(
+                try await store.hibernate(
+                    Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: lease))
             #expect(try await store.claim(Self.r2, limit: 10, only: nil).isEmpty)
             #expect(try await store.claim(Self.r2, limit: 10, only: "h").isEmpty)
             let receipt = try await store.appendInbox("h", InboxEvent(id: "e", event: AnyEvent(type: "X")))
@@ -175,13 +189,16 @@ struct StoreConformanceTests {
             #expect(try await store.handler("h")?.hibernated == false)
 
             let timed = try await store.create(Self.new("t"), owner: Self.r1).lease
-            #expect(try await store.hibernate(
-                Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: Date().addingTimeInterval(-1), lease: timed))
+            #expect(
+                try await store.hibernate(
+                    Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]),
+                    wakeAt: Date().addingTimeInterval(-1), lease: timed))
             #expect(try await store.claim(Self.r2, limit: 10, only: nil).map(\.record.id) == ["t"])
         }
     }
 
-    @Test("inbox append: unknown → not found, finished → finished, same id twice → one row", arguments: StoreFactory.all)
+    @Test(
+        "inbox append: unknown → not found, finished → finished, same id twice → one row", arguments: StoreFactory.all)
     func inboxAppend(factory: StoreFactory) async throws {
         try await factory.run { store in
             let event = InboxEvent(id: "e", event: AnyEvent(type: "X", value: ["a": 1]))
@@ -192,8 +209,9 @@ struct StoreConformanceTests {
             #expect(try await store.pendingInbox("h").map(\.id) == ["start", "e"])
             #expect(try await store.pendingInbox("h").last?.event == event.event)
             try await store.checkpoint(
-                Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
-                           consumedInbox: []), lease: lease)
+                Checkpoint(
+                    state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                    consumedInbox: []), lease: lease)
             await #expect(throws: StoreError.handlerFinished("h")) { _ = try await store.appendInbox("h", event) }
         }
     }
@@ -202,7 +220,9 @@ struct StoreConformanceTests {
     func cancel(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: []), lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: []), lease: lease
+            )
             guard case .cancelled(let record) = try await store.cancel("h") else {
                 Issue.record("expected cancelled")
                 return
@@ -214,7 +234,8 @@ struct StoreConformanceTests {
             #expect(log.map(\.type) == ["Tick", "Tick", "WorkflowCancelledEvent"])
             #expect(log.last?.types == ["StopEvent"])
             await #expect(throws: StoreError.leaseLost("h")) {
-                try await store.checkpoint(Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
             }
             guard case .alreadyFinished = try await store.cancel("h") else {
                 Issue.record("expected alreadyFinished")
@@ -228,13 +249,15 @@ struct StoreConformanceTests {
     func delete(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             #expect(try await store.delete("h"))
             #expect(try await store.delete("h") == false)
             #expect(try await store.handler("h") == nil)
             #expect(try await store.events("h", after: -1, limit: 10).isEmpty)
             await #expect(throws: StoreError.leaseLost("h")) {
-                try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: lease)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: lease)
             }
         }
     }
@@ -243,9 +266,11 @@ struct StoreConformanceTests {
     func sequenceConflict(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             await #expect(throws: StoreError.self) {
-                try await store.checkpoint(Checkpoint(state: Self.state(2), log: [Self.record(0)], consumedInbox: []), lease: lease)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(2), log: [Self.record(0)], consumedInbox: []), lease: lease)
             }
             #expect(try await store.events("h", after: -1, limit: 10).count == 1)
         }
@@ -260,9 +285,12 @@ struct StoreConformanceTests {
             _ = try await store.create(Self.new("b", workflow: "counter"), owner: Self.r1)
             let c = try await store.create(Self.new("c", workflow: "counter"), owner: Self.r2).lease
             try await store.checkpoint(
-                Checkpoint(state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
-                           consumedInbox: []), lease: a)
-            #expect(try await store.hibernate(Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: c))
+                Checkpoint(
+                    state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                    consumedInbox: []), lease: a)
+            #expect(
+                try await store.hibernate(
+                    Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]), wakeAt: nil, lease: c))
             let replicas = try await store.replicas(aliveWithin: Self.ttl)
             #expect(replicas.map(\.id) == [Self.r1, Self.r2])
             #expect(replicas.map(\.handlersOwned) == [1, 0])
@@ -286,7 +314,8 @@ struct StoreConformanceTests {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             let version = store.signals.logVersion("h")
-            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
             // Readers wait on the version; a wake-up may be spurious, so they re-check (bounded here).
             let deadline = ContinuousClock.now + .seconds(10)
             while store.signals.logVersion("h") == version, ContinuousClock.now < deadline {
@@ -296,7 +325,9 @@ struct StoreConformanceTests {
         }
     }
 
-    @Test("leases ride on the registration: a new registration or a deregistration releases them", arguments: StoreFactory.all)
+    @Test(
+        "leases ride on the registration: a new registration or a deregistration releases them",
+        arguments: StoreFactory.all)
     func registrationCarriesLeases(factory: StoreFactory) async throws {
         try await factory.run { store in
             let a = try await store.create(Self.new("a"), owner: Self.r1).lease
@@ -319,7 +350,9 @@ struct StoreConformanceTests {
         }
     }
 
-    @Test("a lease left out of renewal expires with the registration it was renewed from; the others go on", arguments: StoreFactory.all)
+    @Test(
+        "a lease left out of renewal expires with the registration it was renewed from; the others go on",
+        arguments: StoreFactory.all)
     func excludedLeaseExpires(factory: StoreFactory) async throws {
         try await factory.run { store in
             // r1's registration lasts 3 s: the renewal below runs well within it even on a loaded machine.
@@ -338,9 +371,11 @@ struct StoreConformanceTests {
             #expect(moved)
             #expect(taken.map(\.record.id) == ["stuck"])
             await #expect(throws: StoreError.leaseLost("stuck")) {
-                try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: stuck)
+                try await store.checkpoint(
+                    Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: stuck)
             }
-            try await store.checkpoint(Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: fine)
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: fine)
             #expect(try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl) == ["fine": fine.token])
         }
     }
@@ -363,6 +398,29 @@ struct StoreConformanceTests {
             }
             #expect(try await store.handler("h")?.lastSequence == -1)
             #expect(try await store.pendingInbox("h").map(\.id) == ["start"])
+        }
+    }
+
+    /// D9: a finished handler's unconsumed inbox rows (an event accepted just before it finished)
+    /// are consumed with it, so they neither count as pending nor keep showing up as claim
+    /// candidates; the same for a cancelled one.
+    @Test("finishing or cancelling a handler consumes what is left of its inbox", arguments: StoreFactory.all)
+    func finishingConsumesLeftovers(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("done"), owner: Self.r1).lease
+            _ = try await store.appendInbox("done", InboxEvent(id: "late", event: AnyEvent(type: "Tick", value: [:])))
+            try await store.checkpoint(
+                Checkpoint(
+                    state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                    consumedInbox: ["start"]),
+                lease: lease)
+            #expect(try await store.pendingInbox("done").isEmpty)
+            _ = try await store.create(Self.new("gone"), owner: Self.r1)
+            _ = try await store.appendInbox("gone", InboxEvent(id: "late", event: AnyEvent(type: "Tick", value: [:])))
+            _ = try await store.cancel("gone")
+            #expect(try await store.pendingInbox("gone").isEmpty)
+            #expect(try await store.pendingInbox(of: ["done", "gone"]).isEmpty)
+            #expect(try await store.claim(Self.r2, limit: 10, only: nil).isEmpty)
         }
     }
 }

@@ -1,6 +1,7 @@
 import LeaseholdPostgres
 import LeaseholdStore
 import LeaseholdTestSupport
+import Testing
 
 /// A way to get a fresh store; every store implementation adds one and passes the same suite.
 struct StoreFactory: Sendable, CustomTestStringConvertible {
@@ -26,5 +27,3 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
     /// Postgres is included whenever a test server is configured (always under scripts/test and CI).
     static var all: [StoreFactory] { TestDatabase.isConfigured ? [memory, postgres] : [memory] }
 }
-
-import Testing

@@ -1,0 +1,35 @@
+import LeaseholdSamples
+import Logging
+import PostgresNIO
+
+/// The `ledger` sample's external system in the cluster's database (migration 0007): one
+/// statement raises the handler's fence row only if the posting's token is not lower, and writes
+/// the posting only if it did.
+public struct PostgresLedger: FencedLedger {
+    let client: PostgresClient
+    let logger: Logger
+
+    public init(client: PostgresClient, logger: Logger) {
+        self.client = client
+        self.logger = logger
+    }
+
+    public func post(handler: String, posting: Int, amount: Int, token: Int64) async throws -> Bool {
+        let rows = try await client.query(
+            """
+            WITH fence AS (
+                INSERT INTO sample_ledger_fence (handler_id, token) VALUES (\(handler), \(token))
+                ON CONFLICT (handler_id) DO UPDATE SET token = EXCLUDED.token
+                WHERE sample_ledger_fence.token <= EXCLUDED.token
+                RETURNING handler_id)
+            INSERT INTO sample_ledger (handler_id, posting, amount, token)
+            SELECT handler_id, \(posting), \(Int64(amount)), \(token) FROM fence
+            ON CONFLICT (handler_id, posting) DO UPDATE SET amount = EXCLUDED.amount, token = EXCLUDED.token,
+                posted_at = now()
+            RETURNING 1
+            """, logger: logger)
+        var posted = false
+        for try await _ in rows { posted = true }
+        return posted
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdStore
+import PostgresNIO
+
+/// How Postgres errors become `StoreError`s: by SQLSTATE, then by postgres-nio's client error code.
+extension PostgresStore {
+    /// Runs a store operation, turning connection failures into `StoreError.unavailable`.
+    func guarded<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as PostgresTransactionError {
+            if let inner = error.closureError as? StoreError { throw inner }
+            throw map(error.closureError ?? error.commitError ?? error.beginError ?? error)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw map(error)
+        }
+    }
+
+    private func map(_ error: any Error) -> any Error {
+        if let error = error as? StoreError { return error }
+        guard let psql = error as? PSQLError else { return error }
+        if let state = psql.serverInfo?[.sqlState] {
+            if state == "23505" { return StoreError.sequenceConflict(HandlerID(psql.serverInfo?[.detail] ?? "?"), -1) }
+            // 08: connection exception; 57P: operator intervention (shutdown, terminated backend); 53: resources;
+            // and the transient outcomes a retry resolves: serialization failure, deadlock, query
+            // cancelled (statement timeout), idle-in-transaction timeout, lock not available.
+            if state.hasPrefix("08") || state.hasPrefix("57P") || state.hasPrefix("53")
+                || Self.transientStates.contains(state)
+            {
+                return StoreError.unavailable(psql.serverInfo?[.message] ?? state)
+            }
+            return StoreError.corrupt("\(psql.serverInfo?[.message] ?? "") (SQLSTATE \(state))")
+        }
+        switch psql.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .poolClosed, .uncleanShutdown,
+            .queryCancelled:
+            return StoreError.unavailable("\(psql.code)")
+        default:
+            return StoreError.unavailable(String(reflecting: psql))
+        }
+    }
+
+    /// SQLSTATEs that mean "try again", not "corrupt": 40001 serialization_failure, 40P01
+    /// deadlock_detected, 57014 query_canceled, 25P03 idle_in_transaction_session_timeout,
+    /// 55P03 lock_not_available.
+    static let transientStates: Set<String> = ["40001", "40P01", "57014", "25P03", "55P03"]
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+    }
+
+    func json<T: Encodable>(_ value: T) throws -> String {
+        String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdStore
+import PostgresNIO
+
+/// Reads: records, logs, replicas and counts.
+extension PostgresStore {
+    /// A `HandlerRecord` as `Statements.recordColumns` selects it.
+    typealias RecordRow = (
+        String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64, Bool, Int64, Date?
+    )
+
+    static func record(_ row: PostgresRow) throws -> HandlerRecord {
+        try record(row.decode(RecordRow.self))
+    }
+
+    static func record(_ columns: RecordRow) throws -> HandlerRecord {
+        let (
+            id, workflow, runID, status, error, result, startedAt, updatedAt, completedAt, owner, leaseExpiresAt, token,
+            hibernated, lastSequence, wakeAt
+        ) = columns
+        return HandlerRecord(
+            id: HandlerID(id), workflowName: workflow, runID: runID,
+            status: HandlerStatus(rawValue: status) ?? .failed, error: error,
+            result: try result.map { try JSONDecoder().decode(LogRecord.self, from: Data($0.utf8)) },
+            startedAt: startedAt, updatedAt: updatedAt, completedAt: completedAt, owner: owner.map { ReplicaID($0) },
+            leaseExpiresAt: leaseExpiresAt, fencingToken: FencingToken(token), hibernated: hibernated,
+            lastSequence: lastSequence, wakeAt: wakeAt)
+    }
+
+    public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
+        try await guarded {
+            var found: HandlerRecord?
+            let query = Statements.handler(id: handlerID.rawValue)
+            for try await row in try await client.execute(prepared(query, as: Shapes.Handler.self), logger: logger) {
+                found = try Self.record(row)
+            }
+            return found
+        }
+    }
+
+    public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
+        try await guarded {
+            var records: [HandlerRecord] = []
+            for try await row in try await client.query(
+                Statements.handlers(
+                    statuses: filter.statuses.map(\.rawValue), workflows: filter.workflows, limit: 10_000),
+                logger: logger)
+            {
+                records.append(try Self.record(row))
+            }
+            return records
+        }
+    }
+
+    public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
+        try await guarded {
+            let decoder = JSONDecoder()
+            var records: [LogRecord] = []
+            let query = Statements.events(id: handlerID.rawValue, after: sequence, limit: limit)
+            for try await row in try await client.execute(prepared(query, as: Shapes.Events.self), logger: logger) {
+                let text = try row.decode(String.self)
+                records.append(try decoder.decode(LogRecord.self, from: Data(text.utf8)))
+            }
+            return records
+        }
+    }
+
+    public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
+        try await guarded {
+            var replicas: [ReplicaRecord] = []
+            for try await (id, address, startedAt, heartbeatAt, owned, alive) in try await client.query(
+                Statements.replicas(ttlSeconds: Self.seconds(ttl)), logger: logger
+            ).decode((String, String, Date, Date, Int64, Bool).self) {
+                replicas.append(
+                    ReplicaRecord(
+                        id: ReplicaID(id), address: address, startedAt: startedAt, heartbeatAt: heartbeatAt,
+                        handlersOwned: Int(owned), alive: alive))
+            }
+            return replicas
+        }
+    }
+
+    public func counts() async throws -> HandlerCounts {
+        try await guarded {
+            var counts = HandlerCounts()
+            for try await (status, hibernated, count, expired) in try await client.query(
+                Statements.counts(), logger: logger
+            )
+            .decode((String, Bool, Int64, Int64).self) {
+                counts.expiredLeases += Int(expired)
+                switch HandlerStatus(rawValue: status) {
+                case .running: if hibernated { counts.hibernated += Int(count) } else { counts.running += Int(count) }
+                case .completed: counts.completed += Int(count)
+                case .failed: counts.failed += Int(count)
+                case .cancelled: counts.cancelled += Int(count)
+                case nil: break
+                }
+            }
+            return counts
+        }
+    }
+}

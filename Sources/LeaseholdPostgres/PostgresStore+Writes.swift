@@ -1,0 +1,192 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdStore
+import PostgresNIO
+
+/// Fenced writes (checkpoint, hibernate, release), the inbox and cancellation.
+extension PostgresStore {
+    private func checkpointQuery(_ checkpoint: Checkpoint, lease: Lease) throws -> PostgresQuery {
+        let state = checkpoint.state
+        let terminal = state.status.isFinished ? checkpoint.log.last(where: \.isTerminal) : nil
+        return try Statements.checkpoint(
+            id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
+            snapshot: try encoder.encode(state), status: state.status.rawValue, error: state.error,
+            result: try terminal.map { try json($0) }, lastSequence: state.nextSequence - 1,
+            sequences: checkpoint.log.map(\.sequence), records: try checkpoint.log.map { try json($0) },
+            consumed: checkpoint.consumedInbox)
+    }
+
+    private func runCheckpoint(_ query: PostgresQuery, on connection: PostgresConnection, lease: Lease) async throws {
+        var written = false
+        do {
+            for try await _ in try await connection.execute(prepared(query, as: Shapes.Checkpoint.self), logger: logger)
+            {
+                written = true
+            }
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+            throw StoreError.sequenceConflict(lease.handlerID, -1)
+        }
+        if !written { throw StoreError.leaseLost(lease.handlerID) }
+    }
+
+    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+        let query = try checkpointQuery(checkpoint, lease: lease)
+        try await guarded {
+            try await client.withConnection { connection in
+                try await runCheckpoint(query, on: connection, lease: lease)
+            }
+        }
+        // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
+        signals.logChanged(lease.handlerID.rawValue)
+    }
+
+    public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
+        let query = try checkpointQuery(checkpoint, lease: lease)
+        let id = lease.handlerID.rawValue
+        return try await guarded {
+            try await client.withTransaction(logger: logger) { connection in
+                // Lock first; the count below then runs with a fresh snapshot and sees every inbox
+                // row committed before the lock was granted (inbox appends lock the row FOR SHARE).
+                var current = false
+                for try await valid in try await connection.query(
+                    Statements.lockForHibernate(id: id, token: lease.token.rawValue, replica: lease.replicaID.rawValue),
+                    logger: logger
+                ).decode(Bool?.self) {
+                    current = valid ?? false
+                }
+                guard current else { throw StoreError.leaseLost(lease.handlerID) }
+                var pending: Int64 = 0
+                for try await count in try await connection.query(
+                    Statements.pendingInboxCount(id: id, excluding: checkpoint.consumedInbox), logger: logger
+                ).decode(Int64.self) {
+                    pending = count
+                }
+                if pending > 0 { return false }
+                try await runCheckpoint(query, on: connection, lease: lease)
+                if !checkpoint.state.status.isFinished {
+                    try await releaseLease(lease, hibernate: true, wakeAt: wakeAt, on: connection)
+                }
+                return true
+            }
+        }
+    }
+
+    private func releaseLease(_ lease: Lease, hibernate: Bool, wakeAt: Date?, on connection: PostgresConnection)
+        async throws
+    {
+        let rows = try await connection.query(
+            Statements.releaseLease(
+                id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
+                hibernate: hibernate, wakeAt: wakeAt),
+            logger: logger)
+        var released = false
+        for try await _ in rows.decode(String.self) { released = true }
+        if !released { throw StoreError.leaseLost(lease.handlerID) }
+    }
+
+    public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
+        let query = try checkpoint.map { try checkpointQuery($0, lease: lease) }
+        try await guarded {
+            try await client.withTransaction(logger: logger) { connection in
+                if let query { try await runCheckpoint(query, on: connection, lease: lease) }
+                if checkpoint?.state.status.isFinished != true {
+                    try await releaseLease(lease, hibernate: false, wakeAt: nil, on: connection)
+                }
+            }
+        }
+    }
+
+    // MARK: - Inbox
+
+    public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
+        let id = handlerID.rawValue
+        let payload = try json(event.event)
+        return try await guarded {
+            var found: (String, String?, Bool, Bool)?
+            let query = Statements.appendInbox(
+                id: id, eventID: event.id, event: payload, notification: Notification.inbox + id)
+            for try await row in try await client.execute(prepared(query, as: Shapes.AppendInbox.self), logger: logger)
+            {
+                found = try row.decode((String, String?, Bool, Bool).self)
+            }
+            guard let (status, owner, hibernated, inserted) = found else { throw StoreError.handlerNotFound(handlerID) }
+            guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
+            return InboxReceipt(owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted)
+        }
+    }
+
+    public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
+        guard !handlerIDs.isEmpty else { return [:] }
+        return try await guarded {
+            let decoder = JSONDecoder()
+            var events: [HandlerID: [InboxEvent]] = [:]
+            let query = Statements.pendingInboxOf(ids: handlerIDs.map(\.rawValue))
+            for try await (handlerID, eventID, text) in try await client.query(query, logger: logger).decode(
+                (String, String, String).self)
+            {
+                let event = try decoder.decode(AnyEvent.self, from: Data(text.utf8))
+                events[HandlerID(handlerID), default: []].append(InboxEvent(id: eventID, event: event))
+            }
+            return events
+        }
+    }
+
+    public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
+        try await guarded {
+            let decoder = JSONDecoder()
+            var events: [InboxEvent] = []
+            let query = Statements.pendingInbox(id: handlerID.rawValue)
+            for try await row in try await client.execute(prepared(query, as: Shapes.PendingInbox.self), logger: logger)
+            {
+                let (eventID, text) = try row.decode((String, String).self)
+                events.append(InboxEvent(id: eventID, event: try decoder.decode(AnyEvent.self, from: Data(text.utf8))))
+            }
+            return events
+        }
+    }
+
+    // MARK: - Cancel and delete
+
+    public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
+        let id = handlerID.rawValue
+        let cancelled = try await guarded {
+            try await client.withTransaction(logger: logger) { connection -> Bool in
+                var found: (String, Int64)?
+                for try await row in try await connection.query(Statements.lockForCancel(id: id), logger: logger)
+                    .decode((String, Int64).self)
+                {
+                    found = row
+                }
+                guard let (status, last) = found else { throw StoreError.handlerNotFound(handlerID) }
+                guard status == HandlerStatus.running.rawValue else { return false }
+                let terminal = LogRecord.cancelled(sequence: last + 1)
+                let text = try json(terminal)
+                try await connection.query(
+                    Statements.appendLog(id: id, sequence: last + 1, record: text), logger: logger)
+                try await connection.query(
+                    Statements.markCancelled(id: id, sequence: last + 1, result: text), logger: logger)
+                _ = try await connection.query(Statements.notify(Notification.log + id), logger: logger).collect()
+                _ = try await connection.query(Statements.notify(Notification.inbox + id), logger: logger).collect()
+                return true
+            }
+        }
+        guard let record = try await handler(handlerID) else { throw StoreError.handlerNotFound(handlerID) }
+        return cancelled ? .cancelled(record) : .alreadyFinished(record)
+    }
+
+    public func delete(_ handlerID: HandlerID) async throws -> Bool {
+        try await guarded {
+            var deleted = false
+            for try await _ in try await client.query(Statements.delete(id: handlerID.rawValue), logger: logger)
+                .decode(String.self)
+            {
+                deleted = true
+            }
+            if deleted {
+                try await client.query(Statements.notify(Notification.log + handlerID.rawValue), logger: logger)
+                try await client.query(Statements.notify(Notification.inbox + handlerID.rawValue), logger: logger)
+            }
+            return deleted
+        }
+    }
+}

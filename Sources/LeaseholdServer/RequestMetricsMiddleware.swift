@@ -1,0 +1,32 @@
+import CoreMetrics
+import Hummingbird
+import Metrics
+
+/// Counts requests by matched route template, method and status, and times each one until its
+/// body has been written (so an SSE stream's duration is the stream's, not its headers').
+struct RequestMetricsMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let started = ContinuousClock.now
+        let label = Routes.template(request.uri.path, method: request.method)?.path ?? "unmatched"
+        var response = try await next(request, context)
+        let dimensions = [
+            ("route", label), ("method", request.method.rawValue), ("status", String(response.status.code)),
+        ]
+        Counter(label: "leasehold_http_requests_total", dimensions: dimensions).increment()
+        let body = response.body
+        response.body = ResponseBody(contentLength: body.contentLength) { writer in
+            defer {
+                let elapsed = ContinuousClock.now - started
+                Metrics.Timer(label: "leasehold_http_request_duration_seconds", dimensions: [("route", label)])
+                    .recordNanoseconds(
+                        elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+            }
+            try await body.write(writer)
+        }
+        return response
+    }
+}
