@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from leasehold_kit.waiting import wait_until  # noqa: F401  (the suites import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
@@ -25,21 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float = 15.0, interval: float = 0.02, what: str = "condition"):
-    """Polls `condition` (another process's state has no event to await) until true or timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-            if last:
-                return last
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def psql(url: str, sql: str) -> str:

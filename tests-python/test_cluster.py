@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster import check_log, fence_counts, full_log, lease, sse_log, start, status, wait_all_finished
+from leasehold_kit.cluster import check_log, fence_counts, full_log, lease, sse_log, start, status, wait_all_finished
 from conftest import ROOT, wait_until
 
 TTL = "2s"

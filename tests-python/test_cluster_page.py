@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import lease, start
+from leasehold_kit.cluster import lease, start
 from conftest import wait_until
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import subprocess
 import threading
+import time
 
 import httpx
 import pytest
@@ -124,6 +126,45 @@ def test_stream_cap_answers_503_with_retry_after(spawn):
     done.set()
     httpx.post(f"{replica.url}/handlers/cap/cancel")
     t.join(10)
+
+
+def test_a_client_that_stops_reading_loses_its_stream_slot(spawn):
+    """D10: a client that opens a stream and never reads fills the socket buffers; the server ends
+    that stream once a write has been pending for --stream-stall-timeout, so the client cannot hold
+    the slot (or the connection) forever. The stream was cut, not finished: no terminal event."""
+    replica = spawn(extra=["--max-streams", "1", "--stream-stall-timeout", "5s"])
+    # A finished counter whose log (~60,000 events, ~9 MB as SSE) is more than the socket buffers hold.
+    ran = httpx.post(f"{replica.url}/workflows/counter/run", json={"start_event": {"count_to": 60000}}, timeout=300)
+    assert ran.status_code == 200
+    handler = ran.json()["handler_id"]
+    events = f"{replica.url}/events/{handler}"
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", replica.port))
+    stalled.sendall(f"GET /events/{handler}?after_sequence=-1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    try:
+        # The non-reading client holds the only slot: another stream is refused.
+        wait_until(lambda: httpx.get(events, params={"after_sequence": "59990"}, timeout=5).status_code == 503,
+                   timeout=20, what="the stalled stream holding the slot")
+        # Then the stall timeout ends it, and the slot is free again (the tail of the log: 200).
+        wait_until(lambda: httpx.get(events, params={"after_sequence": "59990"}, timeout=5).status_code == 200,
+                   timeout=60, what="the slot freed")
+        # The stalled connection was closed by the server: what it buffered, then EOF, and the
+        # terminal event never came.
+        stalled.settimeout(30)
+        received = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            chunk = stalled.recv(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+        else:
+            raise AssertionError("the stalled stream was never closed")
+        assert received.startswith(b"HTTP/1.1 200")
+        assert b"StopEvent" not in received
+    finally:
+        stalled.close()
 
 
 @pytest.mark.parametrize("flag,value,message", [

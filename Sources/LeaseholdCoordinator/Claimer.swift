@@ -24,7 +24,13 @@ struct Claimer: Sendable {
         defer { signals.passed(.claim) }
         guard !host.isShuttingDown, host.keeper.leasesProvable else { return }
         do {
-            let claimed = try await store.claim(configuration.replicaID, limit: configuration.claimBatch, only: nil)
+            // Bounded, so a claim stuck on a dead connection cannot hold up shutdown or step-down;
+            // a claim that committed after all leaves leases without runtimes, which the renewal
+            // releases as orphans.
+            let claimed = try await bounded(configuration.leaseTTL, clock: clock) {
+                try await self.store.claim(
+                    self.configuration.replicaID, limit: self.configuration.claimBatch, only: nil)
+            }
             for handler in claimed {
                 metrics.failovers.increment()
                 await host.launch(handler, reason: "claimed")

@@ -146,7 +146,7 @@ final class HandlerHost: Sendable {
     /// with the next renewal that finds it unrun (see `LeaseKeeper.renewOnce`).
     private func giveBack(_ lease: Lease, why: String) async {
         do {
-            try await store.release(nil, lease: lease)
+            try await storeCall { try await $0.release(nil, lease: lease) }
         } catch {
             logger.warning(
                 "release failed",

@@ -8,6 +8,9 @@ public struct ServerConfiguration: Sendable {
     public var apiKeys: [String]
     /// Concurrent event streams per replica; beyond it → 503 with Retry-After.
     public var maxStreams: Int
+    /// A stream whose client has not taken a write for this long (it stopped reading; the socket
+    /// buffers are full) is ended, so it cannot hold a stream slot forever.
+    public var streamStallTimeout: Duration
     /// Seconds between SSE heartbeat comments while nothing happens.
     public var heartbeatSeconds: Double
     /// Polling fallback for stream tails, in case a notification is lost.
@@ -23,6 +26,7 @@ public struct ServerConfiguration: Sendable {
         maxBodyBytes: Int = 1 << 20,
         apiKeys: [String] = [],
         maxStreams: Int = 1000,
+        streamStallTimeout: Duration = .seconds(30),
         heartbeatSeconds: Double = 5,
         pollSeconds: Double = 1,
         metricsText: @escaping @Sendable () -> String = { "" },
@@ -33,6 +37,7 @@ public struct ServerConfiguration: Sendable {
         self.maxBodyBytes = maxBodyBytes
         self.apiKeys = apiKeys
         self.maxStreams = maxStreams
+        self.streamStallTimeout = streamStallTimeout
         self.heartbeatSeconds = heartbeatSeconds
         self.pollSeconds = pollSeconds
         self.metricsText = metricsText

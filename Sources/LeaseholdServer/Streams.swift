@@ -41,21 +41,39 @@ extension LeaseholdAPI {
             status: .ok, headers: headers,
             body: ResponseBody { writer in
                 defer { gate.leave() }
-                // On graceful shutdown the stream ends. An SSE client that reconnects (browsers, with
-                // Last-Event-ID) resumes elsewhere; the Python client ends its iteration on a clean
-                // close and must resume with after_sequence (docs/wire.md).
                 let stopping = StopFlag()
-                var cursor = start
-                try await withGracefulShutdownHandler {
-                    try await Self.tail(
-                        handlerID, from: &cursor, store: store, configuration: configuration, sse: sse,
-                        includeInternal: includeInternal, qualifiedName: qualifiedName, stopping: stopping,
-                        writer: &writer)
-                } onGracefulShutdown: {
-                    stopping.set()
-                    store.signals.logChanged(handlerID.rawValue)
+                let watch = WriteWatch()
+                // The writer moves to the stream task below and is used by it alone; this task only
+                // waits. The watchdog beside it ends a stream whose client stopped reading (a write
+                // pending longer than the stall timeout), which would otherwise hold its slot and
+                // its connection forever: cancelling the stream task fails the pending write.
+                let moved = MovedWriter(writer)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        var writer = moved.writer
+                        var cursor = start
+                        // On graceful shutdown the stream ends. An SSE client that reconnects
+                        // (browsers, with Last-Event-ID) resumes elsewhere; the Python client ends
+                        // its iteration on a clean close and must resume with after_sequence
+                        // (docs/wire.md).
+                        try await withGracefulShutdownHandler {
+                            try await Self.tail(
+                                handlerID, from: &cursor, store: store, configuration: configuration, sse: sse,
+                                includeInternal: includeInternal, qualifiedName: qualifiedName, stopping: stopping,
+                                watch: watch, writer: &writer)
+                        } onGracefulShutdown: {
+                            stopping.set()
+                            store.signals.logChanged(handlerID.rawValue)
+                        }
+                        try await writer.finish(nil)
+                    }
+                    group.addTask {
+                        try await watch.untilStalled(longerThan: configuration.streamStallTimeout)
+                        throw StreamStalled()
+                    }
+                    defer { group.cancelAll() }
+                    try await group.next()
                 }
-                try await writer.finish(nil)
             })
     }
 
@@ -78,7 +96,8 @@ extension LeaseholdAPI {
     private static func tail(
         _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration,
         sse: Bool,
-        includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, writer: inout any ResponseBodyWriter
+        includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, watch: WriteWatch,
+        writer: inout any ResponseBodyWriter
     ) async throws {
         var lastWrite = ContinuousClock.now
         let heartbeat = Duration.seconds(configuration.heartbeatSeconds)
@@ -94,10 +113,10 @@ extension LeaseholdAPI {
                 out += sse ? "id: \(record.sequence)\ndata: \(line)\n\n" : line + "\n"
             }
             if !out.isEmpty {
-                try await writer.write(ByteBuffer(string: out))
+                try await watch.timing { try await writer.write(ByteBuffer(string: out)) }
                 lastWrite = .now
             } else if sse && ContinuousClock.now - lastWrite >= heartbeat {
-                try await writer.write(ByteBuffer(string: ": heartbeat\n\n"))
+                try await watch.timing { try await writer.write(ByteBuffer(string: ": heartbeat\n\n")) }
                 lastWrite = .now
             }
         }
@@ -128,4 +147,37 @@ final class StopFlag: Sendable {
     private let value = Mutex(false)
     func set() { value.withLock { $0 = true } }
     var isSet: Bool { value.withLock { $0 } }
+}
+
+/// A stream's client stopped taking writes for longer than the stall timeout.
+struct StreamStalled: Error, CustomStringConvertible {
+    var description: String { "event stream ended: the client stopped reading" }
+}
+
+/// Since when a stream's write has been pending (nil: none is).
+final class WriteWatch: Sendable {
+    private let pendingSince = Mutex<ContinuousClock.Instant?>(nil)
+
+    func timing(_ write: () async throws -> Void) async throws {
+        pendingSince.withLock { $0 = .now }
+        defer { pendingSince.withLock { $0 = nil } }
+        try await write()
+    }
+
+    /// Returns once a write has been pending longer than `limit`. - Throws: on cancellation.
+    func untilStalled(longerThan limit: Duration) async throws {
+        let period = min(limit / 4, .seconds(1))
+        while true {
+            try await Task.sleep(for: period)
+            if let since = pendingSince.withLock({ $0 }), ContinuousClock.now - since > limit { return }
+        }
+    }
+}
+
+/// Carries a response's body writer into the one task that writes it. Unchecked: the writer is
+/// not `Sendable`, and it is safe here only because the task that made the box never touches the
+/// writer again (it only waits for the writing task).
+final class MovedWriter: @unchecked Sendable {
+    let writer: any ResponseBodyWriter
+    init(_ writer: any ResponseBodyWriter) { self.writer = writer }
 }

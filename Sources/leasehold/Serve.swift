@@ -45,6 +45,12 @@ struct Serve: AsyncParsableCommand {
         name: .customLong("max-streams"),
         help: "Concurrent event streams per replica (env LEASEHOLD_MAX_STREAMS; default 1000)")
     var maxStreams: String?
+    @Option(
+        name: .customLong("stream-stall-timeout"),
+        help:
+            "End an event stream whose client has not taken a write for this long (env LEASEHOLD_STREAM_STALL_TIMEOUT; default 30s)"
+    )
+    var streamStallTimeout: String?
     @OptionGroup var logging: LogOptions
 
     @Flag(
@@ -89,7 +95,8 @@ struct Serve: AsyncParsableCommand {
             coordinator: coordinator,
             configuration: ServerConfiguration(
                 host: settings.host, port: settings.port, maxBodyBytes: settings.maxBody, apiKeys: settings.apiKeys,
-                maxStreams: settings.maxStreams, metricsText: { registry.emitToString() },
+                maxStreams: settings.maxStreams, streamStallTimeout: settings.streamStallTimeout,
+                metricsText: { registry.emitToString() },
                 migrated: { database == nil || migrated.isSet }))
         let startCoordinator = StartAfter(coordinator) {
             try await database?.migrate(within: .seconds(30), logger: logger)
@@ -142,6 +149,7 @@ struct Settings {
     var apiKeys: [String]
     var maxBody: Int
     var maxStreams: Int
+    var streamStallTimeout: Duration
 
     init(_ serve: Serve) throws {
         host = setting(serve.host, "LEASEHOLD_HOST") ?? "127.0.0.1"
@@ -180,5 +188,11 @@ struct Settings {
             throw BadSetting(message: "--max-streams: '\(streamsText)' must be a positive integer")
         }
         self.maxStreams = maxStreams
+        streamStallTimeout = try parseDuration(
+            setting(serve.streamStallTimeout, "LEASEHOLD_STREAM_STALL_TIMEOUT") ?? "30s", flag: "--stream-stall-timeout"
+        )
+        guard streamStallTimeout >= .milliseconds(100) else {
+            throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
+        }
     }
 }

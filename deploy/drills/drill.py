@@ -25,6 +25,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+from leasehold_kit.cluster import check_log, full_log
+from leasehold_kit.waiting import wait_until as _wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local-cluster"
@@ -34,8 +36,6 @@ TTL = float(os.environ.get("LH_LEASE_TTL", "5s").rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"]
 
-sys.path.insert(0, str(ROOT / "tests-python"))
-from cluster import check_log, full_log  # noqa: E402
 
 
 def sh(*args: str, timeout: float = 120) -> str:
@@ -47,16 +47,8 @@ def replica_url(r: str) -> str:
 
 
 def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
+    # A replica answering an error body while it restarts counts as "not yet" here.
+    return _wait_until(condition, timeout, what, ignoring=(httpx.HTTPError, OSError, KeyError, ValueError))
 
 
 def get(url: str, path: str) -> dict:

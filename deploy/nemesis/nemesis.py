@@ -47,6 +47,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+from leasehold_kit.cluster import sse_log
+from leasehold_kit.waiting import wait_until as _wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local-cluster"
@@ -61,8 +63,6 @@ BASE = int(os.environ["LH_BASE_PORT"])
 TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate"]
-sys.path.insert(0, str(ROOT / "tests-python"))  # as deploy/drills/drill.py: the suites' log helpers
-from cluster import sse_log  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled"}
 RELAUNCH = {"inbox not empty", "work in flight"}
@@ -80,16 +80,8 @@ def replica_url(r: str) -> str:
 
 
 def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
+    # A replica answering an error body while it restarts counts as "not yet" here.
+    return _wait_until(condition, timeout, what, ignoring=(httpx.HTTPError, OSError, KeyError, ValueError))
 
 
 def ready(r: str) -> bool:
