@@ -286,3 +286,69 @@ struct ClockStepTests {
         try await store.handler(id)?.fencingToken ?? FencingToken(0)
     }
 }
+
+/// D4 and D6: what happens around a write whose outcome is slow or unknown.
+@Suite("Writes in doubt", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct WritesInDoubtTests {
+    /// D4: once the event is durable in the inbox, `send` succeeds whatever happens next; here the
+    /// reload of the hibernated handler fails (its claim throws), and the claim sweep applies the
+    /// event later. A failed send would invite a retry that adds the event twice.
+    @Test func sendSucceedsOnceDurableEvenWhenTheReloadFails() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: .milliseconds(200), ttl: .seconds(3)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "durable-send")
+                let hibernated = try await eventually(timeout: .seconds(20)) {
+                    try await postgres.handler(record.id)?.hibernated == true
+                }
+                try #require(hibernated)
+                store.failNextClaims(1)
+                try await coordinator.send(
+                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                #expect(finished.result?.value["result"]?["response"] == "yes")
+                let inbox = try await postgres.client.query(
+                    "SELECT count(*) FROM inbox WHERE handler_id = 'durable-send' AND event_id <> 'start'",
+                    logger: Harness.logger)
+                var answers: Int64 = -1
+                for try await count in inbox.decode(Int64.self) { answers = count }
+                #expect(answers == 1)
+            }
+        }
+    }
+
+    /// D6: a checkpoint that never returns (a dead connection that never errors) is stuck after
+    /// TTL/2: the owner leaves that lease out of its renewals and stops the handler at once, so
+    /// `POST /run`-style waiters read the store instead of a zombie entry; once the lease lapses
+    /// the other replica claims the handler under a higher token and completes it.
+    @Test func stuckWriteIsFencedLocallyAndTheHandlerMoves() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let stuckStore = DelayedRenewalStore(postgres)
+            let other = PostgresStore(client: postgres.client, logger: Harness.logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await other.run() }
+                defer { group.cancelAll() }
+                try await Harness.withCoordinators([stuckStore, other], idle: nil, ttl: .seconds(2)) { coordinators in
+                    let (owner, survivor) = (coordinators[0], coordinators[1])
+                    let record = try await owner.start(
+                        workflow: "approval", startEvent: ["request": "x"], handlerID: "stuck-write")
+                    try #require(await eventually { owner.runtime(of: record.id)?.idleSince != nil })
+                    stuckStore.hangCheckpoints(of: record.id)
+                    try await survivor.send(
+                        AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                    // Stopped on the owner within a few renewal periods of the write getting stuck.
+                    let stopped = await eventually(timeout: .seconds(10)) { owner.runtime(of: record.id) == nil }
+                    #expect(stopped)
+                    let finished = try #require(
+                        try await Harness.waitFinished(postgres, record.id, timeout: .seconds(30)))
+                    #expect(finished.status == .completed)
+                    #expect(finished.fencingToken > record.fencingToken)
+                    #expect(owner.runtime(of: record.id) == nil)
+                }
+            }
+        }
+    }
+}

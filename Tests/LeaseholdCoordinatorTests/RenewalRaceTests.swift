@@ -56,6 +56,15 @@ final class DelayedRenewalStore: HandlerStore {
     private let clockStep = Mutex<TimeInterval>(0)
 
     func stepDatabaseClock(by seconds: TimeInterval) { clockStep.withLock { $0 += seconds } }
+
+    /// Claims fail (as with the database briefly unreachable) this many times.
+    private let failingClaims = Mutex(0)
+    func failNextClaims(_ count: Int) { failingClaims.withLock { $0 = count } }
+
+    /// Checkpoints of this handler never return (a dead connection that never errors) until the
+    /// calling task is cancelled; nothing is written.
+    private let hanging = Mutex<Set<HandlerID>>([])
+    func hangCheckpoints(of id: HandlerID) { hanging.withLock { _ = $0.insert(id) } }
     private struct Gate {
         var holding = false
         var held = false
@@ -109,9 +118,18 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.create(handler, owner: owner)
     }
     func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
-        try await base.claim(replica, limit: limit, only: only)
+        let fail = failingClaims.withLock { count -> Bool in
+            guard count > 0 else { return false }
+            count -= 1
+            return true
+        }
+        if fail { throw StoreError.unavailable("injected: claim failed") }
+        return try await base.claim(replica, limit: limit, only: only)
     }
     func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+        if hanging.withLock({ $0.contains(lease.handlerID) }) {
+            try await Task.sleep(for: .seconds(3600))
+        }
         try await base.checkpoint(checkpoint, lease: lease)
     }
     func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
