@@ -167,6 +167,35 @@ def test_a_client_that_stops_reading_loses_its_stream_slot(spawn):
         stalled.close()
 
 
+def test_retention_removes_finished_runs_and_keeps_running_ones(database_url, spawn):
+    """`--retention 2s`: 50 finished runs are deleted (with their logs) within seconds of
+    finishing, by the maintenance sweep; approvals that wait (and hibernate) and were started
+    before them, so are older than the retention when the runs are gone, stay."""
+    replica = spawn(database_url, extra=["--retention", "2s", "--idle-timeout", "500ms"])
+    waiting = ("waiting-1", "waiting-2")
+    for hid in waiting:
+        httpx.post(f"{replica.url}/workflows/approval/run-nowait",
+                   json={"start_event": {"request": hid}, "handler_id": hid}, timeout=30).raise_for_status()
+    for n in range(50):
+        assert httpx.post(f"{replica.url}/workflows/echo/run", json={"start_event": {"message": f"m{n}"}},
+                          timeout=30).status_code == 200
+    wait_until(lambda: httpx.get(f"{replica.url}/handlers", params={"status": "completed"},
+                                 timeout=5).json()["handlers"] == [], timeout=30, what="finished runs purged")
+
+    def count(sql: str) -> int:
+        return int(subprocess.run(["psql", database_url, "-XAtq", "-c", sql],
+                                  capture_output=True, text=True, check=True, timeout=30).stdout)
+    assert count("SELECT count(*) FROM handlers WHERE status <> 'running'") == 0
+    assert count("SELECT count(*) FROM event_log WHERE handler_id NOT IN (SELECT id FROM handlers)") == 0
+    assert count("SELECT count(*) FROM inbox WHERE handler_id NOT IN (SELECT id FROM handlers)") == 0
+    # The approvals are older than the retention by now, waiting and hibernated, and untouched.
+    wait_until(lambda: all(httpx.get(f"{replica.url}/cluster/handlers/{hid}", timeout=5).json()["hibernated"]
+                           for hid in waiting), timeout=20, what="the approvals hibernated")
+    for hid in waiting:
+        assert httpx.get(f"{replica.url}/handlers/{hid}").status_code == 202
+    assert count("SELECT count(*) FROM event_log WHERE handler_id LIKE 'waiting-%'") >= 2
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--lease-ttl", "soon", "--lease-ttl"),
     ("--idle-timeout", "-3s", "--idle-timeout"),
@@ -174,6 +203,8 @@ def test_a_client_that_stops_reading_loses_its_stream_slot(spawn):
     ("--database-url", "mysql://x@y/z", "--database-url"),
     ("--log-level", "loud", "--log-level"),
     ("--max-body", "12", "--max-body"),
+    ("--retention", "forever", "--retention"),
+    ("--stream-stall-timeout", "1ms", "--stream-stall-timeout"),
 ])
 def test_bad_flags_stop_startup_naming_the_flag(flag, value, message):
     result = subprocess.run([BIN, "serve", f"{flag}={value}"], capture_output=True, text=True, timeout=30)

@@ -12,6 +12,7 @@ import ServiceLifecycle
 /// - `HandlerHost`: the live handlers — launch, run, hibernate, hand off, delivery and
 ///   single-flight reload.
 /// - `Claimer`: failover and due work. `IdleSweeper`: the hibernation policy. `MemoryTrim`.
+/// - `RetentionSweeper`: deletes finished handlers past the retention.
 ///
 /// On graceful shutdown every handler is stopped with a final checkpoint and its lease released
 /// (others take it at once), then the registration is removed. The renewal loop outlives the
@@ -29,6 +30,7 @@ public final class Coordinator: Service, Sendable {
     let host: HandlerHost
     let claimer: Claimer
     let sweeper: IdleSweeper?
+    let retention: RetentionSweeper?
 
     /// - Parameter clock: monotonic and wall time for leases, idleness, timers (a manual clock in tests).
     public init(
@@ -54,6 +56,12 @@ public final class Coordinator: Service, Sendable {
             store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals
         )
         sweeper = configuration.idleTimeout.map { IdleSweeper(idleTimeout: $0, clock: clock, signals: signals) }
+        let metrics = self.metrics
+        retention = configuration.retention.map {
+            RetentionSweeper(
+                retention: $0, store: store, configuration: configuration, clock: clock, logger: logger,
+                metrics: metrics)
+        }
     }
 
     public var replicaID: ReplicaID { configuration.replicaID }
@@ -73,6 +81,9 @@ public final class Coordinator: Service, Sendable {
             loops.addTask { await self.runReconciliation() }
             if let sweeper {
                 loops.addTask { await sweeper.run(host: self.host) }
+            }
+            if let retention {
+                loops.addTask { await retention.run() }
             }
             loops.addTask { await MemoryTrim.run(host: self.host, clock: self.clock, logger: self.logger) }
             await withGracefulShutdownHandler {

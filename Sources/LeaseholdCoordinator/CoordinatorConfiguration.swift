@@ -16,6 +16,8 @@ public struct CoordinatorConfiguration: Sendable {
     /// Test-only: with false the replica never stops its handlers on its own, so that tests can
     /// show the fencing token alone keeps a stale replica out.
     public var selfFencing: Bool
+    /// Finished handlers older than this are deleted with their log and inbox; nil keeps them.
+    public var retention: Duration?
 
     public init(
         replicaID: ReplicaID,
@@ -25,8 +27,10 @@ public struct CoordinatorConfiguration: Sendable {
         claimInterval: Duration? = nil,
         claimBatch: Int = 100,
         maxConcurrentSteps: Int = 16,
-        selfFencing: Bool = true
+        selfFencing: Bool = true,
+        retention: Duration? = nil
     ) {
+        self.retention = retention
         self.replicaID = replicaID
         self.address = address
         self.leaseTTL = leaseTTL

@@ -20,4 +20,5 @@ struct CoordinatorMetrics: Sendable {
     let inboxEvents = Counter(label: "leasehold_inbox_events_total")
     let checkpoints = Counter(label: "leasehold_checkpoints_total")
     let handoffs = Counter(label: "leasehold_handoffs_total")
+    let handlersPurged = Counter(label: "leasehold_handlers_purged_total")
 }

@@ -240,6 +240,19 @@ extension PostgresStore {
             """
         }
 
+        /// One small transaction: the oldest finished handlers past the retention, skipping rows
+        /// another replica's purge (or a cancel) holds, deleted with their log and inbox.
+        static func purgeFinished(ageSeconds: Double, limit: Int) -> PostgresQuery {
+            """
+            WITH doomed AS (
+                SELECT id FROM handlers
+                WHERE status <> 'running' AND completed_at < now() - make_interval(secs => \(ageSeconds))
+                ORDER BY completed_at LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED)
+            DELETE FROM handlers h USING doomed WHERE h.id = doomed.id RETURNING h.id
+            """
+        }
+
         static func delete(id: String) -> PostgresQuery {
             "DELETE FROM handlers WHERE id = \(id) RETURNING id"
         }

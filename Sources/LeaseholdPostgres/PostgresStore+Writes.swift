@@ -189,4 +189,15 @@ extension PostgresStore {
             return deleted
         }
     }
+
+    public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
+        try await guarded {
+            var deleted: [HandlerID] = []
+            let query = Statements.purgeFinished(ageSeconds: Self.seconds(age), limit: limit)
+            for try await id in try await client.query(query, logger: logger).decode(String.self) {
+                deleted.append(HandlerID(id))
+            }
+            return deleted
+        }
+    }
 }

@@ -80,6 +80,14 @@ public protocol HandlerStore: Sendable {
     /// Logged events after `sequence`, in order, at most `limit`.
     func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord]
 
+    /// Deletes up to `limit` finished handlers (completed, failed, cancelled) that finished more
+    /// than `age` ago by the store's clock, oldest first, with their log and inbox. Running and
+    /// hibernated handlers are never touched. Safe to run on every replica at once: concurrent
+    /// purges skip each other's rows. Fencing tokens stay unique for a re-created id (they come
+    /// from one sequence that a purge does not reset).
+    /// - Returns: the ids deleted.
+    func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID]
+
     func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord]
     func counts() async throws -> HandlerCounts
 }

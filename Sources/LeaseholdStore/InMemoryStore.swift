@@ -286,6 +286,23 @@ public actor InMemoryStore: HandlerStore {
         return .cancelled(entry.record)
     }
 
+    public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
+        let cutoff = now().addingTimeInterval(
+            -Double(age.components.seconds) - Double(age.components.attoseconds) * 1e-18)
+        let doomed = entries.values
+            .compactMap { entry -> (HandlerID, Date)? in
+                guard entry.record.status.isFinished, let done = entry.record.completedAt, done < cutoff else {
+                    return nil
+                }
+                return (entry.record.id, done)
+            }
+            .sorted { $0.1 < $1.1 }
+            .prefix(limit)
+            .map(\.0)
+        for id in doomed { entries[id] = nil }
+        return Array(doomed)
+    }
+
     public func delete(_ handlerID: HandlerID) async throws -> Bool {
         guard entries.removeValue(forKey: handlerID) != nil else { return false }
         signals.logChanged(handlerID.rawValue)

@@ -21,10 +21,10 @@ func fail(_ message: String) -> ExitCode {
     return ExitCode(2)
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
 func parseDuration(_ text: String, flag: String) throws -> Duration {
     let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
     for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
         let number = trimmed.dropLast(suffix.count)
         if let value = Double(number), value > 0, value.isFinite {

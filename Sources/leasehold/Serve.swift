@@ -51,6 +51,12 @@ struct Serve: AsyncParsableCommand {
             "End an event stream whose client has not taken a write for this long (env LEASEHOLD_STREAM_STALL_TIMEOUT; default 30s)"
     )
     var streamStallTimeout: String?
+    @Option(
+        name: .customLong("retention"),
+        help:
+            "Delete finished handlers this long after they finished; 'off' keeps them (env LEASEHOLD_RETENTION; default 7d)"
+    )
+    var retention: String?
     @OptionGroup var logging: LogOptions
 
     @Flag(
@@ -75,6 +81,7 @@ struct Serve: AsyncParsableCommand {
                 "replica_id": "\(settings.replicaID)", "port": "\(settings.port)",
                 "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
                 "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
+                "retention": "\(settings.retention.map { "\($0)" } ?? "off")",
             ])
         // The one composition root: the database's services first (the pool closes last), then
         // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).
@@ -89,7 +96,8 @@ struct Serve: AsyncParsableCommand {
             registry: try Samples.registry(ledger: database?.ledger(logger: logger) ?? InMemoryLedger()),
             configuration: CoordinatorConfiguration(
                 replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
-                idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing),
+                idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing, retention: settings.retention
+            ),
             logger: logger)
         let api = LeaseholdAPI(
             coordinator: coordinator,
@@ -150,6 +158,7 @@ struct Settings {
     var maxBody: Int
     var maxStreams: Int
     var streamStallTimeout: Duration
+    var retention: Duration?
 
     init(_ serve: Serve) throws {
         host = setting(serve.host, "LEASEHOLD_HOST") ?? "127.0.0.1"
@@ -191,6 +200,8 @@ struct Settings {
         streamStallTimeout = try parseDuration(
             setting(serve.streamStallTimeout, "LEASEHOLD_STREAM_STALL_TIMEOUT") ?? "30s", flag: "--stream-stall-timeout"
         )
+        let retentionText = setting(serve.retention, "LEASEHOLD_RETENTION") ?? "7d"
+        retention = retentionText.lowercased() == "off" ? nil : try parseDuration(retentionText, flag: "--retention")
         guard streamStallTimeout >= .milliseconds(100) else {
             throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
         }

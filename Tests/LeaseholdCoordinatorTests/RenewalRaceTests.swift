@@ -147,6 +147,9 @@ final class DelayedRenewalStore: HandlerStore {
     }
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome { try await base.cancel(handlerID) }
     func delete(_ handlerID: HandlerID) async throws -> Bool { try await base.delete(handlerID) }
+    func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
+        try await base.purgeFinished(olderThan: age, limit: limit)
+    }
     func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? { try await base.handler(handlerID) }
     func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] { try await base.handlers(filter) }
     func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {

@@ -423,4 +423,37 @@ struct StoreConformanceTests {
             #expect(try await store.claim(Self.r2, limit: 10, only: nil).isEmpty)
         }
     }
+
+    /// Retention: only finished handlers past the age go, oldest first, at most `limit` per call,
+    /// with their log; running and hibernated handlers stay whatever their age.
+    @Test("purging finished handlers keeps running and hibernated ones", arguments: StoreFactory.all)
+    func purgeFinished(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            for id in ["done-1", "done-2"] {
+                let lease = try await store.create(Self.new(id), owner: Self.r1).lease
+                try await store.checkpoint(
+                    Checkpoint(
+                        state: Self.state(1, status: .completed), log: [Self.record(0, "StopEvent", terminal: true)],
+                        consumedInbox: ["start"]),
+                    lease: lease)
+            }
+            _ = try await store.create(Self.new("running"), owner: Self.r1)
+            let sleeper = try await store.create(Self.new("sleeping"), owner: Self.r1).lease
+            #expect(
+                try await store.hibernate(
+                    Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), wakeAt: nil,
+                    lease: sleeper))
+            // Finished only now: not past an hour's retention.
+            #expect(try await store.purgeFinished(olderThan: .seconds(3600), limit: 10).isEmpty)
+            // Past a zero retention: oldest first, one per call with limit 1.
+            #expect(try await store.purgeFinished(olderThan: .zero, limit: 1) == ["done-1"])
+            #expect(try await store.purgeFinished(olderThan: .zero, limit: 10) == ["done-2"])
+            #expect(try await store.purgeFinished(olderThan: .zero, limit: 10).isEmpty)
+            #expect(try await store.handler("done-1") == nil)
+            #expect(try await store.events("done-2", after: -1, limit: 10).isEmpty)
+            #expect(try await store.handler("running")?.status == .running)
+            #expect(try await store.handler("sleeping")?.hibernated == true)
+            #expect(try await store.events("sleeping", after: -1, limit: 10).count == 1)
+        }
+    }
 }
