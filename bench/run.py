@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 from hdrh.histogram import HdrHistogram
+from leasehold_kit.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
@@ -37,12 +38,6 @@ RESULTS = ROOT / "bench" / "results"
 
 def sh(*args, timeout=600, **kw) -> str:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=timeout, **kw).stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout=60):

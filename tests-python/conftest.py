@@ -15,17 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from leasehold_kit.waiting import wait_until  # noqa: F401  (the suites import it from here)
+from leasehold_kit.procs import free_port  # noqa: F401  (the suites import it from here)
+from leasehold_kit.waiting import wait_until  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
 ADMIN_URL = os.environ.get("LEASEHOLD_TEST_DATABASE_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def psql(url: str, sql: str) -> str:

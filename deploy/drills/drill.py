@@ -26,7 +26,8 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import check_log, full_log
-from leasehold_kit.waiting import wait_until as _wait_until
+from leasehold_kit.procs import sh
+from leasehold_kit.waiting import wait_for_cluster as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local-cluster"
@@ -38,17 +39,8 @@ DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "parti
 
 
 
-def sh(*args: str, timeout: float = 120) -> str:
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, timeout=timeout).stdout.strip()
-
-
 def replica_url(r: str) -> str:
     return f"http://127.0.0.1:{sh(CLUSTER, 'port', r)}"
-
-
-def wait_until(condition, timeout: float, what: str):
-    # A replica answering an error body while it restarts counts as "not yet" here.
-    return _wait_until(condition, timeout, what, ignoring=(httpx.HTTPError, OSError, KeyError, ValueError))
 
 
 def get(url: str, path: str) -> dict:

@@ -48,7 +48,8 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import sse_log
-from leasehold_kit.waiting import wait_until as _wait_until
+from leasehold_kit.procs import sh
+from leasehold_kit.waiting import wait_for_cluster as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local-cluster"
@@ -68,20 +69,8 @@ TERMINAL = {"completed", "failed", "cancelled"}
 RELAUNCH = {"inbox not empty", "work in flight"}
 
 
-def sh(*args, timeout: float = 120, check: bool = True) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, args))} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout.strip()
-
-
 def replica_url(r: str) -> str:
     return f"http://127.0.0.1:{BASE + int(r[1:]) - 1}"
-
-
-def wait_until(condition, timeout: float, what: str):
-    # A replica answering an error body while it restarts counts as "not yet" here.
-    return _wait_until(condition, timeout, what, ignoring=(httpx.HTTPError, OSError, KeyError, ValueError))
 
 
 def ready(r: str) -> bool:

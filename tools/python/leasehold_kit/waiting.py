@@ -34,3 +34,9 @@ def wait_until(
             pass
         time.sleep(interval)
     raise WaitTimeout(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def wait_for_cluster(condition, timeout: float, what: str):
+    """`wait_until` for drills and fault runs: a replica that answers an error body while it
+    restarts (a missing key, non-JSON) also counts as "not yet"."""
+    return wait_until(condition, timeout, what, ignoring=(httpx.HTTPError, OSError, KeyError, ValueError))
