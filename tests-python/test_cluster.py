@@ -87,6 +87,18 @@ def test_kill9_owner_handlers_finish_elsewhere(cluster):
     # under a newer token, and the counters complete there with every tick exactly once.
     final = assert_counters_intact(r2.url, held, 40)
     assert_taken_over(held, final)
+    # The lease history tells the story: created on r1, failed over to a survivor under a higher
+    # token (r1 never released anything: it was killed), finished there.
+    for h, before in held.items():
+        changes = httpx.get(f"{r2.url}/cluster/handlers/{h}", timeout=10).json()["lease_history"]
+        kinds = [c["change"] for c in changes]
+        assert kinds[0] == "created" and changes[0]["replica"] == "r1", changes
+        assert "released" not in kinds and "voided" not in kinds, changes
+        failover = next(c for c in changes if c["change"] == "failed_over")
+        assert failover["replica"] in ("r2", "r3") and failover["fencing_token"] > before["fencing_token"], changes
+        assert kinds[-1] == "finished", changes
+        tokens = [c["fencing_token"] for c in changes]
+        assert tokens == sorted(tokens), changes
 
 
 def wait_claimed_elsewhere(url: str, held: dict[str, dict], timeout: float, what: str):

@@ -101,3 +101,36 @@ extension PostgresStore {
         }
     }
 }
+
+extension PostgresStore {
+    static func change(_ row: (String, Date, String, String?, Int64)) -> LeaseChange {
+        let (id, at, kind, replica, token) = row
+        return LeaseChange(
+            handlerID: HandlerID(id), at: at, kind: LeaseChange.Kind(rawValue: kind) ?? .released,
+            replica: replica.map { ReplicaID($0) }, token: FencingToken(token))
+    }
+
+    public func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] {
+        try await guarded {
+            var changes: [LeaseChange] = []
+            for try await row in try await client.query(Statements.leaseHistory(id: handlerID.rawValue), logger: logger)
+                .decode((String, Date, String, String?, Int64).self)
+            {
+                changes.append(Self.change(row))
+            }
+            return changes
+        }
+    }
+
+    public func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
+        try await guarded {
+            var changes: [LeaseChange] = []
+            for try await row in try await client.query(Statements.recentLeaseChanges(limit: limit), logger: logger)
+                .decode((String, Date, String, String?, Int64).self)
+            {
+                changes.append(Self.change(row))
+            }
+            return changes
+        }
+    }
+}

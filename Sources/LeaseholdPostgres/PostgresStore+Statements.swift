@@ -41,7 +41,10 @@ extension PostgresStore {
                 UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
                 WHERE owner_replica = \(replica) AND NOT (SELECT current FROM previous)
                     AND NOT (SELECT superseded FROM previous)
-                RETURNING id),
+                RETURNING id, fencing_token),
+            voided_history AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT id, 'voided', \(replica), fencing_token FROM voided),
             capped AS (
                 UPDATE handlers SET lease_expires_at = (SELECT expires FROM previous)
                 WHERE id = ANY(\(excluding)::text[]) AND owner_replica = \(replica) AND lease_expires_at = 'infinity'
@@ -65,7 +68,10 @@ extension PostgresStore {
             voided AS (
                 UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL, updated_at = now()
                 WHERE owner_replica IN (SELECT id FROM mine)
-                RETURNING id)
+                RETURNING id, fencing_token),
+            voided_history AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT id, 'released', \(replica), fencing_token FROM voided)
             DELETE FROM replicas WHERE id IN (SELECT id FROM mine) AND (SELECT count(*) FROM voided) >= 0
             """
         }
@@ -82,7 +88,10 @@ extension PostgresStore {
                 RETURNING *),
             queued AS (
                 INSERT INTO inbox (handler_id, event_id, event)
-                SELECT created.id, \(eventID), \(event)::jsonb FROM created)
+                SELECT created.id, \(eventID), \(event)::jsonb FROM created),
+            history AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT created.id, 'created', created.owner_replica, created.fencing_token FROM created)
             SELECT \(unescaped: recordColumns)
             FROM created h
             """
@@ -99,7 +108,7 @@ extension PostgresStore {
             return """
                 WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
                 candidates AS (
-                    SELECT h.id FROM handlers h
+                    SELECT h.id, h.owner_replica AS previous_owner, h.hibernated AS was_hibernated FROM handlers h
                     WHERE EXISTS (SELECT 1 FROM replicas
                         WHERE id = \(replica) AND instance = \(instance) AND lease_expires_at > now())
                     AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
@@ -120,11 +129,20 @@ extension PostgresStore {
                         OR (h.owner_replica IS NULL AND (NOT h.hibernated OR h.wake_at <= now()
                             OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed))))
                     LIMIT \(limit)
-                    FOR UPDATE OF h SKIP LOCKED)
-                UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
-                    fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL, updated_at = now()
-                FROM candidates c WHERE h.id = c.id
-                RETURNING \(unescaped: recordColumns), h.snapshot
+                    FOR UPDATE OF h SKIP LOCKED),
+                claimed AS (
+                    UPDATE handlers h SET owner_replica = \(replica), lease_expires_at = 'infinity',
+                        fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL,
+                        updated_at = now()
+                    FROM candidates c WHERE h.id = c.id
+                    RETURNING h.*, c.previous_owner, c.was_hibernated),
+                history AS (
+                    INSERT INTO lease_history (handler_id, change, replica, token)
+                    SELECT id, CASE WHEN previous_owner IS NOT NULL THEN 'failed_over'
+                            WHEN was_hibernated THEN 'reloaded' ELSE 'claimed' END,
+                        owner_replica, fencing_token
+                    FROM claimed)
+                SELECT \(unescaped: recordColumns), h.snapshot FROM claimed h
                 """
         }
 
@@ -155,8 +173,13 @@ extension PostgresStore {
                     AND (inbox.event_id = ANY(\(consumed)::text[]) OR \(status) <> 'running')
                 RETURNING 1),
             notified AS (
-                SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.log)' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0)
-            SELECT h.id, (SELECT count(*) FROM logged), (SELECT count(*) FROM consumed), (SELECT count(*) FROM notified)
+                SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.log)' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0),
+            finished AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT h.id, 'finished', \(replica), \(token) FROM h WHERE \(status) <> 'running'
+                RETURNING 1)
+            SELECT h.id, (SELECT count(*) FROM logged), (SELECT count(*) FROM consumed), (SELECT count(*) FROM notified),
+                (SELECT count(*) FROM finished)
             FROM h
             """
         }
@@ -180,10 +203,17 @@ extension PostgresStore {
             -> PostgresQuery
         {
             """
-            UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL,
-                hibernated = (\(hibernate) AND status = 'running'), wake_at = \(wakeAt), updated_at = now()
-            WHERE id = \(id) AND leasehold_lease_is_current(fencing_token, owner_replica, lease_expires_at, \(token), \(replica))
-            RETURNING id
+            WITH released AS (
+                UPDATE handlers SET owner_replica = NULL, lease_expires_at = NULL,
+                    hibernated = (\(hibernate) AND status = 'running'), wake_at = \(wakeAt), updated_at = now()
+                WHERE id = \(id)
+                    AND leasehold_lease_is_current(fencing_token, owner_replica, lease_expires_at, \(token), \(replica))
+                RETURNING id, status, fencing_token),
+            history AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT id, CASE WHEN \(hibernate) THEN 'hibernated' ELSE 'released' END, \(replica), fencing_token
+                FROM released WHERE status = 'running')
+            SELECT id FROM released
             """
         }
 
@@ -232,11 +262,15 @@ extension PostgresStore {
 
         static func markCancelled(id: String, sequence: Int64, result: String) -> PostgresQuery {
             """
-            WITH leftover AS (UPDATE inbox SET consumed = true WHERE handler_id = \(id) AND NOT consumed)
-            UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
-                fencing_token = nextval('leasehold_fencing_tokens'), owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
-                wake_at = NULL, updated_at = now(), completed_at = now()
-            WHERE id = \(id)
+            WITH leftover AS (UPDATE inbox SET consumed = true WHERE handler_id = \(id) AND NOT consumed),
+            cancelled AS (
+                UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
+                    fencing_token = nextval('leasehold_fencing_tokens'), owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
+                    wake_at = NULL, updated_at = now(), completed_at = now()
+                WHERE id = \(id)
+                RETURNING id, fencing_token)
+            INSERT INTO lease_history (handler_id, change, replica, token)
+            SELECT id, 'cancelled', NULL, fencing_token FROM cancelled
             """
         }
 
@@ -250,6 +284,18 @@ extension PostgresStore {
                 ORDER BY completed_at LIMIT \(limit)
                 FOR UPDATE SKIP LOCKED)
             DELETE FROM handlers h USING doomed WHERE h.id = doomed.id RETURNING h.id
+            """
+        }
+
+        static func leaseHistory(id: String) -> PostgresQuery {
+            """
+            SELECT handler_id, at, change, replica, token FROM lease_history WHERE handler_id = \(id) ORDER BY seq
+            """
+        }
+
+        static func recentLeaseChanges(limit: Int) -> PostgresQuery {
+            """
+            SELECT handler_id, at, change, replica, token FROM lease_history ORDER BY seq DESC LIMIT \(limit)
             """
         }
 

@@ -11,6 +11,7 @@ extension LeaseholdAPI {
     func addClusterRoutes(to router: Router<BasicRequestContext>) {
         router.get("/cluster") { _, _ in try await cluster() }
         router.get("/cluster/handlers/{handler_id}") { _, context in try await clusterHandler(try id(context)) }
+        router.get("/cluster/history") { request, _ in try await history(request) }
     }
 
     func cluster() async throws -> Response {
@@ -57,6 +58,28 @@ extension LeaseholdAPI {
             "inbox_pending": .int(pending),
             "last_sequence": .int(Int(record.lastSequence)),
             "live_here": .bool(coordinator.liveHandlerIDs.contains(id)),
+            "lease_history": .array(try await store.leaseHistory(id).map(Self.change)),
         ])
+    }
+
+    /// `GET /cluster/history?limit=N`: the latest ownership changes cluster-wide, newest first.
+    func history(_ request: Request) async throws -> Response {
+        var limit = 100
+        if let text = request.uri.queryParameters.get("limit"), !text.isEmpty {
+            guard let value = Int(text), (1...1000).contains(value) else {
+                throw APIError(.badRequest, "limit must be an integer from 1 to 1000, got '\(text)'")
+            }
+            limit = value
+        }
+        let changes = try await store.recentLeaseChanges(limit: limit)
+        return WireFormat.json(["changes": .array(changes.map(Self.change))])
+    }
+
+    static func change(_ change: LeaseChange) -> JSONValue {
+        [
+            "handler_id": .string(change.handlerID.rawValue), "at": .string(WireFormat.timestamp(change.at)),
+            "change": .string(change.kind.rawValue), "replica": change.replica.map { .string($0.rawValue) } ?? .null,
+            "fencing_token": .int(Int(change.token.rawValue)),
+        ]
     }
 }

@@ -22,6 +22,9 @@ enum Routes {
         RouteSpec(
             method: .get, path: "/cluster/handlers/{handler_id}", summary: "Lease of one handler",
             responses: [200, 404]),
+        RouteSpec(
+            method: .get, path: "/cluster/history", summary: "Recent ownership changes", query: ["limit"],
+            responses: [200, 400]),
         RouteSpec(method: .get, path: "/workflows", summary: "Registered workflows", responses: [200]),
         RouteSpec(
             method: .get, path: "/workflows/{name}/schema", summary: "Start and stop event schemas",

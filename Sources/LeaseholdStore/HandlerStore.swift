@@ -88,6 +88,12 @@ public protocol HandlerStore: Sendable {
     /// - Returns: the ids deleted.
     func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID]
 
+    /// A handler's ownership changes, oldest first (deleted with the handler).
+    func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange]
+
+    /// The most recent ownership changes cluster-wide, newest first, at most `limit`.
+    func recentLeaseChanges(limit: Int) async throws -> [LeaseChange]
+
     func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord]
     func counts() async throws -> HandlerCounts
 }

@@ -6,14 +6,15 @@ import LeaseholdEngine
 /// It is the embedded default (`leasehold serve` without `--database-url`), not a test double:
 /// it keeps the full store contract, fencing included, and passes the same conformance suite.
 public actor InMemoryStore: HandlerStore {
-    private struct Entry {
+    struct Entry {
         var record: HandlerRecord
         var state: HandlerState
         var inbox: [(event: InboxEvent, consumed: Bool)]
         var log: [LogRecord]
+        var history: [LeaseChange] = []
     }
 
-    private struct Replica {
+    struct Replica {
         var address: String
         var startedAt: Date
         var heartbeatAt: Date
@@ -24,11 +25,14 @@ public actor InMemoryStore: HandlerStore {
     }
 
     public nonisolated let signals = StoreSignals()
-    private var entries: [HandlerID: Entry] = [:]
-    private var replicaTable: [ReplicaID: Replica] = [:]
+    var entries: [HandlerID: Entry] = [:]
+    var replicaTable: [ReplicaID: Replica] = [:]
     /// The last fencing token handed out, for any handler: tokens never repeat, across deletes.
     private var lastToken: Int64 = 0
-    private let now: @Sendable () -> Date
+    /// The latest ownership changes cluster-wide (bounded; each handler keeps its own in full).
+    var recent: [LeaseChange] = []
+    static let recentLimit = 10_000
+    let now: @Sendable () -> Date
 
     public init(now: @escaping @Sendable () -> Date = { Date() }) {
         self.now = now
@@ -37,6 +41,14 @@ public actor InMemoryStore: HandlerStore {
     private func nextToken() -> FencingToken {
         lastToken += 1
         return FencingToken(lastToken)
+    }
+
+    private func note(_ kind: LeaseChange.Kind, _ entry: inout Entry, replica: ReplicaID?) {
+        let change = LeaseChange(
+            handlerID: entry.record.id, at: now(), kind: kind, replica: replica, token: entry.record.fencingToken)
+        entry.history.append(change)
+        recent.append(change)
+        if recent.count > Self.recentLimit { recent.removeFirst(recent.count - Self.recentLimit) }
     }
 
     private func expiry(_ ttl: Duration) -> Date {
@@ -50,9 +62,12 @@ public actor InMemoryStore: HandlerStore {
     /// Releases every lease carried by the replica's registration.
     private func void(_ replica: ReplicaID, at time: Date) {
         for (id, entry) in entries where entry.record.owner == replica {
-            entries[id]?.record.owner = nil
-            entries[id]?.record.leaseExpiresAt = nil
-            entries[id]?.record.updatedAt = time
+            var entry = entry
+            entry.record.owner = nil
+            entry.record.leaseExpiresAt = nil
+            entry.record.updatedAt = time
+            note(.voided, &entry, replica: replica)
+            entries[id] = entry
         }
     }
 
@@ -109,7 +124,7 @@ public actor InMemoryStore: HandlerStore {
 
     /// The record as readers see it: the lease's effective expiry (the owner's registration or
     /// the lease's own cap, whichever comes first).
-    private func published(_ record: HandlerRecord) -> HandlerRecord {
+    func published(_ record: HandlerRecord) -> HandlerRecord {
         guard let owner = record.owner else { return record }
         var record = record
         let registration = replicaTable[owner]?.leaseExpiresAt ?? Date(timeIntervalSince1970: 0)
@@ -125,9 +140,11 @@ public actor InMemoryStore: HandlerStore {
             result: nil, startedAt: time, updatedAt: time, completedAt: nil, owner: owner,
             leaseExpiresAt: .distantFuture, fencingToken: nextToken(), hibernated: false, lastSequence: -1,
             wakeAt: nil)
-        entries[handler.id] = Entry(
+        var entry = Entry(
             record: record, state: HandlerState(workflowName: handler.workflowName),
             inbox: [(handler.startEvent, false)], log: [])
+        note(.created, &entry, replica: owner)
+        entries[handler.id] = entry
         return ClaimedHandler(
             record: published(record),
             lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
@@ -153,11 +170,14 @@ public actor InMemoryStore: HandlerStore {
             guard var entry = entries[id],
                 isClaimable(entry.record, pendingInbox: entry.inbox.contains { !$0.consumed }, at: time)
             else { continue }
+            let kind: LeaseChange.Kind =
+                entry.record.owner != nil ? .failedOver : entry.record.hibernated ? .reloaded : .claimed
             entry.record.owner = replica
             entry.record.leaseExpiresAt = .distantFuture
             entry.record.fencingToken = nextToken()
             entry.record.hibernated = false
             entry.record.wakeAt = nil
+            note(kind, &entry, replica: replica)
             entries[id] = entry
             claimed.append(
                 ClaimedHandler(
@@ -197,6 +217,7 @@ public actor InMemoryStore: HandlerStore {
         if checkpoint.state.status.isFinished {
             entry.record.result = entry.log.last(where: \.isTerminal)
             entry.record.completedAt = time
+            note(.finished, &entry, replica: entry.record.owner)
             entry.record.owner = nil
             entry.record.leaseExpiresAt = nil
         }
@@ -220,6 +241,7 @@ public actor InMemoryStore: HandlerStore {
         }
         try apply(checkpoint, to: &entry)
         if entry.record.status == .running {
+            note(.hibernated, &entry, replica: entry.record.owner)
             entry.record.owner = nil
             entry.record.leaseExpiresAt = nil
             entry.record.hibernated = true
@@ -233,6 +255,7 @@ public actor InMemoryStore: HandlerStore {
     public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         var entry = try fencedEntry(lease)
         if let checkpoint { try apply(checkpoint, to: &entry) }
+        if entry.record.status == .running { note(.released, &entry, replica: entry.record.owner) }
         entry.record.owner = nil
         entry.record.leaseExpiresAt = nil
         entries[lease.handlerID] = entry
@@ -251,19 +274,6 @@ public actor InMemoryStore: HandlerStore {
         return InboxReceipt(owner: entry.record.owner, hibernated: entry.record.hibernated, inserted: inserted)
     }
 
-    public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
-        var events: [HandlerID: [InboxEvent]] = [:]
-        for id in handlerIDs {
-            let pending = entries[id]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
-            if !pending.isEmpty { events[id] = pending }
-        }
-        return events
-    }
-
-    public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
-        entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
-    }
-
     public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
         guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
         guard entry.record.status == .running else { return .alreadyFinished(entry.record) }
@@ -280,6 +290,7 @@ public actor InMemoryStore: HandlerStore {
         entry.record.hibernated = false
         entry.record.updatedAt = time
         entry.record.completedAt = time
+        note(.cancelled, &entry, replica: nil)
         entries[handlerID] = entry
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
@@ -308,46 +319,5 @@ public actor InMemoryStore: HandlerStore {
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
         return true
-    }
-
-    public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
-        entries[handlerID].map { published($0.record) }
-    }
-
-    public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
-        entries.values.map { published($0.record) }.filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
-    }
-
-    public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
-        guard let log = entries[handlerID]?.log else { return [] }
-        let start = Int(max(0, sequence + 1))
-        guard start < log.count else { return [] }
-        return Array(log[start..<min(log.count, start + limit)])
-    }
-
-    public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
-        let time = now()
-        let window = Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18
-        return replicaTable.map { id, replica in
-            ReplicaRecord(
-                id: id, address: replica.address, startedAt: replica.startedAt, heartbeatAt: replica.heartbeatAt,
-                handlersOwned: entries.values.filter { $0.record.owner == id }.count,
-                alive: time.timeIntervalSince(replica.heartbeatAt) <= window)
-        }.sorted { $0.id.rawValue < $1.id.rawValue }
-    }
-
-    public func counts() async throws -> HandlerCounts {
-        var counts = HandlerCounts()
-        let time = now()
-        for entry in entries.values {
-            if let expiry = published(entry.record).leaseExpiresAt, expiry <= time { counts.expiredLeases += 1 }
-            switch entry.record.status {
-            case .running: if entry.record.hibernated { counts.hibernated += 1 } else { counts.running += 1 }
-            case .completed: counts.completed += 1
-            case .failed: counts.failed += 1
-            case .cancelled: counts.cancelled += 1
-            }
-        }
-        return counts
     }
 }

@@ -147,6 +147,10 @@ final class DelayedRenewalStore: HandlerStore {
     }
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome { try await base.cancel(handlerID) }
     func delete(_ handlerID: HandlerID) async throws -> Bool { try await base.delete(handlerID) }
+    func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] { try await base.leaseHistory(handlerID) }
+    func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
+        try await base.recentLeaseChanges(limit: limit)
+    }
     func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
         try await base.purgeFinished(olderThan: age, limit: limit)
     }

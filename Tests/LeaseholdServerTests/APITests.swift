@@ -206,6 +206,9 @@ struct BadInputTests {
                 client, .post, "/handlers/none/cancel?purge=perhaps", status: .badRequest, detail: "'purge'")
             try await expectError(
                 client, .get, "/cluster/handlers/none", status: .notFound, detail: "Handler not found")
+            try await expectError(client, .get, "/cluster/history?limit=lots", status: .badRequest, detail: "limit")
+            try await expectError(client, .get, "/cluster/history?limit=0", status: .badRequest, detail: "limit")
+            try await expectError(client, .get, "/cluster/history?limit=1001", status: .badRequest, detail: "limit")
             try await expectError(client, .get, "/workflows/none/schema", status: .notFound, detail: "not found")
             try await expectError(client, .get, "/workflows/none/events", status: .notFound, detail: "not found")
             try await expectError(
@@ -357,6 +360,17 @@ struct ContractTests {
                 #expect((lease["fencing_token"]?.intValue ?? 0) >= 1)
                 #expect(lease["hibernated"] == false)
                 #expect(lease["inbox_pending"]?.intValue != nil)
+                let history = lease["lease_history"]?.arrayValue ?? []
+                #expect(history.map { $0["change"] } == ["created"])
+                #expect(history.first?["replica"] == "t")
+                #expect(history.first?["fencing_token"] == lease["fencing_token"])
+            }
+            try await client.execute(uri: "/handlers/cl/cancel", method: .post) { _ in }
+            try await client.execute(uri: "/cluster/history?limit=1", method: .get) { response in
+                let changes = try json(response.body)["changes"]?.arrayValue ?? []
+                #expect(changes.count == 1)
+                #expect(changes.first?["change"] == "cancelled")
+                #expect(changes.first?["handler_id"] == "cl")
             }
             try await client.execute(uri: "/", method: .get) { response in
                 #expect(String(buffer: response.body).contains("Leasehold cluster"))

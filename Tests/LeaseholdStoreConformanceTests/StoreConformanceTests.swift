@@ -456,4 +456,41 @@ struct StoreConformanceTests {
             #expect(try await store.events("sleeping", after: -1, limit: 10).count == 1)
         }
     }
+
+    /// Every ownership change is recorded with the replica and the token after it, in order:
+    /// created, hibernated, reloaded (claimed while hibernated), voided (the registration lapsed),
+    /// failed over (claimed from a lapsed owner), released, claimed, finished; cancelled.
+    @Test("lease history records every ownership change", arguments: StoreFactory.all)
+    func leaseHistory(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let created = try await store.create(Self.new("h"), owner: Self.r1).lease
+            #expect(
+                try await store.hibernate(
+                    Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), wakeAt: nil,
+                    lease: created))
+            _ = try await store.appendInbox("h", InboxEvent(id: "e", event: AnyEvent(type: "Tick", value: [:])))
+            let reloaded = try #require(try await store.claim(Self.r2, limit: 1, only: "h").first).lease
+            try await store.release(nil, lease: reloaded)
+            let claimed = try #require(try await store.claim(Self.r1, limit: 1, only: "h").first).lease
+            try await store.checkpoint(
+                Checkpoint(
+                    state: Self.state(2, status: .completed), log: [Self.record(1, "StopEvent", terminal: true)],
+                    consumedInbox: ["e"]),
+                lease: claimed)
+            let history = try await store.leaseHistory("h")
+            #expect(history.map(\.kind) == [.created, .hibernated, .reloaded, .released, .claimed, .finished])
+            #expect(history.map(\.replica) == [Self.r1, Self.r1, Self.r2, Self.r2, Self.r1, Self.r1])
+            #expect(
+                history.map(\.token) == [
+                    created.token, created.token, reloaded.token, reloaded.token, claimed.token, claimed.token,
+                ])
+            _ = try await store.create(Self.new("c"), owner: Self.r1)
+            _ = try await store.cancel("c")
+            let recent = try await store.recentLeaseChanges(limit: 2)
+            #expect(recent.map(\.kind) == [.cancelled, .created])
+            #expect(recent.map(\.handlerID) == ["c", "c"])
+            #expect(try await store.delete("h"))
+            #expect(try await store.leaseHistory("h").isEmpty)
+        }
+    }
 }

@@ -1,0 +1,67 @@
+import Foundation
+import LeaseholdEngine
+
+/// Reads of the in-memory store: inboxes, records, logs, lease history, replicas and counts.
+extension InMemoryStore {
+    public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
+        var events: [HandlerID: [InboxEvent]] = [:]
+        for id in handlerIDs {
+            let pending = entries[id]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
+            if !pending.isEmpty { events[id] = pending }
+        }
+        return events
+    }
+
+    public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
+        entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
+    }
+
+    public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
+        entries[handlerID].map { published($0.record) }
+    }
+
+    public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
+        entries.values.map { published($0.record) }.filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
+    }
+
+    public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
+        guard let log = entries[handlerID]?.log else { return [] }
+        let start = Int(max(0, sequence + 1))
+        guard start < log.count else { return [] }
+        return Array(log[start..<min(log.count, start + limit)])
+    }
+
+    public func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] {
+        entries[handlerID]?.history ?? []
+    }
+
+    public func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
+        Array(recent.suffix(limit).reversed())
+    }
+
+    public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
+        let time = now()
+        let window = Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18
+        return replicaTable.map { id, replica in
+            ReplicaRecord(
+                id: id, address: replica.address, startedAt: replica.startedAt, heartbeatAt: replica.heartbeatAt,
+                handlersOwned: entries.values.filter { $0.record.owner == id }.count,
+                alive: time.timeIntervalSince(replica.heartbeatAt) <= window)
+        }.sorted { $0.id.rawValue < $1.id.rawValue }
+    }
+
+    public func counts() async throws -> HandlerCounts {
+        var counts = HandlerCounts()
+        let time = now()
+        for entry in entries.values {
+            if let expiry = published(entry.record).leaseExpiresAt, expiry <= time { counts.expiredLeases += 1 }
+            switch entry.record.status {
+            case .running: if entry.record.hibernated { counts.hibernated += 1 } else { counts.running += 1 }
+            case .completed: counts.completed += 1
+            case .failed: counts.failed += 1
+            case .cancelled: counts.cancelled += 1
+            }
+        }
+        return counts
+    }
+}
