@@ -3,8 +3,10 @@ and a handler moving to another replica after a kill -9."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,24 @@ def render(url: str, screenshot: Path | None = None) -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.fail("chromium is not installed (scripts/setup installs Debian's package)")
+    # A fresh profile per call: a shared one would carry cached credentials from one render to the next.
+    profile = tempfile.mkdtemp(prefix="leasehold-chromium-")
     base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--virtual-time-budget=4000", "--window-size=1200,800"]
+            "--virtual-time-budget=4000", "--window-size=1200,800", f"--user-data-dir={profile}"]
     if screenshot:
         subprocess.run(base + [f"--screenshot={screenshot}", url], capture_output=True, timeout=60)
-    result = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=60)
+    try:
+        result = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+def lane(dom: str, replica: str) -> str:
+    """The timeline lane of one replica (an SVG group), or "" when it has none."""
+    parts = dom.split(f'<g data-lane="{replica}">')
+    return parts[1].split("</g>")[0] if len(parts) > 1 else ""
 
 
 def test_page_shows_replicas_and_a_handler_moving_after_a_kill(database_url, spawn, tmp_path):
@@ -43,3 +56,28 @@ def test_page_shows_replicas_and_a_handler_moving_after_a_kill(database_url, spa
     assert '<td class="owner">r2</td>' in row
     r1_row = after.split('data-replica="r1"')[1].split("</tr>")[0]
     assert 'class="dead"' in r1_row or 'data-replica="r1"' not in after
+    # The timeline: the handler was in r1's lane, and after the kill it is in r2's, marked as a
+    # failover; the per-handler view lists its lease history and its log.
+    assert 'data-segment="page-1"' in lane(before, "r1")
+    assert 'data-segment="page-1"' in lane(after, "r1") and 'data-segment="page-1"' in lane(after, "r2")
+    assert 'class="mark failover"' in lane(after, "r2")
+    detail = render(r2.url + "/#handler=page-1", tmp_path / "detail.png")
+    history = detail.split('id="history"')[1].split("</table>")[0]
+    assert 'data-change="created"' in history and 'data-change="failed_over"' in history
+    assert "InputRequiredEvent" in detail.split('id="events"')[1].split("</table>")[0]
+    shots = os.environ.get("LEASEHOLD_SCREENSHOTS")
+    if shots:
+        for name in ("before", "after", "detail"):
+            shutil.copy(tmp_path / f"{name}.png", Path(shots) / f"cluster-page-{name}.png")
+
+
+def test_page_with_an_api_key_asks_the_browser_for_it(spawn, tmp_path):
+    """With --api-key a browser is asked for HTTP Basic credentials (the key as the password); with
+    them the page and the data it fetches load, without them it gets the 401."""
+    replica = spawn(extra=["--api-key", "pagekey"])
+    host = replica.url.removeprefix("http://")
+    shown = f'data-replica="{replica.replica_id}"'
+    assert shown not in render(replica.url + "/")
+    assert shown not in render(f"http://operator:nope@{host}/")
+    page = render(f"http://operator:pagekey@{host}/", tmp_path / "auth.png")
+    assert shown in page and '<p id="error"></p>' in page

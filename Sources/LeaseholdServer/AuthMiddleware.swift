@@ -1,7 +1,10 @@
+import Foundation
+import HTTPTypes
 import Hummingbird
 import LeaseholdEngine
 
-/// Checks the API key (a Bearer token) on every route that is not public; answers 401 otherwise.
+/// Checks the API key (a Bearer token, or HTTP Basic with the key as the password) on every route
+/// that is not public; answers 401 otherwise.
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let apiKeys: [[UInt8]]
@@ -13,13 +16,28 @@ struct AuthMiddleware: RouterMiddleware {
             return try await next(request, context)
         }
         var response = WireFormat.json(["detail": "missing or invalid API key"], status: .unauthorized)
-        response.headers[.wwwAuthenticate] = "Bearer"
+        // Two challenges: API clients send a Bearer token; a browser asks its user for the key
+        // (HTTP Basic: any user name, the key as the password) and, once it has it, answers the
+        // same challenge from the cluster page's data requests by itself.
+        response.headers.append(HTTPField(name: .wwwAuthenticate, value: "Bearer"))
+        response.headers.append(HTTPField(name: .wwwAuthenticate, value: #"Basic realm="leasehold", charset="UTF-8""#))
         return response
     }
 
+    /// A Bearer token, or HTTP Basic with the key as the password (what a browser can send: the
+    /// cluster page and the data routes it fetches).
     private func authorized(_ request: Request) -> Bool {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return false }
-        let presented = Array(header.dropFirst(7).utf8)
+        guard let header = request.headers[.authorization] else { return false }
+        let presented: [UInt8]
+        if header.hasPrefix("Bearer ") {
+            presented = Array(header.dropFirst(7).utf8)
+        } else if header.hasPrefix("Basic "), let decoded = Data(base64Encoded: String(header.dropFirst(6))),
+            let colon = decoded.firstIndex(of: UInt8(ascii: ":"))
+        {
+            presented = Array(decoded[decoded.index(after: colon)...])
+        } else {
+            return false
+        }
         var matched = false
         for key in apiKeys where Self.constantTimeEqual(presented, key) { matched = true }
         return matched

@@ -252,6 +252,21 @@ struct BadInputTests {
             try await client.execute(uri: "/workflows", method: .get, headers: [.authorization: "Bearer other"]) {
                 response throws in #expect(response.status == .ok)
             }
+            // A browser: HTTP Basic, any user name, the key as the password; the page asks for it.
+            try await client.execute(
+                uri: "/cluster", method: .get, headers: [.authorization: "Basic b3BlcmF0b3I6czNjcmV0"]
+            ) { response throws in #expect(response.status == .ok) }
+            try await expectError(
+                client, .get, "/cluster", headers: [.authorization: "Basic b3BlcmF0b3I6d3Jvbmc="],
+                status: .unauthorized,
+                detail: "API key")
+            try await client.execute(uri: "/", method: .get) { response throws in
+                #expect(response.status == .unauthorized)
+                #expect(response.headers[values: .wwwAuthenticate].contains { $0.hasPrefix("Basic realm=") })
+            }
+            try await client.execute(uri: "/workflows", method: .get) { response throws in
+                #expect(response.headers[values: .wwwAuthenticate].first == "Bearer")
+            }
             for open in ["/health", "/ready", "/metrics"] {
                 try await client.execute(uri: open, method: .get) { response throws in
                     #expect(response.status != .unauthorized, "\(open)")
