@@ -14,8 +14,10 @@ run prints one JSON line. Loopback only; every wait is bounded.
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -368,8 +370,10 @@ def run_once(name: str) -> dict:
     work = Workload(f"{name}-{uuid.uuid4().hex[:6]}")
     fences_before = fences()
     work.start()
+    window = [time.time(), None]
     try:
         outcome.update(globals()["drill_" + name.replace("-", "_")](work, *extra))
+        window[1] = time.time()
         work.answer()
         outcome.update(work.check())
         # Self-fences plus token-rejected writes: counted on the stale replica where there is one
@@ -388,8 +392,61 @@ def run_once(name: str) -> dict:
     finally:
         for resource in extra:
             resource.stop()
+    try:
+        outcome["report"] = str(report(name, work, outcome, window).relative_to(ROOT))
+    except Exception as error:  # the report is an aid; a failure to draw it does not fail the drill
+        outcome["report_error"] = f"{type(error).__name__}: {error}"
     print(json.dumps(outcome), flush=True)
     return outcome
+
+
+REPORTS = ROOT / "deploy" / "drills" / "reports"
+
+
+def report(name: str, work: Workload, outcome: dict, window: list) -> Path:
+    """Writes the run's report: its outcome, the lease history of its handlers, the fault window
+    and each moved handler's failover time (JSON), and the ownership timeline with the fault window
+    marked (PNG, same lanes as the cluster page)."""
+    ids = set(work.all())
+    changes = [c for c in reversed(get(LB, "/cluster/history?limit=1000")["changes"]) if c["handler_id"] in ids]
+    at = lambda c: datetime.fromisoformat(c["at"]).timestamp()
+    fault_start, fault_end = window[0], window[1] or time.time()
+    failovers = {c["handler_id"]: round(at(c) - fault_start, 3) for c in changes
+                 if c["change"] == "failed_over" and at(c) >= fault_start}
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    stem = REPORTS / f"{name}-{work.tag}"
+    stem.with_suffix(".json").write_text(json.dumps({
+        "outcome": outcome, "fault_window": [fault_start, fault_end], "failover_s_per_handler": failovers,
+        "lease_history": changes}, indent=1))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    by_handler: dict[str, list[dict]] = {}
+    for c in changes:
+        by_handler.setdefault(c["handler_id"], []).append(c)
+    lanes = sorted({c["replica"] for c in changes if c["replica"]})
+    origin = min([at(c) for c in changes] + [fault_start])
+    end = max([at(c) for c in changes] + [fault_end])
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.9 * max(1, len(lanes))))
+    handlers = sorted(by_handler)
+    for h, hc in by_handler.items():
+        for i, c in enumerate(hc):
+            if c["change"] not in ("created", "claimed", "reloaded", "failed_over") or not c["replica"]:
+                continue
+            stop = at(hc[i + 1]) if i + 1 < len(hc) else end
+            y = lanes.index(c["replica"]) + handlers.index(h) / (len(handlers) + 1) * 0.8
+            ax.plot([at(c) - origin, stop - origin], [y, y], lw=2,
+                    color="#c0392b" if c["change"] == "failed_over" else "#4a7ebb")
+    ax.axvspan(fault_start - origin, fault_end - origin, color="#f5b7b1", alpha=0.4, label="fault and recovery")
+    ax.set_yticks([i + 0.4 for i in range(len(lanes))], lanes)
+    ax.set_xlabel("seconds")
+    moved = f", failover median {statistics.median(failovers.values()):.2f} s" if failovers else ""
+    ax.set_title(f"{name} drill ({work.tag}): {'passed' if outcome.get('passed') else 'FAILED'}{moved}")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=80)
+    plt.close(fig)
+    return stem.with_suffix(".png")
 
 
 def table(results: list[dict]) -> str:
@@ -424,6 +481,16 @@ def main():
     text = table(results)
     print(text)
     if args.table:
+        # The last report of each drill is kept beside the table (the others stay in reports/).
+        latest = args.table.parent / "reports-latest"
+        latest.mkdir(exist_ok=True)
+        for r in results:
+            if r.get("report"):
+                png = ROOT / r["report"]
+                shutil.copy(png, latest / f"{r['drill']}.png")
+                shutil.copy(png.with_suffix(".json"), latest / f"{r['drill']}.json")
+        text += "\n\nLast run of each drill, as a report (lease history, fault window, failover per handler): " + \
+            ", ".join(f"[{d}](reports-latest/{d}.png)" for d in DRILLS if (latest / f"{d}.png").exists())
         args.table.write_text(f"Drills on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, lease TTL {TTL}s\n\n{text}\n")
     if args.down:
         sh(CLUSTER, "down")
