@@ -32,8 +32,12 @@ struct Claimer: Sendable {
                     self.configuration.replicaID, limit: self.configuration.claimBatch, only: nil)
             }
             for handler in claimed {
-                metrics.failovers.increment()
-                await host.launch(handler, reason: "claimed")
+                switch handler.acquired {
+                case .failedOver, .claimed: metrics.failovers.increment()
+                case .reloaded: metrics.reloads.increment()
+                default: break
+                }
+                await host.launch(handler, reason: handler.acquired.rawValue)
             }
         } catch {
             // The next pass (one claim interval later) tries again; nothing was claimed.

@@ -136,7 +136,7 @@ extension HandlerHost {
             let replica = replicaID
             let claimed = try await storeCall { try await $0.claim(replica, limit: 1, only: id) }
             guard let handler = claimed.first else { return false }
-            await launch(handler, reason: handler.record.hibernated ? "reload" : "orphaned")
+            await launch(handler, reason: handler.acquired.rawValue)
             metrics.reloads.increment()
             metrics.reloadLatency.recordInterval(since: started, clock: clock)
             return true

@@ -136,13 +136,14 @@ extension PostgresStore {
                         updated_at = now()
                     FROM candidates c WHERE h.id = c.id
                     RETURNING h.*, c.previous_owner, c.was_hibernated),
+                acquired AS (
+                    SELECT claimed.*, CASE WHEN previous_owner IS NOT NULL THEN 'failed_over'
+                            WHEN was_hibernated THEN 'reloaded' ELSE 'claimed' END AS how
+                    FROM claimed),
                 history AS (
                     INSERT INTO lease_history (handler_id, change, replica, token)
-                    SELECT id, CASE WHEN previous_owner IS NOT NULL THEN 'failed_over'
-                            WHEN was_hibernated THEN 'reloaded' ELSE 'claimed' END,
-                        owner_replica, fencing_token
-                    FROM claimed)
-                SELECT \(unescaped: recordColumns), h.snapshot FROM claimed h
+                    SELECT id, how, owner_replica, fencing_token FROM acquired)
+                SELECT \(unescaped: recordColumns), h.snapshot, h.how FROM acquired h
                 """
         }
 

@@ -203,7 +203,7 @@ public final class PostgresStore: HandlerStore, Service {
             guard let created else { throw StoreError.handlerExists(handler.id) }
             return ClaimedHandler(
                 record: created, lease: Lease(handlerID: handler.id, replicaID: owner, token: created.fencingToken),
-                state: HandlerState(workflowName: handler.workflowName))
+                state: HandlerState(workflowName: handler.workflowName), acquired: .created)
         }
     }
 
@@ -215,11 +215,10 @@ public final class PostgresStore: HandlerStore, Service {
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
             for try await row in rows {
-                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot) = try row.decode(
+                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how) = try row.decode(
                     (
                         String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64,
-                        Bool,
-                        Int64, Date?, Data?
+                        Bool, Int64, Date?, Data?, String
                     ).self)
                 let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
                 let state =
@@ -229,7 +228,7 @@ public final class PostgresStore: HandlerStore, Service {
                     ClaimedHandler(
                         record: record,
                         lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
-                        state: state))
+                        state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed))
             }
             return claimed
         }

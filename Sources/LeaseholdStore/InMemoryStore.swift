@@ -148,7 +148,7 @@ public actor InMemoryStore: HandlerStore {
         return ClaimedHandler(
             record: published(record),
             lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
-            state: HandlerState(workflowName: handler.workflowName))
+            state: HandlerState(workflowName: handler.workflowName), acquired: .created)
     }
 
     private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
@@ -183,7 +183,7 @@ public actor InMemoryStore: HandlerStore {
                 ClaimedHandler(
                     record: published(entry.record),
                     lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken),
-                    state: entry.state))
+                    state: entry.state, acquired: kind))
         }
         return claimed
     }

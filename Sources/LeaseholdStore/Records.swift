@@ -80,11 +80,15 @@ public struct ClaimedHandler: Sendable {
     public var record: HandlerRecord
     public var lease: Lease
     public var state: HandlerState
+    /// How the lease was acquired (`created`, `claimed`, `reloaded` or `failedOver`), as the lease
+    /// history records it.
+    public var acquired: LeaseChange.Kind
 
-    public init(record: HandlerRecord, lease: Lease, state: HandlerState) {
+    public init(record: HandlerRecord, lease: Lease, state: HandlerState, acquired: LeaseChange.Kind = .claimed) {
         self.record = record
         self.lease = lease
         self.state = state
+        self.acquired = acquired
     }
 }
 

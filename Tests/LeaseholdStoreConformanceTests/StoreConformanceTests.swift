@@ -469,14 +469,20 @@ struct StoreConformanceTests {
                     Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), wakeAt: nil,
                     lease: created))
             _ = try await store.appendInbox("h", InboxEvent(id: "e", event: AnyEvent(type: "Tick", value: [:])))
-            let reloaded = try #require(try await store.claim(Self.r2, limit: 1, only: "h").first).lease
+            let reloadedClaim = try #require(try await store.claim(Self.r2, limit: 1, only: "h").first)
+            #expect(reloadedClaim.acquired == .reloaded)
+            let reloaded = reloadedClaim.lease
             try await store.release(nil, lease: reloaded)
-            let claimed = try #require(try await store.claim(Self.r1, limit: 1, only: "h").first).lease
+            let claimedAgain = try #require(try await store.claim(Self.r1, limit: 1, only: "h").first)
+            #expect(claimedAgain.acquired == .claimed)
+            let claimed = claimedAgain.lease
             try await store.checkpoint(
                 Checkpoint(
                     state: Self.state(2, status: .completed), log: [Self.record(1, "StopEvent", terminal: true)],
                     consumedInbox: ["e"]),
                 lease: claimed)
+            // The claim answers how each lease was acquired, as the history records it.
+            #expect(try await store.create(Self.new("h2"), owner: Self.r1).acquired == .created)
             let history = try await store.leaseHistory("h")
             #expect(history.map(\.kind) == [.created, .hibernated, .reloaded, .released, .claimed, .finished])
             #expect(history.map(\.replica) == [Self.r1, Self.r1, Self.r2, Self.r2, Self.r1, Self.r1])
@@ -487,7 +493,7 @@ struct StoreConformanceTests {
             _ = try await store.create(Self.new("c"), owner: Self.r1)
             _ = try await store.cancel("c")
             let recent = try await store.recentLeaseChanges(limit: 2)
-            #expect(recent.map(\.kind) == [.cancelled, .created])
+            #expect(recent.map(\.kind) == [.cancelled, .created])  // "c" was created after "h2"
             #expect(recent.map(\.handlerID) == ["c", "c"])
             #expect(try await store.delete("h"))
             #expect(try await store.leaseHistory("h").isEmpty)
