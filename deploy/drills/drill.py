@@ -407,7 +407,7 @@ def report(name: str, work: Workload, outcome: dict, window: list) -> Path:
     """Writes the run's report: its outcome, the lease history of its handlers, the fault window
     and each moved handler's failover time (JSON), and the ownership timeline with the fault window
     marked (PNG, same lanes as the cluster page)."""
-    ids = set(work.all())
+    ids = set(work.all)
     changes = [c for c in reversed(get(LB, "/cluster/history?limit=1000")["changes"]) if c["handler_id"] in ids]
     at = lambda c: datetime.fromisoformat(c["at"]).timestamp()
     fault_start, fault_end = window[0], window[1] or time.time()
