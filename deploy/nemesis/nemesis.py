@@ -25,7 +25,8 @@ stop, every replica is brought back, unanswered approvals are answered, every ha
       acknowledged, a timer rang;
     - fencing tokens (from every replica's "claimed" log lines) are never handed out twice, for any
       handler, across purge and re-creation, and rise over time for each handler id;
-    - every acknowledged start exists at the end (or was purged by the workload itself).
+    - every acknowledged start exists at the end (or was purged by the workload itself, or a purge
+      of it had an unknown outcome: a timeout is "maybe applied", as in Jepsen).
 
 The seed fixes the workload's and the nemesis's choices (not the machine's timing). Loopback
 only; every loop is bounded in count and time. Prints one JSON line per seed and a table.
@@ -121,6 +122,8 @@ class Handlers:
             spec.setdefault("answers", [])
             spec.setdefault("cancel_acked", False)
             spec.setdefault("purged", False)
+            spec.setdefault("maybe_purged", False)
+            spec.setdefault("cancel_maybe", False)
             self.by_id[handler_id] = spec
 
     def pick(self, rng: random.Random, **match) -> str | None:
@@ -221,13 +224,20 @@ class Client(threading.Thread):
         response = self.call("cancel", "POST", f"/handlers/{handler_id}/cancel")
         if response is not None and response.status_code == 200:
             self.handlers.update(handler_id, cancel_acked=True)
+        elif response is None or response.status_code >= 500:
+            self.handlers.update(handler_id, cancel_maybe=True)  # outcome unknown: may have happened
 
     def purge_and_recreate(self):
         handler_id = self.handlers.pick(self.rng, purged=False)
         if not handler_id:
             return
         response = self.call("purge", "POST", f"/handlers/{handler_id}/cancel", params={"purge": "true"})
-        if response is None or response.status_code != 200:
+        if response is None or response.status_code >= 500:
+            # Outcome unknown (Jepsen's "info"): the purge may have happened, wholly or only its
+            # cancel, so the handler may be missing or cancelled at the end.
+            self.handlers.update(handler_id, maybe_purged=True)
+            return
+        if response.status_code != 200:
             return
         # The old run is gone; the id is checked again only if the re-creation below is accepted.
         self.handlers.update(handler_id, purged=True, acked=False)
@@ -387,7 +397,7 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
     for handler_id, spec in handlers.all().items():
         response = httpx.get(f"{LB}/handlers/{handler_id}", timeout=10)
         if response.status_code == 404:
-            if spec["acked"]:
+            if spec["acked"] and not spec["maybe_purged"]:
                 violations.append(f"{handler_id}: start acknowledged, handler missing")
             continue
         record = response.json()
@@ -408,7 +418,7 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
         cancelled = status == "cancelled"
         if status == "failed":
             violations.append(f"{handler_id}: failed: {record.get('error')}")
-        if cancelled and not spec["cancel_acked"]:
+        if cancelled and not (spec["cancel_acked"] or spec["cancel_maybe"] or spec["maybe_purged"]):
             violations.append(f"{handler_id}: cancelled, but no cancel was acknowledged")
         value = (record.get("result") or {}).get("value", {}).get("result") if status == "completed" else None
         if spec["workflow"] == "counter":
