@@ -70,7 +70,15 @@ extension Coordinator {
         if case .cancelled = outcome, let handler = host.handler(id) {
             host.fence([handler], reason: "cancelled")
         }
-        if purge { _ = try await store.delete(id) }
+        if purge {
+            // Only the run just cancelled (or found finished): the id may have been purged and
+            // created again meanwhile, and that new run must not be deleted with it.
+            let run: HandlerRecord
+            switch outcome {
+            case .cancelled(let record), .alreadyFinished(let record): run = record
+            }
+            _ = try await store.delete(id, run: run.runID)
+        }
         return true
     }
 

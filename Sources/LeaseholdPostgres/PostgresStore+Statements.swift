@@ -122,7 +122,8 @@ extension PostgresStore {
                         UNION ALL (SELECT id FROM handlers
                             WHERE status = 'running' AND owner_replica IS NULL AND hibernated = true AND wake_at <= now()
                             LIMIT \(window))
-                        UNION ALL (SELECT handler_id FROM inbox WHERE NOT consumed LIMIT \(window)))))
+                        UNION ALL (SELECT i.handler_id FROM inbox i JOIN handlers r ON r.id = i.handler_id
+                            WHERE NOT i.consumed AND r.status = 'running' LIMIT \(window)))))
                     AND h.status = 'running'
                     AND ((h.owner_replica IS NOT NULL AND (h.lease_expires_at <= now() OR NOT EXISTS (
                             SELECT 1 FROM replicas r WHERE r.id = h.owner_replica AND r.lease_expires_at > now())))
@@ -300,8 +301,8 @@ extension PostgresStore {
             """
         }
 
-        static func delete(id: String) -> PostgresQuery {
-            "DELETE FROM handlers WHERE id = \(id) RETURNING id"
+        static func delete(id: String, runID: String) -> PostgresQuery {
+            "DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id"
         }
 
         static func handler(id: String) -> PostgresQuery {

@@ -174,12 +174,13 @@ extension PostgresStore {
         return cancelled ? .cancelled(record) : .alreadyFinished(record)
     }
 
-    public func delete(_ handlerID: HandlerID) async throws -> Bool {
+    public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
         try await guarded {
             var deleted = false
-            for try await _ in try await client.query(Statements.delete(id: handlerID.rawValue), logger: logger)
-                .decode(String.self)
-            {
+            for try await _ in try await client.query(
+                Statements.delete(id: handlerID.rawValue, runID: runID), logger: logger
+            )
+            .decode(String.self) {
                 deleted = true
             }
             if deleted {

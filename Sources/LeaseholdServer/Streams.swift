@@ -26,7 +26,7 @@ extension LeaseholdAPI {
         if record.status.isFinished && start >= record.lastSequence {
             return Response(status: .noContent)
         }
-        guard streams.enter() else {
+        guard let slot = StreamSlot(streams) else {
             throw APIError(.serviceUnavailable, "too many open streams on this replica", headers: [.retryAfter: "1"])
         }
         let headers: HTTPFields = [
@@ -36,11 +36,12 @@ extension LeaseholdAPI {
         ]
         let store = self.store
         let configuration = self.configuration
-        let gate = self.streams
         return Response(
             status: .ok, headers: headers,
             body: ResponseBody { writer in
-                defer { gate.leave() }
+                // Held by this closure: released when the response is done with it, also when the
+                // body never runs (the client left before the head was written).
+                _ = slot
                 let stopping = StopFlag()
                 let watch = WriteWatch()
                 // The writer moves to the stream task below and is used by it alone; this task only
@@ -93,6 +94,8 @@ extension LeaseholdAPI {
         return value
     }
 
+    static let writePiece = 64 * 1024
+
     private static func tail(
         _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration,
         sse: Bool,
@@ -113,7 +116,16 @@ extension LeaseholdAPI {
                 out += sse ? "id: \(record.sequence)\ndata: \(line)\n\n" : line + "\n"
             }
             if !out.isEmpty {
-                try await watch.timing { try await writer.write(ByteBuffer(string: out)) }
+                // In pieces of at most 64 KiB: a write waits until the previous one has drained, so
+                // the stall timeout then measures a client that stopped reading, not a slow one
+                // draining a large batch.
+                var rest = Substring(out)
+                while !rest.isEmpty {
+                    let piece = rest.utf8.prefix(Self.writePiece)
+                    let chunk = ByteBuffer(bytes: piece)
+                    rest = Substring(rest.utf8.dropFirst(piece.count))
+                    try await watch.timing { try await writer.write(chunk) }
+                }
                 lastWrite = .now
             } else if sse && ContinuousClock.now - lastWrite >= heartbeat {
                 try await watch.timing { try await writer.write(ByteBuffer(string: ": heartbeat\n\n")) }
@@ -149,6 +161,18 @@ final class StopFlag: Sendable {
     var isSet: Bool { value.withLock { $0 } }
 }
 
+/// One open stream's place under `--max-streams`, released when the last reference goes.
+final class StreamSlot: Sendable {
+    private let gate: StreamGate
+
+    init?(_ gate: StreamGate) {
+        guard gate.enter() else { return nil }
+        self.gate = gate
+    }
+
+    deinit { gate.leave() }
+}
+
 /// A stream's client stopped taking writes for longer than the stall timeout.
 struct StreamStalled: Error, CustomStringConvertible {
     var description: String { "event stream ended: the client stopped reading" }
@@ -166,7 +190,7 @@ final class WriteWatch: Sendable {
 
     /// Returns once a write has been pending longer than `limit`. - Throws: on cancellation.
     func untilStalled(longerThan limit: Duration) async throws {
-        let period = min(limit / 4, .seconds(1))
+        let period = max(min(limit / 4, .seconds(1)), .milliseconds(10))
         while true {
             try await Task.sleep(for: period)
             if let since = pendingSince.withLock({ $0 }), ContinuousClock.now - since > limit { return }

@@ -71,8 +71,10 @@ public protocol HandlerStore: Sendable {
     /// logs a `WorkflowCancelledEvent` and marks it cancelled.
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome
 
-    /// Deletes a handler with its inbox and log. Returns false when there was none.
-    func delete(_ handlerID: HandlerID) async throws -> Bool
+    /// Deletes one run of a handler with its inbox, log and lease history. Only that run: a
+    /// handler created again under the same id since (another run id) is left alone.
+    /// Returns false when there was no such run.
+    func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool
 
     func handler(_ handlerID: HandlerID) async throws -> HandlerRecord?
     func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord]

@@ -314,8 +314,9 @@ public actor InMemoryStore: HandlerStore {
         return Array(doomed)
     }
 
-    public func delete(_ handlerID: HandlerID) async throws -> Bool {
-        guard entries.removeValue(forKey: handlerID) != nil else { return false }
+    public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
+        guard entries[handlerID]?.record.runID == runID else { return false }
+        entries[handlerID] = nil
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
         return true

@@ -202,6 +202,10 @@ struct Settings {
         )
         let retentionText = setting(serve.retention, "LEASEHOLD_RETENTION") ?? "7d"
         retention = retentionText.lowercased() == "off" ? nil : try parseDuration(retentionText, flag: "--retention")
+        // Shorter would let a finished run vanish before `POST /run` has read its result.
+        if let retention, retention < .seconds(1) {
+            throw BadSetting(message: "--retention: must be at least 1s, or off")
+        }
         guard streamStallTimeout >= .milliseconds(100) else {
             throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
         }

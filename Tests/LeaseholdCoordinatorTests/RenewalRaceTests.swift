@@ -146,7 +146,9 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.pendingInbox(of: handlerIDs)
     }
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome { try await base.cancel(handlerID) }
-    func delete(_ handlerID: HandlerID) async throws -> Bool { try await base.delete(handlerID) }
+    func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
+        try await base.delete(handlerID, run: runID)
+    }
     func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] { try await base.leaseHistory(handlerID) }
     func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
         try await base.recentLeaseChanges(limit: limit)

@@ -251,8 +251,10 @@ struct StoreConformanceTests {
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
-            #expect(try await store.delete("h"))
-            #expect(try await store.delete("h") == false)
+            #expect(try await store.delete("h", run: "other-run") == false)  // another run of "h": kept
+            #expect(try await store.handler("h") != nil)
+            #expect(try await store.delete("h", run: "run"))
+            #expect(try await store.delete("h", run: "run") == false)
             #expect(try await store.handler("h") == nil)
             #expect(try await store.events("h", after: -1, limit: 10).isEmpty)
             await #expect(throws: StoreError.leaseLost("h")) {
@@ -386,7 +388,7 @@ struct StoreConformanceTests {
             let first = try await store.create(Self.new("h"), owner: Self.r1).lease
             try await store.release(nil, lease: first)
             let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first).lease
-            #expect(try await store.delete("h"))
+            #expect(try await store.delete("h", run: "run"))
             // The same id again: its first token lies above every token the old run ever had, so a
             // write still retrying from the old run cannot land in the new one.
             let again = try await store.create(Self.new("h"), owner: Self.r1).lease
@@ -495,7 +497,7 @@ struct StoreConformanceTests {
             let recent = try await store.recentLeaseChanges(limit: 2)
             #expect(recent.map(\.kind) == [.cancelled, .created])  // "c" was created after "h2"
             #expect(recent.map(\.handlerID) == ["c", "c"])
-            #expect(try await store.delete("h"))
+            #expect(try await store.delete("h", run: "run"))
             #expect(try await store.leaseHistory("h").isEmpty)
         }
     }
