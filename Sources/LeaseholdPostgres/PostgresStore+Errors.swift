@@ -23,7 +23,11 @@ extension PostgresStore {
         if let error = error as? StoreError { return error }
         guard let psql = error as? PSQLError else { return error }
         if let state = psql.serverInfo?[.sqlState] {
-            if state == "23505" { return StoreError.sequenceConflict(HandlerID(psql.serverInfo?[.detail] ?? "?"), -1) }
+            // A unique violation is read by its constraint: only the event log's key means that a
+            // sequence number was already written (a checkpoint retried after an unknown outcome).
+            if state == "23505", psql.serverInfo?[.constraintName] == Self.eventLogKey {
+                return StoreError.sequenceConflict(HandlerID(psql.serverInfo?[.detail] ?? "?"), -1)
+            }
             // 08: connection exception; 57P: operator intervention (shutdown, terminated backend); 53: resources;
             // and the transient outcomes a retry resolves: serialization failure, deadlock, query
             // cancelled (statement timeout), idle-in-transaction timeout, lock not available.
@@ -46,6 +50,9 @@ extension PostgresStore {
     /// SQLSTATEs that mean "try again", not "corrupt": 40001 serialization_failure, 40P01
     /// deadlock_detected, 57014 query_canceled, 25P03 idle_in_transaction_session_timeout,
     /// 55P03 lock_not_available.
+    /// The event log's primary key (handler, sequence), as Postgres names it.
+    static let eventLogKey = "event_log_pkey"
+
     static let transientStates: Set<String> = ["40001", "40P01", "57014", "25P03", "55P03"]
 
     static func seconds(_ duration: Duration) -> Double {

@@ -23,7 +23,9 @@ extension PostgresStore {
             {
                 written = true
             }
-        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+        } catch let error as PSQLError
+            where error.serverInfo?[.sqlState] == "23505" && error.serverInfo?[.constraintName] == Self.eventLogKey
+        {
             throw StoreError.sequenceConflict(lease.handlerID, -1)
         }
         if !written { throw StoreError.leaseLost(lease.handlerID) }
