@@ -529,6 +529,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, help="run this one seed")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 1..N (default 3)")
+    parser.add_argument("--first-seed", type=int, default=1, help="with --seeds or --minutes: start here (default 1)")
     parser.add_argument("--minutes", type=float, help="run seeds 1, 2, ... until this much time has passed")
     parser.add_argument("--seconds", type=float, default=20, help="workload time per seed (default 20)")
     parser.add_argument("--clients", type=int, default=4)
@@ -543,28 +544,33 @@ def main():
         parser.error("--seconds must be in (0, 3600] and --clients in [1, 32]")
     sh(CLUSTER, "up", timeout=300)
     results = []
+    crashed = None
     try:
         if args.seed is not None:
             results.append(run_seed(args.seed, args.seconds, faults, args.clients))
         elif args.minutes:
             end = time.monotonic() + args.minutes * 60
-            seed = 1
-            while time.monotonic() < end and seed <= 100_000:
+            seed = args.first_seed
+            while time.monotonic() < end and seed <= args.first_seed + 100_000:
                 results.append(run_seed(seed, args.seconds, faults, args.clients))
                 seed += 1
         else:
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 results.append(run_seed(seed, args.seconds, faults, args.clients))
-    finally:
-        if args.down:
-            sh(CLUSTER, "down", timeout=120, check=False)
+    except Exception as error:
+        # The run could not go on (e.g. a replica that would not restart): that is a finding, and
+        # the cluster's logs are kept for it.
+        crashed = f"{type(error).__name__}: {error}"
+        print(json.dumps({"run_stopped": crashed, "cluster_kept": str(DIR)}), flush=True)
+    if args.down and crashed is None:
+        sh(CLUSTER, "down", timeout=120, check=False)
     text = table(results)
     print(text)
     if args.table:
         with open(args.table, "a") as f:
             f.write(f"\nNemesis run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, lease TTL {TTL}s, "
                     f"idle timeout {os.environ['LH_IDLE_TIMEOUT']}\n\n{text}\n")
-    sys.exit(1 if any(r["violations"] for r in results) else 0)
+    sys.exit(1 if crashed or any(r["violations"] for r in results) else 0)
 
 
 if __name__ == "__main__":
