@@ -31,6 +31,8 @@ final class LeaseKeeper: Sendable {
         var excluded: Set<Lease> = []
         /// Leases the last renewal returned that had no runtime here.
         var unrunLeases: Set<HandlerID> = []
+        /// Orphaned leases waiting for `runOrphanReleases`.
+        var orphans: [HandlerID: FencingToken] = [:]
         var selfFences = 0
         var rejectedWrites = 0
         /// Another process registered under this replica id: this one holds nothing and stops.
@@ -54,6 +56,9 @@ final class LeaseKeeper: Sendable {
     let metrics: CoordinatorMetrics
     let signals: CoordinatorSignals
     let state = Mutex(State())
+    /// Wakes `runOrphanReleases` (at most one pending wake-up: it takes every orphan at once).
+    let orphanSignals: AsyncStream<Void>
+    let orphanSignal: AsyncStream<Void>.Continuation
 
     init(
         store: any HandlerStore, configuration: CoordinatorConfiguration, clock: ReplicaClock, logger: Logger,
@@ -65,6 +70,7 @@ final class LeaseKeeper: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.signals = signals
+        (orphanSignals, orphanSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     var replicaID: ReplicaID { configuration.replicaID }
@@ -238,18 +244,36 @@ final class LeaseKeeper: Sendable {
             }
             host.fence(lost, reason: "lease lost")
         }
-        for (id, token) in orphans {
-            let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
-            do {
-                // Bounded: a release stuck on a dead connection must not stop the renewals.
-                try await bounded(configuration.leaseTTL / 3, clock: clock) {
-                    try await self.store.release(nil, lease: lease)
+        if !orphans.isEmpty {
+            state.withLock { $0.orphans.merge(orphans) { _, newer in newer } }
+            orphanSignal.yield()
+        }
+    }
+
+    // MARK: - Orphaned leases
+
+    /// Releases leases held with no runtime here, in their own loop: a release is a store call,
+    /// and a store call that never returns (a connection that died mid-request) must not stop the
+    /// renewals, or the whole replica would fence itself for good.
+    func runOrphanReleases() async {
+        for await _ in orphanSignals {
+            if Task.isCancelled { return }
+            let pending = state.withLock { state in
+                defer { state.orphans = [:] }
+                return state.orphans
+            }
+            for (id, token) in pending {
+                let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
+                do {
+                    try await bounded(configuration.leaseTTL / 3, clock: clock) {
+                        try await self.store.release(nil, lease: lease)
+                    }
+                    logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
+                } catch {
+                    // The next renewal sees it again and asks again; meanwhile nobody else can run it.
+                    logger.warning(
+                        "orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
                 }
-                logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
-            } catch {
-                // The next renewal sees it again and retries; meanwhile nobody else can run it.
-                logger.warning(
-                    "orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
             }
         }
     }
