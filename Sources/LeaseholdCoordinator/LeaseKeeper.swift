@@ -31,6 +31,7 @@ final class LeaseKeeper: Sendable {
         var excluded: Set<Lease> = []
         /// Leases the last renewal returned that had no runtime here.
         var unrunLeases: Set<HandlerID> = []
+        var renewalsInFlight = 0
         /// Orphaned leases waiting for `runOrphanReleases`.
         var orphans: [HandlerID: FencingToken] = [:]
         var selfFences = 0
@@ -150,12 +151,33 @@ final class LeaseKeeper: Sendable {
 
     // MARK: - Renewal
 
+    /// Renews every `heartbeatInterval`. Each renewal runs as its own child task, so that one
+    /// whose request never returns (a connection that died under it; postgres-nio does not always
+    /// fail such a request) does not stop the next: the replica would otherwise fence itself for
+    /// good while its database works. At most `maxRenewalsInFlight` run at once.
     func runRenewals(host: HandlerHost) async {
-        while !Task.isCancelled, !isSuperseded {
-            do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
-            await renewOnce(host: host)
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled, !isSuperseded {
+                do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
+                let admitted = state.withLock { state -> Bool in
+                    guard state.renewalsInFlight < Self.maxRenewalsInFlight else { return false }
+                    state.renewalsInFlight += 1
+                    return true
+                }
+                guard admitted else {
+                    logger.warning(
+                        "renewals stuck in flight, waiting", metadata: [LogKeys.count: "\(Self.maxRenewalsInFlight)"])
+                    continue
+                }
+                group.addTask {
+                    await self.renewOnce(host: host)
+                    self.state.withLock { $0.renewalsInFlight -= 1 }
+                }
+            }
         }
     }
+
+    static let maxRenewalsInFlight = 3
 
     /// One renewal: renews the registration (and so every lease on it) except leases whose write
     /// is stuck, then stops every handler whose lease the answer no longer shows and gives back
@@ -218,7 +240,8 @@ final class LeaseKeeper: Sendable {
             if let last = state.lastRenewal, sent - last > configuration.leaseTTL {
                 logger.warning("lease renewed late", metadata: [LogKeys.elapsed: "\(sent - last)"])
             }
-            state.lastRenewal = sent
+            // Renewals may complete out of order: the newest send instant proves the most.
+            state.lastRenewal = max(state.lastRenewal ?? sent, sent)
             state.excluded = state.excluded.filter { held[$0.handlerID] == $0.token }
             // A lease held with no runtime here is an orphan only when two renewals in a row saw it
             // so: one acquired just before this renewal may not have started its runtime yet.
