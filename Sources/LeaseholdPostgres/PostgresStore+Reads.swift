@@ -111,21 +111,18 @@ extension PostgresStore {
     }
 
     public func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] {
-        try await guarded {
-            var changes: [LeaseChange] = []
-            for try await row in try await client.query(Statements.leaseHistory(id: handlerID.rawValue), logger: logger)
-                .decode((String, Date, String, String?, Int64).self)
-            {
-                changes.append(Self.change(row))
-            }
-            return changes
-        }
+        try await changes(Statements.leaseHistory(id: handlerID.rawValue))
     }
 
     public func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
+        try await changes(Statements.recentLeaseChanges(limit: limit))
+    }
+
+    /// Lease history rows as the two history statements select them.
+    private func changes(_ query: PostgresQuery) async throws -> [LeaseChange] {
         try await guarded {
             var changes: [LeaseChange] = []
-            for try await row in try await client.query(Statements.recentLeaseChanges(limit: limit), logger: logger)
+            for try await row in try await client.query(query, logger: logger)
                 .decode((String, Date, String, String?, Int64).self)
             {
                 changes.append(Self.change(row))
