@@ -200,10 +200,17 @@ final class LeaseKeeper: Sendable {
         let stuck = handlers.map(\.id)
         if !handlers.isEmpty {
             logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(handlers.count)"])
+            // A self-fence like the one on an old renewal: this replica stops the handlers itself
+            // because it cannot prove their writes. Counted as one (whichever of the two comes
+            // first after a partition depends on where the heartbeat falls).
             state.withLock { state in
                 for handler in handlers { state.excluded.insert(handler.lease) }
+                if configuration.selfFencing { state.selfFences += 1 }
             }
-            host.fence(handlers, reason: "write stuck")
+            if configuration.selfFencing {
+                metrics.selfFences.increment()
+                host.fence(handlers, reason: "write stuck")
+            }
         }
         let renewal: Renewal
         do {

@@ -111,3 +111,9 @@ enum Harness {
         return finished
     }
 }
+
+extension Coordinator {
+    /// `fenceCounts.selfFences` as a plain value (a tuple read inside an `eventually` closure
+    /// crashes the Swift 6.3.1 compiler's SendNonSendable pass).
+    var selfFences: Int { fenceCounts.selfFences }
+}
