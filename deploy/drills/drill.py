@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import check_log, full_log
+from leasehold_kit.netns import Namespace, PartitionableReplica
 from leasehold_kit.procs import sh
 from leasehold_kit.waiting import wait_for_cluster as wait_until
 
@@ -227,88 +228,17 @@ def drill_conn_drop(work: Workload) -> dict:
     return {"connections_killed": int(killed)}
 
 
-class Namespace:
-    """A network namespace joined to this host by a veth pair (iproute2; needs CAP_NET_ADMIN).
-    The partitioned replica lives inside it and reaches Postgres over the veth; cutting the link
-    drops every packet both ways at the kernel (no reset, no error), as a real partition does."""
+class Partitioned(PartitionableReplica):
+    """A fourth replica inside its own network namespace (leasehold_kit.netns), on the cluster's
+    database; the drill cuts its link for 2×TTL."""
 
     def __init__(self):
-        n = int(LB.rsplit(":", 1)[1]) % 250  # one namespace per cluster port
-        self.name = f"lh-partition-{n}"
-        self.host_if, self.ns_if = f"lhp{n}h", f"lhp{n}n"
-        self.host_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
-
-    @staticmethod
-    def unavailable() -> str | None:
-        probe = f"lh-probe-{os.getpid()}"
-        done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-        if done.returncode != 0:
-            return (f"network namespaces are unavailable here ({(done.stderr or 'ip not found').strip()}); "
-                    "the partition drill needs root (CAP_NET_ADMIN) and iproute2")
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-        return None
-
-    def create(self):
-        self.delete()
-        for step in (["ip", "netns", "add", self.name],
-                     ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
-                     ["ip", "link", "set", self.ns_if, "netns", self.name],
-                     ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
-                     ["ip", "link", "set", self.host_if, "up"],
-                     ["ip", "-n", self.name, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if],
-                     ["ip", "-n", self.name, "link", "set", self.ns_if, "up"],
-                     ["ip", "-n", self.name, "link", "set", "lo", "up"]):
-            sh(*step)
-
-    def cut(self):
-        sh("ip", "link", "set", self.host_if, "down")
-
-    def heal(self):
-        sh("ip", "link", "set", self.host_if, "up")
-
-    def delete(self):
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)  # takes the veth pair with it
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-
-
-class Partitioned:
-    """A fourth replica inside its own network namespace, on the cluster's database."""
-
-    def __init__(self):
-        self.ns = Namespace()
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
+        super().__init__(ROOT, DIR, int(LB.rsplit(":", 1)[1]), "r4-partitioned", {"LEASEHOLD_LEASE_TTL": f"{TTL}s"})
 
     def start(self):
-        self.ns.create()
-        pg_port = int(sh(CLUSTER, "url").rsplit(":", 1)[1].split("/")[0])
-        # Postgres also listens on the host end of the veth (restarts once when that is new, before
-        # any workload runs); the replicas reconnect.
-        sh(ROOT / "scripts" / "pg", "listen", DIR / "pg", f"{self.ns.host_ip}/30", timeout=60)
-        wait_replicas_ready()
-        port = 8090
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
-        env.update({"LEASEHOLD_HOST": self.ns.ns_ip, "LEASEHOLD_PORT": str(port),
-                    "LEASEHOLD_REPLICA_ID": "r4-partitioned",
-                    "LEASEHOLD_ADVERTISE_ADDRESS": f"http://{self.ns.ns_ip}:{port}",
-                    "LEASEHOLD_DATABASE_URL": f"postgres://postgres@{self.ns.host_ip}:{pg_port}/postgres",
-                    "LEASEHOLD_LEASE_TTL": f"{TTL}s", "LEASEHOLD_LOG_FORMAT": "json"})
-        log = open(DIR / "r4-partitioned.log", "ab")
-        binary = os.environ.get("LH_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, binary, "serve"],
-                                     env=env, stdout=log, stderr=log)
-        self.url = f"http://{self.ns.ns_ip}:{port}"
-        wait_until(lambda: httpx.get(self.url + "/ready", timeout=1).status_code == 200, 30, "r4 ready")
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.ns.delete()
+        self.create()
+        wait_replicas_ready()  # the replicas reconnect after PostgreSQL's restart
+        super().start()
 
 
 def prepare_partition() -> Partitioned | None:

@@ -13,6 +13,12 @@ nemesis injects random faults from the menu:
     sessions   pg_terminate_backend of every database session of one replica
     pg-restart restart of PostgreSQL
     duplicate  a second process started with a replica id already in use, for 1-3 s
+    partition  a fourth replica, r4, in its own network namespace, cut off from everything (the
+               database, clients, other replicas) for 1.2-2.5 × TTL, then healed (needs root and
+               iproute2; without them the fault is left out and the run says so)
+    clock-step the database server's wall clock stepped (libfaketime): forward by 1-4 s when it is
+               at real time, back to real time otherwise (a forward step makes every lease expire
+               early by the database's clock; replicas must notice and fence themselves)
 
 Every operation and its answer is recorded (history.jsonl per seed). After the run the faults
 stop, every replica is brought back, unanswered approvals are answered, every handler is awaited
@@ -26,7 +32,10 @@ stop, every replica is brought back, unanswered approvals are answered, every ha
     - fencing tokens (from every replica's "claimed" log lines) are never handed out twice, for any
       handler, across purge and re-creation, and rise over time for each handler id;
     - every acknowledged start exists at the end (or was purged by the workload itself, or a purge
-      of it had an unknown outcome: a timeout is "maybe applied", as in Jepsen).
+      of it had an unknown outcome: a timeout is "maybe applied", as in Jepsen);
+    - every acknowledged answer was applied in time: its approval completed within 2 × heartbeat
+      (+ 0.5 s for polling and load) of the acknowledgement when no fault overlapped, otherwise
+      within 1 TTL + 2 × heartbeat (+ 0.5 s) of the end of the last fault that overlapped it.
 
 The seed fixes the workload's and the nemesis's choices (not the machine's timing). Loopback
 only; every loop is bounded in count and time. Prints one JSON line per seed and a table.
@@ -49,6 +58,7 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import sse_log
+from leasehold_kit.netns import Namespace, PartitionableReplica
 from leasehold_kit.procs import sh
 from leasehold_kit.waiting import wait_for_cluster as wait_until
 
@@ -64,7 +74,10 @@ LB = f"http://127.0.0.1:{os.environ['LH_PORT']}"
 BASE = int(os.environ["LH_BASE_PORT"])
 TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
-FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate"]
+FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate", "partition", "clock-step"]
+HEARTBEAT = TTL / 3
+SLACK = 0.5  # polling resolution (0.1 s) and a loaded machine
+PARTITIONED: PartitionableReplica | None = None  # r4, when the partition fault is on the menu
 
 TERMINAL = {"completed", "failed", "cancelled"}
 RELAUNCH = {"inbox not empty", "work in flight"}
@@ -144,10 +157,97 @@ class Handlers:
             return {h: dict(s) for h, s in self.by_id.items()}
 
 
+class Applied(threading.Thread):
+    """Watches acknowledged answers until their approval completes: the time from the
+    acknowledgement to the first poll that sees the approval completed (every 0.1 s, through the
+    load balancer). Runs until `stop()`; bounded by its own deadline as well."""
+
+    def __init__(self, deadline: float):
+        super().__init__(daemon=True)
+        self.lock = threading.Lock()
+        self.pending: dict[str, float] = {}
+        self.done: dict[str, tuple[float, float, str]] = {}  # handler -> (acked at, completed at, status)
+        self.deadline = deadline
+        self.stopping = threading.Event()
+
+    def acked(self, handler_id: str):
+        with self.lock:
+            self.pending[handler_id] = time.monotonic()
+
+    def stop(self):
+        self.stopping.set()
+
+    def run(self):
+        http = httpx.Client(timeout=2)
+        while not self.stopping.is_set() and time.monotonic() < self.deadline:
+            with self.lock:
+                watching = dict(self.pending)
+            for handler_id, acked_at in watching.items():
+                try:
+                    response = http.get(f"{LB}/handlers/{handler_id}")
+                except httpx.HTTPError:
+                    continue
+                status = response.json().get("status") if response.status_code == 200 else "missing"
+                if status in TERMINAL or status == "missing":
+                    with self.lock:
+                        self.pending.pop(handler_id, None)
+                        self.done[handler_id] = (acked_at, time.monotonic(), status)
+            self.stopping.wait(0.1)
+        http.close()
+
+
+def fault_windows(ops: list[dict]) -> list[tuple[float, float, str]]:
+    """(start, end, fault) of every fault in the history."""
+    windows, started = [], None
+    for op in ops:
+        if op["op"] == "fault":
+            started = op
+        elif op["op"] == "healed" and started is not None:
+            windows.append((started["t"], op["t"], op["fault"]))
+            started = None
+    if started is not None:
+        windows.append((started["t"], float("inf"), started["fault"]))
+    return windows
+
+
+def late_answers(watcher: Applied, ops: list[dict]) -> list[str]:
+    """Acknowledged answers applied later than the bound (see the module's docstring)."""
+    windows = fault_windows(ops)
+    late = []
+    with watcher.lock:
+        done = dict(watcher.done)
+        pending = dict(watcher.pending)
+    for handler_id, (acked_at, completed_at, status) in done.items():
+        if status != "completed":
+            continue  # cancelled or purged meanwhile: nothing to apply
+        overlapping = [w for w in windows if w[0] <= completed_at and w[1] >= acked_at]
+        if overlapping:
+            allowed = max(w[1] for w in overlapping) + TTL + 2 * HEARTBEAT + SLACK
+        else:
+            allowed = acked_at + 2 * HEARTBEAT + SLACK
+        if completed_at > allowed:
+            late.append(f"{handler_id}: answer applied {completed_at - acked_at:.2f} s after its acknowledgement "
+                        f"(bound {allowed - acked_at:.2f} s; faults overlapping: "
+                        f"{[w[2] for w in overlapping] or 'none'})")
+    for handler_id in pending:
+        late.append(f"{handler_id}: acknowledged answer never seen applied")
+    return late
+
+
+def quiet_latencies(watcher: Applied, ops: list[dict]) -> list[float]:
+    """Acknowledgement-to-applied times of the answers no fault overlapped."""
+    windows = fault_windows(ops)
+    with watcher.lock:
+        done = list(watcher.done.values())
+    return [c - a for a, c, status in done if status == "completed"
+            and not any(w[0] <= c and w[1] >= a for w in windows)]
+
+
 class Client(threading.Thread):
     def __init__(self, index: int, seed: int, tag: str, history: History, handlers: Handlers, deadline: float,
-                 violations: list):
+                 violations: list, watcher: "Applied"):
         super().__init__(daemon=True)
+        self.watcher = watcher
         self.rng = random.Random(seed * 1000 + index)
         self.index, self.tag, self.history, self.handlers = index, tag, history, handlers
         self.deadline, self.violations = deadline, violations
@@ -155,7 +255,8 @@ class Client(threading.Thread):
         self.count = 0
 
     def target(self) -> str:
-        return self.rng.choice([LB, LB] + [replica_url(r) for r in REPLICAS])
+        extra = [PARTITIONED.url] if PARTITIONED is not None else []
+        return self.rng.choice([LB, LB] + [replica_url(r) for r in REPLICAS] + extra)
 
     def call(self, op: str, method: str, path: str, **kwargs) -> httpx.Response | None:
         url = self.target()
@@ -216,6 +317,8 @@ class Client(threading.Thread):
                  else "uncertain" if response is None or response.status_code >= 500 else "refused")
         spec = self.handlers.get(handler_id)
         self.handlers.update(handler_id, answers=spec["answers"] + [(answer, state)])
+        if state == "acked":
+            self.watcher.acked(handler_id)
 
     def cancel(self):
         handler_id = self.handlers.pick(self.rng, purged=False)
@@ -279,6 +382,7 @@ class Nemesis(threading.Thread):
         self.counts = {f: 0 for f in faults}
         self.errors: list[str] = []
         self.slow_exits: list[str] = []  # superseded replicas still alive 5 × TTL later
+        self.clock_offset = 0.0
 
     def run(self):
         while time.monotonic() < self.deadline - 1:
@@ -286,7 +390,7 @@ class Nemesis(threading.Thread):
             if time.monotonic() >= self.deadline - 1:
                 break
             fault = self.rng.choice(self.faults)
-            victim = self.rng.choice(REPLICAS)
+            victim = "r4" if fault == "partition" else "db" if fault == "clock-step" else self.rng.choice(REPLICAS)
             try:
                 self.history.record(op="fault", fault=fault, replica=victim)
                 getattr(self, fault.replace("-", "_"))(victim)
@@ -309,6 +413,21 @@ class Nemesis(threading.Thread):
             time.sleep(self.rng.uniform(1.2, 2.5) * TTL)
         finally:
             os.kill(pid, signal.SIGCONT)
+
+    def partition(self, r: str):
+        assert PARTITIONED is not None
+        PARTITIONED.ns.cut()
+        try:
+            time.sleep(self.rng.uniform(1.2, 2.5) * TTL)
+        finally:
+            PARTITIONED.ns.heal()
+
+    def clock_step(self, r: str):
+        offset = 0.0 if self.clock_offset else round(self.rng.uniform(1.0, 4.0), 2)
+        sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", f"{offset:+}", timeout=60)
+        self.clock_offset = offset
+        # libfaketime re-reads the offset once a second: the step has happened after that.
+        time.sleep(1.1)
 
     def sessions(self, r: str):
         url = sh(CLUSTER, "url")
@@ -356,7 +475,14 @@ class Nemesis(threading.Thread):
 
 
 def restore():
-    """Every replica running and ready, PostgreSQL up."""
+    """Every replica running and ready, PostgreSQL up (at real time), r4's link up."""
+    if (DIR / "pg" / "clock").exists():
+        sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", "0", timeout=60)
+    if PARTITIONED is not None:
+        PARTITIONED.ns.heal()
+        if not PARTITIONED.running():
+            PARTITIONED.start()
+        wait_until(lambda: httpx.get(PARTITIONED.url + "/ready", timeout=1).status_code == 200, 60, "r4 ready")
     for r in REPLICAS:
         pid = pid_of(r)
         if pid is not None:
@@ -472,7 +598,9 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     violations: list[str] = []
     deadline = time.monotonic() + seconds
     nemesis = Nemesis(seed, faults, history, deadline)
-    workers = [Client(i, seed, tag, history, handlers, deadline, violations) for i in range(clients)]
+    watcher = Applied(deadline + 300)
+    workers = [Client(i, seed, tag, history, handlers, deadline, violations, watcher) for i in range(clients)]
+    watcher.start()
     nemesis.start()
     for worker in workers:
         worker.start()
@@ -493,6 +621,8 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
                            json={"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
             state = "acked" if r.status_code == 200 else "refused"
             handlers.update(handler_id, answered=answer, answers=spec["answers"] + [(answer, state)])
+            if state == "acked":
+                watcher.acked(handler_id)
     ids = list(handlers.all())
     try:
         wait_until(lambda: all(httpx.get(f"{LB}/handlers/{h}", timeout=5).status_code == 404
@@ -500,8 +630,20 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
                    120, "every handler finished")
     except TimeoutError:
         pass  # the checker reports which ones
+    # Let the watcher see the last completions (bounded: it ends with its deadline anyway).
+    end = time.monotonic() + 30
+    while watcher.pending and time.monotonic() < end:
+        time.sleep(0.1)
+    watcher.stop()
+    watcher.join(timeout=10)
     found, stats = check(handlers, claims_since(offsets), tag)
     violations += found
+    late = late_answers(watcher, history.ops)
+    violations += late
+    stats["answers_timed"] = len(watcher.done)
+    stats["late_answers"] = len(late)
+    quiet = quiet_latencies(watcher, history.ops)
+    stats["answer_max_s_without_fault"] = round(max(quiet), 3) if quiet else None
     history.close()
     result = {"seed": seed, "seconds": seconds, "ops": len(history.ops), "faults": nemesis.counts,
               "fault_errors": nemesis.errors, **stats, "slow_exits": len(nemesis.slow_exits),
@@ -543,6 +685,27 @@ def main():
     if args.seconds <= 0 or args.seconds > 3600 or args.clients < 1 or args.clients > 32:
         parser.error("--seconds must be in (0, 3600] and --clients in [1, 32]")
     sh(CLUSTER, "up", timeout=300)
+    global PARTITIONED
+    left_out = {}
+    if "partition" in faults and (reason := Namespace.unavailable()):
+        left_out["partition"] = reason
+    if "clock-step" in faults:
+        try:
+            sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", "0", timeout=60)  # under libfaketime from now on
+        except RuntimeError as error:
+            left_out["clock-step"] = str(error)
+    faults = [f for f in faults if f not in left_out]
+    for fault, reason in left_out.items():
+        print(json.dumps({"fault_left_out": fault, "why": reason}), flush=True)
+    if not faults:
+        parser.error("no fault of --faults can be injected here")
+    if "partition" in faults:
+        PARTITIONED = PartitionableReplica(ROOT, DIR, int(os.environ["LH_PORT"]), "r4", {
+            "LEASEHOLD_LEASE_TTL": os.environ["LH_LEASE_TTL"], "LEASEHOLD_IDLE_TIMEOUT": os.environ["LH_IDLE_TIMEOUT"]})
+        PARTITIONED.create()
+        PARTITIONED.start()
+    for r in REPLICAS:  # back after PostgreSQL's restarts above
+        wait_until(lambda: ready(r), 60, f"{r} ready")
     results = []
     crashed = None
     try:
@@ -562,6 +725,8 @@ def main():
         # the cluster's logs are kept for it.
         crashed = f"{type(error).__name__}: {error}"
         print(json.dumps({"run_stopped": crashed, "cluster_kept": str(DIR)}), flush=True)
+    if PARTITIONED is not None:
+        PARTITIONED.stop()
     if args.down and crashed is None:
         sh(CLUSTER, "down", timeout=120, check=False)
     text = table(results)
