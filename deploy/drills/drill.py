@@ -64,8 +64,10 @@ def fences() -> int:
 
 
 class Workload:
-    def __init__(self, tag: str, counters: int = 6, approvals: int = 4, timers: int = 3, ticks: int = 50):
-        self.tag, self.ticks = tag, ticks
+    def __init__(self, tag: str, counters: int = 6, approvals: int = 4, timers: int = 3, ticks: int | None = None):
+        # Counters tick every 60 ms and must outlive the fault window (up to 2 × TTL, plus setting
+        # up on a loaded machine), or a drill would find nothing left to move.
+        self.tag, self.ticks = tag, ticks or max(50, int((4 * TTL + 8) / 0.06))
         self.counters = [f"{tag}-c{i}" for i in range(counters)]
         self.approvals = [f"{tag}-a{i}" for i in range(approvals)]
         self.timers = [f"{tag}-t{i}" for i in range(timers)]
@@ -146,6 +148,8 @@ def busiest_owner(work: Workload) -> str:
     for owner in owners(work.counters).values():
         if owner:
             counts[owner] = counts.get(owner, 0) + 1
+    if not counts:
+        raise RuntimeError("no running counter is owned by any replica: nothing for the drill to move")
     return max(counts, key=counts.get)
 
 
@@ -154,6 +158,8 @@ def victims_handlers(victim: str, work: Workload) -> tuple[list[str], dict[str, 
     disruption."""
     views = {h: get(LB, f"/cluster/handlers/{h}") for h in work.counters}
     moved = [h for h, view in views.items() if view["owner"] == victim and view["status"] == "running"]
+    if not moved:
+        raise RuntimeError(f"{victim} runs no counter: nothing for the drill to move")
     return moved, {h: views[h]["fencing_token"] for h in moved}
 
 
@@ -190,6 +196,8 @@ def drill_pause(work: Workload) -> dict:
     victim = busiest_owner(work)
     pid = int(sh(CLUSTER, "pid", victim))
     before = victims_handlers(victim, work)
+    url = replica_url(victim)
+    fences_before = sum(get(url, "/cluster")["fencing"].values())  # counted since the replica started
     started = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -197,9 +205,9 @@ def drill_pause(work: Workload) -> dict:
         time.sleep(max(0.0, 2 * TTL - (time.monotonic() - started)))
     finally:
         os.kill(pid, signal.SIGCONT)
-    url = replica_url(victim)
-    wait_until(lambda: sum(get(url, "/cluster")["fencing"].values()) > 0, 15, "stale replica fenced")
-    return {"failover_s": round(failover, 3), "stale_replica_fences": sum(get(url, "/cluster")["fencing"].values())}
+    wait_until(lambda: sum(get(url, "/cluster")["fencing"].values()) > fences_before, 15, "stale replica fenced")
+    return {"failover_s": round(failover, 3),
+            "stale_replica_fences": sum(get(url, "/cluster")["fencing"].values()) - fences_before}
 
 
 def drill_rolling_restart(work: Workload) -> dict:
