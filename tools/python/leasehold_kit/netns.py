@@ -25,6 +25,7 @@ class Namespace:
         self.name = f"lh-partition-{n}"
         self.host_if, self.ns_if = f"lhp{n}h", f"lhp{n}n"
         self.host_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.subnet = f"10.213.{n}.0/30"
 
     @staticmethod
     def unavailable() -> str | None:
@@ -49,7 +50,11 @@ class Namespace:
                      ["ip", "link", "set", self.host_if, "up"],
                      ["ip", "-n", self.name, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if],
                      ["ip", "-n", self.name, "link", "set", self.ns_if, "up"],
-                     ["ip", "-n", self.name, "link", "set", "lo", "up"]):
+                     ["ip", "-n", self.name, "link", "set", "lo", "up"],
+                     # While the link is cut its connected route is gone: without this, packets for
+                     # the namespace would follow the default route off the machine. A blackhole
+                     # drops them silently instead, as a partition does.
+                     ["ip", "route", "replace", "blackhole", f"{self.subnet}", "metric", "4000"]):
             sh(*step)
 
     def cut(self):
@@ -61,6 +66,7 @@ class Namespace:
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)  # takes the veth pair with it
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "route", "del", "blackhole", self.subnet, "metric", "4000"], capture_output=True)
 
 
 class PartitionableReplica:
