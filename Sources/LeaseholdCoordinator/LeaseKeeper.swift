@@ -31,7 +31,9 @@ final class LeaseKeeper: Sendable {
         var excluded: Set<Lease> = []
         /// Leases the last renewal returned that had no runtime here.
         var unrunLeases: Set<HandlerID> = []
-        var renewalsInFlight = 0
+        /// Send instants (monotonic) of the renewals in flight, by id.
+        var renewalsInFlight: [Int: Duration] = [:]
+        var nextRenewalID = 0
         /// Orphaned leases waiting for `runOrphanReleases`.
         var orphans: [HandlerID: FencingToken] = [:]
         var selfFences = 0
@@ -154,30 +156,41 @@ final class LeaseKeeper: Sendable {
     /// Renews every `heartbeatInterval`. Each renewal runs as its own child task, so that one
     /// whose request never returns (a connection that died under it; postgres-nio does not always
     /// fail such a request) does not stop the next: the replica would otherwise fence itself for
-    /// good while its database works. At most `maxRenewalsInFlight` run at once.
+    /// good while its database works. At most `maxRenewalsInFlight` recent ones run at once; one
+    /// older than two TTLs no longer counts (it proves nothing any more, and a partition left three
+    /// such renewals hanging for good, which stopped every later one), up to
+    /// `maxRenewalsOutstanding` in all, which bounds what requests that never return can hold.
     func runRenewals(host: HandlerHost) async {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled, !isSuperseded {
                 do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
-                let admitted = state.withLock { state -> Bool in
-                    guard state.renewalsInFlight < Self.maxRenewalsInFlight else { return false }
-                    state.renewalsInFlight += 1
-                    return true
+                let now = clock.now
+                let admitted = state.withLock { state -> Int? in
+                    let recent = state.renewalsInFlight.values.filter { now - $0 < configuration.leaseTTL * 2 }
+                    guard recent.count < Self.maxRenewalsInFlight,
+                        state.renewalsInFlight.count < Self.maxRenewalsOutstanding
+                    else { return nil }
+                    let id = state.nextRenewalID
+                    state.nextRenewalID += 1
+                    state.renewalsInFlight[id] = now
+                    return id
                 }
-                guard admitted else {
+                guard let id = admitted else {
                     logger.warning(
-                        "renewals stuck in flight, waiting", metadata: [LogKeys.count: "\(Self.maxRenewalsInFlight)"])
+                        "renewals stuck in flight, waiting",
+                        metadata: [LogKeys.count: "\(state.withLock { $0.renewalsInFlight.count })"])
                     continue
                 }
                 group.addTask {
                     await self.renewOnce(host: host)
-                    self.state.withLock { $0.renewalsInFlight -= 1 }
+                    _ = self.state.withLock { $0.renewalsInFlight.removeValue(forKey: id) }
                 }
             }
         }
     }
 
     static let maxRenewalsInFlight = 3
+    static let maxRenewalsOutstanding = 32
 
     /// One renewal: renews the registration (and so every lease on it) except leases whose write
     /// is stuck, then stops every handler whose lease the answer no longer shows and gives back

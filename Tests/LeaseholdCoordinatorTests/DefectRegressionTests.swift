@@ -320,6 +320,27 @@ struct WritesInDoubtTests {
         }
     }
 
+    /// Renewals whose requests never return (a partition killed their connections; seen in the
+    /// randomized fault run) must not stop the later ones: the replica renews again, and stays
+    /// ready, once its database answers. Before the fix three such renewals blocked every later
+    /// one for good.
+    @Test func renewalsThatNeverReturnDoNotStopLaterOnes() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(1)) { coordinators in
+                let coordinator = coordinators[0]
+                store.hangNextRenewals(5)
+                // Not current once the hung renewals outlast a TTL...
+                let lapsed = await eventually(timeout: .seconds(20)) { !coordinator.isReady }
+                #expect(lapsed)
+                // ...and current again once later renewals go through (after the hung ones age
+                // past two TTLs they no longer hold the way).
+                let renewed = await eventually(timeout: .seconds(30)) { coordinator.isReady }
+                #expect(renewed)
+            }
+        }
+    }
+
     /// D6: a checkpoint that never returns (a dead connection that never errors) is stuck after
     /// TTL/2: the owner leaves that lease out of its renewals and stops the handler at once, so
     /// `POST /run`-style waiters read the store instead of a zombie entry; once the lease lapses

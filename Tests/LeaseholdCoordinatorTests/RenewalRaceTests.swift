@@ -93,7 +93,20 @@ final class DelayedRenewalStore: HandlerStore {
 
     var signals: StoreSignals { base.signals }
 
+    /// The next renewals never return (requests on connections a partition killed) until the
+    /// calling task is cancelled; nothing is written.
+    private let hangingRenewals = Mutex(0)
+    func hangNextRenewals(_ count: Int) { hangingRenewals.withLock { $0 = count } }
+
     func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws -> Renewal {
+        let hang = hangingRenewals.withLock { count -> Bool in
+            guard count > 0 else { return false }
+            count -= 1
+            return true
+        }
+        if hang {
+            try await Task.sleep(for: .seconds(3600))
+        }
         var answer = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
         let step = clockStep.withLock { $0 }
         answer.databaseTime = answer.databaseTime.map { $0.addingTimeInterval(step) }
