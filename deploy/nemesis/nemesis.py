@@ -258,15 +258,15 @@ class Client(threading.Thread):
         extra = [PARTITIONED.url] if PARTITIONED is not None else []
         return self.rng.choice([LB, LB] + [replica_url(r) for r in REPLICAS] + extra)
 
-    def call(self, op: str, method: str, path: str, **kwargs) -> httpx.Response | None:
+    def call(self, op: str, method: str, path: str, handler: str | None = None, **kwargs) -> httpx.Response | None:
         url = self.target()
         try:
             response = self.http.request(method, url + path, **kwargs)
-            self.history.record(op=op, client=self.index, url=url, path=path, status=response.status_code,
-                                body=response.text[:300])
+            self.history.record(op=op, client=self.index, url=url, path=path, handler=handler,
+                                status=response.status_code, body=response.text[:300])
             return response
         except httpx.HTTPError as error:
-            self.history.record(op=op, client=self.index, url=url, path=path, status=None,
+            self.history.record(op=op, client=self.index, url=url, path=path, handler=handler, status=None,
                                 error=type(error).__name__)
             return None
 
@@ -296,7 +296,7 @@ class Client(threading.Thread):
 
     def start_handler(self, workflow: str, start_event: dict, handler_id: str | None = None):
         handler_id = handler_id or self.new_id()
-        response = self.call("start", "POST", f"/workflows/{workflow}/run-nowait",
+        response = self.call("start", "POST", f"/workflows/{workflow}/run-nowait", handler=handler_id,
                              json={"start_event": start_event, "handler_id": handler_id})
         acked = response is not None and response.status_code == 200
         # A start whose answer was lost may still have happened: it is checked if it exists.
@@ -620,6 +620,7 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
             r = httpx.post(f"{LB}/events/{handler_id}", timeout=10,
                            json={"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
             state = "acked" if r.status_code == 200 else "refused"
+            history.record(op="final-answer", url=LB, handler=handler_id, status=r.status_code, body=r.text[:300])
             handlers.update(handler_id, answered=answer, answers=spec["answers"] + [(answer, state)])
             if state == "acked":
                 watcher.acked(handler_id)
