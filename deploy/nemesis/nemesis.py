@@ -728,8 +728,12 @@ def main():
         print(json.dumps({"run_stopped": crashed, "cluster_kept": str(DIR)}), flush=True)
     if PARTITIONED is not None:
         PARTITIONED.stop()
-    if args.down and crashed is None:
+    violated = any(r["violations"] for r in results)
+    if args.down and crashed is None and not violated:
         sh(CLUSTER, "down", timeout=120, check=False)
+    elif args.down:
+        # A finding: the cluster's logs and every seed's history stay for it.
+        print(json.dumps({"cluster_kept": str(DIR), "why": "violations" if violated else "run stopped"}), flush=True)
     text = table(results)
     print(text)
     if args.table:
