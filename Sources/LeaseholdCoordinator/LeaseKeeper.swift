@@ -218,12 +218,8 @@ final class LeaseKeeper: Sendable {
             // first after a partition depends on where the heartbeat falls).
             state.withLock { state in
                 for handler in handlers { state.excluded.insert(handler.lease) }
-                if configuration.selfFencing { state.selfFences += 1 }
             }
-            if configuration.selfFencing {
-                metrics.selfFences.increment()
-                host.fence(handlers, reason: "write stuck")
-            }
+            if configuration.selfFencing { selfFence(handlers, host: host, reason: "write stuck") }
         }
         let renewal: Renewal
         do {
@@ -398,10 +394,15 @@ final class LeaseKeeper: Sendable {
         guard !leasesProvable else { return false }
         let handlers = host.liveHandlers.filter { $0.stopReason.withLock { $0 } == nil }
         guard !handlers.isEmpty else { return false }
+        logger.warning("self-fenced", metadata: [LogKeys.count: "\(handlers.count)"])
+        selfFence(handlers, host: host, reason: "self-fenced")
+        return true
+    }
+
+    /// Stops handlers whose leases this replica cannot prove, counted as one self-fence.
+    private func selfFence(_ handlers: [LiveHandler], host: HandlerHost, reason: String) {
         state.withLock { $0.selfFences += 1 }
         metrics.selfFences.increment()
-        logger.warning("self-fenced", metadata: [LogKeys.count: "\(handlers.count)"])
-        host.fence(handlers, reason: "self-fenced")
-        return true
+        host.fence(handlers, reason: reason)
     }
 }
