@@ -19,21 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 from leasehold_kit.cluster import check_log, full_log
-from leasehold_kit.procs import free_port
+from leasehold_kit.procs import free_port, sh
 from leasehold_kit.waiting import wait_until
 from llama_agents.client import WorkflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "lh-compose-test"
 TTL = 3
-
-
-def sh(*args, timeout=2400, check=True, env=None) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({done.returncode}):\n"
-                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout.strip()
 
 
 def container(service: str) -> str:
@@ -66,7 +58,7 @@ def stack():
                LEASEHOLD_LEASE_TTL=f"{TTL}s", LEASEHOLD_IDLE_TIMEOUT="60s")
     started = time.monotonic()
     try:
-        up = sh(ROOT / "deploy" / "compose-up", *(["--no-build"] if mode == "prebuilt" else []), env=env)
+        up = sh(ROOT / "deploy" / "compose-up", *(["--no-build"] if mode == "prebuilt" else []), env=env, timeout=3600)
         print(f"\n{up}\ncompose-up took {time.monotonic() - started:.0f}s ({mode}: 1 = base images and image build included)")
         yield f"http://127.0.0.1:{port}", env
     finally:
@@ -137,7 +129,7 @@ def test_compose_stack_survives_a_docker_kill_and_a_restart(stack):
     restarted = next(r for r in ("r1", "r2", "r3") if r != victim and owners.get(r))
     compose = ["docker", "compose"] if subprocess.run(["docker", "compose", "version"],
                                                       capture_output=True).returncode == 0 else ["docker-compose"]
-    sh(*compose, "-f", ROOT / "deploy" / "docker-compose.yml", "-p", PROJECT, "restart", restarted, env=env)
+    sh(*compose, "-f", ROOT / "deploy" / "docker-compose.yml", "-p", PROJECT, "restart", restarted, env=env, timeout=300)
     sh(*compose, "-f", ROOT / "deploy" / "docker-compose.yml", "-p", PROJECT, "start", victim, env=env)
     wait_until(lambda: all(httpx.get(f"{lb}/handlers/{h}", timeout=5).json()["status"] == "completed"
                            for h in counters), 120, "every counter completed")
