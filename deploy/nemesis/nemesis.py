@@ -210,10 +210,11 @@ def fault_windows(ops: list[dict]) -> list[tuple[float, float, str]]:
     return windows
 
 
-def late_answers(watcher: Applied, ops: list[dict]) -> list[str]:
-    """Acknowledged answers applied later than the bound (see the module's docstring)."""
+def answer_timing(watcher: Applied, ops: list[dict]) -> tuple[list[str], list[float]]:
+    """Acknowledged answers applied later than the bound (see the module's docstring), and the
+    acknowledgement-to-applied times of the answers no fault overlapped."""
     windows = fault_windows(ops)
-    late = []
+    late, quiet = [], []
     with watcher.lock:
         done = dict(watcher.done)
         pending = dict(watcher.pending)
@@ -225,22 +226,14 @@ def late_answers(watcher: Applied, ops: list[dict]) -> list[str]:
             allowed = max(w[1] for w in overlapping) + TTL + 2 * HEARTBEAT + SLACK
         else:
             allowed = acked_at + 2 * HEARTBEAT + SLACK
+            quiet.append(completed_at - acked_at)
         if completed_at > allowed:
             late.append(f"{handler_id}: answer applied {completed_at - acked_at:.2f} s after its acknowledgement "
                         f"(bound {allowed - acked_at:.2f} s; faults overlapping: "
                         f"{[w[2] for w in overlapping] or 'none'})")
     for handler_id in pending:
         late.append(f"{handler_id}: acknowledged answer never seen applied")
-    return late
-
-
-def quiet_latencies(watcher: Applied, ops: list[dict]) -> list[float]:
-    """Acknowledgement-to-applied times of the answers no fault overlapped."""
-    windows = fault_windows(ops)
-    with watcher.lock:
-        done = list(watcher.done.values())
-    return [c - a for a, c, status in done if status == "completed"
-            and not any(w[0] <= c and w[1] >= a for w in windows)]
+    return late, quiet
 
 
 class Client(threading.Thread):
@@ -480,9 +473,10 @@ def restore():
         sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", "0", timeout=60)
     if PARTITIONED is not None:
         PARTITIONED.ns.heal()
-        if not PARTITIONED.running():
+        if PARTITIONED.running():
+            PARTITIONED.wait_ready()
+        else:
             PARTITIONED.start()
-        wait_until(lambda: httpx.get(PARTITIONED.url + "/ready", timeout=1).status_code == 200, 60, "r4 ready")
     for r in REPLICAS:
         pid = pid_of(r)
         if pid is not None:
@@ -631,19 +625,19 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
                    120, "every handler finished")
     except TimeoutError:
         pass  # the checker reports which ones
-    # Let the watcher see the last completions (bounded: it ends with its deadline anyway).
-    end = time.monotonic() + 30
-    while watcher.pending and time.monotonic() < end:
-        time.sleep(0.1)
+    # Let the watcher see the last completions; one never seen is reported by the checker.
+    try:
+        wait_until(lambda: not watcher.pending, 30, "acknowledged answers seen applied")
+    except TimeoutError:
+        pass
     watcher.stop()
     watcher.join(timeout=10)
     found, stats = check(handlers, claims_since(offsets), tag)
     violations += found
-    late = late_answers(watcher, history.ops)
+    late, quiet = answer_timing(watcher, history.ops)
     violations += late
     stats["answers_timed"] = len(watcher.done)
     stats["late_answers"] = len(late)
-    quiet = quiet_latencies(watcher, history.ops)
     stats["answer_max_s_without_fault"] = round(max(quiet), 3) if quiet else None
     history.close()
     result = {"seed": seed, "seconds": seconds, "ops": len(history.ops), "faults": nemesis.counts,

@@ -101,6 +101,9 @@ class PartitionableReplica:
         with open(self.dir / f"{self.replica_id}.log", "ab") as log:
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, binary, "serve"],
                                          env=env, stdout=log, stderr=log)
+        self.wait_ready()
+
+    def wait_ready(self):
         wait_until(lambda: httpx.get(self.url + "/ready", timeout=1).status_code == 200, 60,
                    f"{self.replica_id} ready")
 
