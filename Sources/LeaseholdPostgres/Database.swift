@@ -17,7 +17,8 @@ public struct Database: Sendable {
 
     /// - Parameters:
     ///   - applicationName: shown in `pg_stat_activity` (a replica passes "leasehold <replica id>").
-    ///   - sessionTimeout: see `DatabaseURL.clientConfiguration` (a replica passes its lease TTL).
+    ///   - sessionTimeout: see `DatabaseURL.clientConfiguration` (a replica passes its lease TTL);
+    ///     the store closes a connection whose request goes unanswered for twice as long.
     ///   - listenProbe: the period of the store's LISTEN liveness probe (a replica passes its renewal
     ///     period).
     ///   - logger: for the store; the pool logs at warning and above only.
@@ -31,7 +32,9 @@ public struct Database: Sendable {
         client = PostgresClient(
             configuration: url.clientConfiguration(applicationName: applicationName, sessionTimeout: sessionTimeout),
             backgroundLogger: quiet)
-        store = PostgresStore(client: client, logger: logger, listenProbe: listenProbe)
+        store = PostgresStore(
+            client: client, logger: logger, listenProbe: listenProbe,
+            requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30))
     }
 
     /// The `ledger` sample's external system, in this database.

@@ -2,16 +2,38 @@ import Foundation
 import LeaseholdEngine
 import LeaseholdStore
 import PostgresNIO
+import Synchronization
 
 /// How Postgres errors become `StoreError`s: by SQLSTATE, then by postgres-nio's client error code.
 extension PostgresStore {
-    /// Runs a store operation, turning connection failures into `StoreError.unavailable`.
-    func guarded<T>(_ body: () async throws -> T) async throws -> T {
+    /// Runs a store operation on one pooled connection, turning connection failures into
+    /// `StoreError.unavailable`.
+    ///
+    /// When the operation has not finished after `requestTimeout`, its connection is closed.
+    /// postgres-nio does not cancel a query it has sent, and a request can wait forever: after a
+    /// partition longer than `tcp_user_timeout` the server has dropped the session without a word,
+    /// and a client whose request was already acknowledged has nothing to retransmit, so it never
+    /// hears of it (keep-alive queries only run on idle connections). Closing fails the request; its
+    /// outcome is then unknown, as after any dropped connection (every write is fenced, and a
+    /// retried checkpoint is recognised by its sequence numbers).
+    func guarded<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await body()
-        } catch let error as PostgresTransactionError {
-            if let inner = error.closureError as? StoreError { throw inner }
-            throw map(error.closureError ?? error.commitError ?? error.beginError ?? error)
+            guard let limit = requestTimeout else { return try await client.withConnection(body) }
+            let leased = LeasedConnection()
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { [logger] in
+                    do { try await Task.sleep(for: limit) } catch { return }
+                    guard let connection = leased.connection else { return }
+                    logger.warning(
+                        "database request unanswered, closing its connection", metadata: ["limit": "\(limit)"])
+                    try? await connection.close()
+                }
+                defer { group.cancelAll() }
+                return try await client.withConnection { connection in
+                    leased.connection = connection
+                    return try await body(connection)
+                }
+            }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -21,6 +43,7 @@ extension PostgresStore {
 
     private func map(_ error: any Error) -> any Error {
         if let error = error as? StoreError { return error }
+        if error is PostgresConnection.Closed { return StoreError.unavailable("connection closed") }
         guard let psql = error as? PSQLError else { return error }
         if let state = psql.serverInfo?[.sqlState] {
             // A unique violation is read by its constraint: only the event log's key means that a
@@ -61,5 +84,14 @@ extension PostgresStore {
 
     func json<T: Encodable>(_ value: T) throws -> String {
         String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}
+
+/// The connection a guarded request runs on, for its deadline to close.
+private final class LeasedConnection: Sendable {
+    private let current = Mutex<PostgresConnection?>(nil)
+    var connection: PostgresConnection? {
+        get { current.withLock { $0 } }
+        set { current.withLock { $0 = newValue } }
     }
 }

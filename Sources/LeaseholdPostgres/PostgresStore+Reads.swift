@@ -29,10 +29,12 @@ extension PostgresStore {
     }
 
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
-        try await guarded {
+        try await guarded { connection in
             var found: HandlerRecord?
             let query = Statements.handler(id: handlerID.rawValue)
-            for try await row in try await client.execute(prepared(query, as: Shapes.Handler.self), logger: logger) {
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.Handler.self), logger: logger)
+            {
                 found = try Self.record(row)
             }
             return found
@@ -40,9 +42,9 @@ extension PostgresStore {
     }
 
     public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
-        try await guarded {
+        try await guarded { connection in
             var records: [HandlerRecord] = []
-            for try await row in try await client.query(
+            for try await row in try await connection.checkedQuery(
                 Statements.handlers(
                     statuses: filter.statuses.map(\.rawValue), workflows: filter.workflows, limit: 10_000),
                 logger: logger)
@@ -54,11 +56,13 @@ extension PostgresStore {
     }
 
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
-        try await guarded {
+        try await guarded { connection in
             let decoder = JSONDecoder()
             var records: [LogRecord] = []
             let query = Statements.events(id: handlerID.rawValue, after: sequence, limit: limit)
-            for try await row in try await client.execute(prepared(query, as: Shapes.Events.self), logger: logger) {
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.Events.self), logger: logger)
+            {
                 let text = try row.decode(String.self)
                 records.append(try decoder.decode(LogRecord.self, from: Data(text.utf8)))
             }
@@ -67,9 +71,9 @@ extension PostgresStore {
     }
 
     public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
-        try await guarded {
+        try await guarded { connection in
             var replicas: [ReplicaRecord] = []
-            for try await (id, address, startedAt, heartbeatAt, owned, alive) in try await client.query(
+            for try await (id, address, startedAt, heartbeatAt, owned, alive) in try await connection.checkedQuery(
                 Statements.replicas(ttlSeconds: Self.seconds(ttl)), logger: logger
             ).decode((String, String, Date, Date, Int64, Bool).self) {
                 replicas.append(
@@ -82,9 +86,9 @@ extension PostgresStore {
     }
 
     public func counts() async throws -> HandlerCounts {
-        try await guarded {
+        try await guarded { connection in
             var counts = HandlerCounts()
-            for try await (status, hibernated, count, expired) in try await client.query(
+            for try await (status, hibernated, count, expired) in try await connection.checkedQuery(
                 Statements.counts(), logger: logger
             )
             .decode((String, Bool, Int64, Int64).self) {
@@ -120,9 +124,9 @@ extension PostgresStore {
 
     /// Lease history rows as the two history statements select them.
     private func changes(_ query: PostgresQuery) async throws -> [LeaseChange] {
-        try await guarded {
+        try await guarded { connection in
             var changes: [LeaseChange] = []
-            for try await row in try await client.query(query, logger: logger)
+            for try await row in try await connection.checkedQuery(query, logger: logger)
                 .decode((String, Date, String, String?, Int64).self)
             {
                 changes.append(Self.change(row))

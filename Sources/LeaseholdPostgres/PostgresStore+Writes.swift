@@ -19,7 +19,8 @@ extension PostgresStore {
     private func runCheckpoint(_ query: PostgresQuery, on connection: PostgresConnection, lease: Lease) async throws {
         var written = false
         do {
-            for try await _ in try await connection.execute(prepared(query, as: Shapes.Checkpoint.self), logger: logger)
+            for try await _ in try await connection.checkedExecute(
+                prepared(query, as: Shapes.Checkpoint.self), logger: logger)
             {
                 written = true
             }
@@ -33,10 +34,8 @@ extension PostgresStore {
 
     public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
         let query = try checkpointQuery(checkpoint, lease: lease)
-        try await guarded {
-            try await client.withConnection { connection in
-                try await runCheckpoint(query, on: connection, lease: lease)
-            }
+        try await guarded { connection in
+            try await runCheckpoint(query, on: connection, lease: lease)
         }
         // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
         signals.logChanged(lease.handlerID.rawValue)
@@ -45,12 +44,12 @@ extension PostgresStore {
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
         let query = try checkpointQuery(checkpoint, lease: lease)
         let id = lease.handlerID.rawValue
-        return try await guarded {
-            try await client.withTransaction(logger: logger) { connection in
+        return try await guarded { connection in
+            try await connection.checkedTransaction(logger: logger) { connection in
                 // Lock first; the count below then runs with a fresh snapshot and sees every inbox
                 // row committed before the lock was granted (inbox appends lock the row FOR SHARE).
                 var current = false
-                for try await valid in try await connection.query(
+                for try await valid in try await connection.checkedQuery(
                     Statements.lockForHibernate(id: id, token: lease.token.rawValue, replica: lease.replicaID.rawValue),
                     logger: logger
                 ).decode(Bool?.self) {
@@ -58,7 +57,7 @@ extension PostgresStore {
                 }
                 guard current else { throw StoreError.leaseLost(lease.handlerID) }
                 var pending: Int64 = 0
-                for try await count in try await connection.query(
+                for try await count in try await connection.checkedQuery(
                     Statements.pendingInboxCount(id: id, excluding: checkpoint.consumedInbox), logger: logger
                 ).decode(Int64.self) {
                     pending = count
@@ -76,7 +75,7 @@ extension PostgresStore {
     private func releaseLease(_ lease: Lease, hibernate: Bool, wakeAt: Date?, on connection: PostgresConnection)
         async throws
     {
-        let rows = try await connection.query(
+        let rows = try await connection.checkedQuery(
             Statements.releaseLease(
                 id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
                 hibernate: hibernate, wakeAt: wakeAt),
@@ -88,8 +87,8 @@ extension PostgresStore {
 
     public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         let query = try checkpoint.map { try checkpointQuery($0, lease: lease) }
-        try await guarded {
-            try await client.withTransaction(logger: logger) { connection in
+        try await guarded { connection in
+            try await connection.checkedTransaction(logger: logger) { connection in
                 if let query { try await runCheckpoint(query, on: connection, lease: lease) }
                 if checkpoint?.state.status.isFinished != true {
                     try await releaseLease(lease, hibernate: false, wakeAt: nil, on: connection)
@@ -103,11 +102,12 @@ extension PostgresStore {
     public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
         let id = handlerID.rawValue
         let payload = try json(event.event)
-        return try await guarded {
+        return try await guarded { connection in
             var found: (String, String?, Bool, Bool)?
             let query = Statements.appendInbox(
                 id: id, eventID: event.id, event: payload, notification: Notification.inbox + id)
-            for try await row in try await client.execute(prepared(query, as: Shapes.AppendInbox.self), logger: logger)
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.AppendInbox.self), logger: logger)
             {
                 found = try row.decode((String, String?, Bool, Bool).self)
             }
@@ -119,11 +119,11 @@ extension PostgresStore {
 
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
         guard !handlerIDs.isEmpty else { return [:] }
-        return try await guarded {
+        return try await guarded { connection in
             let decoder = JSONDecoder()
             var events: [HandlerID: [InboxEvent]] = [:]
             let query = Statements.pendingInboxOf(ids: handlerIDs.map(\.rawValue))
-            for try await (handlerID, eventID, text) in try await client.query(query, logger: logger).decode(
+            for try await (handlerID, eventID, text) in try await connection.checkedQuery(query, logger: logger).decode(
                 (String, String, String).self)
             {
                 let event = try decoder.decode(AnyEvent.self, from: Data(text.utf8))
@@ -134,11 +134,12 @@ extension PostgresStore {
     }
 
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
-        try await guarded {
+        try await guarded { connection in
             let decoder = JSONDecoder()
             var events: [InboxEvent] = []
             let query = Statements.pendingInbox(id: handlerID.rawValue)
-            for try await row in try await client.execute(prepared(query, as: Shapes.PendingInbox.self), logger: logger)
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.PendingInbox.self), logger: logger)
             {
                 let (eventID, text) = try row.decode((String, String).self)
                 events.append(InboxEvent(id: eventID, event: try decoder.decode(AnyEvent.self, from: Data(text.utf8))))
@@ -151,10 +152,10 @@ extension PostgresStore {
 
     public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
         let id = handlerID.rawValue
-        let cancelled = try await guarded {
-            try await client.withTransaction(logger: logger) { connection -> Bool in
+        let cancelled = try await guarded { connection in
+            try await connection.checkedTransaction(logger: logger) { connection -> Bool in
                 var found: (String, Int64)?
-                for try await row in try await connection.query(Statements.lockForCancel(id: id), logger: logger)
+                for try await row in try await connection.checkedQuery(Statements.lockForCancel(id: id), logger: logger)
                     .decode((String, Int64).self)
                 {
                     found = row
@@ -163,12 +164,14 @@ extension PostgresStore {
                 guard status == HandlerStatus.running.rawValue else { return false }
                 let terminal = LogRecord.cancelled(sequence: last + 1)
                 let text = try json(terminal)
-                try await connection.query(
+                try await connection.checkedQuery(
                     Statements.appendLog(id: id, sequence: last + 1, record: text), logger: logger)
-                try await connection.query(
+                try await connection.checkedQuery(
                     Statements.markCancelled(id: id, sequence: last + 1, result: text), logger: logger)
-                _ = try await connection.query(Statements.notify(Notification.log + id), logger: logger).collect()
-                _ = try await connection.query(Statements.notify(Notification.inbox + id), logger: logger).collect()
+                _ = try await connection.checkedQuery(Statements.notify(Notification.log + id), logger: logger)
+                    .collect()
+                _ = try await connection.checkedQuery(Statements.notify(Notification.inbox + id), logger: logger)
+                    .collect()
                 return true
             }
         }
@@ -177,27 +180,29 @@ extension PostgresStore {
     }
 
     public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
-        try await guarded {
+        try await guarded { connection in
             var deleted = false
-            for try await _ in try await client.query(
+            for try await _ in try await connection.checkedQuery(
                 Statements.delete(id: handlerID.rawValue, runID: runID), logger: logger
             )
             .decode(String.self) {
                 deleted = true
             }
             if deleted {
-                try await client.query(Statements.notify(Notification.log + handlerID.rawValue), logger: logger)
-                try await client.query(Statements.notify(Notification.inbox + handlerID.rawValue), logger: logger)
+                try await connection.checkedQuery(
+                    Statements.notify(Notification.log + handlerID.rawValue), logger: logger)
+                try await connection.checkedQuery(
+                    Statements.notify(Notification.inbox + handlerID.rawValue), logger: logger)
             }
             return deleted
         }
     }
 
     public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
-        try await guarded {
+        try await guarded { connection in
             var deleted: [HandlerID] = []
             let query = Statements.purgeFinished(ageSeconds: Self.seconds(age), limit: limit)
-            for try await id in try await client.query(query, logger: logger).decode(String.self) {
+            for try await id in try await connection.checkedQuery(query, logger: logger).decode(String.self) {
                 deleted.append(HandlerID(id))
             }
             return deleted

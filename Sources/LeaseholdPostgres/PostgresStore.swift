@@ -23,6 +23,9 @@ public final class PostgresStore: HandlerStore, Service {
     /// How often the LISTEN connection is proved alive (nil: never); see `run()`.
     let listenProbe: Duration?
     let listening = ListenState()
+    /// How long a request may go unanswered before its connection is closed (nil: no limit); see
+    /// `guarded`.
+    let requestTimeout: Duration?
 
     /// The NOTIFY channel and its payloads: `l:<id>` a handler's log grew (or it was cancelled or
     /// purged), `i:<id>` its inbox got an event, `p:<instance>:<n>` this process's liveness probe.
@@ -35,11 +38,17 @@ public final class PostgresStore: HandlerStore, Service {
 
     /// - Parameter listenProbe: the period of the LISTEN liveness probe (a replica passes its
     ///   renewal period); a connection that does not hear a probe within three periods is replaced.
-    public init(client: PostgresClient, logger: Logger, listenProbe: Duration? = .seconds(1)) {
+    /// - Parameter requestTimeout: a request unanswered this long has its connection closed (a
+    ///   replica passes two lease TTLs: by then the server has given up on a silent session).
+    public init(
+        client: PostgresClient, logger: Logger, listenProbe: Duration? = .seconds(1),
+        requestTimeout: Duration? = .seconds(30)
+    ) {
         self.client = client
         self.logger = logger
         self.encoder = JSONEncoder()
         self.listenProbe = listenProbe
+        self.requestTimeout = requestTimeout
     }
 
     // MARK: - Service: the LISTEN loop
@@ -167,12 +176,14 @@ public final class PostgresStore: HandlerStore, Service {
     private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
         async throws -> Renewal
     {
-        try await guarded {
+        try await guarded { connection in
             let query = Statements.renewal(
                 replica: replica.rawValue, instance: instance, address: address, ttlSeconds: Self.seconds(ttl),
                 excluding: excluding.map(\.rawValue), fresh: fresh)
             var renewal = Renewal(held: [:], databaseTime: nil)
-            for try await row in try await client.execute(prepared(query, as: Shapes.Renewal.self), logger: logger) {
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.Renewal.self), logger: logger)
+            {
                 let (id, token, time, superseded) = try row.decode((String?, Int64?, Date, Bool).self)
                 if superseded { throw StoreError.registrationSuperseded(replica) }
                 if let id, let token {
@@ -186,18 +197,18 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     public func deregister(_ replica: ReplicaID) async throws {
-        try await guarded {
-            _ = try await client.query(
+        try await guarded { connection in
+            _ = try await connection.checkedQuery(
                 Statements.deregister(replica: replica.rawValue, instance: instance), logger: logger)
         }
     }
 
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        try await guarded {
+        try await guarded { connection in
             let query = Statements.create(
                 id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
                 owner: owner.rawValue, eventID: handler.startEvent.id, event: try json(handler.startEvent.event))
-            let rows = try await client.execute(prepared(query, as: Shapes.Create.self), logger: logger)
+            let rows = try await connection.checkedExecute(prepared(query, as: Shapes.Create.self), logger: logger)
             var created: HandlerRecord?
             for try await row in rows { created = try Self.record(row) }
             guard let created else { throw StoreError.handlerExists(handler.id) }
@@ -208,10 +219,10 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
-        try await guarded {
+        try await guarded { connection in
             let query = Statements.claim(
                 replica: replica.rawValue, instance: instance, limit: limit, only: only?.rawValue)
-            let rows = try await client.execute(prepared(query, as: Shapes.Claim.self), logger: logger)
+            let rows = try await connection.checkedExecute(prepared(query, as: Shapes.Claim.self), logger: logger)
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
             for try await row in rows {

@@ -116,4 +116,15 @@ extension Coordinator {
     /// `fenceCounts.selfFences` as a plain value (a tuple read inside an `eventually` closure
     /// crashes the Swift 6.3.1 compiler's SendNonSendable pass).
     var selfFences: Int { fenceCounts.selfFences }
+
+    /// Waits until this replica has stopped its handlers itself at least once (the count never
+    /// goes down). A plain loop: the equivalent `eventually` closure crashes the 6.3.1 compiler.
+    func awaitSelfFence(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if fenceCounts.selfFences >= 1 { return true }
+            do { try await Task.sleep(for: .milliseconds(10)) } catch { return false }
+        }
+        return fenceCounts.selfFences >= 1
+    }
 }

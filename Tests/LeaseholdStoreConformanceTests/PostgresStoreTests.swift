@@ -130,6 +130,89 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test("a request unanswered past the request timeout has its connection closed and fails")
+    func unansweredRequestIsCut() async throws {
+        try await TestDatabase.withStore { store, url in
+            let impatient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(1))
+            try await impatient.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
+            let first = Checkpoint(
+                state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
+            try await TestDatabase.withClient(url) { blocker in
+                try await blocker.withConnection { connection in
+                    // Hold the handler's row lock: the checkpoint waits for it, as a request waits
+                    // on a session the server dropped. The server ends this transaction by itself
+                    // after 20 s, so without the deadline the checkpoint would commit then.
+                    try await connection.query("SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
+                    try await connection.query("BEGIN", logger: Self.logger)
+                    try await connection.query("SELECT 1 FROM handlers WHERE id = 'u' FOR UPDATE", logger: Self.logger)
+                    await #expect {
+                        try await impatient.checkpoint(first, lease: lease)
+                    } throws: { error in
+                        guard case StoreError.unavailable = error else { return false }
+                        return true
+                    }
+                    // The lock is still held: the failure came from the deadline, not the lock. (Asked
+                    // on another connection: one the server closed would never answer.)
+                    var blocking: [Int64] = []
+                    for try await count in try await store.client.query(
+                        """
+                        SELECT count(*) FROM pg_stat_activity
+                        WHERE datname = current_database() AND state = 'idle in transaction'
+                        """, logger: Self.logger
+                    ).decode(Int64.self) {
+                        blocking.append(count)
+                    }
+                    #expect(blocking == [1])
+                    if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
+                }
+            }
+            // The closed connection is replaced: the same checkpoint then commits (the abandoned
+            // one may have committed first once the lock was gone; a retry is then a sequence
+            // conflict, as after any unknown outcome).
+            _ = await eventually {
+                do {
+                    try await impatient.checkpoint(first, lease: lease)
+                    return true
+                } catch StoreError.sequenceConflict {
+                    return true
+                } catch {
+                    return false
+                }
+            }
+            #expect(try await store.events("u", after: -1, limit: 10).map(\.sequence) == [0])
+        }
+    }
+
+    @Test("a statement on a connection the server closed fails instead of waiting forever")
+    func closedConnectionFails() async throws {
+        try await TestDatabase.withStore { store, url in
+            try await store.client.withConnection { connection in
+                var pids: [Int32] = []
+                for try await pid in try await connection.query("SELECT pg_backend_pid()", logger: Self.logger)
+                    .decode(Int32.self)
+                {
+                    pids.append(pid)
+                }
+                let pid = try #require(pids.first)
+                _ = try await TestDatabase.withClient(url) { other in
+                    try await other.query("SELECT pg_terminate_backend(\(pid))", logger: Self.logger)
+                }
+                try? await connection.closeFuture.get()
+                // postgres-nio's own `query` would never return here; a watchdog turns a regression
+                // into a failed run rather than a hung one.
+                let finished = Watchdog(after: .seconds(60), "checkedQuery on a closed connection never returned")
+                defer { finished.disarm() }
+                await #expect(throws: PostgresConnection.Closed.self) {
+                    try await connection.checkedQuery("SELECT 1", logger: Self.logger)
+                }
+                await #expect(throws: PostgresConnection.Closed.self) {
+                    try await connection.checkedTransaction(logger: Self.logger) { _ in 1 }
+                }
+            }
+        }
+    }
+
     @Test(
         "two processes with one replica id: the newest registration wins; the older holds, claims and removes nothing")
     func duplicateReplicaID() async throws {
@@ -271,4 +354,22 @@ struct PostgresStoreTests {
         #expect(url.description == "postgres://user@db.example:6543/app")
         #expect(!url.description.contains("hunter2"))
     }
+}
+
+/// Ends the test process when a call that must return does not (a hang would stall CI instead).
+final class Watchdog: Sendable {
+    private let done = Atomic<Bool>(false)
+
+    init(after limit: Duration, _ message: String) {
+        let seconds = limit.components.seconds
+        Thread.detachNewThread { [self] in
+            Thread.sleep(forTimeInterval: TimeInterval(seconds))
+            if !self.done.load(ordering: .acquiring) {
+                print("watchdog: \(message)")
+                exit(1)
+            }
+        }
+    }
+
+    func disarm() { done.store(true, ordering: .releasing) }
 }
