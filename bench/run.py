@@ -292,6 +292,61 @@ def free_port_run(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
+def db_counters(admin: str, db: str) -> dict:
+    """Commits, and statements by text, of one database so far."""
+    rows = sh("psql", admin, "-XAtF", "\t", "-c",
+              "SELECT s.calls, regexp_replace(left(s.query, 70), '\\s+', ' ', 'g') FROM pg_stat_statements s "
+              f"JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '{db}'")
+    statements: dict[str, int] = {}
+    for line in rows.splitlines():
+        calls, text = line.split("\t", 1)
+        statements[text] = statements.get(text, 0) + int(calls)
+    commits = int(sh("psql", admin, "-XAtc", f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'").strip())
+    return {"commits": commits, "statements": statements}
+
+
+def per_request(admin: str, db: str, url: str, script: str, seconds: int, count_sql: str) -> dict:
+    """One wrk round with what it cost Postgres: statements and commits per completed request
+    (pg_stat_statements, pg_stat_database), and CPU seconds per request of the server and of
+    Postgres."""
+    sh("psql", admin, "-XAtqc", "SELECT pg_stat_statements_reset()")
+    before = db_counters(admin, db)
+    done_before = int(sh("psql", admin.rsplit("/", 1)[0] + "/" + db, "-XAtc", count_sql).strip())
+    cpu_before = cpu_ticks()
+    load = wrk(url, script, seconds)
+    cpu_after = cpu_ticks()
+    after = db_counters(admin, db)
+    done = int(sh("psql", admin.rsplit("/", 1)[0] + "/" + db, "-XAtc", count_sql).strip()) - done_before
+    calls = {text: n - before["statements"].get(text, 0) for text, n in after["statements"].items()}
+    top = sorted(((n, text) for text, n in calls.items() if n > 0), reverse=True)[:6]
+    def cpu(name):
+        return (cpu_after.get(name, 0) - cpu_before.get(name, 0)) / max(1, done)
+    server_cpu = cpu("leasehold") + sum(cpu(n) for n in cpu_after if n.startswith("python"))
+    return {"load": load, "requests_done": done,
+            "statements_per_request": round(sum(calls.values()) / max(1, done), 2),
+            "commits_per_request": round((after["commits"] - before["commits"]) / max(1, done), 2),
+            "server_cpu_ms_per_request": round(server_cpu * 1000, 3),
+            "postgres_cpu_ms_per_request": round(cpu("postgres") * 1000, 3),
+            "top_statements_per_request": [[round(n / max(1, done), 2), text] for n, text in top]}
+
+
+def commit_limit(admin: str, seconds: int) -> dict:
+    """What this Postgres commits per second: one-row INSERT transactions from pgbench with 8 and
+    64 clients (the same durable settings as the servers)."""
+    url = database(admin, "commitlimit")
+    sh("psql", url, "-XAtqc", "CREATE TABLE t (id bigserial PRIMARY KEY, v int)")
+    script = RESULTS / "raw" / "insert.sql"
+    script.write_text("INSERT INTO t (v) VALUES (1);\n")
+    pgbench = next(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
+    result = {}
+    for clients in (8, 64):
+        out = sh(pgbench, "-n", "-c", clients, "-j", 2, "-T", seconds, "-f", script, "-P", 0, url, timeout=seconds + 60)
+        tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+        latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+        result[f"clients_{clients}"] = {"tps": round(tps), "latency_ms": latency}
+    return result
+
+
 def python_memory(admin: str, port: int, count: int) -> dict:
     """The Python server's resident memory per handler after its idle release (idle_timeout 0.3 s)."""
     py = python_server(database(admin, "pymemory"), port, idle=0.3)
@@ -343,9 +398,13 @@ def main():
         py = python_server(database(admin, "pybench"), py_port)
         procs += [lh, py]
         lh_url, py_url = f"http://127.0.0.1:{lh_port}", f"http://127.0.0.1:{py_port}"
-        results["echo_run"] = {"leasehold": wrk(f"{lh_url}/workflows/echo/run", "echo.lua", seconds),
-                               "python": wrk(f"{py_url}/workflows/echo/run", "echo.lua", seconds)}
-        print(json.dumps({"echo_run": results["echo_run"]}), flush=True)
+        lh_cost = per_request(admin, "lhbench", f"{lh_url}/workflows/echo/run", "echo.lua", seconds,
+                              "SELECT count(*) FROM handlers WHERE status = 'completed'")
+        py_cost = per_request(admin, "pybench", f"{py_url}/workflows/echo/run", "echo.lua", seconds,
+                              PYTHON_DONE_SQL)
+        results["echo_run"] = {"leasehold": lh_cost.pop("load"), "python": py_cost.pop("load")}
+        results["echo_cost"] = {"leasehold": lh_cost, "python": py_cost}
+        print(json.dumps({"echo_run": results["echo_run"], "echo_cost": results["echo_cost"]}), flush=True)
         ticks = 2_000 if args.quick else 10_000
         results["counter"] = {"leasehold": counter_events_per_s(lh_url, ticks),
                               "python": counter_events_per_s(py_url, min(ticks, 2_000))}
@@ -403,6 +462,10 @@ def main():
         results["scaling"] = scaling(admin, seconds, args.quick)
         results["failover"] = failover(3 if args.quick else 10)
         print(json.dumps({"failover": results["failover"]}), flush=True)
+
+        # 7. The ceiling: single-row commits/s of this Postgres.
+        results["commit_limit"] = commit_limit(admin, seconds)
+        print(json.dumps({"commit_limit": results["commit_limit"]}), flush=True)
     finally:
         for p in procs:
             p.stop()

@@ -8,8 +8,8 @@ import PostgresNIO
 /// connection can close while the store holds it — between the statements of a transaction, or
 /// just as the pool hands it out — when the server restarts or a session is terminated. Every
 /// store statement therefore checks the connection first. What is left is the moment between the
-/// server's close and the client noticing it; `PostgresStore.guarded` bounds the rest by closing a
-/// connection whose request outlives its time limit.
+/// server's close and the client noticing it; `PostgresStore.guarded` ends such a request by
+/// closing its connection when the caller gives up or the time limit passes.
 extension PostgresConnection {
     package struct Closed: Error, CustomStringConvertible {
         package var description: String { "connection closed" }
@@ -38,7 +38,12 @@ extension PostgresConnection {
         do {
             value = try await body(self)
         } catch {
-            _ = try? await checkedQuery("ROLLBACK", logger: logger)
+            do {
+                try await checkedQuery("ROLLBACK", logger: logger)
+            } catch {
+                // Never return a connection to the pool inside a failed transaction.
+                try? await close()
+            }
             throw error
         }
         try await checkedQuery("COMMIT", logger: logger)

@@ -9,29 +9,37 @@ extension PostgresStore {
     /// Runs a store operation on one pooled connection, turning connection failures into
     /// `StoreError.unavailable`.
     ///
-    /// When the operation has not finished after `requestTimeout`, its connection is closed.
     /// postgres-nio does not cancel a query it has sent, and a request can wait forever: after a
     /// partition longer than `tcp_user_timeout` the server has dropped the session without a word,
     /// and a client whose request was already acknowledged has nothing to retransmit, so it never
-    /// hears of it (keep-alive queries only run on idle connections). Closing fails the request; its
-    /// outcome is then unknown, as after any dropped connection (every write is fenced, and a
-    /// retried checkpoint is recognised by its sequence numbers).
+    /// hears of it (keep-alive queries only run on idle connections). Closing the connection is
+    /// the one way to end such a request, so the connection is closed when the caller is
+    /// cancelled (every `bounded` call, shutdown) and when the request has run `requestTimeout`
+    /// on it (callers that are never cancelled). The request then fails with an unknown outcome,
+    /// as after any dropped connection (every write is fenced, and a retried checkpoint is
+    /// recognised by its sequence numbers).
     func guarded<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            guard let limit = requestTimeout else { return try await client.withConnection(body) }
-            let leased = LeasedConnection()
-            return try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { [logger] in
-                    do { try await Task.sleep(for: limit) } catch { return }
-                    guard let connection = leased.connection else { return }
-                    logger.warning(
-                        "database request unanswered, closing its connection", metadata: ["limit": "\(limit)"])
-                    try? await connection.close()
-                }
-                defer { group.cancelAll() }
-                return try await client.withConnection { connection in
-                    leased.connection = connection
-                    return try await body(connection)
+            return try await client.withConnection { connection in
+                let request = RunningRequest(connection)
+                defer { request.finish() }
+                return try await withTaskCancellationHandler {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        if let limit = requestTimeout {
+                            group.addTask { [logger] in
+                                do { try await Task.sleep(for: limit) } catch { return }
+                                if request.cut() {
+                                    logger.warning(
+                                        "database request unanswered, closed its connection",
+                                        metadata: ["limit": "\(limit)"])
+                                }
+                            }
+                        }
+                        defer { group.cancelAll() }
+                        return try await body(connection)
+                    }
+                } onCancel: {
+                    request.cut()
                 }
             }
         } catch let error as StoreError {
@@ -39,6 +47,18 @@ extension PostgresStore {
         } catch {
             throw map(error)
         }
+    }
+
+    /// `guarded`, inside an explicit transaction: success means that COMMIT answered.
+    ///
+    /// postgres-nio reports a statement's success at its CommandComplete, and for a statement in
+    /// an implicit transaction that comes before the commit: a session ended in between (a
+    /// terminated backend, a server shutting down) reported success for a write that was rolled
+    /// back (found by the randomized fault run: a checkpoint "written" but absent, then a
+    /// hibernation whose snapshot claimed its records). Every write whose success is acted on
+    /// runs through here.
+    func committed<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await guarded { connection in try await connection.checkedTransaction(logger: logger, body) }
     }
 
     private func map(_ error: any Error) -> any Error {
@@ -87,11 +107,24 @@ extension PostgresStore {
     }
 }
 
-/// The connection a guarded request runs on, for its deadline to close.
-private final class LeasedConnection: Sendable {
-    private let current = Mutex<PostgresConnection?>(nil)
-    var connection: PostgresConnection? {
-        get { current.withLock { $0 } }
-        set { current.withLock { $0 = newValue } }
+/// One request on a leased connection: the connection may be closed to end it only while the
+/// request still runs (after `finish` the pool may have handed it to someone else).
+private final class RunningRequest: Sendable {
+    private let connection: Mutex<PostgresConnection?>
+
+    init(_ connection: PostgresConnection) { self.connection = Mutex(connection) }
+
+    func finish() { connection.withLock { $0 = nil } }
+
+    /// Closes the connection if the request is still running; true when it did.
+    @discardableResult
+    func cut() -> Bool {
+        connection.withLock { current in
+            guard let running = current else { return false }
+            current = nil
+            let closing: EventLoopFuture<Void> = running.close()
+            _ = closing
+            return true
+        }
     }
 }

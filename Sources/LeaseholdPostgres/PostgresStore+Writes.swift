@@ -34,7 +34,7 @@ extension PostgresStore {
 
     public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
         let query = try checkpointQuery(checkpoint, lease: lease)
-        try await guarded { connection in
+        try await committed { connection in
             try await runCheckpoint(query, on: connection, lease: lease)
         }
         // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
@@ -102,7 +102,7 @@ extension PostgresStore {
     public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
         let id = handlerID.rawValue
         let payload = try json(event.event)
-        return try await guarded { connection in
+        return try await committed { connection in
             var found: (String, String?, Bool, Bool)?
             let query = Statements.appendInbox(
                 id: id, eventID: event.id, event: payload, notification: Notification.inbox + id)
@@ -180,7 +180,7 @@ extension PostgresStore {
     }
 
     public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
-        try await guarded { connection in
+        try await committed { connection in
             var deleted = false
             for try await _ in try await connection.checkedQuery(
                 Statements.delete(id: handlerID.rawValue, runID: runID), logger: logger

@@ -125,7 +125,9 @@ public final class PostgresStore: HandlerStore, Service {
             let payload = Notification.probe + instance + ":\(session):\(number)"
             do {
                 try await withTimeout(period) {
-                    _ = try await self.client.query(Statements.notify(payload), logger: self.logger)
+                    try await self.guarded { connection -> Void in
+                        try await connection.checkedQuery(Statements.notify(payload), logger: self.logger)
+                    }
                 }
                 if unheard == nil { unheard = (number, sentAt) }
             } catch {
@@ -176,7 +178,7 @@ public final class PostgresStore: HandlerStore, Service {
     private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
         async throws -> Renewal
     {
-        try await guarded { connection in
+        try await committed { connection in
             let query = Statements.renewal(
                 replica: replica.rawValue, instance: instance, address: address, ttlSeconds: Self.seconds(ttl),
                 excluding: excluding.map(\.rawValue), fresh: fresh)
@@ -204,7 +206,7 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        try await guarded { connection in
+        try await committed { connection in
             let query = Statements.create(
                 id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
                 owner: owner.rawValue, eventID: handler.startEvent.id, event: try json(handler.startEvent.event))

@@ -133,7 +133,7 @@ struct PostgresStoreTests {
     @Test("a request unanswered past the request timeout has its connection closed and fails")
     func unansweredRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
-            let impatient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(1))
+            let impatient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(2))
             try await impatient.register("r1", address: "test://r1", ttl: Self.ttl)
             let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
             let first = Checkpoint(
@@ -154,16 +154,7 @@ struct PostgresStoreTests {
                     }
                     // The lock is still held: the failure came from the deadline, not the lock. (Asked
                     // on another connection: one the server closed would never answer.)
-                    var blocking: [Int64] = []
-                    for try await count in try await store.client.query(
-                        """
-                        SELECT count(*) FROM pg_stat_activity
-                        WHERE datname = current_database() AND state = 'idle in transaction'
-                        """, logger: Self.logger
-                    ).decode(Int64.self) {
-                        blocking.append(count)
-                    }
-                    #expect(blocking == [1])
+                    #expect(try await Self.idleInTransaction(store) == 1)
                     if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
                 }
             }
@@ -182,6 +173,102 @@ struct PostgresStoreTests {
             }
             #expect(try await store.events("u", after: -1, limit: 10).map(\.sequence) == [0])
         }
+    }
+
+    @Test("a write counts as done only once it committed: an error at commit fails it")
+    func writesSucceedOnlyWhenCommitted() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("d"), owner: "r1").lease
+            // Deferred triggers that fail at COMMIT, after the statement itself has completed (as
+            // a session terminated between a statement and its commit does).
+            try await store.client.query(
+                """
+                CREATE FUNCTION test_refuse_at_commit() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$
+                """, logger: Self.logger)
+            for table in ["event_log", "inbox"] {
+                try await store.client.query(
+                    PostgresQuery(
+                        unsafeSQL: """
+                            CREATE CONSTRAINT TRIGGER test_refuse_\(table) AFTER INSERT ON \(table)
+                            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = 'd')
+                            EXECUTE FUNCTION test_refuse_at_commit()
+                            """), logger: Self.logger)
+            }
+            await #expect(throws: (any Error).self) {
+                try await store.checkpoint(
+                    Checkpoint(
+                        state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
+                        consumedInbox: []),
+                    lease: lease)
+            }
+            await #expect(throws: (any Error).self) {
+                _ = try await store.appendInbox("d", InboxEvent(id: "e", event: AnyEvent(type: "X")))
+            }
+            #expect(try await store.events("d", after: -1, limit: 10).isEmpty)
+            #expect(try await store.pendingInbox("d").map(\.id) == ["start"])
+        }
+    }
+
+    @Test("a request whose caller gives up has its connection closed and returns at once")
+    func cancelledRequestIsCut() async throws {
+        try await TestDatabase.withStore { store, url in
+            // No time limit: only the caller's cancellation can end the request.
+            let patient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: nil)
+            try await patient.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await patient.create(StoreConformanceTests.new("c"), owner: "r1").lease
+            try await TestDatabase.withClient(url) { blocker in
+                try await blocker.withConnection { connection in
+                    try await connection.query("SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
+                    try await connection.query("BEGIN", logger: Self.logger)
+                    try await connection.query("SELECT 1 FROM handlers WHERE id = 'c' FOR UPDATE", logger: Self.logger)
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            try await patient.checkpoint(
+                                Checkpoint(
+                                    state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
+                                    consumedInbox: []),
+                                lease: lease)
+                        }
+                        let blocked = try await eventually(timeout: .seconds(15)) {
+                            try await Self.waitingOnLocks(store) == 1
+                        }
+                        #expect(blocked)
+                        group.cancelAll()
+                        await #expect(throws: (any Error).self) { try await group.next() }
+                    }
+                    // Still held: the request ended because it was given up, not because the lock went.
+                    #expect(try await Self.idleInTransaction(store) == 1)
+                    if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
+                }
+            }
+        }
+    }
+
+    /// Sessions of the store's database waiting for a lock.
+    static func waitingOnLocks(_ store: PostgresStore) async throws -> Int64 {
+        try await count(
+            store,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+    }
+
+    /// Sessions of the store's database idle inside a transaction (the test's lock holder).
+    static func idleInTransaction(_ store: PostgresStore) async throws -> Int64 {
+        try await count(
+            store,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+        )
+    }
+
+    static func count(_ store: PostgresStore, _ sql: String) async throws -> Int64 {
+        var total: Int64 = 0
+        for try await value in try await store.client.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+            .decode(Int64.self)
+        {
+            total = value
+        }
+        return total
     }
 
     @Test("a statement on a connection the server closed fails instead of waiting forever")
