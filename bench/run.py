@@ -292,6 +292,10 @@ def free_port_run(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
+# Completed echo runs in the Python server's store (its migration 0001: table wf_handlers).
+PYTHON_DONE_SQL = "SELECT count(*) FROM wf_handlers WHERE status = 'completed'"
+
+
 def db_counters(admin: str, db: str) -> dict:
     """Commits, and statements by text, of one database so far."""
     rows = sh("psql", admin, "-XAtF", "\t", "-c",
@@ -496,6 +500,8 @@ def markdown(r: dict) -> str:
              f"| resident memory per hibernated handler | {mem['bytes_per_hibernated']} B ({mem['hibernated']} hibernated, RSS {mem['rss_before_kib']} → {mem['rss_after_kib']} KiB) | Python {pymem['bytes_per_handler']} B per idle-released handler ({pymem['handlers']}) | — | ≤ 200 B |",
              f"| failover, kill -9 → first event of a moved handler ({fo['runs']} runs, {fo['passed']} passed, {fo['lost']} lost) | median {fo['median_s']} s, max {fo['max_s']} s | lease TTL {fo['ttl_s']} s | — | ≤ TTL + 1 s |",
              "",
+             *cost_lines(r),
+             "",
              "Throughput with 1, 2 and 3 replicas behind HAProxy on one Postgres (echo: 64 connections; counters: concurrent `counter` handlers), and the cores each kind of process used during the echo load:",
              "",
              "| replicas | echo requests/s | echo p99 | counter ticks/s | cores: leasehold / postgres / haproxy / wrk |",
@@ -508,6 +514,27 @@ def markdown(r: dict) -> str:
     if r.get("drills_table"):
         lines += ["Failover drills (deploy/drills/all):", "", r["drills_table"]]
     return "\n".join(lines) + "\n"
+
+
+def cost_lines(r: dict) -> list[str]:
+    """Where the time of an echo `run` goes, and what this Postgres can commit at all."""
+    cost, limit = r.get("echo_cost"), r.get("commit_limit")
+    if not cost:
+        return []
+    lines = ["What one echo `run` costs (during the 64-connection round above; pg_stat_statements, pg_stat_database, /proc):",
+             "",
+             "| server | statements | commits | server CPU | Postgres CPU | top statements per run |",
+             "|---|---|---|---|---|---|"]
+    for name in ("leasehold", "python"):
+        c = cost[name]
+        top = "; ".join(f"{n}× `{text.strip()[:40]}`" for n, text in c["top_statements_per_request"][:4])
+        lines.append(f"| {name} | {c['statements_per_request']} | {c['commits_per_request']} | "
+                     f"{c['server_cpu_ms_per_request']} ms | {c['postgres_cpu_ms_per_request']} ms | {top} |")
+    if limit:
+        lines += ["", "The ceiling: one-row INSERT commits/s of the same Postgres (pgbench): "
+                  f"{limit['clients_8']['tps']} with 8 clients ({limit['clients_8']['latency_ms']} ms each), "
+                  f"{limit['clients_64']['tps']} with 64 ({limit['clients_64']['latency_ms']} ms)."]
+    return lines
 
 
 if __name__ == "__main__":

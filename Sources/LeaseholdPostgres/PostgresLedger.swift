@@ -14,8 +14,19 @@ public struct PostgresLedger: FencedLedger {
         self.logger = logger
     }
 
+    /// In an explicit transaction, like the store's writes: a posting counts once COMMIT answered.
     public func post(handler: String, posting: Int, amount: Int, token: Int64) async throws -> Bool {
-        let rows = try await client.query(
+        try await client.withConnection { connection in
+            try await connection.checkedTransaction(logger: logger) { connection in
+                try await post(handler: handler, posting: posting, amount: amount, token: token, on: connection)
+            }
+        }
+    }
+
+    private func post(handler: String, posting: Int, amount: Int, token: Int64, on connection: PostgresConnection)
+        async throws -> Bool
+    {
+        let rows = try await connection.checkedQuery(
             """
             WITH fence AS (
                 INSERT INTO sample_ledger_fence (handler_id, token) VALUES (\(handler), \(token))
