@@ -8,8 +8,8 @@ import PostgresNIO
 /// connection can close while the store holds it — between the statements of a transaction, or
 /// just as the pool hands it out — when the server restarts or a session is terminated. Every
 /// store statement therefore checks the connection first. What is left is the moment between the
-/// server's close and the client noticing it; `PostgresStore.guarded` ends such a request by
-/// closing its connection when the caller gives up or the time limit passes.
+/// server's close and the client noticing it; `RequestWatchdog` ends such a request by closing its
+/// connection once its statement has waited past the time limit.
 extension PostgresConnection {
     package struct Closed: Error, CustomStringConvertible {
         package var description: String { "connection closed" }
@@ -17,6 +17,7 @@ extension PostgresConnection {
 
     @discardableResult
     package func checkedQuery(_ query: PostgresQuery, logger: Logger) async throws -> PostgresRowSequence {
+        try InFlightRequest.current?.begin()
         guard !isClosed else { throw Closed() }
         return try await self.query(query, logger: logger)
     }
@@ -24,6 +25,7 @@ extension PostgresConnection {
     package func checkedExecute<Statement: PostgresPreparedStatement, Row>(_ statement: Statement, logger: Logger)
         async throws -> AsyncThrowingMapSequence<PostgresRowSequence, Row> where Row == Statement.Row
     {
+        try InFlightRequest.current?.begin()
         guard !isClosed else { throw Closed() }
         return try await execute(statement, logger: logger)
     }

@@ -2,45 +2,18 @@ import Foundation
 import LeaseholdEngine
 import LeaseholdStore
 import PostgresNIO
-import Synchronization
 
 /// How Postgres errors become `StoreError`s: by SQLSTATE, then by postgres-nio's client error code.
 extension PostgresStore {
     /// Runs a store operation on one pooled connection, turning connection failures into
-    /// `StoreError.unavailable`.
-    ///
-    /// postgres-nio does not cancel a query it has sent, and a request can wait forever: after a
-    /// partition longer than `tcp_user_timeout` the server has dropped the session without a word,
-    /// and a client whose request was already acknowledged has nothing to retransmit, so it never
-    /// hears of it (keep-alive queries only run on idle connections). Closing the connection is
-    /// the one way to end such a request, so the connection is closed when the caller is
-    /// cancelled (every `bounded` call, shutdown) and when the request has run `requestTimeout`
-    /// on it (callers that are never cancelled). The request then fails with an unknown outcome,
-    /// as after any dropped connection (every write is fenced, and a retried checkpoint is
-    /// recognised by its sequence numbers).
+    /// `StoreError.unavailable`. Its statements are watched: one that waits longer than
+    /// `requestTimeout` has its connection closed (see `RequestWatchdog`).
     func guarded<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { connection in
-                let request = RunningRequest(connection)
-                defer { request.finish() }
-                return try await withTaskCancellationHandler {
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        if let limit = requestTimeout {
-                            group.addTask { [logger] in
-                                do { try await Task.sleep(for: limit) } catch { return }
-                                if request.cut() {
-                                    logger.warning(
-                                        "database request unanswered, closed its connection",
-                                        metadata: ["limit": "\(limit)"])
-                                }
-                            }
-                        }
-                        defer { group.cancelAll() }
-                        return try await body(connection)
-                    }
-                } onCancel: {
-                    request.cut()
-                }
+                let request = watchdog.start(on: connection)
+                defer { watchdog.finish(request) }
+                return try await InFlightRequest.$current.withValue(request) { try await body(connection) }
             }
         } catch let error as StoreError {
             throw error
@@ -104,27 +77,5 @@ extension PostgresStore {
 
     func json<T: Encodable>(_ value: T) throws -> String {
         String(decoding: try encoder.encode(value), as: UTF8.self)
-    }
-}
-
-/// One request on a leased connection: the connection may be closed to end it only while the
-/// request still runs (after `finish` the pool may have handed it to someone else).
-private final class RunningRequest: Sendable {
-    private let connection: Mutex<PostgresConnection?>
-
-    init(_ connection: PostgresConnection) { self.connection = Mutex(connection) }
-
-    func finish() { connection.withLock { $0 = nil } }
-
-    /// Closes the connection if the request is still running; true when it did.
-    @discardableResult
-    func cut() -> Bool {
-        connection.withLock { current in
-            guard let running = current else { return false }
-            current = nil
-            let closing: EventLoopFuture<Void> = running.close()
-            _ = closing
-            return true
-        }
     }
 }

@@ -26,6 +26,7 @@ public final class PostgresStore: HandlerStore, Service {
     /// How long a request may go unanswered before its connection is closed (nil: no limit); see
     /// `guarded`.
     let requestTimeout: Duration?
+    let watchdog = RequestWatchdog()
 
     /// The NOTIFY channel and its payloads: `l:<id>` a handler's log grew (or it was cancelled or
     /// purged), `i:<id>` its inbox got an event, `p:<instance>:<n>` this process's liveness probe.
@@ -63,6 +64,24 @@ public final class PostgresStore: HandlerStore, Service {
     /// sent is closed and replaced.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                if let limit = self.requestTimeout {
+                    group.addTask {
+                        await self.watchdog.run(limit: limit) { cut in
+                            self.logger.warning(
+                                "database requests unanswered, closed their connections",
+                                metadata: ["count": "\(cut)", "limit": "\(limit)"])
+                        }
+                    }
+                }
+                await self.listenLoop()
+                group.cancelAll()
+            }
+        }
+    }
+
+    private func listenLoop() async {
+        do {
             var delay = Duration.milliseconds(100)
             while !Task.isCancelled {
                 let started = ContinuousClock.now

@@ -356,7 +356,7 @@ struct WritesInDoubtTests {
                     let (owner, survivor) = (coordinators[0], coordinators[1])
                     let record = try await owner.start(
                         workflow: "approval", startEvent: ["request": "x"], handlerID: "stuck-write")
-                    try #require(await eventually { owner.runtime(of: record.id)?.idleSince != nil })
+                    try #require(await eventually(timeout: .seconds(30)) { owner.runtime(of: record.id)?.idleSince != nil })
                     stuckStore.hangCheckpoints(of: record.id)
                     try await survivor.send(
                         AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)

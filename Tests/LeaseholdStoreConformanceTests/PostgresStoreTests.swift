@@ -134,44 +134,48 @@ struct PostgresStoreTests {
     func unansweredRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
             let impatient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(2))
-            try await impatient.register("r1", address: "test://r1", ttl: Self.ttl)
-            let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
-            let first = Checkpoint(
-                state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
-            try await TestDatabase.withClient(url) { blocker in
-                try await blocker.withConnection { connection in
-                    // Hold the handler's row lock: the checkpoint waits for it, as a request waits
-                    // on a session the server dropped. The server ends this transaction by itself
-                    // after 20 s, so without the deadline the checkpoint would commit then.
-                    try await connection.query("SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
-                    try await connection.query("BEGIN", logger: Self.logger)
-                    try await connection.query("SELECT 1 FROM handlers WHERE id = 'u' FOR UPDATE", logger: Self.logger)
-                    await #expect {
-                        try await impatient.checkpoint(first, lease: lease)
-                    } throws: { error in
-                        guard case StoreError.unavailable = error else { return false }
-                        return true
+            try await Self.running(impatient) {
+                try await impatient.register("r1", address: "test://r1", ttl: Self.ttl)
+                let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
+                let first = Checkpoint(
+                    state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
+                try await TestDatabase.withClient(url) { blocker in
+                    try await blocker.withConnection { connection in
+                        // Hold the handler's row lock: the checkpoint waits for it, as a request waits
+                        // on a session the server dropped. The server ends this transaction by itself
+                        // after 20 s, so without the deadline the checkpoint would commit then.
+                        try await connection.query(
+                            "SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
+                        try await connection.query("BEGIN", logger: Self.logger)
+                        try await connection.query(
+                            "SELECT 1 FROM handlers WHERE id = 'u' FOR UPDATE", logger: Self.logger)
+                        await #expect {
+                            try await impatient.checkpoint(first, lease: lease)
+                        } throws: { error in
+                            guard case StoreError.unavailable = error else { return false }
+                            return true
+                        }
+                        // The lock is still held: the failure came from the deadline, not the lock. (Asked
+                        // on another connection: one the server closed would never answer.)
+                        #expect(try await Self.idleInTransaction(store) == 1)
+                        if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
                     }
-                    // The lock is still held: the failure came from the deadline, not the lock. (Asked
-                    // on another connection: one the server closed would never answer.)
-                    #expect(try await Self.idleInTransaction(store) == 1)
-                    if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
                 }
-            }
-            // The closed connection is replaced: the same checkpoint then commits (the abandoned
-            // one may have committed first once the lock was gone; a retry is then a sequence
-            // conflict, as after any unknown outcome).
-            _ = await eventually {
-                do {
-                    try await impatient.checkpoint(first, lease: lease)
-                    return true
-                } catch StoreError.sequenceConflict {
-                    return true
-                } catch {
-                    return false
+                // The closed connection is replaced: the same checkpoint then commits. (The abandoned
+                // one cannot: its session never gets its COMMIT. Were it to, the retry would be a
+                // sequence conflict, as after any unknown outcome.)
+                _ = await eventually {
+                    do {
+                        try await impatient.checkpoint(first, lease: lease)
+                        return true
+                    } catch StoreError.sequenceConflict {
+                        return true
+                    } catch {
+                        return false
+                    }
                 }
+                #expect(try await store.events("u", after: -1, limit: 10).map(\.sequence) == [0])
             }
-            #expect(try await store.events("u", after: -1, limit: 10).map(\.sequence) == [0])
         }
     }
 
@@ -211,38 +215,51 @@ struct PostgresStoreTests {
         }
     }
 
-    @Test("a request whose caller gives up has its connection closed and returns at once")
+    @Test("a request whose caller gave up ends within the time limit, not when the lock it waits for goes")
     func cancelledRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
-            // No time limit: only the caller's cancellation can end the request.
-            let patient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: nil)
-            try await patient.register("r1", address: "test://r1", ttl: Self.ttl)
-            let lease = try await patient.create(StoreConformanceTests.new("c"), owner: "r1").lease
-            try await TestDatabase.withClient(url) { blocker in
-                try await blocker.withConnection { connection in
-                    try await connection.query("SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
-                    try await connection.query("BEGIN", logger: Self.logger)
-                    try await connection.query("SELECT 1 FROM handlers WHERE id = 'c' FOR UPDATE", logger: Self.logger)
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        group.addTask {
-                            try await patient.checkpoint(
-                                Checkpoint(
-                                    state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
-                                    consumedInbox: []),
-                                lease: lease)
+            // Cancellation does not reach a query postgres-nio has sent; the watchdog does.
+            let patient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(2))
+            try await Self.running(patient) {
+                try await patient.register("r1", address: "test://r1", ttl: Self.ttl)
+                let lease = try await patient.create(StoreConformanceTests.new("c"), owner: "r1").lease
+                try await TestDatabase.withClient(url) { blocker in
+                    try await blocker.withConnection { connection in
+                        try await connection.query(
+                            "SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
+                        try await connection.query("BEGIN", logger: Self.logger)
+                        try await connection.query(
+                            "SELECT 1 FROM handlers WHERE id = 'c' FOR UPDATE", logger: Self.logger)
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            group.addTask {
+                                try await patient.checkpoint(
+                                    Checkpoint(
+                                        state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
+                                        consumedInbox: []),
+                                    lease: lease)
+                            }
+                            let blocked = try await eventually(timeout: .seconds(15)) {
+                                try await Self.waitingOnLocks(store) == 1
+                            }
+                            #expect(blocked)
+                            group.cancelAll()
+                            await #expect(throws: (any Error).self) { try await group.next() }
                         }
-                        let blocked = try await eventually(timeout: .seconds(15)) {
-                            try await Self.waitingOnLocks(store) == 1
-                        }
-                        #expect(blocked)
-                        group.cancelAll()
-                        await #expect(throws: (any Error).self) { try await group.next() }
+                        // Still held: the request ended by the watchdog, not because the lock went.
+                        #expect(try await Self.idleInTransaction(store) == 1)
+                        if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
                     }
-                    // Still held: the request ended because it was given up, not because the lock went.
-                    #expect(try await Self.idleInTransaction(store) == 1)
-                    if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
                 }
             }
+        }
+    }
+
+    /// Runs `body` while `store`'s service (LISTEN and the request watchdog) runs.
+    static func running<T: Sendable>(_ store: PostgresStore, _ body: () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await store.run() }
+            defer { group.cancelAll() }
+            return try await body()
         }
     }
 

@@ -608,8 +608,8 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     for handler_id, spec in handlers.all().items():
         if spec["workflow"] != "approval" or spec["purged"] or any(s == "acked" for _, s in spec["answers"]):
             continue
-        view = httpx.get(f"{LB}/cluster/handlers/{handler_id}", timeout=10)
-        if view.status_code == 200 and view.json()["status"] == "running" and view.json()["inbox_pending"] == 0:
+        view = quiet_view(handler_id, history)
+        if view is not None and view["status"] == "running" and view["inbox_pending"] == 0:
             answer = f"final-{uuid.uuid4().hex[:6]}"
             r = httpx.post(f"{LB}/events/{handler_id}", timeout=10,
                            json={"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
@@ -648,6 +648,24 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
         result["first_violations"] = violations[:5]
     print(json.dumps(result), flush=True)
     return result
+
+
+def quiet_view(handler_id: str, history) -> dict | None:
+    """The cluster's view of a handler in the quiet phase, asked up to ten times (a replica may
+    still be coming back from the last fault); every failed try is recorded, so a handler left
+    unanswered because of it can be traced in the history."""
+    for attempt in range(10):
+        try:
+            r = httpx.get(f"{LB}/cluster/handlers/{handler_id}", timeout=10)
+            if r.status_code == 200:
+                return r.json()
+            history.record(op="final-view", url=LB, handler=handler_id, status=r.status_code, body=r.text[:300])
+            if r.status_code == 404:
+                return None
+        except httpx.HTTPError as error:
+            history.record(op="final-view", url=LB, handler=handler_id, status=None, body=repr(error)[:300])
+        time.sleep(0.5)  # bounded retry of a request, not a wait for a condition
+    return None
 
 
 def table(results: list[dict]) -> str:
