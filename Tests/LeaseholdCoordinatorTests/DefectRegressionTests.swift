@@ -133,8 +133,11 @@ struct DefectRegressionTests {
             }
             let finished = try #require(try await Harness.waitFinished(store, record.id))
             #expect(finished.result?.value["result"] == .int(events))
-            // Exactly one claim after hibernation: the token rose by one.
-            #expect(finished.fencingToken.rawValue == before.fencingToken.rawValue + 1)
+            // Exactly one reload after hibernation, however many replicas raced for it. (A lease
+            // that lapsed on a starved machine may be claimed again later — a failover, not a
+            // second reload — so the token is not required to rise by exactly one.)
+            let reloads = try await store.leaseHistory(record.id).filter { $0.kind == .reloaded }
+            #expect(reloads.count == 1)
             let log = try await store.events(record.id, after: -1, limit: 100_000)
             #expect(log.map(\.sequence) == Array(0..<Int64(log.count)))
             #expect(log.filter { $0.type == "Add" }.count == events)
@@ -356,7 +359,8 @@ struct WritesInDoubtTests {
                     let (owner, survivor) = (coordinators[0], coordinators[1])
                     let record = try await owner.start(
                         workflow: "approval", startEvent: ["request": "x"], handlerID: "stuck-write")
-                    try #require(await eventually(timeout: .seconds(30)) { owner.runtime(of: record.id)?.idleSince != nil })
+                    try #require(
+                        await eventually(timeout: .seconds(30)) { owner.runtime(of: record.id)?.idleSince != nil })
                     stuckStore.hangCheckpoints(of: record.id)
                     try await survivor.send(
                         AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
