@@ -344,7 +344,7 @@ def commit_limit(admin: str, seconds: int) -> dict:
     pgbench = next(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
     result = {}
     for clients in (8, 64):
-        out = sh(pgbench, "-n", "-c", clients, "-j", 2, "-T", seconds, "-f", script, "-P", 0, url, timeout=seconds + 60)
+        out = sh(pgbench, "-n", "-c", clients, "-j", 2, "-T", seconds, "-f", script, url, timeout=seconds + 60)
         tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
         latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
         result[f"clients_{clients}"] = {"tps": round(tps), "latency_ms": latency}
@@ -384,6 +384,7 @@ def main():
     pgdir = RESULTS / "raw" / "pg"
     sh(PG, "destroy", pgdir)
     admin = sh(PG, "start", pgdir, "--durable").strip()
+    sh("psql", admin, "-XAtqc", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": {"cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                            "kernel": platform.release(),
