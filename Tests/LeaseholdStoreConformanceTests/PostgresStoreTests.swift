@@ -139,27 +139,18 @@ struct PostgresStoreTests {
                 let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
                 let first = Checkpoint(
                     state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
-                try await TestDatabase.withClient(url) { blocker in
-                    try await blocker.withConnection { connection in
-                        // Hold the handler's row lock: the checkpoint waits for it, as a request waits
-                        // on a session the server dropped. The server ends this transaction by itself
-                        // after 20 s, so without the deadline the checkpoint would commit then.
-                        try await connection.query(
-                            "SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
-                        try await connection.query("BEGIN", logger: Self.logger)
-                        try await connection.query(
-                            "SELECT 1 FROM handlers WHERE id = 'u' FOR UPDATE", logger: Self.logger)
-                        await #expect {
-                            try await impatient.checkpoint(first, lease: lease)
-                        } throws: { error in
-                            guard case StoreError.unavailable = error else { return false }
-                            return true
-                        }
-                        // The lock is still held: the failure came from the deadline, not the lock. (Asked
-                        // on another connection: one the server closed would never answer.)
-                        #expect(try await Self.idleInTransaction(store) == 1)
-                        if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
+                // Hold the handler's row lock: the checkpoint waits for it, as a request waits on a
+                // session the server dropped.
+                try await Self.withRowLocked("u", url) { () async throws in
+                    await #expect {
+                        try await impatient.checkpoint(first, lease: lease)
+                    } throws: { error in
+                        guard case StoreError.unavailable = error else { return false }
+                        return true
                     }
+                    // The lock is still held: the failure came from the deadline, not the lock. (Asked
+                    // on another connection: one the server closed would never answer.)
+                    #expect(try await Self.idleInTransaction(store) == 1)
                 }
                 // The closed connection is replaced: the same checkpoint then commits. (The abandoned
                 // one cannot: its session never gets its COMMIT. Were it to, the retry would be a
@@ -223,33 +214,42 @@ struct PostgresStoreTests {
             try await Self.running(patient) {
                 try await patient.register("r1", address: "test://r1", ttl: Self.ttl)
                 let lease = try await patient.create(StoreConformanceTests.new("c"), owner: "r1").lease
-                try await TestDatabase.withClient(url) { blocker in
-                    try await blocker.withConnection { connection in
-                        try await connection.query(
-                            "SET idle_in_transaction_session_timeout = '20s'", logger: Self.logger)
-                        try await connection.query("BEGIN", logger: Self.logger)
-                        try await connection.query(
-                            "SELECT 1 FROM handlers WHERE id = 'c' FOR UPDATE", logger: Self.logger)
-                        try await withThrowingTaskGroup(of: Void.self) { group in
-                            group.addTask {
-                                try await patient.checkpoint(
-                                    Checkpoint(
-                                        state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
-                                        consumedInbox: []),
-                                    lease: lease)
-                            }
-                            let blocked = try await eventually(timeout: .seconds(15)) {
-                                try await Self.waitingOnLocks(store) == 1
-                            }
-                            #expect(blocked)
-                            group.cancelAll()
-                            await #expect(throws: (any Error).self) { try await group.next() }
+                try await Self.withRowLocked("c", url) { () async throws in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            try await patient.checkpoint(
+                                Checkpoint(
+                                    state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)],
+                                    consumedInbox: []),
+                                lease: lease)
                         }
-                        // Still held: the request ended by the watchdog, not because the lock went.
-                        #expect(try await Self.idleInTransaction(store) == 1)
-                        if !connection.isClosed { try await connection.query("ROLLBACK", logger: Self.logger) }
+                        let blocked = try await eventually(timeout: .seconds(15)) {
+                            try await Self.waitingOnLocks(store) == 1
+                        }
+                        #expect(blocked)
+                        group.cancelAll()
+                        await #expect(throws: (any Error).self) { try await group.next() }
                     }
+                    // Still held: the request ended by the watchdog, not because the lock went.
+                    #expect(try await Self.idleInTransaction(store) == 1)
                 }
+            }
+        }
+    }
+
+    /// Runs `body` while another session holds handler `id`'s row lock inside a transaction. The
+    /// server ends that transaction by itself after 20 s, so a test whose request is not cut
+    /// fails rather than hangs.
+    static func withRowLocked(_ id: String, _ url: DatabaseURL, _ body: @Sendable () async throws -> Void) async throws
+    {
+        try await TestDatabase.withClient(url) { blocker in
+            try await blocker.withConnection { connection in
+                try await connection.query("SET idle_in_transaction_session_timeout = '20s'", logger: logger)
+                try await connection.query("BEGIN", logger: logger)
+                try await connection.query(
+                    PostgresQuery(unsafeSQL: "SELECT 1 FROM handlers WHERE id = '\(id)' FOR UPDATE"), logger: logger)
+                try await body()
+                if !connection.isClosed { try await connection.query("ROLLBACK", logger: logger) }
             }
         }
     }
