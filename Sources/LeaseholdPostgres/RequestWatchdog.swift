@@ -41,9 +41,6 @@ final class RequestWatchdog: Sendable {
         _ = state.withLock { $0.running.removeValue(forKey: request.id) }
     }
 
-    /// Requests now running (tests).
-    var running: Int { state.withLock { $0.running.count } }
-
     /// Closes the connections of requests whose statement has waited `limit`; returns how many.
     func cutStale(limit: Duration) -> Int {
         let now = ContinuousClock.now
