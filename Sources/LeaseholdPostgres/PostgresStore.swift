@@ -23,8 +23,8 @@ public final class PostgresStore: HandlerStore, Service {
     /// How often the LISTEN connection is proved alive (nil: never); see `run()`.
     let listenProbe: Duration?
     let listening = ListenState()
-    /// How long a request may go unanswered before its connection is closed (nil: no limit); see
-    /// `guarded`.
+    /// How long a statement may go unanswered before its connection is closed (nil: no limit); see
+    /// `RequestWatchdog`.
     let requestTimeout: Duration?
     let watchdog = RequestWatchdog()
 
@@ -81,21 +81,19 @@ public final class PostgresStore: HandlerStore, Service {
     }
 
     private func listenLoop() async {
-        do {
-            var delay = Duration.milliseconds(100)
-            while !Task.isCancelled {
-                let started = ContinuousClock.now
-                do {
-                    try await self.client.withConnection { connection in try await self.listen(on: connection) }
-                } catch {
-                    if Task.isCancelled { return }
-                    self.logger.warning("listen connection lost", metadata: ["error": "\(String(reflecting: error))"])
-                }
-                // A connection that lived a while was a success: reconnect quickly.
-                if ContinuousClock.now - started > .seconds(5) { delay = .milliseconds(100) }
-                do { try await Task.sleep(for: delay) } catch { return }
-                delay = min(delay * 2, .seconds(2))
+        var delay = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                try await self.client.withConnection { connection in try await self.listen(on: connection) }
+            } catch {
+                if Task.isCancelled { return }
+                self.logger.warning("listen connection lost", metadata: ["error": "\(String(reflecting: error))"])
             }
+            // A connection that lived a while was a success: reconnect quickly.
+            if ContinuousClock.now - started > .seconds(5) { delay = .milliseconds(100) }
+            do { try await Task.sleep(for: delay) } catch { return }
+            delay = min(delay * 2, .seconds(2))
         }
     }
 

@@ -133,10 +133,7 @@ struct PostgresStoreTests {
     @Test("a request unanswered past the request timeout has its connection closed and fails")
     func unansweredRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
-            let impatient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(2))
-            try await Self.running(impatient) {
-                try await impatient.register("r1", address: "test://r1", ttl: Self.ttl)
-                let lease = try await impatient.create(StoreConformanceTests.new("u"), owner: "r1").lease
+            try await Self.withWatchedHandler("u", on: store) { impatient, lease in
                 let first = Checkpoint(
                     state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
                 // Hold the handler's row lock: the checkpoint waits for it, as a request waits on a
@@ -210,10 +207,7 @@ struct PostgresStoreTests {
     func cancelledRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
             // Cancellation does not reach a query postgres-nio has sent; the watchdog does.
-            let patient = PostgresStore(client: store.client, logger: Self.logger, requestTimeout: .seconds(2))
-            try await Self.running(patient) {
-                try await patient.register("r1", address: "test://r1", ttl: Self.ttl)
-                let lease = try await patient.create(StoreConformanceTests.new("c"), owner: "r1").lease
+            try await Self.withWatchedHandler("c", on: store) { patient, lease in
                 try await Self.withRowLocked("c", url) { () async throws in
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
@@ -254,12 +248,18 @@ struct PostgresStoreTests {
         }
     }
 
-    /// Runs `body` while `store`'s service (LISTEN and the request watchdog) runs.
-    static func running<T: Sendable>(_ store: PostgresStore, _ body: () async throws -> T) async throws -> T {
+    /// Runs `body` with a second store on `store`'s pool whose statements may wait 2 s, its service
+    /// (LISTEN and the request watchdog) running, and a handler `id` created under a lease of it.
+    static func withWatchedHandler(
+        _ id: String, on store: PostgresStore, _ body: (PostgresStore, Lease) async throws -> Void
+    ) async throws {
+        let watched = PostgresStore(client: store.client, logger: logger, requestTimeout: .seconds(2))
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await store.run() }
+            group.addTask { try await watched.run() }
             defer { group.cancelAll() }
-            return try await body()
+            try await watched.register("r1", address: "test://r1", ttl: ttl)
+            let lease = try await watched.create(StoreConformanceTests.new(id), owner: "r1").lease
+            try await body(watched, lease)
         }
     }
 
