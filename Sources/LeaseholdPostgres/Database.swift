@@ -21,10 +21,11 @@ public struct Database: Sendable {
     ///     the store closes a connection whose request goes unanswered for twice as long.
     ///   - listenProbe: the period of the store's LISTEN liveness probe (a replica passes its renewal
     ///     period).
+    ///   - groupCommit: how writes share commits (nil: each commits alone).
     ///   - logger: for the store; the pool logs at warning and above only.
     public init(
         url: DatabaseURL, applicationName: String = "leasehold", sessionTimeout: Duration? = nil,
-        listenProbe: Duration? = .seconds(1), logger: Logger
+        listenProbe: Duration? = .seconds(1), groupCommit: GroupCommitSettings? = .standard, logger: Logger
     ) {
         self.url = url
         var quiet = logger
@@ -34,7 +35,7 @@ public struct Database: Sendable {
             backgroundLogger: quiet)
         store = PostgresStore(
             client: client, logger: logger, listenProbe: listenProbe,
-            requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30))
+            requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30), groupCommit: groupCommit)
     }
 
     /// The `ledger` sample's external system, in this database.

@@ -42,6 +42,14 @@ extension PostgresStore {
                     id: "", token: 0, replica: "", snapshot: Data(), status: "", error: nil, result: nil,
                     lastSequence: 0, sequences: [], records: [], consumed: []))?.sql ?? ""
         }
+        enum CreateBatch: PreparedShape {
+            static let sql = Statements.createBatch(
+                ids: [], workflows: [], runIDs: [], owners: [], eventIDs: [], events: []
+            ).sql
+        }
+        enum CheckpointBatch: PreparedShape {
+            static let sql = Statements.checkpointBatch([]).sql
+        }
         enum AppendInbox: PreparedShape {
             static let sql = Statements.appendInbox(id: "", eventID: "", event: "", notification: "").sql
         }

@@ -5,18 +5,15 @@ import PostgresNIO
 
 /// Fenced writes (checkpoint, hibernate, release), the inbox and cancellation.
 extension PostgresStore {
-    private func checkpointQuery(_ checkpoint: Checkpoint, lease: Lease) throws -> PostgresQuery {
-        let state = checkpoint.state
-        let terminal = state.status.isFinished ? checkpoint.log.last(where: \.isTerminal) : nil
-        return try Statements.checkpoint(
-            id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
-            snapshot: try encoder.encode(state), status: state.status.rawValue, error: state.error,
-            result: try terminal.map { try json($0) }, lastSequence: state.nextSequence - 1,
-            sequences: checkpoint.log.map(\.sequence), records: try checkpoint.log.map { try json($0) },
-            consumed: checkpoint.consumedInbox)
+    private func checkpointQuery(_ row: CheckpointRow) throws -> PostgresQuery {
+        try Statements.checkpoint(
+            id: row.id, token: row.token, replica: row.replica, snapshot: row.snapshot, status: row.status,
+            error: row.error, result: row.result, lastSequence: row.lastSequence, sequences: row.sequences,
+            records: row.records, consumed: row.consumed)
     }
 
-    private func runCheckpoint(_ query: PostgresQuery, on connection: PostgresConnection, lease: Lease) async throws {
+    func runCheckpoint(_ row: CheckpointRow, on connection: PostgresConnection) async throws {
+        let query = try checkpointQuery(row)
         var written = false
         do {
             for try await _ in try await connection.checkedExecute(
@@ -27,22 +24,27 @@ extension PostgresStore {
         } catch let error as PSQLError
             where error.serverInfo?[.sqlState] == "23505" && error.serverInfo?[.constraintName] == Self.eventLogKey
         {
-            throw StoreError.sequenceConflict(lease.handlerID, -1)
+            throw StoreError.sequenceConflict(HandlerID(row.id), -1)
         }
-        if !written { throw StoreError.leaseLost(lease.handlerID) }
+        if !written { throw StoreError.leaseLost(HandlerID(row.id)) }
     }
 
+    /// Through group commit when the store's service runs it (one commit shared with the writes
+    /// of other handlers), alone otherwise.
     public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
-        let query = try checkpointQuery(checkpoint, lease: lease)
-        try await committed { connection in
-            try await runCheckpoint(query, on: connection, lease: lease)
+        let row = try checkpointRow(checkpoint, lease: lease)
+        do {
+            guard let groupCommit else { throw GroupCommit.NotRunning() }
+            _ = try await groupCommit.submit(.checkpoint(row))
+        } catch is GroupCommit.NotRunning {
+            _ = try await writeAlone(.checkpoint(row))
         }
         // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
         signals.logChanged(lease.handlerID.rawValue)
     }
 
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
-        let query = try checkpointQuery(checkpoint, lease: lease)
+        let row = try checkpointRow(checkpoint, lease: lease)
         let id = lease.handlerID.rawValue
         return try await guarded { connection in
             try await connection.checkedTransaction(logger: logger) { connection in
@@ -63,7 +65,7 @@ extension PostgresStore {
                     pending = count
                 }
                 if pending > 0 { return false }
-                try await runCheckpoint(query, on: connection, lease: lease)
+                try await runCheckpoint(row, on: connection)
                 if !checkpoint.state.status.isFinished {
                     try await releaseLease(lease, hibernate: true, wakeAt: wakeAt, on: connection)
                 }
@@ -86,10 +88,10 @@ extension PostgresStore {
     }
 
     public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
-        let query = try checkpoint.map { try checkpointQuery($0, lease: lease) }
+        let row = try checkpoint.map { try checkpointRow($0, lease: lease) }
         try await guarded { connection in
             try await connection.checkedTransaction(logger: logger) { connection in
-                if let query { try await runCheckpoint(query, on: connection, lease: lease) }
+                if let row { try await runCheckpoint(row, on: connection) }
                 if checkpoint?.state.status.isFinished != true {
                     try await releaseLease(lease, hibernate: false, wakeAt: nil, on: connection)
                 }

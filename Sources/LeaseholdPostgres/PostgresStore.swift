@@ -27,6 +27,8 @@ public final class PostgresStore: HandlerStore, Service {
     /// `RequestWatchdog`.
     let requestTimeout: Duration?
     let watchdog = RequestWatchdog()
+    /// Shares commits between the writes of many handlers (nil: every write commits alone).
+    let groupCommit: GroupCommit?
 
     /// The NOTIFY channel and its payloads: `l:<id>` a handler's log grew (or it was cancelled or
     /// purged), `i:<id>` its inbox got an event, `p:<instance>:<n>` this process's liveness probe.
@@ -41,10 +43,13 @@ public final class PostgresStore: HandlerStore, Service {
     ///   renewal period); a connection that does not hear a probe within three periods is replaced.
     /// - Parameter requestTimeout: a request unanswered this long has its connection closed (a
     ///   replica passes two lease TTLs: by then the server has given up on a silent session).
+    /// - Parameter groupCommit: how creations and checkpoints share commits while the store's
+    ///   service runs (nil: each commits alone).
     public init(
         client: PostgresClient, logger: Logger, listenProbe: Duration? = .seconds(1),
-        requestTimeout: Duration? = .seconds(30)
+        requestTimeout: Duration? = .seconds(30), groupCommit: GroupCommitSettings? = nil
     ) {
+        self.groupCommit = groupCommit.map { GroupCommit(settings: $0) }
         self.client = client
         self.logger = logger
         self.encoder = JSONEncoder()
@@ -65,6 +70,9 @@ public final class PostgresStore: HandlerStore, Service {
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
+                if let groupCommit = self.groupCommit {
+                    group.addTask { await groupCommit.run { batch in await self.flush(batch) } }
+                }
                 if let limit = self.requestTimeout {
                     group.addTask {
                         await self.watchdog.run(limit: limit) { cut in
@@ -170,6 +178,15 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    /// What group commit has done so far (nil when it is off).
+    package var groupCommitStats: GroupCommitStats? { groupCommit?.stats }
+
+    /// Whether group commit's writers run (false when it is off).
+    package var groupCommitRunning: Bool { groupCommit?.isRunning ?? false }
+
+    /// Writes waiting for a group commit flush (0 when it is off).
+    package var groupCommitQueued: Int { groupCommit?.queued ?? 0 }
+
     /// LISTEN sessions opened so far (the first subscription is 1).
     public var listenSessions: UInt64 { listening.sessions }
 
@@ -222,7 +239,20 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    /// Through group commit when the store's service runs it, alone otherwise.
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
+        do {
+            guard let groupCommit else { throw GroupCommit.NotRunning() }
+            guard case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner)) else {
+                throw StoreError.corrupt("group commit answered a creation with something else")
+            }
+            return claimed
+        } catch is GroupCommit.NotRunning {
+            return try await createAlone(handler, owner: owner)
+        }
+    }
+
+    func createAlone(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         try await committed { connection in
             let query = Statements.create(
                 id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
@@ -231,9 +261,7 @@ public final class PostgresStore: HandlerStore, Service {
             var created: HandlerRecord?
             for try await row in rows { created = try Self.record(row) }
             guard let created else { throw StoreError.handlerExists(handler.id) }
-            return ClaimedHandler(
-                record: created, lease: Lease(handlerID: handler.id, replicaID: owner, token: created.fencingToken),
-                state: HandlerState(workflowName: handler.workflowName), acquired: .created)
+            return Self.claimed(created, handler: handler, owner: owner)
         }
     }
 

@@ -34,8 +34,10 @@ public enum TestDatabase {
     }
 
     /// Creates a new database with the schema migrated, runs `body` with a running client and
-    /// store on it, then drops the database.
+    /// store on it, then drops the database. The store commits as a replica's does (group commit
+    /// on) unless told otherwise.
     public static func withStore<T: Sendable>(
+        groupCommit: GroupCommitSettings? = .standard,
         _ body: @Sendable (PostgresStore, DatabaseURL) async throws -> T
     ) async throws -> T {
         let admin = try adminURL()
@@ -48,7 +50,7 @@ public enum TestDatabase {
         let url = database
         let result = try await withClient(url) { client in
             try await Migrator().migrate(client, logger: logger)
-            let store = PostgresStore(client: client, logger: logger)
+            let store = PostgresStore(client: client, logger: logger, groupCommit: groupCommit)
             return try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask {
                     try await store.run()

@@ -57,6 +57,20 @@ struct Serve: AsyncParsableCommand {
             "Delete finished handlers this long after they finished; 'off' keeps them (env LEASEHOLD_RETENTION; default 7d)"
     )
     var retention: String?
+    @Option(
+        name: .customLong("batch-max"),
+        help: "Most writes (creations, checkpoints) sharing one commit; 'off' commits each alone (env LEASEHOLD_BATCH_MAX; default 128)"
+    )
+    var batchMax: String?
+    @Option(
+        name: .customLong("batch-linger"),
+        help: "How long a commit waits for more writes; 0 flushes as soon as a writer is free (env LEASEHOLD_BATCH_LINGER; default 0)"
+    )
+    var batchLinger: String?
+    @Option(
+        name: .customLong("batch-writers"),
+        help: "Group commits in flight at once (env LEASEHOLD_BATCH_WRITERS; default 2)")
+    var batchWriters: String?
     @OptionGroup var logging: LogOptions
 
     @Flag(
@@ -82,13 +96,14 @@ struct Serve: AsyncParsableCommand {
                 "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
                 "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
                 "retention": "\(settings.retention.map { "\($0)" } ?? "off")",
+                "group_commit": "\(settings.groupCommit.map { "max \($0.maxBatch), linger \($0.linger), writers \($0.writers)" } ?? "off")",
             ])
         // The one composition root: the database's services first (the pool closes last), then
         // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).
         let database = settings.database.map {
             Database(
                 url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL,
-                listenProbe: settings.leaseTTL / 3, logger: logger)
+                listenProbe: settings.leaseTTL / 3, groupCommit: settings.groupCommit, logger: logger)
         }
         let migrated = OnceFlag()
         let coordinator = Coordinator(
@@ -159,6 +174,7 @@ struct Settings {
     var maxStreams: Int
     var streamStallTimeout: Duration
     var retention: Duration?
+    var groupCommit: GroupCommitSettings?
 
     init(_ serve: Serve) throws {
         host = setting(serve.host, "LEASEHOLD_HOST") ?? "127.0.0.1"
@@ -209,5 +225,24 @@ struct Settings {
         guard streamStallTimeout >= .milliseconds(100) else {
             throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
         }
+        groupCommit = try Self.groupCommit(serve)
+    }
+
+    private static func groupCommit(_ serve: Serve) throws -> GroupCommitSettings? {
+        let maxText = setting(serve.batchMax, "LEASEHOLD_BATCH_MAX") ?? "128"
+        if maxText.lowercased() == "off" { return nil }
+        guard let maxBatch = Int(maxText), (1...10_000).contains(maxBatch) else {
+            throw BadSetting(message: "--batch-max: '\(maxText)' must be 1-10000, or off")
+        }
+        let lingerText = setting(serve.batchLinger, "LEASEHOLD_BATCH_LINGER") ?? "0"
+        let linger =
+            ["0", "0s", "0ms"].contains(lingerText.trimmingCharacters(in: .whitespaces))
+            ? Duration.zero : try parseDuration(lingerText, flag: "--batch-linger")
+        guard linger <= .seconds(1) else { throw BadSetting(message: "--batch-linger: must be at most 1s") }
+        let writersText = setting(serve.batchWriters, "LEASEHOLD_BATCH_WRITERS") ?? "2"
+        guard let writers = Int(writersText), (1...64).contains(writers) else {
+            throw BadSetting(message: "--batch-writers: '\(writersText)' must be 1-64")
+        }
+        return GroupCommitSettings(maxBatch: maxBatch, linger: linger, writers: writers)
     }
 }

@@ -84,7 +84,9 @@ enum Harness {
         _ body: @Sendable ([Coordinator], PostgresStore) async throws -> T
     ) async throws -> T {
         try await TestDatabase.withStore { first, _ in
-            let others = (1..<max(1, count)).map { _ in PostgresStore(client: first.client, logger: logger) }
+            let others = (1..<max(1, count)).map { _ in
+                PostgresStore(client: first.client, logger: logger, groupCommit: .standard)
+            }
             return try await withThrowingTaskGroup(of: T?.self) { group in
                 for store in others {
                     group.addTask {

@@ -1,0 +1,246 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdStore
+import NIOCore
+import PostgresNIO
+
+/// The batched forms of `create` and `checkpoint`, and the flush that `GroupCommit` runs.
+extension PostgresStore {
+    /// A checkpoint as the database stores it (one `handlers` row, its new log rows, the inbox
+    /// ids it consumed), under the lease it is fenced by.
+    struct CheckpointRow: Sendable {
+        var id: String
+        var token: Int64
+        var replica: String
+        var snapshot: Data
+        var status: String
+        var error: String?
+        var result: String?
+        var lastSequence: Int64
+        var sequences: [Int64]
+        var records: [String]
+        var consumed: [String]
+    }
+
+    func checkpointRow(_ checkpoint: Checkpoint, lease: Lease) throws -> CheckpointRow {
+        let state = checkpoint.state
+        let terminal = state.status.isFinished ? checkpoint.log.last(where: \.isTerminal) : nil
+        return CheckpointRow(
+            id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
+            snapshot: try encoder.encode(state), status: state.status.rawValue, error: state.error,
+            result: try terminal.map { try json($0) }, lastSequence: state.nextSequence - 1,
+            sequences: checkpoint.log.map(\.sequence), records: try checkpoint.log.map { try json($0) },
+            consumed: checkpoint.consumedInbox)
+    }
+
+    /// Writes one batch in one transaction; on a refusal by the server (the whole transaction
+    /// rolled back) writes each alone, so only the write at fault fails.
+    func flush(_ batch: [GroupCommit.Queued]) async -> [UInt64: Result<GroupCommit.Outcome, any Error>] {
+        let together: [UInt64: Result<GroupCommit.Outcome, any Error>]?
+        do {
+            together = try await guarded { connection in
+                do {
+                    return try await connection.checkedTransaction(logger: logger) { connection in
+                        try await writeBatch(batch, on: connection)
+                    }
+                } catch let error as PSQLError where Self.rolledBack(error) {
+                    return nil
+                }
+            }
+        } catch {
+            // The outcome is unknown (the connection failed): as for a lone write, the callers
+            // retry and recognise a write that did land by its token and sequences.
+            return Dictionary(uniqueKeysWithValues: batch.map { ($0.number, .failure(error)) })
+        }
+        if let together { return together }
+        groupCommit?.recordSplit()
+        return await withTaskGroup(of: (UInt64, Result<GroupCommit.Outcome, any Error>).self) { group in
+            for queued in batch {
+                group.addTask {
+                    do {
+                        return (queued.number, .success(try await self.writeAlone(queued.write)))
+                    } catch {
+                        return (queued.number, .failure(error))
+                    }
+                }
+            }
+            var results: [UInt64: Result<GroupCommit.Outcome, any Error>] = [:]
+            for await (number, result) in group { results[number] = result }
+            return results
+        }
+    }
+
+    /// A server error in answer to a statement or to COMMIT: the transaction did not commit.
+    /// (Connection and shutdown errors leave the outcome unknown.)
+    static func rolledBack(_ error: PSQLError) -> Bool {
+        guard let state = error.serverInfo?[.sqlState] else { return false }
+        return !state.hasPrefix("08") && !state.hasPrefix("57P")
+    }
+
+    func writeAlone(_ write: GroupCommit.Write) async throws -> GroupCommit.Outcome {
+        switch write {
+        case .create(let handler, let owner):
+            return .created(try await createAlone(handler, owner: owner))
+        case .checkpoint(let row):
+            try await committed { connection in try await runCheckpoint(row, on: connection) }
+            return .written
+        }
+    }
+
+    private func writeBatch(_ batch: [GroupCommit.Queued], on connection: PostgresConnection) async throws
+        -> [UInt64: Result<GroupCommit.Outcome, any Error>]
+    {
+        var results: [UInt64: Result<GroupCommit.Outcome, any Error>] = [:]
+        var creates: [(UInt64, NewHandler, ReplicaID)] = []
+        var checkpoints: [(UInt64, CheckpointRow)] = []
+        for queued in batch {
+            switch queued.write {
+            case .create(let handler, let owner): creates.append((queued.number, handler, owner))
+            case .checkpoint(let row): checkpoints.append((queued.number, row))
+            }
+        }
+        if !creates.isEmpty {
+            var created: [String: HandlerRecord] = [:]
+            let query = Statements.createBatch(
+                ids: creates.map(\.1.id.rawValue), workflows: creates.map(\.1.workflowName),
+                runIDs: creates.map(\.1.runID), owners: creates.map(\.2.rawValue),
+                eventIDs: creates.map(\.1.startEvent.id), events: try creates.map { try json($0.1.startEvent.event) })
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.CreateBatch.self), logger: logger)
+            {
+                let record = try Self.record(row)
+                created[record.id.rawValue] = record
+            }
+            for (number, handler, owner) in creates {
+                if let record = created[handler.id.rawValue] {
+                    results[number] = .success(.created(Self.claimed(record, handler: handler, owner: owner)))
+                } else {
+                    results[number] = .failure(StoreError.handlerExists(handler.id))
+                }
+            }
+        }
+        if !checkpoints.isEmpty {
+            var matched: Set<String> = []
+            let rows = checkpoints.map(\.1)
+            let query = Statements.checkpointBatch(rows)
+            for try await row in try await connection.checkedExecute(
+                prepared(query, as: Shapes.CheckpointBatch.self), logger: logger)
+            {
+                matched.insert(try row.decode(String.self))
+            }
+            for (number, row) in checkpoints {
+                results[number] =
+                    matched.contains(row.id) ? .success(.written) : .failure(StoreError.leaseLost(HandlerID(row.id)))
+            }
+        }
+        return results
+    }
+
+    /// A created handler as its creator holds it: its first lease and an empty state.
+    static func claimed(_ record: HandlerRecord, handler: NewHandler, owner: ReplicaID) -> ClaimedHandler {
+        ClaimedHandler(
+            record: record, lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
+            state: HandlerState(workflowName: handler.workflowName), acquired: .created)
+    }
+}
+
+extension PostgresStore.Statements {
+    /// `create` for many handlers in one statement: the ones whose id exists already are left out
+    /// of the answer.
+    static func createBatch(
+        ids: [String], workflows: [String], runIDs: [String], owners: [String], eventIDs: [String], events: [String]
+    ) -> PostgresQuery {
+        """
+        WITH input AS (
+            SELECT * FROM unnest(\(ids)::text[], \(workflows)::text[], \(runIDs)::text[], \(owners)::text[],
+                \(eventIDs)::text[], \(events)::text[]) WITH ORDINALITY
+                AS i(id, workflow_name, run_id, owner, event_id, event, ord)),
+        created AS (
+            INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
+            SELECT id, workflow_name, run_id, owner, 'infinity', nextval('leasehold_fencing_tokens')
+            FROM input ORDER BY ord
+            ON CONFLICT (id) DO NOTHING
+            RETURNING *),
+        queued AS (
+            INSERT INTO inbox (handler_id, event_id, event)
+            SELECT created.id, i.event_id, i.event::jsonb FROM created JOIN input i ON i.id = created.id),
+        history AS (
+            INSERT INTO lease_history (handler_id, change, replica, token)
+            SELECT created.id, 'created', created.owner_replica, created.fencing_token FROM created)
+        SELECT \(unescaped: recordColumns)
+        FROM created h
+        """
+    }
+
+    /// `checkpoint` for many handlers in one statement, each row fenced by its own lease; answers
+    /// the ids whose lease held (only those wrote anything). The rows are locked in id order, so
+    /// two batches that share rows (a stale owner's and the new owner's) cannot deadlock.
+    static func checkpointBatch(_ rows: [PostgresStore.CheckpointRow]) -> PostgresQuery {
+        var logIDs: [String] = []
+        var logSequences: [Int64] = []
+        var logRecords: [String] = []
+        var consumedIDs: [String] = []
+        var consumedEvents: [String] = []
+        for row in rows {
+            logIDs += Array(repeating: row.id, count: row.sequences.count)
+            logSequences += row.sequences
+            logRecords += row.records
+            consumedIDs += Array(repeating: row.id, count: row.consumed.count)
+            consumedEvents += row.consumed
+        }
+        let ids = rows.map(\.id)
+        let tokens = rows.map(\.token)
+        let replicas = rows.map(\.replica)
+        let snapshots = rows.map { ByteBuffer(bytes: $0.snapshot) }
+        let statuses = rows.map(\.status)
+        let errors = rows.map { $0.error ?? "" }
+        let hasError = rows.map { $0.error != nil }
+        let results = rows.map { $0.result ?? "" }
+        let hasResult = rows.map { $0.result != nil }
+        let lastSequences = rows.map(\.lastSequence)
+        return """
+            WITH input AS (
+                SELECT * FROM unnest(\(ids)::text[], \(tokens)::bigint[], \(replicas)::text[], \(snapshots)::bytea[],
+                    \(statuses)::text[], \(errors)::text[], \(hasError)::bool[], \(results)::text[],
+                    \(hasResult)::bool[], \(lastSequences)::bigint[])
+                    AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence)),
+            locked AS (
+                SELECT id FROM handlers WHERE id IN (SELECT id FROM input) ORDER BY id FOR UPDATE),
+            h AS (
+                UPDATE handlers SET snapshot = i.snapshot, status = i.status,
+                    error = CASE WHEN i.has_error THEN i.error END,
+                    result = CASE WHEN i.has_result THEN i.result::jsonb END,
+                    last_sequence = i.last_sequence, updated_at = now(),
+                    completed_at = CASE WHEN i.status = 'running' THEN NULL ELSE now() END,
+                    owner_replica = CASE WHEN i.status = 'running' THEN handlers.owner_replica ELSE NULL END,
+                    lease_expires_at = CASE WHEN i.status = 'running' THEN handlers.lease_expires_at ELSE NULL END
+                FROM input i
+                WHERE handlers.id = i.id AND (SELECT count(*) FROM locked) >= 0
+                    AND leasehold_lease_is_current(
+                        handlers.fencing_token, handlers.owner_replica, handlers.lease_expires_at, i.token, i.replica)
+                RETURNING handlers.id, i.status, i.token, i.replica),
+            logged AS (
+                INSERT INTO event_log (handler_id, sequence, record)
+                SELECT l.id, l.seq, l.rec::jsonb
+                FROM unnest(\(logIDs)::text[], \(logSequences)::bigint[], \(logRecords)::text[]) AS l(id, seq, rec)
+                WHERE l.id IN (SELECT id FROM h)
+                RETURNING 1),
+            consumed AS (
+                UPDATE inbox SET consumed = true FROM h
+                WHERE inbox.handler_id = h.id AND NOT inbox.consumed
+                    AND (h.status <> 'running' OR (inbox.handler_id, inbox.event_id) IN (
+                        SELECT * FROM unnest(\(consumedIDs)::text[], \(consumedEvents)::text[])))
+                RETURNING 1),
+            notified AS (
+                SELECT pg_notify('\(unescaped: PostgresStore.Notification.channel)', '\(unescaped: PostgresStore.Notification.log)' || h.id)
+                FROM h WHERE h.id IN (SELECT unnest(\(logIDs)::text[]))),
+            finished AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT h.id, 'finished', h.replica, h.token FROM h WHERE h.status <> 'running'
+                RETURNING 1)
+            SELECT h.id FROM h
+            WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
+                + (SELECT count(*) FROM finished) >= 0
+            """
+    }
+}

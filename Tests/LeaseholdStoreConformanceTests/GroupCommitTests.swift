@@ -1,0 +1,164 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdStore
+import LeaseholdTestSupport
+import Logging
+import Testing
+
+/// Group commit: many handlers' writes in one commit, each still fenced and answered on its own.
+/// The batches here are made deterministic with a long linger: a flush starts exactly when
+/// `maxBatch` writes are queued.
+@Suite("Group commit", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct GroupCommitTests {
+    static let ttl = Duration.seconds(30)
+    static var logger: Logger {
+        var logger = Logger(label: "group-commit-test")
+        logger.logLevel = .warning
+        return logger
+    }
+    static let held = GroupCommitSettings(maxBatch: 8, linger: .seconds(60), writers: 1)
+
+    static func checkpoint(_ next: Int64, log: [Int64]) -> Checkpoint {
+        Checkpoint(state: StoreConformanceTests.state(next), log: log.map { StoreConformanceTests.record($0) }, consumedInbox: [])
+    }
+
+    /// Creates `count` handlers at once (one flush when `count` is the batch size).
+    static func create(_ store: PostgresStore, _ count: Int, prefix: String = "g") async throws -> [Lease] {
+        try await withThrowingTaskGroup(of: Lease.self) { group in
+            for index in 0..<count {
+                group.addTask {
+                    try await store.create(StoreConformanceTests.new("\(prefix)\(index)"), owner: "r1").lease
+                }
+            }
+            var leases: [Lease] = []
+            for try await lease in group { leases.append(lease) }
+            return leases.sorted { $0.handlerID.rawValue < $1.handlerID.rawValue }
+        }
+    }
+
+    /// Checkpoints every lease at once; answers each one's outcome by handler id.
+    static func checkpointAll(_ store: PostgresStore, _ writes: [(Lease, Checkpoint)]) async
+        -> [HandlerID: Result<Void, any Error>]
+    {
+        await withTaskGroup(of: (HandlerID, Result<Void, any Error>).self) { group in
+            for (lease, checkpoint) in writes {
+                group.addTask {
+                    do {
+                        try await store.checkpoint(checkpoint, lease: lease)
+                        return (lease.handlerID, .success(()))
+                    } catch {
+                        return (lease.handlerID, .failure(error))
+                    }
+                }
+            }
+            var outcomes: [HandlerID: Result<Void, any Error>] = [:]
+            for await (id, outcome) in group { outcomes[id] = outcome }
+            return outcomes
+        }
+    }
+
+    @Test("writes of many handlers share one commit, and a stale lease fails only its own write")
+    func sharedCommitFencesEachWrite() async throws {
+        try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let leases = try await Self.create(store, 8)
+            #expect(store.groupCommitStats?.flushes == 1)
+            // Three leases taken away (released; r2 claims them under higher tokens).
+            for lease in leases.prefix(3) { try await store.release(nil, lease: lease) }
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
+            let taken = try await store.claim("r2", limit: 10, only: nil)
+            #expect(Set(taken.map(\.record.id)) == Set(leases.prefix(3).map(\.handlerID)))
+
+            let outcomes = await Self.checkpointAll(store, leases.map { ($0, Self.checkpoint(2, log: [0, 1])) })
+            #expect(store.groupCommitStats == GroupCommitStats(flushes: 2, writes: 16, largest: 8, splits: 0))
+            for lease in leases.prefix(3) {
+                #expect(throws: StoreError.leaseLost(lease.handlerID)) { try outcomes[lease.handlerID]?.get() }
+                #expect(try await store.events(lease.handlerID, after: -1, limit: 10).isEmpty)
+            }
+            for lease in leases.dropFirst(3) {
+                #expect(throws: Never.self) { try outcomes[lease.handlerID]?.get() }
+                #expect(try await store.events(lease.handlerID, after: -1, limit: 10).map(\.sequence) == [0, 1])
+                #expect(try await store.handler(lease.handlerID)?.lastSequence == 1)
+            }
+        }
+    }
+
+    @Test("a write the database refuses fails alone: the rest of its batch is written")
+    func refusedWriteFailsAlone() async throws {
+        try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let leases = try await Self.create(store, 8)
+            // The first skips sequence 0: the event log refuses it, and with it the whole batch.
+            let writes = leases.enumerated().map { index, lease in
+                (lease, index == 0 ? Self.checkpoint(2, log: [1]) : Self.checkpoint(1, log: [0]))
+            }
+            let outcomes = await Self.checkpointAll(store, writes)
+            #expect(store.groupCommitStats?.splits == 1)
+            #expect(throws: (any Error).self) { try outcomes[leases[0].handlerID]?.get() }
+            #expect(try await store.events(leases[0].handlerID, after: -1, limit: 10).isEmpty)
+            for lease in leases.dropFirst() {
+                #expect(throws: Never.self) { try outcomes[lease.handlerID]?.get() }
+                #expect(try await store.events(lease.handlerID, after: -1, limit: 10).map(\.sequence) == [0])
+            }
+        }
+    }
+
+    @Test("two creations of one id: one is created, the other told it exists")
+    func duplicateCreation() async throws {
+        try await TestDatabase.withStore(groupCommit: GroupCommitSettings(maxBatch: 8, writers: 2)) { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let ids = ["same", "same", "other", "third"]
+            let outcomes = await withTaskGroup(of: Result<ClaimedHandler, any Error>.self) { group in
+                for id in ids {
+                    group.addTask {
+                        do {
+                            return .success(try await store.create(StoreConformanceTests.new(id), owner: "r1"))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                var all: [Result<ClaimedHandler, any Error>] = []
+                for await outcome in group { all.append(outcome) }
+                return all
+            }
+            let created = outcomes.compactMap { try? $0.get() }
+            #expect(created.map(\.record.id.rawValue).sorted() == ["other", "same", "third"])
+            let refused = outcomes.filter { outcome in
+                guard case .failure(let error) = outcome, let storeError = error as? StoreError,
+                    case .handlerExists(let id) = storeError
+                else { return false }
+                return id == "same"
+            }
+            #expect(refused.count == 1)
+            #expect(try await store.pendingInbox("same").map(\.id) == ["start"])
+        }
+    }
+
+    @Test("a queued write whose caller gives up is withdrawn, and nothing of it is written")
+    func cancelledWriteIsWithdrawn() async throws {
+        try await TestDatabase.withStore(groupCommit: nil) { plain, _ in
+            try await plain.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await plain.create(StoreConformanceTests.new("c"), owner: "r1").lease
+            let batched = PostgresStore(
+                client: plain.client, logger: Self.logger,
+                groupCommit: GroupCommitSettings(maxBatch: 100, linger: .seconds(60), writers: 1))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await batched.run() }
+                defer { group.cancelAll() }
+                try #require(await eventually { batched.groupCommitRunning })
+                try await withThrowingTaskGroup(of: Void.self) { writes in
+                    writes.addTask { try await batched.checkpoint(Self.checkpoint(1, log: [0]), lease: lease) }
+                    // Queued (the writer lingers for 60 s), then given up.
+                    try #require(await eventually { batched.groupCommitQueued == 1 })
+                    writes.cancelAll()
+                    await #expect(throws: CancellationError.self) { try await writes.next() }
+                }
+                #expect(batched.groupCommitQueued == 0)
+                #expect(try await plain.events("c", after: -1, limit: 10).isEmpty)
+                #expect(batched.groupCommitStats?.flushes == 0)
+            }
+        }
+    }
+}
