@@ -205,6 +205,11 @@ def test_retention_removes_finished_runs_and_keeps_running_ones(database_url, sp
     ("--max-body", "12", "--max-body"),
     ("--retention", "forever", "--retention"),
     ("--stream-stall-timeout", "1ms", "--stream-stall-timeout"),
+    ("--batch-max", "0", "--batch-max"),
+    ("--batch-max", "lots", "--batch-max"),
+    ("--batch-linger", "5s", "--batch-linger"),
+    ("--batch-linger", "soon", "--batch-linger"),
+    ("--batch-writers", "0", "--batch-writers"),
 ])
 def test_bad_flags_stop_startup_naming_the_flag(flag, value, message):
     result = subprocess.run([BIN, "serve", f"{flag}={value}"], capture_output=True, text=True, timeout=30)

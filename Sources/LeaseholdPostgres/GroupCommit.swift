@@ -119,7 +119,10 @@ final class GroupCommit: Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                enum Admission { case queued(CheckedContinuation<Void, Never>?), cancelled, notRunning }
+                enum Admission {
+                    case queued(CheckedContinuation<Void, Never>?)
+                    case cancelled, notRunning
+                }
                 let admission = state.withLock { state -> Admission in
                     // Checked under the lock: a cancellation handler that ran before this found
                     // nothing to remove, and the flag it follows is set by now.
@@ -227,7 +230,8 @@ final class GroupCommit: Sendable {
     }
 
     private func answer(_ batch: [Queued], with results: [UInt64: Result<Outcome, any Error>]) {
-        let answers = state.withLock { state -> [(CheckedContinuation<Outcome, any Error>, Result<Outcome, any Error>)] in
+        let answers = state.withLock {
+            state -> [(CheckedContinuation<Outcome, any Error>, Result<Outcome, any Error>)] in
             state.stats.flushes += 1
             state.stats.writes += batch.count
             state.stats.largest = max(state.stats.largest, batch.count)

@@ -59,12 +59,14 @@ struct Serve: AsyncParsableCommand {
     var retention: String?
     @Option(
         name: .customLong("batch-max"),
-        help: "Most writes (creations, checkpoints) sharing one commit; 'off' commits each alone (env LEASEHOLD_BATCH_MAX; default 128)"
+        help:
+            "Most writes (creations, checkpoints) sharing one commit; 'off' commits each alone (env LEASEHOLD_BATCH_MAX; default 128)"
     )
     var batchMax: String?
     @Option(
         name: .customLong("batch-linger"),
-        help: "How long a commit waits for more writes; 0 flushes as soon as a writer is free (env LEASEHOLD_BATCH_LINGER; default 0)"
+        help:
+            "How long a commit waits for more writes; 0 flushes as soon as a writer is free (env LEASEHOLD_BATCH_LINGER; default 0)"
     )
     var batchLinger: String?
     @Option(
@@ -96,7 +98,8 @@ struct Serve: AsyncParsableCommand {
                 "store": "\(settings.database.map { "\($0)" } ?? "in-memory")",
                 "lease_ttl": "\(settings.leaseTTL)", "idle_timeout": "\(settings.idleTimeout.map { "\($0)" } ?? "off")",
                 "retention": "\(settings.retention.map { "\($0)" } ?? "off")",
-                "group_commit": "\(settings.groupCommit.map { "max \($0.maxBatch), linger \($0.linger), writers \($0.writers)" } ?? "off")",
+                "group_commit":
+                    "\(settings.groupCommit.map { "max \($0.maxBatch), linger \($0.linger), writers \($0.writers)" } ?? "off")",
             ])
         // The one composition root: the database's services first (the pool closes last), then
         // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).

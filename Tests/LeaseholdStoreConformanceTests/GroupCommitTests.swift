@@ -20,7 +20,9 @@ struct GroupCommitTests {
     static let held = GroupCommitSettings(maxBatch: 8, linger: .seconds(60), writers: 1)
 
     static func checkpoint(_ next: Int64, log: [Int64]) -> Checkpoint {
-        Checkpoint(state: StoreConformanceTests.state(next), log: log.map { StoreConformanceTests.record($0) }, consumedInbox: [])
+        Checkpoint(
+            state: StoreConformanceTests.state(next), log: log.map { StoreConformanceTests.record($0) },
+            consumedInbox: [])
     }
 
     /// Creates `count` handlers at once (one flush when `count` is the batch size).
