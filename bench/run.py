@@ -78,11 +78,11 @@ def database(admin: str, name: str) -> str:
     return admin.rsplit("/", 1)[0] + "/" + name
 
 
-def leasehold(db: str | None, port: int, idle="off", replica="b1", log=None) -> Proc:
+def leasehold(db: str | None, port: int, idle="off", replica="b1", log=None, extra=()) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
     store = ["--database-url", db] if db else []
     p = Proc([DIST / "leasehold", "serve", "--port", port, *store, "--replica-id", replica,
-              "--idle-timeout", idle, "--log-level", "warning"], env=env, log=log or f"leasehold-{port}.log")
+              "--idle-timeout", idle, "--log-level", "warning", *extra], env=env, log=log or f"leasehold-{port}.log")
     wait_http(f"http://127.0.0.1:{port}/ready")
     return p
 
@@ -334,6 +334,29 @@ def per_request(admin: str, db: str, url: str, script: str, seconds: int, count_
             "top_statements_per_request": [[round(n / max(1, done), 2), text] for n, text in top]}
 
 
+GROUP_COMMIT_SETTINGS = [("off (each write commits alone)", ["--batch-max", "off"]),
+                         ("1 writer", ["--batch-writers", "1"]),
+                         ("2 writers (default)", []),
+                         ("4 writers", ["--batch-writers", "4"]),
+                         ("2 writers, linger 2 ms", ["--batch-linger", "2ms"])]
+
+
+def group_commit(admin: str, seconds: int) -> list[dict]:
+    """echo `run` at 64 connections under each group commit setting: what picks the defaults."""
+    rows = []
+    for index, (label, extra) in enumerate(GROUP_COMMIT_SETTINGS):
+        name, port = f"lhgc{index}", free_port()
+        p = leasehold(database(admin, name), port, extra=extra)
+        try:
+            cost = per_request(admin, name, f"http://127.0.0.1:{port}/workflows/echo/run", "echo.lua", seconds,
+                               "SELECT count(*) FROM handlers WHERE status = 'completed'")
+        finally:
+            p.stop()
+        rows.append({"setting": label, "flags": " ".join(extra), **cost})
+        print(json.dumps({"group_commit": rows[-1]}), flush=True)
+    return rows
+
+
 def commit_limit(admin: str, seconds: int) -> dict:
     """What this Postgres commits per second: one-row INSERT transactions from pgbench with 8 and
     64 clients (the same durable settings as the servers)."""
@@ -378,6 +401,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--hibernated", type=int, default=100_000)
+    parser.add_argument("--group-commit-only", action="store_true",
+                        help="only the group commit settings and the commit ceiling (prints, writes nothing)")
     args = parser.parse_args()
     seconds = 5 if args.quick else 10
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
@@ -391,6 +416,13 @@ def main():
                            "postgres": sh("psql", admin, "-XAtc", "show server_version").strip(),
                            "postgres_settings": "fsync on, synchronous_commit on (durable)"}}
     procs = []
+    if args.group_commit_only:
+        try:
+            gc = {"group_commit": group_commit(admin, seconds), "commit_limit": commit_limit(admin, seconds)}
+            print("\n".join(group_commit_lines(gc)))
+        finally:
+            sh(PG, "destroy", pgdir)
+        return
     try:
         # 1. The store: claims through PostgresStore vs the same statement raw; one renew of 10k leases.
         results["store"] = json.loads(sh(DIST / "leasehold-bench", "store", "--database-url", database(admin, "storebench"),
@@ -416,6 +448,7 @@ def main():
         print(json.dumps({"counter": results["counter"]}), flush=True)
         lh.stop()
         py.stop()
+        results["group_commit"] = group_commit(admin, seconds)
         mem = leasehold(None, lh_port)
         procs.append(mem)
         results["in_memory"] = {"echo_run": wrk(f"{lh_url}/workflows/echo/run", "echo.lua", seconds),
@@ -503,6 +536,8 @@ def markdown(r: dict) -> str:
              "",
              *cost_lines(r),
              "",
+             *group_commit_lines(r),
+             "",
              "Throughput with 1, 2 and 3 replicas behind HAProxy on one Postgres (echo: 64 connections; counters: concurrent `counter` handlers), and the cores each kind of process used during the echo load:",
              "",
              "| replicas | echo requests/s | echo p99 | counter ticks/s | cores: leasehold / postgres / haproxy / wrk |",
@@ -535,6 +570,26 @@ def cost_lines(r: dict) -> list[str]:
         lines += ["", "The ceiling: one-row INSERT commits/s of the same Postgres (pgbench): "
                   f"{limit['clients_8']['tps']} with 8 clients ({limit['clients_8']['latency_ms']} ms each), "
                   f"{limit['clients_64']['tps']} with 64 ({limit['clients_64']['latency_ms']} ms)."]
+    return lines
+
+
+def group_commit_lines(r: dict) -> list[str]:
+    rows = r.get("group_commit")
+    if not rows:
+        return []
+    lines = ["Group commit settings (one replica, echo `run`, 64 connections; statements and commits per completed run):",
+             "",
+             "| setting | requests/s | p50 | p99 | commits per run | statements per run | Leasehold CPU per run | Postgres CPU per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        load = row["load"]
+        lines.append(f"| {row['setting']} | {load['rps']} | {load['p50_ms']} ms | {load['p99_ms']} ms | "
+                     f"{row['commits_per_request']} | {row['statements_per_request']} | "
+                     f"{row['server_cpu_ms_per_request']} ms | {row['postgres_cpu_ms_per_request']} ms |")
+    limit = r.get("commit_limit")
+    if limit:
+        lines += ["", f"Ceiling (pgbench one-row commits/s): {limit['clients_8']['tps']} at 8 clients, "
+                  f"{limit['clients_64']['tps']} at 64."]
     return lines
 
 

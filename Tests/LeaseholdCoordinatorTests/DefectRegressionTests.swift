@@ -96,8 +96,22 @@ struct DefectRegressionTests {
                 try await Task.sleep(for: .milliseconds(pause))
                 let value = round + 1
                 expected += value
-                try await coordinators[round % 2].send(
-                    AnyEvent(type: "Add", value: ["value": .int(value)]), to: record.id, eventID: "add-\(round)")
+                do {
+                    try await coordinators[round % 2].send(
+                        AnyEvent(type: "Add", value: ["value": .int(value)]), to: record.id, eventID: "add-\(round)")
+                } catch {
+                    // Seen once under heavy load ("already finished" before the last send): keep
+                    // the evidence of which event was counted twice, and by which owner.
+                    let log = try await store.events(record.id, after: -1, limit: 100_000)
+                    let history = try await store.leaseHistory(record.id)
+                    Issue.record(
+                        """
+                        send \(round) failed: \(error)
+                        applied Adds: \(log.filter { $0.type == "Add" }.compactMap { $0.value["value"]?.intValue })
+                        lease history: \(history.map { "\($0.kind.rawValue) \($0.replica?.rawValue ?? "-") \($0.token.rawValue)" })
+                        """)
+                    throw error
+                }
             }
             let finished = try #require(try await Harness.waitFinished(store, record.id))
             #expect(finished.status == .completed)
