@@ -53,13 +53,15 @@ package struct GroupCommitStats: Sendable, Equatable {
 /// connection died) fails every write in it with `unavailable`, exactly as a lone write would.
 final class GroupCommit: Sendable {
     enum Write: Sendable {
-        case create(NewHandler, owner: ReplicaID)
+        /// The start event comes encoded: a value that cannot be encoded fails its own caller,
+        /// never a flush.
+        case create(NewHandler, owner: ReplicaID, event: String)
         case checkpoint(PostgresStore.CheckpointRow)
 
         /// Writes with one key never share a flush.
         var key: String {
             switch self {
-            case .create(let handler, _): handler.id.rawValue
+            case .create(let handler, _, _): handler.id.rawValue
             case .checkpoint(let row): row.id
             }
         }
@@ -171,6 +173,9 @@ final class GroupCommit: Sendable {
         while !Task.isCancelled {
             await waitForWork()
             if settings.linger > .zero { await linger() }
+            // Stopping: what is queued is failed by `run` (as `unavailable`), not flushed from a
+            // cancelled task, whose connection request would fail with CancellationError.
+            if Task.isCancelled { return }
             let batch = take()
             guard !batch.isEmpty else { continue }
             let results = await flush(batch)

@@ -41,12 +41,25 @@ extension PostgresStore {
             together = try await guarded { connection in
                 do {
                     return try await connection.checkedTransaction(logger: logger) { connection in
-                        try await writeBatch(batch, on: connection)
+                        // A row another transaction holds (a send's FOR SHARE on a connection that
+                        // went silent) must not hold the whole flush, and with it every handler in
+                        // it, until their writes look stuck: past this, the flush is refused and
+                        // its writes go one by one, where only that handler's write waits.
+                        if let lockTimeout {
+                            try await connection.checkedQuery(
+                                PostgresQuery(unsafeSQL: "SET LOCAL lock_timeout = \(Int(Self.seconds(lockTimeout) * 1000))"),
+                                logger: logger)
+                        }
+                        return try await writeBatch(batch, on: connection)
                     }
                 } catch let error as PSQLError where Self.rolledBack(error) {
                     return nil
                 }
             }
+        } catch is CancellationError {
+            // The store is stopping (a writer's connection request was cancelled).
+            return Dictionary(
+                uniqueKeysWithValues: batch.map { ($0.number, .failure(StoreError.unavailable("store stopping"))) })
         } catch {
             // The outcome is unknown (the connection failed): as for a lone write, the callers
             // retry and recognise a write that did land by its token and sequences.
@@ -71,15 +84,21 @@ extension PostgresStore {
     }
 
     /// A server error in answer to a statement or to COMMIT: the transaction did not commit.
-    /// (Connection and shutdown errors leave the outcome unknown.)
+    /// Connection and shutdown errors, and FATAL or PANIC ones (a failed WAL flush at COMMIT is a
+    /// PANIC whose commit record may survive recovery), leave the outcome unknown.
     static func rolledBack(_ error: PSQLError) -> Bool {
         guard let state = error.serverInfo?[.sqlState] else { return false }
+        if let severity = error.serverInfo?[.severity], severity == "FATAL" || severity == "PANIC" { return false }
         return !state.hasPrefix("08") && !state.hasPrefix("57P")
     }
 
+    /// How long a flush waits for a row lock before it is refused (a fraction of the time after
+    /// which a write looks stuck: a quarter of a lease TTL for a replica's store).
+    var lockTimeout: Duration? { requestTimeout.map { $0 / 8 } }
+
     func writeAlone(_ write: GroupCommit.Write) async throws -> GroupCommit.Outcome {
         switch write {
-        case .create(let handler, let owner):
+        case .create(let handler, let owner, _):
             return .created(try await createAlone(handler, owner: owner))
         case .checkpoint(let row):
             try await committed { connection in try await runCheckpoint(row, on: connection) }
@@ -91,11 +110,11 @@ extension PostgresStore {
         -> [UInt64: Result<GroupCommit.Outcome, any Error>]
     {
         var results: [UInt64: Result<GroupCommit.Outcome, any Error>] = [:]
-        var creates: [(UInt64, NewHandler, ReplicaID)] = []
+        var creates: [(UInt64, NewHandler, ReplicaID, String)] = []
         var checkpoints: [(UInt64, CheckpointRow)] = []
         for queued in batch {
             switch queued.write {
-            case .create(let handler, let owner): creates.append((queued.number, handler, owner))
+            case .create(let handler, let owner, let event): creates.append((queued.number, handler, owner, event))
             case .checkpoint(let row): checkpoints.append((queued.number, row))
             }
         }
@@ -104,14 +123,14 @@ extension PostgresStore {
             let query = Statements.createBatch(
                 ids: creates.map(\.1.id.rawValue), workflows: creates.map(\.1.workflowName),
                 runIDs: creates.map(\.1.runID), owners: creates.map(\.2.rawValue),
-                eventIDs: creates.map(\.1.startEvent.id), events: try creates.map { try json($0.1.startEvent.event) })
+                eventIDs: creates.map(\.1.startEvent.id), events: creates.map(\.3))
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.CreateBatch.self), logger: logger)
             {
                 let record = try Self.record(row)
                 created[record.id.rawValue] = record
             }
-            for (number, handler, owner) in creates {
+            for (number, handler, owner, _) in creates {
                 if let record = created[handler.id.rawValue] {
                     results[number] = .success(.created(Self.claimed(record, handler: handler, owner: owner)))
                 } else {
@@ -173,8 +192,9 @@ extension PostgresStore.Statements {
     }
 
     /// `checkpoint` for many handlers in one statement, each row fenced by its own lease; answers
-    /// the ids whose lease held (only those wrote anything). The rows are locked in id order, so
-    /// two batches that share rows (a stale owner's and the new owner's) cannot deadlock.
+    /// the ids whose lease held (only those wrote anything). The rows whose lease is current are
+    /// locked first, in id order, so that batches which share rows cannot deadlock; a stale row is
+    /// never locked (it would hold up its current owner's writes for nothing).
     static func checkpointBatch(_ rows: [PostgresStore.CheckpointRow]) -> PostgresQuery {
         var logIDs: [String] = []
         var logSequences: [Int64] = []
@@ -205,7 +225,9 @@ extension PostgresStore.Statements {
                     \(hasResult)::bool[], \(lastSequences)::bigint[])
                     AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence)),
             locked AS (
-                SELECT id FROM handlers WHERE id IN (SELECT id FROM input) ORDER BY id FOR UPDATE),
+                SELECT h.id FROM handlers h JOIN input i ON i.id = h.id
+                WHERE leasehold_lease_is_current(h.fencing_token, h.owner_replica, h.lease_expires_at, i.token, i.replica)
+                ORDER BY h.id FOR UPDATE OF h),
             h AS (
                 UPDATE handlers SET snapshot = i.snapshot, status = i.status,
                     error = CASE WHEN i.has_error THEN i.error END,

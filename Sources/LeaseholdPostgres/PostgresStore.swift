@@ -69,12 +69,11 @@ public final class PostgresStore: HandlerStore, Service {
     /// sent is closed and replaced.
     public func run() async throws {
         await cancelWhenGracefulShutdown {
-            await withDiscardingTaskGroup { group in
-                if let groupCommit = self.groupCommit {
-                    group.addTask { await groupCommit.run { batch in await self.flush(batch) } }
-                }
+            // Two stages: the watchdog outlives the group commit writers, so that a flush stuck on
+            // a dead connection is still cut (and the writers can end) after the LISTEN loop stops.
+            await withDiscardingTaskGroup { outer in
                 if let limit = self.requestTimeout {
-                    group.addTask {
+                    outer.addTask {
                         await self.watchdog.run(limit: limit) { cut in
                             self.logger.warning(
                                 "database requests unanswered, closed their connections",
@@ -82,8 +81,14 @@ public final class PostgresStore: HandlerStore, Service {
                         }
                     }
                 }
-                await self.listenLoop()
-                group.cancelAll()
+                await withDiscardingTaskGroup { inner in
+                    if let groupCommit = self.groupCommit {
+                        inner.addTask { await groupCommit.run { batch in await self.flush(batch) } }
+                    }
+                    await self.listenLoop()
+                    inner.cancelAll()
+                }
+                outer.cancelAll()
             }
         }
     }
@@ -243,7 +248,9 @@ public final class PostgresStore: HandlerStore, Service {
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         do {
             guard let groupCommit else { throw GroupCommit.NotRunning() }
-            guard case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner)) else {
+            let event = try json(handler.startEvent.event)
+            guard case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner, event: event))
+            else {
                 throw StoreError.corrupt("group commit answered a creation with something else")
             }
             return claimed

@@ -138,6 +138,43 @@ struct GroupCommitTests {
         }
     }
 
+    @Test("a row another transaction holds does not hold up the rest of its flush")
+    func lockedRowDoesNotHoldTheFlush() async throws {
+        try await TestDatabase.withStore(groupCommit: nil) { plain, url in
+            try await plain.register("r1", address: "test://r1", ttl: Self.ttl)
+            var leases: [Lease] = []
+            for index in 0..<8 { leases.append(try await plain.create(StoreConformanceTests.new("l\(index)"), owner: "r1").lease) }
+            // Requests may wait 8 s: a flush waits 1 s for a row lock, then is written one by one.
+            let batched = PostgresStore(
+                client: plain.client, logger: Self.logger, requestTimeout: .seconds(8), groupCommit: Self.held)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await batched.run() }
+                defer { group.cancelAll() }
+                try #require(await eventually { batched.groupCommitRunning })
+                let leases = leases
+                try await PostgresStoreTests.withRowLocked("l0", url) {
+                    try await withThrowingTaskGroup(of: Void.self) { writes in
+                        for lease in leases {
+                            writes.addTask { try await batched.checkpoint(Self.checkpoint(1, log: [0]), lease: lease) }
+                        }
+                        // The seven others commit while l0's row is still locked.
+                        let others = try await eventually(timeout: .seconds(20)) {
+                            var written = 0
+                            for lease in leases.dropFirst() {
+                                written += try await plain.events(lease.handlerID, after: -1, limit: 1).count
+                            }
+                            return written == 7
+                        }
+                        #expect(others)
+                        #expect(try await plain.events("l0", after: -1, limit: 1).isEmpty)
+                        #expect(batched.groupCommitStats?.splits == 1)
+                        writes.cancelAll()
+                    }
+                }
+            }
+        }
+    }
+
     @Test("a queued write whose caller gives up is withdrawn, and nothing of it is written")
     func cancelledWriteIsWithdrawn() async throws {
         try await TestDatabase.withStore(groupCommit: nil) { plain, _ in

@@ -3,6 +3,8 @@
 
     deploy/drills/run kill9 [--runs N]       one drill
     deploy/drills/all [--runs N]             every drill; writes deploy/drills/results.md
+    deploy/drills/run pg-switchover pg-crash-primary [--runs N]
+                                             PostgreSQL failover drills (the cluster on deploy/pg-ha)
 
 Each run starts a workload through the load balancer (counters, approvals, timers), disrupts the
 cluster, answers the approvals, waits (bounded) for every handler to finish, and checks: no
@@ -21,6 +23,7 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +41,9 @@ LB = f"http://127.0.0.1:{os.environ.get('LH_PORT', '8080')}"
 TTL = float(os.environ.get("LH_LEASE_TTL", "5s").rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"]
+# Drills of PostgreSQL's own failover: the cluster runs on deploy/pg-ha (not part of `all`).
+HA_DRILLS = ["pg-switchover", "pg-crash-primary"]
+PG_HA = ROOT / "deploy" / "pg-ha"
 
 
 
@@ -88,6 +94,8 @@ class Workload:
 
     def answer(self):
         for h in self.approvals:
+            if h in self.answered:
+                continue  # answered already (the database drills answer during the outage)
             answer = "yes-" + h
             post(f"/events/{h}", {"event": {"type": "HumanResponseEvent", "value": {"response": answer}}})
             self.answered[h] = answer
@@ -235,6 +243,81 @@ def drill_conn_drop(work: Workload) -> dict:
     return {"connections_killed": int(killed)}
 
 
+class Progress(threading.Thread):
+    """Samples the counters' total progress (the sum of their last sequences, read through the load
+    balancer) every 50 ms; the outage is the longest stretch without progress. Reads fail while
+    the database is away, so progress seen is progress checkpointed."""
+
+    def __init__(self, handlers: list[str]):
+        super().__init__(daemon=True)
+        self.handlers, self.stopped, self.times = handlers, threading.Event(), []
+
+    def run(self):
+        last = None
+        deadline = time.monotonic() + 600
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            try:
+                total = sum(httpx.get(f"{LB}/cluster/handlers/{h}", timeout=2).json()["last_sequence"]
+                            for h in self.handlers)
+                if last is None or total > last:
+                    self.times.append(time.monotonic())
+                    last = total
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            self.stopped.wait(0.05)
+
+    def outage(self, fault: float) -> float:
+        """The longest time without progress around the fault (from the last progress before it)."""
+        self.stopped.set()
+        self.join(10)
+        before = [t for t in self.times if t <= fault]
+        after = [t for t in self.times if t > fault]
+        if not before or not after:
+            raise RuntimeError("no progress seen on both sides of the fault")
+        points = [before[-1]] + after
+        return max(b - a for a, b in zip(points, points[1:]))
+
+
+def pg_ha_drill(work: Workload, fault) -> dict:
+    """Runs `fault` against the database while the workload runs; answers the approvals during
+    the outage; waits until every replica is ready again by itself."""
+    progress = Progress(work.counters)
+    progress.start()
+    wait_until(lambda: len(progress.times) >= 3, 30, "progress sampled")
+    primary_before = sh(PG_HA, "primary", DIR / "pg-ha").strip()
+    started = time.monotonic()
+    detail = fault()
+    work.answer()  # through the outage: each POST retries (bounded) until a replica takes it
+    wait_replicas_ready()
+    wait_until(lambda: len([t for t in progress.times if t > time.monotonic() - 1]) > 0, 60, "progress again")
+    outage = progress.outage(started)
+    primary_after = sh(PG_HA, "primary", DIR / "pg-ha").strip()
+    return {"outage_s": round(outage, 3), "primary": f"{primary_before} -> {primary_after}", **detail}
+
+
+def drill_pg_switchover(work: Workload) -> dict:
+    def switchover():
+        sh(PG_HA, "switchover", DIR / "pg-ha", timeout=120)
+        return {}
+
+    return pg_ha_drill(work, switchover)
+
+
+def drill_pg_crash_primary(work: Workload) -> dict:
+    crashed: dict = {}
+
+    def crash():
+        crashed["node"] = sh(PG_HA, "crash-primary", DIR / "pg-ha").strip()
+        return {"crashed": crashed["node"]}
+
+    try:
+        return pg_ha_drill(work, crash)
+    finally:
+        if "node" in crashed:  # back as a standby, for the next run
+            sh(PG_HA, "restart", crashed["node"], DIR / "pg-ha")
+            sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
+
+
 class Partitioned(PartitionableReplica):
     """A fourth replica inside its own network namespace (leasehold_kit.netns), on the cluster's
     database; the drill cuts its link for 2×TTL."""
@@ -288,7 +371,12 @@ def drill_partition(work: Workload, replica: Partitioned) -> dict:
 
 
 def run_once(name: str) -> dict:
-    sh(CLUSTER, "up", timeout=300)
+    ha = name in HA_DRILLS
+    if (DIR / "pg-ha").exists() != ha and DIR.exists():
+        sh(CLUSTER, "down", timeout=300)  # the other kind of database
+    sh(CLUSTER, "up", *(["--ha"] if ha else []), timeout=600)
+    if ha:
+        sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
     outcome = {"drill": name}
     extra = []
     try:
@@ -321,6 +409,8 @@ def run_once(name: str) -> dict:
             outcome["passed"] = False
         if "failover_s" in outcome and outcome["failover_s"] > TTL + 1:
             outcome["failover_goal_missed"] = True
+        if "outage_s" in outcome and outcome["outage_s"] > {"pg-switchover": 3, "pg-crash-primary": 15}[name]:
+            outcome["outage_goal_missed"] = True
     except Exception as error:  # a drill that breaks is a failed run, reported, not a crash of the runner
         import traceback
         where = [f for f in traceback.extract_tb(error.__traceback__) if "drill.py" in f.filename or "cluster.py" in f.filename][-4:]
@@ -387,7 +477,7 @@ def report(name: str, work: Workload, outcome: dict, window: list) -> Path:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| drill | runs | passed | lost | duplicate/skipped sequences | fence actions | failover median/max (s) |",
+    lines = ["| drill | runs | passed | lost | duplicate/skipped sequences | fence actions | failover (or, for pg-*, outage) median/max (s) |",
              "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["drill"] for r in results):
         skipped = [r for r in results if r["drill"] == name and "skipped" in r]
@@ -396,7 +486,7 @@ def table(results: list[dict]) -> str:
         runs = [r for r in results if r["drill"] == name and "skipped" not in r]
         if not runs:
             continue
-        failovers = [r["failover_s"] for r in runs if "failover_s" in r]
+        failovers = [r["failover_s"] for r in runs if "failover_s" in r] or [r["outage_s"] for r in runs if "outage_s" in r]
         fo = f"{statistics.median(failovers):.2f} / {max(failovers):.2f}" if failovers else "—"
         lines.append(f"| {name} | {len(runs)} | {sum(r.get('passed', False) for r in runs)} | "
                      f"{sum(r.get('lost', 0) for r in runs)} | {sum(r.get('bad_sequences', 0) for r in runs)} | "
@@ -406,14 +496,15 @@ def table(results: list[dict]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("drills", nargs="*", default=DRILLS, help=f"which drills ({', '.join(DRILLS)})")
+    parser.add_argument("drills", nargs="*", default=DRILLS,
+                        help=f"which drills ({', '.join(DRILLS)}; PostgreSQL failover: {', '.join(HA_DRILLS)})")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--table", type=Path, help="write the markdown table here")
     parser.add_argument("--down", action="store_true", help="stop the cluster afterwards")
     args = parser.parse_args()
-    unknown = [d for d in args.drills if d not in DRILLS]
+    unknown = [d for d in args.drills if d not in DRILLS + HA_DRILLS]
     if unknown:
-        parser.error(f"unknown drill {unknown}; choose from {DRILLS}")
+        parser.error(f"unknown drill {unknown}; choose from {DRILLS + HA_DRILLS}")
     results = [run_once(name) for name in args.drills for _ in range(args.runs)]
     text = table(results)
     print(text)
@@ -427,7 +518,7 @@ def main():
                 shutil.copy(png, latest / f"{r['drill']}.png")
                 shutil.copy(png.with_suffix(".json"), latest / f"{r['drill']}.json")
         text += "\n\nLast run of each drill, as a report (lease history, fault window, failover per handler): " + \
-            ", ".join(f"[{d}](reports-latest/{d}.png)" for d in DRILLS if (latest / f"{d}.png").exists())
+            ", ".join(f"[{d}](reports-latest/{d}.png)" for d in DRILLS + HA_DRILLS if (latest / f"{d}.png").exists())
         args.table.write_text(f"Drills on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, lease TTL {TTL}s\n\n{text}\n")
     if args.down:
         sh(CLUSTER, "down")
