@@ -47,7 +47,8 @@ extension PostgresStore {
                         // its writes go one by one, where only that handler's write waits.
                         if let lockTimeout {
                             try await connection.checkedQuery(
-                                PostgresQuery(unsafeSQL: "SET LOCAL lock_timeout = \(Int(Self.seconds(lockTimeout) * 1000))"),
+                                PostgresQuery(
+                                    unsafeSQL: "SET LOCAL lock_timeout = \(Int(Self.seconds(lockTimeout) * 1000))"),
                                 logger: logger)
                         }
                         return try await writeBatch(batch, on: connection)

@@ -249,7 +249,8 @@ public final class PostgresStore: HandlerStore, Service {
         do {
             guard let groupCommit else { throw GroupCommit.NotRunning() }
             let event = try json(handler.startEvent.event)
-            guard case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner, event: event))
+            guard
+                case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner, event: event))
             else {
                 throw StoreError.corrupt("group commit answered a creation with something else")
             }

@@ -143,7 +143,9 @@ struct GroupCommitTests {
         try await TestDatabase.withStore(groupCommit: nil) { plain, url in
             try await plain.register("r1", address: "test://r1", ttl: Self.ttl)
             var leases: [Lease] = []
-            for index in 0..<8 { leases.append(try await plain.create(StoreConformanceTests.new("l\(index)"), owner: "r1").lease) }
+            for index in 0..<8 {
+                leases.append(try await plain.create(StoreConformanceTests.new("l\(index)"), owner: "r1").lease)
+            }
             // Requests may wait 8 s: a flush waits 1 s for a row lock, then is written one by one.
             let batched = PostgresStore(
                 client: plain.client, logger: Self.logger, requestTimeout: .seconds(8), groupCommit: Self.held)
