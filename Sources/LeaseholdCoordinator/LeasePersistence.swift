@@ -30,12 +30,14 @@ struct LeasePersistence: HandlerPersistence {
                 return
             } catch StoreError.sequenceConflict where uncertain {
                 // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
-                if let record = try await store.handler(lease.handlerID), record.fencingToken == lease.token,
-                    record.lastSequence == checkpoint.state.nextSequence - 1
-                {
-                    return
-                }
+                if try await landedEarlier(checkpoint) { return }
                 throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
+            } catch StoreError.leaseLost where uncertain && checkpoint.state.status.isFinished {
+                // The same for a final checkpoint: once it committed, the handler has no owner,
+                // so its retry no longer matches the lease. (Found by the [pg-ha] test of a lost
+                // answer: the finished handler was counted as a rejected write.)
+                if try await landedEarlier(checkpoint) { return }
+                throw StoreError.leaseLost(lease.handlerID)
             } catch StoreError.unavailable(let reason) {
                 uncertain = true
                 logger.warning(
@@ -44,5 +46,14 @@ struct LeasePersistence: HandlerPersistence {
                 delay = min(delay * 2, .milliseconds(500))
             }
         }
+    }
+
+    /// Whether an earlier attempt of `checkpoint` committed: the handler's row carries this lease's
+    /// token and exactly the checkpoint's last sequence (and, when it finishes the handler, its
+    /// finished status).
+    private func landedEarlier(_ checkpoint: Checkpoint) async throws -> Bool {
+        guard let record = try await store.handler(lease.handlerID) else { return false }
+        return record.fencingToken == lease.token && record.lastSequence == checkpoint.state.nextSequence - 1
+            && (!checkpoint.state.status.isFinished || record.status == checkpoint.state.status)
     }
 }

@@ -144,7 +144,26 @@ final class DelayedRenewalStore: HandlerStore {
             try await Task.sleep(for: .seconds(3600))
         }
         try await base.checkpoint(checkpoint, lease: lease)
+        let lose = lostAnswers.withLock { lost -> Bool in
+            if lost.first, !checkpoint.log.isEmpty {
+                lost.first = false
+                return true
+            }
+            if lost.final, checkpoint.state.status.isFinished {
+                lost.final = false
+                return true
+            }
+            return false
+        }
+        if lose { throw StoreError.unavailable("injected: the answer to a committed checkpoint was lost") }
     }
+
+    /// The first checkpoint that carries log records, and the one that finishes the handler,
+    /// commit and then lose their answer (the connection died after COMMIT was processed): the
+    /// caller sees `unavailable`.
+    private let lostAnswers = Mutex((first: false, final: false))
+    func loseCheckpointAnswers() { lostAnswers.withLock { $0 = (first: true, final: true) } }
+    var answersStillToLose: Int { lostAnswers.withLock { ($0.first ? 1 : 0) + ($0.final ? 1 : 0) } }
     func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
         try await base.hibernate(checkpoint, wakeAt: wakeAt, lease: lease)
     }

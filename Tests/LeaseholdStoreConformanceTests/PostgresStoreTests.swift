@@ -203,6 +203,77 @@ struct PostgresStoreTests {
         }
     }
 
+    /// [pg-ha] The connection dies during COMMIT (here: its backend is terminated while a deferred
+    /// trigger runs at commit, as a failover kills sessions): the write is reported unavailable —
+    /// an unknown outcome, never success and never `leaseLost` — and nothing of it is written; the
+    /// retry then writes it once.
+    @Test("a connection killed during COMMIT: unknown outcome, nothing half-written, the retry writes once")
+    func connectionKilledDuringCommit() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1").lease
+            try await store.client.query(
+                """
+                CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$
+                """, logger: Self.logger)
+            try await store.client.query(
+                """
+                CREATE CONSTRAINT TRIGGER test_slow_commit AFTER INSERT ON event_log
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = 'k')
+                EXECUTE FUNCTION test_slow_commit()
+                """, logger: Self.logger)
+            let checkpoint = Checkpoint(
+                state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await #expect(throws: StoreError.self) {
+                        do {
+                            try await store.checkpoint(checkpoint, lease: lease)
+                        } catch StoreError.unavailable {
+                            throw StoreError.unavailable("as expected")
+                        } catch {
+                            Issue.record("expected unavailable, got \(error)")
+                        }
+                    }
+                }
+                // The commit is under way (its deferred trigger sleeps): kill that session.
+                let sleeping = try await eventually(timeout: .seconds(20)) {
+                    try await Self.count(
+                        store,
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+                    ) == 1
+                }
+                try #require(sleeping)
+                _ = try await Self.count(
+                    store,
+                    """
+                    SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event = 'PgSleep'
+                    """)
+                try await group.waitForAll()
+            }
+            // A pooled connection may still be the killed one for a moment: read until one answers.
+            var record: HandlerRecord?
+            var events: [LogRecord] = []
+            let read = await eventually(timeout: .seconds(20)) {
+                do {
+                    record = try await store.handler("k")
+                    events = try await store.events("k", after: -1, limit: 10)
+                    return true
+                } catch {
+                    return false
+                }
+            }
+            try #require(read)
+            #expect(events.isEmpty)
+            #expect(record?.lastSequence == -1)
+            try await store.client.query("DROP TRIGGER test_slow_commit ON event_log", logger: Self.logger)
+            try await store.checkpoint(checkpoint, lease: lease)
+            #expect(try await store.events("k", after: -1, limit: 10).map(\.sequence) == [0])
+        }
+    }
+
     @Test("a request whose caller gave up ends within the time limit, not when the lock it waits for goes")
     func cancelledRequestIsCut() async throws {
         try await TestDatabase.withStore { store, url in
