@@ -234,3 +234,35 @@ def test_run_command_prints_ticks_and_rejects_bad_input():
                          (["run", "counter", "--start", '{"count_to": "x"}'], "must be an integer")]:
         bad = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+
+
+def test_superseded_replica_shuts_down_cleanly_while_connections_arrive(database_url, spawn):
+    """A second process with the same replica id takes the registration; the first stops its
+    handlers and exits by itself — gracefully, with its error, not by a crash — while new HTTP
+    connections keep arriving (the randomized fault run once saw NIO trap here: a server task
+    cancelled with an accepted connection still queued)."""
+    older = spawn(database_url=database_url, replica_id="dup", extra=["--lease-ttl", "1s"])
+    stop = threading.Event()
+
+    def hammer():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                httpx.get(f"{older.url}/health", timeout=1, headers={"Connection": "close"})
+            except httpx.HTTPError:
+                pass
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        spawn(database_url=database_url, replica_id="dup", extra=["--lease-ttl", "1s"])
+        code = older.proc.wait(timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    log = older.log_path.read_text(errors="replace")
+    assert "Program crashed" not in log and "Fatal error" not in log, log[-3000:]
+    assert code > 0, (code, log[-3000:])  # exited with its error, not killed by a signal
+    assert "registered by another process" in log

@@ -129,9 +129,19 @@ struct Serve: AsyncParsableCommand {
             migrated.set()
         }
         do {
+            // A service that ends with an error (the coordinator finding its replica id taken by a
+            // newer process, a port already in use) shuts the group down gracefully, as SIGTERM
+            // does, rather than cancelling it: cancelling the HTTP server while a connection it has
+            // just accepted is still queued crashes in NIO ("Deinited NIOAsyncWriter without
+            // calling finish()", swift-nio#2637; seen in the randomized fault run when a
+            // superseded replica stopped under load).
+            let services = (database?.services ?? []) + [startCoordinator, api.application(logger: logger)]
             try await ServiceGroup(
-                services: (database?.services ?? []) + [startCoordinator, api.application(logger: logger)],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+                configuration: ServiceGroupConfiguration(
+                    services: services.map {
+                        .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup)
+                    },
+                    gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
             ).run()
         } catch let error as DatabaseError {
             throw fail(error.message)
