@@ -11,12 +11,8 @@ import Testing
 /// `maxBatch` writes are queued.
 @Suite("Group commit", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
 struct GroupCommitTests {
-    static let ttl = Duration.seconds(30)
-    static var logger: Logger {
-        var logger = Logger(label: "group-commit-test")
-        logger.logLevel = .warning
-        return logger
-    }
+    static let ttl = PostgresStoreTests.ttl
+    static var logger: Logger { PostgresStoreTests.logger }
     static let held = GroupCommitSettings(maxBatch: 8, linger: .seconds(60), writers: 1)
 
     static func checkpoint(_ next: Int64, log: [Int64]) -> Checkpoint {
