@@ -174,20 +174,8 @@ struct PostgresStoreTests {
             let lease = try await store.create(StoreConformanceTests.new("d"), owner: "r1").lease
             // Deferred triggers that fail at COMMIT, after the statement itself has completed (as
             // a session terminated between a statement and its commit does).
-            try await store.client.query(
-                """
-                CREATE FUNCTION test_refuse_at_commit() RETURNS trigger LANGUAGE plpgsql
-                AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$
-                """, logger: Self.logger)
-            for table in ["event_log", "inbox"] {
-                try await store.client.query(
-                    PostgresQuery(
-                        unsafeSQL: """
-                            CREATE CONSTRAINT TRIGGER test_refuse_\(table) AFTER INSERT ON \(table)
-                            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = 'd')
-                            EXECUTE FUNCTION test_refuse_at_commit()
-                            """), logger: Self.logger)
-            }
+            try await Self.atCommit(
+                of: "d", on: ["event_log", "inbox"], in: store, run: "RAISE EXCEPTION 'refused at commit'")
             await #expect(throws: (any Error).self) {
                 try await store.checkpoint(
                     Checkpoint(
@@ -212,17 +200,7 @@ struct PostgresStoreTests {
         try await TestDatabase.withStore { store, _ in
             try await store.register("r1", address: "test://r1", ttl: Self.ttl)
             let lease = try await store.create(StoreConformanceTests.new("k"), owner: "r1").lease
-            try await store.client.query(
-                """
-                CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql
-                AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$
-                """, logger: Self.logger)
-            try await store.client.query(
-                """
-                CREATE CONSTRAINT TRIGGER test_slow_commit AFTER INSERT ON event_log
-                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = 'k')
-                EXECUTE FUNCTION test_slow_commit()
-                """, logger: Self.logger)
+            try await Self.atCommit(of: "k", on: ["event_log"], in: store, run: "PERFORM pg_sleep(30)")
             let checkpoint = Checkpoint(
                 state: StoreConformanceTests.state(1), log: [StoreConformanceTests.record(0)], consumedInbox: [])
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -268,7 +246,7 @@ struct PostgresStoreTests {
             try #require(read)
             #expect(events.isEmpty)
             #expect(record?.lastSequence == -1)
-            try await store.client.query("DROP TRIGGER test_slow_commit ON event_log", logger: Self.logger)
+            try await store.client.query("DROP TRIGGER test_at_commit_event_log ON event_log", logger: Self.logger)
             try await store.checkpoint(checkpoint, lease: lease)
             #expect(try await store.events("k", after: -1, limit: 10).map(\.sequence) == [0])
         }
@@ -347,6 +325,28 @@ struct PostgresStoreTests {
             store,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
         )
+    }
+
+    /// Deferred triggers on `tables` that run `statement` (PL/pgSQL) at COMMIT of any transaction
+    /// that inserted a row of handler `id`, after the statement itself has completed.
+    static func atCommit(of id: String, on tables: [String], in store: PostgresStore, run statement: String)
+        async throws
+    {
+        try await store.client.query(
+            PostgresQuery(
+                unsafeSQL: """
+                    CREATE FUNCTION test_at_commit() RETURNS trigger LANGUAGE plpgsql
+                    AS $$ BEGIN \(statement); RETURN NULL; END $$
+                    """), logger: logger)
+        for table in tables {
+            try await store.client.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        CREATE CONSTRAINT TRIGGER test_at_commit_\(table) AFTER INSERT ON \(table)
+                        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = '\(id)')
+                        EXECUTE FUNCTION test_at_commit()
+                        """), logger: logger)
+        }
     }
 
     static func count(_ store: PostgresStore, _ sql: String) async throws -> Int64 {
