@@ -97,6 +97,17 @@ extension PostgresStore {
     /// which a write looks stuck: a quarter of a lease TTL for a replica's store).
     var lockTimeout: Duration? { requestTimeout.map { $0 / 8 } }
 
+    /// Through group commit while its writers run, alone otherwise (no group commit, or before
+    /// the store's service started).
+    func commit(_ write: GroupCommit.Write) async throws -> GroupCommit.Outcome {
+        guard let groupCommit else { return try await writeAlone(write) }
+        do {
+            return try await groupCommit.submit(write)
+        } catch is GroupCommit.NotRunning {
+            return try await writeAlone(write)
+        }
+    }
+
     func writeAlone(_ write: GroupCommit.Write) async throws -> GroupCommit.Outcome {
         switch write {
         case .create(let handler, let owner, _):

@@ -33,12 +33,7 @@ extension PostgresStore {
     /// of other handlers), alone otherwise.
     public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
         let row = try checkpointRow(checkpoint, lease: lease)
-        do {
-            guard let groupCommit else { throw GroupCommit.NotRunning() }
-            _ = try await groupCommit.submit(.checkpoint(row))
-        } catch is GroupCommit.NotRunning {
-            _ = try await writeAlone(.checkpoint(row))
-        }
+        _ = try await commit(.checkpoint(row))
         // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
         signals.logChanged(lease.handlerID.rawValue)
     }

@@ -246,18 +246,11 @@ public final class PostgresStore: HandlerStore, Service {
 
     /// Through group commit when the store's service runs it, alone otherwise.
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        do {
-            guard let groupCommit else { throw GroupCommit.NotRunning() }
-            let event = try json(handler.startEvent.event)
-            guard
-                case .created(let claimed) = try await groupCommit.submit(.create(handler, owner: owner, event: event))
-            else {
-                throw StoreError.corrupt("group commit answered a creation with something else")
-            }
-            return claimed
-        } catch is GroupCommit.NotRunning {
-            return try await createAlone(handler, owner: owner)
+        let write = GroupCommit.Write.create(handler, owner: owner, event: try json(handler.startEvent.event))
+        guard case .created(let claimed) = try await commit(write) else {
+            throw StoreError.corrupt("group commit answered a creation with something else")
         }
+        return claimed
     }
 
     func createAlone(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
