@@ -121,6 +121,10 @@ public final class Coordinator: Service, Sendable {
     /// Clock steps detected between the database and this replica (each fenced every handler).
     public var clockSteps: Int { keeper.clockSteps }
 
+    /// The database node of the last renewal (nil on the in-memory store), the failovers of the
+    /// database this replica checked and the ones that had gone back in time.
+    public var database: (node: DatabaseNode?, failovers: Int, regressions: Int) { keeper.database }
+
     public var liveHandlerIDs: [HandlerID] { host.liveHandlers.map(\.id) }
 
     /// Hibernates a live handler now, as the idle sweep would, and returns once it has left memory.

@@ -101,6 +101,7 @@ final class HandlerHost: Sendable {
     /// pending inbox (the start event of a new handler, the events that woke a hibernated one).
     func launch(_ claimed: ClaimedHandler, reason: String) async {
         let id = claimed.record.id
+        keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence)
         let workflow: Workflow
         do {
             workflow = try registry.workflow(claimed.record.workflowName)
@@ -110,6 +111,7 @@ final class HandlerHost: Sendable {
                 metadata: [
                     LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
                 ])
+            keeper.forget(claimed.lease)
             await giveBack(claimed.lease, why: "unknown workflow")
             return
         }
@@ -130,6 +132,7 @@ final class HandlerHost: Sendable {
             return true
         }
         guard accepted else {
+            keeper.forget(claimed.lease)
             await giveBack(claimed.lease, why: "not accepted")
             return
         }
@@ -164,6 +167,7 @@ final class HandlerHost: Sendable {
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
                 state.departed += 1
             }
+            keeper.forget(handler.lease)
             store.signals.logChanged(handler.id.rawValue)  // wakes `awaitCompletion` waiters
             handler.endedContinuation.finish()
         }

@@ -19,6 +19,8 @@ import Synchronization
 /// Leases assume bounded clock drift and no clock steps (as etcd's and Temporal's do): expiry is
 /// judged by the database's clock, self-fencing by this replica's monotonic clock. Each renewal
 /// compares the two; a step beyond `clockStepMargin` fences every handler here and registers anew.
+/// Each renewal also names the database node that answered: a failover of the database itself is
+/// checked against what this replica had acknowledged (`LeaseKeeper+Database.swift`).
 final class LeaseKeeper: Sendable {
     struct State {
         /// Monotonic time at which the last successful renewal was *sent*.
@@ -43,6 +45,20 @@ final class LeaseKeeper: Sendable {
         /// The last renewal's database time, with the monotonic times it was sent and answered.
         var lastReading: ClockReading?
         var clockSteps = 0
+        /// The database node that answered the last renewal, and the one whose history this
+        /// replica has checked (system identifier and timeline; see `LeaseKeeper+Database`).
+        var node: DatabaseNode?
+        var verifiedNode: DatabaseNode?
+        /// What the database acknowledged to this replica: each live handler's token and last
+        /// durable sequence, and the highest token it ever granted here.
+        var acknowledged: [HandlerID: StoreAudit.Position] = [:]
+        var highestToken = FencingToken(0)
+        /// Set while the replica starts over after the database went back in time: no renewals.
+        var startingOver = false
+        /// Set while a renewal checks a database failover: other renewals' answers are not acted on.
+        var checkingDatabase = false
+        var databaseRegressions = 0
+        var databaseFailovers = 0
     }
 
     /// A renewal's database time between the local monotonic times it was sent and answered.
@@ -197,6 +213,7 @@ final class LeaseKeeper: Sendable {
     /// leases this replica holds but runs nothing for.
     func renewOnce(host: HandlerHost) async {
         defer { signals.passed(.renewal) }
+        guard !state.withLock({ $0.startingOver }) else { return }
         let sent = clock.now
         // A write that has not returned within half a TTL is stuck (a dead connection that never
         // errors): stop renewing that lease so another replica takes the handler over, and stop
@@ -249,6 +266,7 @@ final class LeaseKeeper: Sendable {
         {
             return
         }
+        if let node = renewal.database, await databaseMoved(node, host: host) { return }
         let held = renewal.held
         metrics.leasesHeld.record(held.count)
         let live = host.liveHandlers

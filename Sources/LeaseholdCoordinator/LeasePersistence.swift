@@ -25,12 +25,16 @@ struct LeasePersistence: HandlerPersistence {
             guard keeper.mayWrite(lease) else { throw StoreError.leaseLost(lease.handlerID) }
             do {
                 try await keeper.writing(lease) { try await store.checkpoint(checkpoint, lease: lease) }
+                keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
                 metrics.checkpoints.increment()
                 metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return
             } catch StoreError.sequenceConflict where uncertain {
                 // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
-                if try await landedEarlier(checkpoint) { return }
+                if try await landedEarlier(checkpoint) {
+                    keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
+                    return
+                }
                 throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
             } catch StoreError.leaseLost where uncertain && checkpoint.state.status.isFinished {
                 // The same for a final checkpoint: once it committed, the handler has no owner,

@@ -11,4 +11,6 @@ public enum LogKeys {
     public static let address = "address"
     public static let elapsed = "elapsed"
     public static let requestID = "request_id"
+    public static let database = "database"
+    public static let detail = "detail"
 }

@@ -85,6 +85,29 @@ extension PostgresStore {
         }
     }
 
+    public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
+        try await guarded { connection in
+            var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
+            for try await (id, token, lastSequence) in try await connection.checkedQuery(
+                Statements.audit(ids: handlerIDs.map(\.rawValue)), logger: logger
+            ).decode((String?, Int64, Int64?).self) {
+                if let id, let lastSequence {
+                    audit.handlers[HandlerID(id)] = StoreAudit.Position(
+                        token: FencingToken(token), lastSequence: lastSequence)
+                } else {
+                    audit.highestToken = FencingToken(token)
+                }
+            }
+            return audit
+        }
+    }
+
+    public func advanceTokens(past token: FencingToken) async throws {
+        try await guarded { connection in
+            _ = try await connection.checkedQuery(Statements.advanceTokens(past: token.rawValue), logger: logger)
+        }
+    }
+
     public func counts() async throws -> HandlerCounts {
         try await guarded { connection in
             var counts = HandlerCounts()

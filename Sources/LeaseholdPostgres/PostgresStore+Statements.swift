@@ -17,8 +17,11 @@ extension PostgresStore {
         /// it carried is released and the replica registered anew (the answer is then empty).
         /// `fresh` (a replica process starting) voids the registration whatever its state.
         /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
-        /// Answers one header row (no id: the database's time, and whether a newer process took
-        /// the registration), then the leases held (id, token).
+        /// Answers one header row (no id: the database's time, whether a newer process took the
+        /// registration, and which database node answered: system identifier, the timeline of the
+        /// WAL it writes now (`pg_walfile_name`; a just-promoted primary is on its new timeline at
+        /// once, unlike `pg_control_checkpoint`), its address and its synchronous standbys, negative
+        /// when this role may not read `pg_stat_replication`), then the leases held (id, token).
         static func renewal(
             replica: String, instance: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
         ) -> PostgresQuery {
@@ -50,9 +53,16 @@ extension PostgresStore {
                 WHERE id = ANY(\(excluding)::text[]) AND owner_replica = \(replica) AND lease_expires_at = 'infinity'
                     AND (SELECT current FROM previous)
                 RETURNING id)
-            SELECT NULL::text AS id, NULL::bigint AS fencing_token, now() AS database_time, superseded FROM previous
+            SELECT NULL::text AS id, NULL::bigint AS fencing_token, now() AS database_time, superseded,
+                (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
+                ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline,
+                COALESCE(host(inet_server_addr()) || ':' || inet_server_port(), 'local') AS node,
+                (SELECT CASE WHEN bool_or(sync_state IS NULL) THEN -1
+                    ELSE (count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')))::int END
+                    FROM pg_stat_replication) AS synchronous_standbys
+            FROM previous
             UNION ALL
-            SELECT h.id, h.fencing_token, now(), false FROM handlers h
+            SELECT h.id, h.fencing_token, now(), false, NULL, NULL, NULL, NULL FROM handlers h
             WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
                 AND (SELECT current FROM previous)
                 AND (SELECT count(*) FROM registered) + (SELECT count(*) FROM voided) + (SELECT count(*) FROM capped) >= 0
@@ -337,6 +347,25 @@ extension PostgresStore {
                 (SELECT count(*) FROM handlers h WHERE h.owner_replica = r.id),
                 r.heartbeat_at > now() - make_interval(secs => \(ttlSeconds))
             FROM replicas r ORDER BY r.id
+            """
+        }
+
+        /// One header row (no id) with the highest token handed out, then each asked-for handler
+        /// with its token and last sequence.
+        static func audit(ids: [String]) -> PostgresQuery {
+            """
+            SELECT NULL::text, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+                FROM leasehold_fencing_tokens), NULL::bigint
+            UNION ALL
+            SELECT id, fencing_token, last_sequence FROM handlers WHERE id = ANY(\(ids)::text[])
+            """
+        }
+
+        /// Moves the token sequence past `token`, never back.
+        static func advanceTokens(past token: Int64) -> PostgresQuery {
+            """
+            SELECT setval('leasehold_fencing_tokens', GREATEST(\(token),
+                (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM leasehold_fencing_tokens)))
             """
         }
 

@@ -225,12 +225,18 @@ public final class PostgresStore: HandlerStore, Service {
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.Renewal.self), logger: logger)
             {
-                let (id, token, time, superseded) = try row.decode((String?, Int64?, Date, Bool).self)
+                let (id, token, time, superseded, system, timeline, node, standbys) = try row.decode(
+                    (String?, Int64?, Date, Bool, String?, Int32?, String?, Int32?).self)
                 if superseded { throw StoreError.registrationSuperseded(replica) }
                 if let id, let token {
                     renewal.held[HandlerID(id)] = FencingToken(token)
                 } else {
                     renewal.databaseTime = time
+                    if let system, let timeline, let node {
+                        renewal.database = DatabaseNode(
+                            systemIdentifier: system, timeline: Int(timeline), address: node,
+                            synchronousStandbys: standbys.flatMap { $0 >= 0 ? Int($0) : nil })
+                    }
                 }
             }
             return renewal

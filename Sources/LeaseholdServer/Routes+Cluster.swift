@@ -37,11 +37,24 @@ extension LeaseholdAPI {
                 "cancelled": .int(handlerCounts.cancelled),
             ],
             "live_here": .int(coordinator.liveHandlerIDs.count),
+            "database": database,
             "fencing": [
                 "self_fences": .int(fences.selfFences), "rejected_writes": .int(fences.rejectedWrites),
                 "clock_steps": .int(coordinator.clockSteps),
             ],
         ])
+    }
+
+    /// The database node that answered this replica's last renewal (null on the in-memory store).
+    var database: JSONValue {
+        let database = coordinator.database
+        guard let node = database.node else { return .null }
+        return [
+            "system_identifier": .string(node.systemIdentifier), "timeline": .int(node.timeline),
+            "node": .string(node.address),
+            "synchronous_standbys": node.synchronousStandbys.map { .int($0) } ?? .null,
+            "failovers_seen": .int(database.failovers), "regressions_detected": .int(database.regressions),
+        ]
     }
 
     func clusterHandler(_ id: HandlerID) async throws -> Response {

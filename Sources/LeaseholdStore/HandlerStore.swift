@@ -98,6 +98,16 @@ public protocol HandlerStore: Sendable {
 
     func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord]
     func counts() async throws -> HandlerCounts
+
+    /// What the store holds now of these handlers and of its token sequence, in one read: after
+    /// the database failed over, a replica compares it with what it had acknowledged (see
+    /// `LeaseKeeper`) to tell a failover that lost nothing from one that went back in time.
+    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit
+
+    /// Moves the token sequence so that every token handed out from now on is above `token`
+    /// (never back): after the database went back in time, no token a replica has seen is issued
+    /// again.
+    func advanceTokens(past token: FencingToken) async throws
 }
 
 extension HandlerStore {
@@ -116,9 +126,56 @@ public struct Renewal: Sendable, Equatable {
     /// The store's clock when it renewed (Postgres: `now()`); nil for a store that has no clock of
     /// its own apart from the replica's (the in-memory store).
     public var databaseTime: Date?
+    /// The database node that answered (nil for the in-memory store).
+    public var database: DatabaseNode?
 
-    public init(held: [HandlerID: FencingToken], databaseTime: Date?) {
+    public init(held: [HandlerID: FencingToken], databaseTime: Date?, database: DatabaseNode? = nil) {
         self.held = held
         self.databaseTime = databaseTime
+        self.database = database
+    }
+}
+
+/// Which database answered a renewal, and where it stands in its history.
+public struct DatabaseNode: Sendable, Equatable {
+    /// PostgreSQL's system identifier: shared by a primary and its physical standbys, new for a
+    /// database made afresh (initdb, a logical restore).
+    public var systemIdentifier: String
+    /// The WAL timeline: raised by every promotion of a standby and every point-in-time recovery.
+    public var timeline: Int
+    /// The server's address as this connection sees it (`host:port`).
+    public var address: String
+    /// Synchronous standbys attached to this server; nil when the database role may not see
+    /// replication state (it needs `pg_monitor`).
+    public var synchronousStandbys: Int?
+
+    public init(systemIdentifier: String, timeline: Int, address: String, synchronousStandbys: Int?) {
+        self.systemIdentifier = systemIdentifier
+        self.timeline = timeline
+        self.address = address
+        self.synchronousStandbys = synchronousStandbys
+    }
+}
+
+/// The answer to `HandlerStore.audit(_:)`.
+public struct StoreAudit: Sendable, Equatable {
+    /// The highest fencing token the store has handed out.
+    public var highestToken: FencingToken
+    /// Each handler asked about that exists: its token and the sequence of its last logged event.
+    public var handlers: [HandlerID: Position]
+
+    public struct Position: Sendable, Equatable {
+        public var token: FencingToken
+        public var lastSequence: Int64
+
+        public init(token: FencingToken, lastSequence: Int64) {
+            self.token = token
+            self.lastSequence = lastSequence
+        }
+    }
+
+    public init(highestToken: FencingToken, handlers: [HandlerID: Position]) {
+        self.highestToken = highestToken
+        self.handlers = handlers
     }
 }

@@ -43,6 +43,19 @@ public actor InMemoryStore: HandlerStore {
         return FencingToken(lastToken)
     }
 
+    public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
+        var found: [HandlerID: StoreAudit.Position] = [:]
+        for id in handlerIDs {
+            guard let record = entries[id]?.record else { continue }
+            found[id] = StoreAudit.Position(token: record.fencingToken, lastSequence: record.lastSequence)
+        }
+        return StoreAudit(highestToken: FencingToken(lastToken), handlers: found)
+    }
+
+    public func advanceTokens(past token: FencingToken) async throws {
+        lastToken = max(lastToken, token.rawValue)
+    }
+
     private func note(_ kind: LeaseChange.Kind, _ entry: inout Entry, replica: ReplicaID?) {
         let change = LeaseChange(
             handlerID: entry.record.id, at: now(), kind: kind, replica: replica, token: entry.record.fencingToken)

@@ -57,6 +57,21 @@ final class DelayedRenewalStore: HandlerStore {
 
     func stepDatabaseClock(by seconds: TimeInterval) { clockStep.withLock { $0 += seconds } }
 
+    /// Renewals answer as if the database had failed over (a timeline later) or been replaced by
+    /// another one (another system identifier). What the database holds is the real one's.
+    /// With `losing`, the failover also takes writes back (run by the next renewal before it
+    /// renews, and only then the timeline moves: no answer shows the new timeline without the loss).
+    private let databaseMoves = Mutex((timelines: 0, systemIdentifier: String?.none))
+    private let pendingLoss = Mutex<(@Sendable () async throws -> Void)?>(nil)
+    func failOverDatabase(losing loss: (@Sendable () async throws -> Void)? = nil) {
+        if let loss {
+            pendingLoss.withLock { $0 = loss }
+        } else {
+            databaseMoves.withLock { $0.timelines += 1 }
+        }
+    }
+    func replaceDatabase(systemIdentifier: String) { databaseMoves.withLock { $0.systemIdentifier = systemIdentifier } }
+
     /// Claims fail (as with the database briefly unreachable) this many times.
     private let failingClaims = Mutex(0)
     func failNextClaims(_ count: Int) { failingClaims.withLock { $0 = count } }
@@ -107,9 +122,23 @@ final class DelayedRenewalStore: HandlerStore {
         if hang {
             try await Task.sleep(for: .seconds(3600))
         }
+        if let loss = pendingLoss.withLock({ pending in
+            defer { pending = nil }
+            return pending
+        }) {
+            try await loss()
+            databaseMoves.withLock { $0.timelines += 1 }
+        }
         var answer = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
         let step = clockStep.withLock { $0 }
         answer.databaseTime = answer.databaseTime.map { $0.addingTimeInterval(step) }
+        let moved = databaseMoves.withLock { $0 }
+        answer.database = answer.database.map { node in
+            var node = node
+            node.timeline += moved.timelines
+            if let system = moved.systemIdentifier { node.systemIdentifier = system }
+            return node
+        }
         guard gate.withLock({ $0.holding && !$0.held }) else { return answer }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = gate.withLock { gate -> Bool in
@@ -197,4 +226,6 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.replicas(aliveWithin: ttl)
     }
     func counts() async throws -> HandlerCounts { try await base.counts() }
+    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit { try await base.audit(handlerIDs) }
+    func advanceTokens(past token: FencingToken) async throws { try await base.advanceTokens(past: token) }
 }

@@ -403,6 +403,26 @@ struct StoreConformanceTests {
         }
     }
 
+    /// [pg-ha]: what a replica reads back after a database failover, and the sequence moved
+    /// past tokens it saw (never back).
+    @Test("audit answers tokens and last sequences; advancing tokens only moves them up", arguments: StoreFactory.all)
+    func auditAndAdvanceTokens(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("a"), owner: Self.r1).lease
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
+                lease: lease)
+            let audit = try await store.audit(["a", "absent"])
+            #expect(audit.handlers == ["a": StoreAudit.Position(token: lease.token, lastSequence: 1)])
+            #expect(audit.highestToken == lease.token)
+            try await store.advanceTokens(past: FencingToken(lease.token.rawValue + 100))
+            try await store.advanceTokens(past: lease.token)  // never back
+            #expect(try await store.audit([]).highestToken == FencingToken(lease.token.rawValue + 100))
+            let next = try await store.create(Self.new("b"), owner: Self.r1).lease
+            #expect(next.token.rawValue == lease.token.rawValue + 101)
+        }
+    }
+
     /// D9: a finished handler's unconsumed inbox rows (an event accepted just before it finished)
     /// are consumed with it, so they neither count as pending nor keep showing up as claim
     /// candidates; the same for a cancelled one.

@@ -1,0 +1,116 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdRuntime
+import LeaseholdStore
+import LeaseholdTestSupport
+import PostgresNIO
+import Testing
+
+@testable import LeaseholdCoordinator
+
+/// [pg-ha]: the replica checks the database's own failovers against what it had acknowledged.
+/// The renewals' answers name another timeline (or another database); what the database holds is
+/// the real one's, taken back by SQL where a test needs a database that lost writes. The same
+/// detection against a real promoted asynchronous standby is `tests-python/test_database_history.py`.
+@Suite("Database history", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct DatabaseHistoryTests {
+    /// A failover that kept every acknowledged write (a synchronous standby): checked, counted,
+    /// and nothing stops.
+    @Test func failoverThatKeptEverythingGoesOn() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "kept")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                await coordinator.heartbeatOnce()
+                let before = try #require(coordinator.database.node)
+                store.failOverDatabase()
+                try #require(await eventually { coordinator.database.failovers == 1 })
+                await coordinator.heartbeatOnce()
+                #expect(coordinator.database.node?.timeline == before.timeline + 1)
+                #expect(coordinator.database.failovers == 1)
+                #expect(coordinator.database.regressions == 0)
+                #expect(coordinator.liveHandlerIDs == [record.id])
+                try await coordinator.send(
+                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                #expect(finished.fencingToken == record.fencingToken)
+            }
+        }
+    }
+
+    /// A failover to a standby that had not received the last writes: the handler's row is back
+    /// at an older token and the token sequence below what this replica was granted. The replica
+    /// detects it at the renewal that meets the new timeline, stops the handler, moves the
+    /// sequence past every token it saw, waits one TTL and registers anew; the handler is then
+    /// claimed under a token never handed out before and completes.
+    @Test func failoverThatLostWritesIsDetected() async throws {
+        try await TestDatabase.withStore { postgres, url in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(2)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "went-back")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                await coordinator.heartbeatOnce()
+                let granted = record.fencingToken
+                // What a lagging standby holds: the row and the sequence from before this lease.
+                store.failOverDatabase(losing: {
+                    try await TestDatabase.withClient(url) { client in
+                        _ = try await client.query(
+                            "UPDATE handlers SET fencing_token = \(granted.rawValue - 1) WHERE id = 'went-back'",
+                            logger: Harness.logger)
+                        _ = try await client.query(
+                            "SELECT setval('leasehold_fencing_tokens', \(granted.rawValue - 1))",
+                            logger: Harness.logger)
+                    }
+                })
+                try #require(await eventually(timeout: .seconds(20)) { coordinator.database.regressions == 1 })
+                #expect(!coordinator.liveHandlerIDs.contains(record.id))
+                let audit = try await postgres.audit([])
+                #expect(audit.highestToken >= granted)
+                // Back to work after one TTL: claimed anew under a token above any granted before.
+                let moved = try await eventually(timeout: .seconds(20)) {
+                    let now = try await postgres.handler(record.id)
+                    return now?.owner != nil && (now?.fencingToken ?? granted) > granted
+                }
+                #expect(moved)
+                try await coordinator.send(
+                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+                #expect(finished.status == .completed)
+                #expect(finished.fencingToken > granted)
+                await coordinator.heartbeatOnce()
+                #expect(coordinator.database.regressions == 1)
+            }
+        }
+    }
+
+    /// Another database (another system identifier) answers: every handler stops and the
+    /// replica registers anew at once; nothing is counted as a regression.
+    @Test func anotherDatabaseStopsEverythingAndRegisters() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "elsewhere")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                await coordinator.heartbeatOnce()
+                store.replaceDatabase(systemIdentifier: "1")
+                try #require(await eventually { coordinator.database.node?.systemIdentifier == "1" })
+                #expect(coordinator.database.regressions == 0)
+                // Registered anew: the lease was voided, and the handler is claimed again.
+                let reclaimed = try await eventually(timeout: .seconds(20)) {
+                    (try await postgres.handler(record.id)?.fencingToken ?? record.fencingToken) > record.fencingToken
+                }
+                #expect(reclaimed)
+                #expect(try await postgres.leaseHistory(record.id).contains { $0.kind == .voided })
+            }
+        }
+    }
+}
