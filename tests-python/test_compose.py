@@ -151,3 +151,73 @@ def test_compose_stack_survives_a_docker_kill_and_a_restart(stack):
     print(f"ownership changes: {sorted(set(history))}")
     assert "failed_over" in history, history  # taken off the killed replica
     assert "released" in history, history  # the restarted replica handed its handlers off
+
+
+HA_PROJECT = "lh-compose-ha-test"
+
+
+@pytest.fixture(scope="module")
+def ha_stack():
+    # The HA stack (deploy/compose-up --ha): opt-in, it adds the pg_auto_failover image build and
+    # a three-node database start (about 7 minutes here under load) to the test command's budget.
+    # LEASEHOLD_COMPOSE_HA_TEST=1 runs it, with the image made as LEASEHOLD_COMPOSE_TEST says.
+    if os.environ.get("LEASEHOLD_COMPOSE_HA_TEST") != "1":
+        pytest.skip("opt-in: LEASEHOLD_COMPOSE_HA_TEST=1 (the pg_auto_failover stack in Docker)")
+    mode = os.environ.get("LEASEHOLD_COMPOSE_TEST", "binary")
+    port = free_port()
+    env = dict(os.environ, LEASEHOLD_COMPOSE_PROJECT=HA_PROJECT, LEASEHOLD_LB_PORT=str(port),
+               LEASEHOLD_LEASE_TTL=f"{TTL}s", LEASEHOLD_IDLE_TIMEOUT="60s")
+    try:
+        args = {"1": [], "prebuilt": ["--no-build"], "binary": ["--binary", BINARY]}[mode]
+        print(sh(ROOT / "deploy" / "compose-up", *args, "--ha", env=env, timeout=3600))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        down = subprocess.run([str(ROOT / "deploy" / "compose-down")], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert down.returncode == 0, down.stderr
+        label = f"label=com.docker.compose.project={HA_PROJECT}"
+        assert sh("docker", "ps", "-aq", "--filter", label) == "" and \
+            sh("docker", "volume", "ls", "-q", "--filter", label) == "", "HA stack left behind"
+
+
+def test_compose_ha_stack_survives_a_database_switchover(ha_stack):
+    lb = ha_stack
+    states = sh("docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={HA_PROJECT}",
+                "--format", "{{.Label \"com.docker.compose.service\"}} {{.Status}}")
+    healthy = {line.split()[0] for line in states.splitlines() if "(healthy)" in line}
+    assert healthy == {"monitor", "node1", "node2", "postgres", "r1", "r2", "r3"}, states
+    node1 = sh("docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={HA_PROJECT}",
+               "--filter", "label=com.docker.compose.service=node1")
+
+    def database(service: str) -> dict:
+        return json.loads(sh("docker", "exec", sh("docker", "ps", "-q", "--filter",
+                                                  f"label=com.docker.compose.project={HA_PROJECT}",
+                                                  "--filter", f"label=com.docker.compose.service={service}"),
+                             "curl", "-fsS", "http://127.0.0.1:8080/cluster"))["database"]
+
+    before = wait_until(lambda: all(database(r) for r in ("r1", "r2", "r3")) and database("r1"), 30, "database nodes")
+    assert before["timeline"] == 1 and before["synchronous_standbys"] == 1, before
+    r = httpx.post(f"{lb}/workflows/approval/run-nowait",
+                   json={"start_event": {"request": "ship"}, "handler_id": "ha-approval"}, timeout=10)
+    assert r.status_code == 200, r.text
+    wait_until(lambda: view(lb, "ha-approval")["owner"], 30, "approval owned")
+    sh("docker", "exec", node1, "pg_autoctl", "perform", "switchover", "--pgdata", "/var/lib/postgresql/pgaf/data",
+       timeout=120)
+
+    def answered():
+        r = httpx.post(f"{lb}/events/ha-approval", timeout=10,
+                       json={"event": {"type": "HumanResponseEvent", "value": {"_data": {"response": "yes"}}}})
+        return r.status_code == 200
+
+    wait_until(answered, 60, "the answer accepted after the switchover")
+    wait_until(lambda: httpx.get(f"{lb}/handlers/ha-approval", timeout=5).json()["status"] == "completed", 60,
+               "the approval completed")
+    for replica in ("r1", "r2", "r3"):
+        after = wait_until(lambda: database(replica)["timeline"] == 2 and database(replica), 60,
+                           f"{replica} on the new timeline")
+        assert after["failovers_seen"] == 1 and after["regressions_detected"] == 0, after
+        assert after["system_identifier"] == before["system_identifier"]
+    echo = httpx.post(f"{lb}/workflows/echo/run", json={"start_event": {"message": "after"}}, timeout=30)
+    assert echo.status_code == 200 and echo.json()["status"] == "completed", echo.text
+    log = check_log(full_log(lb, "ha-approval"))
+    assert log["contiguous"] and log["terminals"] == 1, log
