@@ -176,6 +176,13 @@ def test_promoted_async_standby_that_lost_writes_is_detected(replicated, spawn):
             start(replica.url, "approval", {"request": "lost"}, handler_id)
         granted = max(lease(replica.url, h)["fencing_token"] for h in ["before", *lost])
         sh(PG, "kill", primary)
+        # As with a real failover tool, the replacement comes after the replica has lost its
+        # database for longer than self-fencing allows: every handler here has stopped, and what
+        # it was told must still be checked.
+        wait_until(lambda: httpx.get(f"{replica.url}/ready", timeout=2).status_code == 503, timeout=30,
+                   what="the replica to stop (self-fenced, not ready)")
+        wait_until(lambda: metric(replica.url, "leasehold_self_fences_total") >= 1, timeout=30,
+                   what="the replica's handlers self-fenced")
         sh(PG, "promote", standby)
         proxy.move(port_of(standby_url))
 

@@ -53,4 +53,15 @@ public struct CoordinatorConfiguration: Sendable {
     /// fencing margin, since a step larger than that lets another replica claim a lease before
     /// this one fences itself.
     public var clockStepMargin: Duration { max(leaseTTL / 5, .milliseconds(200)) }
+
+    /// How long the replica remembers what the database acknowledged to it, for the check after a
+    /// database failover: ten minutes (far longer than any failover, which is what a standby may
+    /// lag), and never as long as the retention (a purged handler is not a lost one).
+    public var acknowledgementWindow: Duration {
+        guard let retention else { return .seconds(600) }
+        return min(.seconds(600), retention / 2)
+    }
+
+    /// At most this many handlers' acknowledged positions are remembered (the oldest go first).
+    public static let acknowledgementLimit = 100_000
 }

@@ -111,7 +111,6 @@ final class HandlerHost: Sendable {
                 metadata: [
                     LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
                 ])
-            keeper.forget(claimed.lease)
             await giveBack(claimed.lease, why: "unknown workflow")
             return
         }
@@ -132,7 +131,6 @@ final class HandlerHost: Sendable {
             return true
         }
         guard accepted else {
-            keeper.forget(claimed.lease)
             await giveBack(claimed.lease, why: "not accepted")
             return
         }
@@ -167,7 +165,6 @@ final class HandlerHost: Sendable {
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
                 state.departed += 1
             }
-            keeper.forget(handler.lease)
             store.signals.logChanged(handler.id.rawValue)  // wakes `awaitCompletion` waiters
             handler.endedContinuation.finish()
         }
@@ -193,6 +190,7 @@ final class HandlerHost: Sendable {
                 }
             }
         } catch StoreError.leaseLost {
+            keeper.forget(handler.lease)
             // Counted once: a lease already found lost by the renewal was counted there.
             if handler.stopReason.withLock({ $0 }) != .leaseLost { keeper.recordRejectedWrites() }
             log.warning(

@@ -10,24 +10,29 @@ import Synchronization
 /// acknowledged. A failover to a synchronous standby keeps that promise; one to an asynchronous
 /// standby that lagged, or a restore from a backup, may not: tokens would be handed out again and
 /// acknowledged events vanish. Each renewal names the node that answered (system identifier and
-/// WAL timeline); this part acts when they change:
+/// WAL timeline, `leasehold_database_node()`); this part acts when they change:
 ///
-/// - another system identifier is another database: every handler here stops and the replica
-///   registers anew (nothing it held there means anything here);
-/// - a new timeline is a failover (or a point-in-time recovery): the replica reads back what it
-///   had acknowledged — each live handler's token and last durable sequence, and the highest token
-///   it was ever granted. When the database has all of it, nothing was lost and work goes on. When
-///   it has less, it went back in time: every handler here stops, the token sequence is moved past
-///   every token this replica saw, the replica renews nothing for one TTL (its leases lapse, and
-///   every other replica notices at its next renewal), then registers anew; logged as critical and
-///   counted in `leasehold_database_regressions_total`.
+/// - another system identifier is another database: every handler here stops, the token sequence
+///   there is moved past every token seen here and the replica registers anew;
+/// - another timeline is a failover (or a point-in-time recovery, or a restored backup): before
+///   acting on anything that node says, the replica reads back what it was told within the last
+///   `acknowledgementWindow` — each handler's token and last durable sequence, kept whether the
+///   handler still runs here or not, and the highest token it was ever granted — from that same
+///   node. All there: work goes on. Anything missing: the database went back in time; every
+///   handler here stops, the token sequence is moved past every token this replica saw, the
+///   replica renews nothing for one TTL (its leases lapse, and every other replica checks at its
+///   next renewal), then registers anew; logged as critical, counted in
+///   `leasehold_database_regressions_total`.
+///
+/// While a check cannot be made (the audit fails, or runs on another node than the one it
+/// checks), the replica sends no renewal: its leases lapse and other replicas take its handlers,
+/// rather than this replica keeping them alive without acting on what it hears.
 extension LeaseKeeper {
-    /// - Returns: true when the renewal that brought `node` must not be acted on.
+    /// Called with the node that answered a renewal.
+    /// - Returns: true when that renewal must not be acted on.
     func databaseMoved(_ node: DatabaseNode, host: HandlerHost) async -> Bool {
-        metrics.databaseTimeline.record(node.timeline)
-        metrics.synchronousStandbys.record(node.synchronousStandbys ?? -1)
         enum Verdict {
-            case same, busy, older
+            case same, busy
             case check(DatabaseNode)
         }
         let verdict = state.withLock { state -> Verdict in
@@ -38,26 +43,42 @@ extension LeaseKeeper {
             }
             // One check at a time; renewals answered meanwhile prove nothing.
             if state.checkingDatabase { return .busy }
-            if verified.systemIdentifier == node.systemIdentifier {
-                if node.timeline == verified.timeline { return .same }
-                // Timelines only rise: an answer from an older one came from a demoted primary.
-                if node.timeline < verified.timeline { return .older }
+            if verified.systemIdentifier == node.systemIdentifier && verified.timeline == node.timeline {
+                return .same
             }
             state.checkingDatabase = true
+            state.pendingNode = node
             return .check(verified)
         }
-        let verified: DatabaseNode
+        metrics.databaseTimeline.record(node.timeline)
+        metrics.synchronousStandbys.record(node.synchronousStandbys ?? -1)
         switch verdict {
         case .same: return false
         case .busy: return true
-        case .older:
-            logger.warning(
-                "a renewal was answered on an older timeline (a demoted primary?), not acted on",
-                metadata: [LogKeys.database: "timeline \(node.timeline) at \(node.address)"])
-            return true
-        case .check(let node): verified = node
+        case .check(let verified):
+            defer { state.withLock { $0.checkingDatabase = false } }
+            return await check(node, against: verified, host: host)
         }
+    }
+
+    /// Checks a node whose earlier check failed, before the next renewal is sent.
+    /// - Returns: true when no renewal may be sent now.
+    func recheckPendingDatabase(host: HandlerHost) async -> Bool {
+        let pending = state.withLock { state -> (DatabaseNode, DatabaseNode)? in
+            guard let node = state.pendingNode, let verified = state.verifiedNode, !state.checkingDatabase else {
+                return nil
+            }
+            state.checkingDatabase = true
+            return (node, verified)
+        }
+        guard let (node, verified) = pending else { return state.withLock { $0.checkingDatabase } }
         defer { state.withLock { $0.checkingDatabase = false } }
+        return await check(node, against: verified, host: host)
+    }
+
+    /// - Returns: true when what the node said must not be acted on (checked and started over,
+    ///   or not checked yet).
+    private func check(_ node: DatabaseNode, against verified: DatabaseNode, host: HandlerHost) async -> Bool {
         if verified.systemIdentifier != node.systemIdentifier {
             metrics.databaseReplaced.increment()
             logger.error(
@@ -66,20 +87,42 @@ extension LeaseKeeper {
                     LogKeys.database: "\(verified.systemIdentifier) -> \(node.systemIdentifier)",
                     LogKeys.count: "\(host.liveHandlers.count)",
                 ])
-            await startOver(host: host, reason: "another database", waitOneTTL: false)
-            state.withLock { $0.verifiedNode = node }
+            let highest = state.withLock { $0.highestToken }
+            stopEverything(host: host, reason: "another database")
+            await startOver(host: host, reason: "another database", waitOneTTL: false, tokensPast: highest)
+            // Nothing this replica was told concerns that database.
+            state.withLock { state in
+                state.acknowledged = [:]
+                state.highestToken = FencingToken(0)
+                state.verifiedNode = node
+                state.pendingNode = nil
+            }
             return true
         }
-        let (acknowledged, highest) = state.withLock { ($0.acknowledged, $0.highestToken) }
+        let (acknowledged, highest) = state.withLock { state in
+            (state.acknowledged.mapValues(\.position), state.highestToken)
+        }
         let audit: StoreAudit
         do {
             audit = try await store.audit(Array(acknowledged.keys))
         } catch {
-            // Not acted on until checked: the next renewal asks again (and self-fencing stops
-            // everything should it never succeed).
             logger.warning(
-                "the database failed over; checking what it kept failed, retrying",
+                "the database failed over; checking what it kept failed, renewing nothing until it succeeds",
                 metadata: [LogKeys.error: "\(error)"])
+            return true
+        }
+        if let answered = audit.node,
+            answered.systemIdentifier != node.systemIdentifier || answered.timeline != node.timeline
+        {
+            // The audit ran on another node than the one to check (a pool still holding a
+            // connection to the old primary, or yet another failover): check that one next.
+            logger.warning(
+                "the database check was answered by another node, checking again",
+                metadata: [LogKeys.database: "timeline \(answered.timeline), expected \(node.timeline)"])
+            var moved = node
+            moved.systemIdentifier = answered.systemIdentifier
+            moved.timeline = answered.timeline
+            state.withLock { $0.pendingNode = moved }
             return true
         }
         var missing: [String] = []
@@ -101,56 +144,65 @@ extension LeaseKeeper {
         }
         state.withLock { $0.databaseFailovers += 1 }
         metrics.databaseFailovers.increment()
+        let moved = "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)"
         guard !missing.isEmpty else {
             logger.notice(
                 "the database failed over and kept everything this replica had acknowledged",
-                metadata: [
-                    LogKeys.database: "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)",
-                    LogKeys.count: "\(acknowledged.count)",
-                ])
-            state.withLock { $0.verifiedNode = node }
+                metadata: [LogKeys.database: "\(moved)", LogKeys.count: "\(acknowledged.count)"])
+            state.withLock { state in
+                state.verifiedNode = node
+                state.pendingNode = nil
+            }
             return false
         }
+        stopEverything(host: host, reason: "database went back in time")
         state.withLock { $0.databaseRegressions += 1 }
         metrics.databaseRegressions.increment()
         logger.critical(
             "the database went back in time: it lost writes it had acknowledged; voiding every lease here, waiting one lease TTL and registering anew",
             metadata: [
-                LogKeys.database: "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)",
-                LogKeys.count: "\(missing.count)",
+                LogKeys.database: "\(moved)", LogKeys.count: "\(missing.count)",
                 LogKeys.detail: "\(missing.prefix(20).joined(separator: "; "))",
             ])
         await startOver(host: host, reason: "database went back in time", waitOneTTL: true, tokensPast: highest)
-        state.withLock { $0.verifiedNode = node }
+        // Reported once: what was lost is gone, and the next failover is checked against what
+        // this database acknowledges from now on.
+        state.withLock { state in
+            state.acknowledged = [:]
+            state.verifiedNode = node
+            state.pendingNode = nil
+        }
         return true
     }
 
-    /// Stops every handler here, optionally moves the token sequence past `tokensPast` and waits
-    /// one TTL without renewing, then registers anew (voiding whatever this replica id still held).
-    private func startOver(
-        host: HandlerHost, reason: String, waitOneTTL: Bool, tokensPast token: FencingToken? = nil
-    ) async {
-        // Refuse claims and writes first (nothing launched now could outlive the registration below).
+    /// Refuses claims, writes and renewals, then stops every handler here (nothing launched now
+    /// could outlive the registration `startOver` makes). `startOver` lifts it.
+    private func stopEverything(host: HandlerHost, reason: String) {
         state.withLock { state in
             state.startingOver = true
             state.lastRenewal = nil
             state.lastReading = nil
         }
-        defer { state.withLock { $0.startingOver = false } }
         host.fence(host.liveHandlers, reason: reason)
+    }
+
+    /// After `stopEverything`: moves the token sequence past `token`, optionally waits one TTL
+    /// without renewing, then registers anew (voiding whatever this replica id still held).
+    private func startOver(host: HandlerHost, reason: String, waitOneTTL: Bool, tokensPast token: FencingToken) async {
+        defer { state.withLock { $0.startingOver = false } }
         do {
-            if let token {
-                var delay = Duration.milliseconds(100)
-                while true {
-                    do {
-                        try await store.advanceTokens(past: token)
-                        break
-                    } catch {
-                        logger.warning(
-                            "moving the token sequence failed, retrying", metadata: [LogKeys.error: "\(error)"])
-                        try await clock.sleep(for: delay)
-                        delay = min(delay * 2, .seconds(2))
-                    }
+            // Bounded: a role that may not move the sequence must not keep the replica out for good.
+            var delay = Duration.milliseconds(100)
+            for attempt in 1...8 {
+                do {
+                    try await store.advanceTokens(past: token)
+                    break
+                } catch {
+                    logger.error(
+                        "moving the token sequence failed",
+                        metadata: [LogKeys.error: "\(error)", LogKeys.count: "\(attempt)"])
+                    try await clock.sleep(for: delay)
+                    delay = min(delay * 2, .seconds(2))
                 }
             }
             if waitOneTTL { try await clock.sleep(for: configuration.leaseTTL) }
@@ -166,34 +218,52 @@ extension LeaseKeeper {
 
     /// A lease granted to this replica (created or claimed), with the last sequence it carried.
     func granted(_ lease: Lease, lastSequence: Int64) {
+        let now = clock.now
         state.withLock { state in
             state.highestToken = max(state.highestToken, lease.token)
-            acknowledge(&state, lease, lastSequence: lastSequence)
+            acknowledge(&state, lease, lastSequence: lastSequence, at: now)
         }
     }
 
     /// A checkpoint of `lease` committed up to `lastSequence`.
     func acknowledged(_ lease: Lease, lastSequence: Int64) {
-        state.withLock { acknowledge(&$0, lease, lastSequence: lastSequence) }
+        let now = clock.now
+        state.withLock { acknowledge(&$0, lease, lastSequence: lastSequence, at: now) }
     }
 
-    /// The handler left memory here: its history is no longer this replica's to check.
+    /// The handler moved on without this replica (its lease lost, a write rejected, a purge):
+    /// what the database says of it from now on is not this replica's to check.
     func forget(_ lease: Lease) {
         state.withLock { state in
-            if state.acknowledged[lease.handlerID]?.token == lease.token {
+            if let entry = state.acknowledged[lease.handlerID], entry.position.token <= lease.token {
                 state.acknowledged[lease.handlerID] = nil
             }
         }
     }
 
-    private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64) {
-        let current = state.acknowledged[lease.handlerID]
-        if let current,
-            current.token > lease.token || (current.token == lease.token && current.lastSequence >= lastSequence)
+    /// Drops what was acknowledged longer ago than `acknowledgementWindow`, and the oldest beyond
+    /// `acknowledgementLimit`.
+    func pruneAcknowledged() {
+        let cutoff = clock.now - configuration.acknowledgementWindow
+        state.withLock { state in
+            state.acknowledged = state.acknowledged.filter { $0.value.at >= cutoff }
+            let excess = state.acknowledged.count - CoordinatorConfiguration.acknowledgementLimit
+            if excess > 0 {
+                for (id, _) in state.acknowledged.sorted(by: { $0.value.at < $1.value.at }).prefix(excess) {
+                    state.acknowledged[id] = nil
+                }
+            }
+        }
+    }
+
+    private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64, at now: Duration) {
+        if let current = state.acknowledged[lease.handlerID]?.position,
+            current.token > lease.token || (current.token == lease.token && current.lastSequence > lastSequence)
         {
             return
         }
-        state.acknowledged[lease.handlerID] = StoreAudit.Position(token: lease.token, lastSequence: lastSequence)
+        state.acknowledged[lease.handlerID] = Acknowledged(
+            position: StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: now)
     }
 
     /// The database node of the last renewal, and how often its history was checked.

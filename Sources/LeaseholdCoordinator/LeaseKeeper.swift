@@ -45,20 +45,28 @@ final class LeaseKeeper: Sendable {
         /// The last renewal's database time, with the monotonic times it was sent and answered.
         var lastReading: ClockReading?
         var clockSteps = 0
-        /// The database node that answered the last renewal, and the one whose history this
-        /// replica has checked (system identifier and timeline; see `LeaseKeeper+Database`).
+        /// The database node that answered the last renewal, the one whose history this replica
+        /// has checked, and one waiting for its check (see `LeaseKeeper+Database`).
         var node: DatabaseNode?
         var verifiedNode: DatabaseNode?
-        /// What the database acknowledged to this replica: each live handler's token and last
-        /// durable sequence, and the highest token it ever granted here.
-        var acknowledged: [HandlerID: StoreAudit.Position] = [:]
+        var pendingNode: DatabaseNode?
+        /// What the database acknowledged to this replica within `acknowledgementWindow`: each
+        /// handler's token and last durable sequence, and since when (monotonic); and the highest
+        /// token it ever granted here.
+        var acknowledged: [HandlerID: Acknowledged] = [:]
         var highestToken = FencingToken(0)
         /// Set while the replica starts over after the database went back in time: no renewals.
         var startingOver = false
-        /// Set while a renewal checks a database failover: other renewals' answers are not acted on.
+        /// Set while a database check runs: other renewals' answers are not acted on.
         var checkingDatabase = false
         var databaseRegressions = 0
         var databaseFailovers = 0
+    }
+
+    /// A position the database acknowledged, and when (monotonic).
+    struct Acknowledged {
+        var position: StoreAudit.Position
+        var at: Duration
     }
 
     /// A renewal's database time between the local monotonic times it was sent and answered.
@@ -214,6 +222,9 @@ final class LeaseKeeper: Sendable {
     func renewOnce(host: HandlerHost) async {
         defer { signals.passed(.renewal) }
         guard !state.withLock({ $0.startingOver }) else { return }
+        // A database failover not yet checked: check before renewing anything (while the check
+        // cannot be made, this replica renews nothing, so its leases lapse and others take over).
+        if await recheckPendingDatabase(host: host) { return }
         let sent = clock.now
         // A write that has not returned within half a TTL is stuck (a dead connection that never
         // errors): stop renewing that lease so another replica takes the handler over, and stop
@@ -300,7 +311,10 @@ final class LeaseKeeper: Sendable {
                     ])
             }
             host.fence(lost, reason: "lease lost")
+            // Another replica (or a cancel, a purge) moved these on: their history is not ours to check.
+            for handler in lost { forget(handler.lease) }
         }
+        pruneAcknowledged()
         if !orphans.isEmpty {
             state.withLock { $0.orphans.merge(orphans) { _, newer in newer } }
             orphanSignal.yield()

@@ -88,14 +88,15 @@ extension PostgresStore {
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
         try await guarded { connection in
             var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
-            for try await (id, token, lastSequence) in try await connection.checkedQuery(
+            for try await (id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
                 Statements.audit(ids: handlerIDs.map(\.rawValue)), logger: logger
-            ).decode((String?, Int64, Int64?).self) {
+            ).decode((String?, Int64, Int64?, String?, Int32?).self) {
                 if let id, let lastSequence {
                     audit.handlers[HandlerID(id)] = StoreAudit.Position(
                         token: FencingToken(token), lastSequence: lastSequence)
                 } else {
                     audit.highestToken = FencingToken(token)
+                    if let system, let timeline { audit.node = (system, Int(timeline)) }
                 }
             }
             return audit

@@ -18,10 +18,8 @@ extension PostgresStore {
         /// `fresh` (a replica process starting) voids the registration whatever its state.
         /// Excluded leases stop being renewed: their own cap is set to the expiry renewed from.
         /// Answers one header row (no id: the database's time, whether a newer process took the
-        /// registration, and which database node answered: system identifier, the timeline of the
-        /// WAL it writes now (`pg_walfile_name`; a just-promoted primary is on its new timeline at
-        /// once, unlike `pg_control_checkpoint`), its address and its synchronous standbys, negative
-        /// when this role may not read `pg_stat_replication`), then the leases held (id, token).
+        /// registration, and which database node answered: `leasehold_database_node()`, migration
+        /// 0010), then the leases held (id, token).
         static func renewal(
             replica: String, instance: String, address: String, ttlSeconds: Double, excluding: [String], fresh: Bool
         ) -> PostgresQuery {
@@ -54,13 +52,8 @@ extension PostgresStore {
                     AND (SELECT current FROM previous)
                 RETURNING id)
             SELECT NULL::text AS id, NULL::bigint AS fencing_token, now() AS database_time, superseded,
-                (SELECT system_identifier::text FROM pg_control_system()) AS system_identifier,
-                ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline,
-                COALESCE(host(inet_server_addr()) || ':' || inet_server_port(), 'local') AS node,
-                (SELECT CASE WHEN bool_or(sync_state IS NULL) THEN -1
-                    ELSE (count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')))::int END
-                    FROM pg_stat_replication) AS synchronous_standbys
-            FROM previous
+                n.system_identifier, n.timeline, n.node, n.synchronous_standbys
+            FROM previous, leasehold_database_node() n
             UNION ALL
             SELECT h.id, h.fencing_token, now(), false, NULL, NULL, NULL, NULL FROM handlers h
             WHERE h.owner_replica = \(replica) AND h.status = 'running' AND h.lease_expires_at > now()
@@ -350,22 +343,28 @@ extension PostgresStore {
             """
         }
 
-        /// One header row (no id) with the highest token handed out, then each asked-for handler
-        /// with its token and last sequence.
+        /// One header row (no id) with the highest token handed out and the node that answered,
+        /// then each asked-for handler with its token and last sequence. The sequence is read with
+        /// `pg_sequence_last_value` (USAGE suffices; NULL before its first `nextval`).
         static func audit(ids: [String]) -> PostgresQuery {
             """
-            SELECT NULL::text, (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
-                FROM leasehold_fencing_tokens), NULL::bigint
+            SELECT NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0), NULL::bigint,
+                n.system_identifier, n.timeline
+            FROM leasehold_database_node() n
             UNION ALL
-            SELECT id, fencing_token, last_sequence FROM handlers WHERE id = ANY(\(ids)::text[])
+            SELECT id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
             """
         }
 
-        /// Moves the token sequence past `token`, never back.
+        /// Moves the token sequence past `token` and past every token a handler row holds (rows
+        /// copied from elsewhere), and only forward: `setval` runs only when that is above the
+        /// sequence's last value. (A `nextval` between the read and the `setval` could be undone;
+        /// this runs only when the sequence is behind, after the database went back in time.)
         static func advanceTokens(past token: Int64) -> PostgresQuery {
             """
-            SELECT setval('leasehold_fencing_tokens', GREATEST(\(token),
-                (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM leasehold_fencing_tokens)))
+            SELECT setval('leasehold_fencing_tokens', target) FROM (
+                SELECT GREATEST(\(token), (SELECT COALESCE(max(fencing_token), 0) FROM handlers)) AS target) t
+            WHERE target > COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0)
             """
         }
 

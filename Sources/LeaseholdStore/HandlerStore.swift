@@ -158,11 +158,13 @@ public struct DatabaseNode: Sendable, Equatable {
 }
 
 /// The answer to `HandlerStore.audit(_:)`.
-public struct StoreAudit: Sendable, Equatable {
+public struct StoreAudit: Sendable {
     /// The highest fencing token the store has handed out.
     public var highestToken: FencingToken
     /// Each handler asked about that exists: its token and the sequence of its last logged event.
     public var handlers: [HandlerID: Position]
+    /// The node that answered (system identifier, timeline), where the store can tell.
+    public var node: (systemIdentifier: String, timeline: Int)?
 
     public struct Position: Sendable, Equatable {
         public var token: FencingToken

@@ -90,6 +90,36 @@ struct DatabaseHistoryTests {
         }
     }
 
+    /// The failover took longer than self-fencing (renewals failed throughout, as while a crashed
+    /// primary is replaced): every handler here stopped before the new node answered. What was
+    /// acknowledged is still checked — here a handler row back at an older token while the token
+    /// sequence is not behind (Postgres logs sequences 32 values ahead, so a promoted standby's
+    /// usually is not): only the remembered position shows the loss.
+    @Test func failoverSeenAfterSelfFencingIsStillChecked() async throws {
+        try await TestDatabase.withStore { postgres, url in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(2)) { coordinators in
+                let coordinator = coordinators[0]
+                let record = try await coordinator.start(
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: "fenced-first")
+                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
+                await coordinator.heartbeatOnce()
+                let granted = record.fencingToken
+                store.hangNextRenewals(3)
+                try #require(await eventually(timeout: .seconds(20)) { coordinator.liveHandlerIDs.isEmpty })
+                store.failOverDatabase(losing: {
+                    try await TestDatabase.withClient(url) { client in
+                        _ = try await client.query(
+                            "UPDATE handlers SET fencing_token = \(granted.rawValue - 1) WHERE id = 'fenced-first'",
+                            logger: Harness.logger)
+                    }
+                })
+                let detected = await eventually(timeout: .seconds(30)) { coordinator.database.regressions == 1 }
+                #expect(detected)
+            }
+        }
+    }
+
     /// Another database (another system identifier) answers: every handler stops and the
     /// replica registers anew at once; nothing is counted as a regression.
     @Test func anotherDatabaseStopsEverythingAndRegisters() async throws {
