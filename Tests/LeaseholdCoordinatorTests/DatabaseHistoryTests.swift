@@ -18,28 +18,20 @@ struct DatabaseHistoryTests {
     /// A failover that kept every acknowledged write (a synchronous standby): checked, counted,
     /// and nothing stops.
     @Test func failoverThatKeptEverythingGoesOn() async throws {
-        try await TestDatabase.withStore { postgres, _ in
-            let store = DelayedRenewalStore(postgres)
-            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
-                let coordinator = coordinators[0]
-                let record = try await coordinator.start(
-                    workflow: "approval", startEvent: ["request": "x"], handlerID: "kept")
-                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
-                await coordinator.heartbeatOnce()
-                let before = try #require(coordinator.database.node)
-                store.failOverDatabase()
-                try #require(await eventually { coordinator.database.failovers == 1 })
-                await coordinator.heartbeatOnce()
-                #expect(coordinator.database.node?.timeline == before.timeline + 1)
-                #expect(coordinator.database.failovers == 1)
-                #expect(coordinator.database.regressions == 0)
-                #expect(coordinator.liveHandlerIDs == [record.id])
-                try await coordinator.send(
-                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
-                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
-                #expect(finished.status == .completed)
-                #expect(finished.fencingToken == record.fencingToken)
-            }
+        try await Self.withWaitingApproval("kept", ttl: .seconds(3)) { postgres, url, store, coordinator, record in
+            let before = try #require(coordinator.database.node)
+            store.failOverDatabase()
+            try #require(await eventually { coordinator.database.failovers == 1 })
+            await coordinator.heartbeatOnce()
+            #expect(coordinator.database.node?.timeline == before.timeline + 1)
+            #expect(coordinator.database.failovers == 1)
+            #expect(coordinator.database.regressions == 0)
+            #expect(coordinator.liveHandlerIDs == [record.id])
+            try await coordinator.send(
+                AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+            let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+            #expect(finished.status == .completed)
+            #expect(finished.fencingToken == record.fencingToken)
         }
     }
 
@@ -49,44 +41,29 @@ struct DatabaseHistoryTests {
     /// sequence past every token it saw, waits one TTL and registers anew; the handler is then
     /// claimed under a token never handed out before and completes.
     @Test func failoverThatLostWritesIsDetected() async throws {
-        try await TestDatabase.withStore { postgres, url in
-            let store = DelayedRenewalStore(postgres)
-            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(2)) { coordinators in
-                let coordinator = coordinators[0]
-                let record = try await coordinator.start(
-                    workflow: "approval", startEvent: ["request": "x"], handlerID: "went-back")
-                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
-                await coordinator.heartbeatOnce()
-                let granted = record.fencingToken
-                // What a lagging standby holds: the row and the sequence from before this lease.
-                store.failOverDatabase(losing: {
-                    try await TestDatabase.withClient(url) { client in
-                        _ = try await client.query(
-                            "UPDATE handlers SET fencing_token = \(granted.rawValue - 1) WHERE id = 'went-back'",
-                            logger: Harness.logger)
-                        _ = try await client.query(
-                            "SELECT setval('leasehold_fencing_tokens', \(granted.rawValue - 1))",
-                            logger: Harness.logger)
-                    }
-                })
-                try #require(await eventually(timeout: .seconds(20)) { coordinator.database.regressions == 1 })
-                #expect(!coordinator.liveHandlerIDs.contains(record.id))
-                let audit = try await postgres.audit([])
-                #expect(audit.highestToken >= granted)
-                // Back to work after one TTL: claimed anew under a token above any granted before.
-                let moved = try await eventually(timeout: .seconds(20)) {
-                    let now = try await postgres.handler(record.id)
-                    return now?.owner != nil && (now?.fencingToken ?? granted) > granted
-                }
-                #expect(moved)
-                try await coordinator.send(
-                    AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
-                let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
-                #expect(finished.status == .completed)
-                #expect(finished.fencingToken > granted)
-                await coordinator.heartbeatOnce()
-                #expect(coordinator.database.regressions == 1)
+        try await Self.withWaitingApproval("went-back", ttl: .seconds(2)) { postgres, url, store, coordinator, record in
+            let granted = record.fencingToken
+            // What a lagging standby holds: the row and the sequence from before this lease.
+            store.failOverDatabase(losing: {
+                try await Self.takeBack(url, record.id, to: granted.rawValue - 1, sequenceToo: true)
+            })
+            try #require(await eventually(timeout: .seconds(20)) { coordinator.database.regressions == 1 })
+            #expect(!coordinator.liveHandlerIDs.contains(record.id))
+            let audit = try await postgres.audit([])
+            #expect(audit.highestToken >= granted)
+            // Back to work after one TTL: claimed anew under a token above any granted before.
+            let moved = try await eventually(timeout: .seconds(20)) {
+                let now = try await postgres.handler(record.id)
+                return now?.owner != nil && (now?.fencingToken ?? granted) > granted
             }
+            #expect(moved)
+            try await coordinator.send(
+                AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+            let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+            #expect(finished.status == .completed)
+            #expect(finished.fencingToken > granted)
+            await coordinator.heartbeatOnce()
+            #expect(coordinator.database.regressions == 1)
         }
     }
 
@@ -96,50 +73,65 @@ struct DatabaseHistoryTests {
     /// sequence is not behind (Postgres logs sequences 32 values ahead, so a promoted standby's
     /// usually is not): only the remembered position shows the loss.
     @Test func failoverSeenAfterSelfFencingIsStillChecked() async throws {
-        try await TestDatabase.withStore { postgres, url in
-            let store = DelayedRenewalStore(postgres)
-            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(2)) { coordinators in
-                let coordinator = coordinators[0]
-                let record = try await coordinator.start(
-                    workflow: "approval", startEvent: ["request": "x"], handlerID: "fenced-first")
-                try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
-                await coordinator.heartbeatOnce()
-                let granted = record.fencingToken
-                store.hangNextRenewals(3)
-                try #require(await eventually(timeout: .seconds(20)) { coordinator.liveHandlerIDs.isEmpty })
-                store.failOverDatabase(losing: {
-                    try await TestDatabase.withClient(url) { client in
-                        _ = try await client.query(
-                            "UPDATE handlers SET fencing_token = \(granted.rawValue - 1) WHERE id = 'fenced-first'",
-                            logger: Harness.logger)
-                    }
-                })
-                let detected = await eventually(timeout: .seconds(30)) { coordinator.database.regressions == 1 }
-                #expect(detected)
-            }
+        try await Self.withWaitingApproval("fenced-first", ttl: .seconds(2)) {
+            postgres, url, store, coordinator, record in
+            let granted = record.fencingToken
+            store.hangNextRenewals(3)
+            try #require(await eventually(timeout: .seconds(20)) { coordinator.liveHandlerIDs.isEmpty })
+            store.failOverDatabase(losing: {
+                try await Self.takeBack(url, record.id, to: granted.rawValue - 1, sequenceToo: false)
+            })
+            let detected = await eventually(timeout: .seconds(30)) { coordinator.database.regressions == 1 }
+            #expect(detected)
         }
     }
 
     /// Another database (another system identifier) answers: every handler stops and the
     /// replica registers anew at once; nothing is counted as a regression.
     @Test func anotherDatabaseStopsEverythingAndRegisters() async throws {
-        try await TestDatabase.withStore { postgres, _ in
+        try await Self.withWaitingApproval("elsewhere", ttl: .seconds(3)) { postgres, url, store, coordinator, record in
+            store.replaceDatabase(systemIdentifier: "1")
+            try #require(await eventually { coordinator.database.node?.systemIdentifier == "1" })
+            #expect(coordinator.database.regressions == 0)
+            // Registered anew: the lease was voided, and the handler is claimed again.
+            let reclaimed = try await eventually(timeout: .seconds(20)) {
+                (try await postgres.handler(record.id)?.fencingToken ?? record.fencingToken) > record.fencingToken
+            }
+            #expect(reclaimed)
+            #expect(try await postgres.leaseHistory(record.id).contains { $0.kind == .voided })
+        }
+    }
+
+    /// A coordinator (one replica) over the Postgres store wrapped to report database moves, with
+    /// one approval handler live and waiting for its answer, and one renewal done.
+    static func withWaitingApproval(
+        _ id: HandlerID, ttl: Duration,
+        _ body:
+            @Sendable (PostgresStore, DatabaseURL, DelayedRenewalStore, Coordinator, HandlerRecord) async throws
+            -> Void
+    ) async throws {
+        try await TestDatabase.withStore { postgres, url in
             let store = DelayedRenewalStore(postgres)
-            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(3)) { coordinators in
+            try await Harness.withCoordinators([store], idle: nil, ttl: ttl) { coordinators in
                 let coordinator = coordinators[0]
                 let record = try await coordinator.start(
-                    workflow: "approval", startEvent: ["request": "x"], handlerID: "elsewhere")
+                    workflow: "approval", startEvent: ["request": "x"], handlerID: id.rawValue)
                 try #require(await eventually { coordinator.runtime(of: record.id)?.idleSince != nil })
                 await coordinator.heartbeatOnce()
-                store.replaceDatabase(systemIdentifier: "1")
-                try #require(await eventually { coordinator.database.node?.systemIdentifier == "1" })
-                #expect(coordinator.database.regressions == 0)
-                // Registered anew: the lease was voided, and the handler is claimed again.
-                let reclaimed = try await eventually(timeout: .seconds(20)) {
-                    (try await postgres.handler(record.id)?.fencingToken ?? record.fencingToken) > record.fencingToken
-                }
-                #expect(reclaimed)
-                #expect(try await postgres.leaseHistory(record.id).contains { $0.kind == .voided })
+                try await body(postgres, url, store, coordinator, record)
+            }
+        }
+    }
+
+    /// What a lagging standby holds: the handler's row at an older token (and the token
+    /// sequence back there too, unless the sequence was logged ahead, as Postgres usually does).
+    static func takeBack(_ url: DatabaseURL, _ id: HandlerID, to token: Int64, sequenceToo: Bool) async throws {
+        try await TestDatabase.withClient(url) { client in
+            _ = try await client.query(
+                "UPDATE handlers SET fencing_token = \(token) WHERE id = \(id.rawValue)", logger: Harness.logger)
+            if sequenceToo {
+                _ = try await client.query(
+                    "SELECT setval('leasehold_fencing_tokens', \(token))", logger: Harness.logger)
             }
         }
     }
