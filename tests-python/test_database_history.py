@@ -216,6 +216,11 @@ def test_promoted_standby_that_had_everything_goes_on(replicated, spawn):
         for handler_id in ("a", "b"):
             start(replica.url, "approval", {"request": "x"}, handler_id)
             wait_until(lambda: lease(replica.url, handler_id)["live_here"], what=f"{handler_id} live")
+        # The replica must have seen the primary's timeline (its first renewal) before the
+        # failover, or the promoted node is simply the first it knows and nothing is checked.
+        before = wait_until(lambda: httpx.get(f"{replica.url}/cluster", timeout=5).json()["database"],
+                            what="the first renewal's database node")
+        assert before["timeline"] == 1, before
         caught_up(primary_url, standby_url)
         sh(PG, "kill", primary)
         sh(PG, "promote", standby)
