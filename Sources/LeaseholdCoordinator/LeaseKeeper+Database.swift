@@ -114,15 +114,17 @@ extension LeaseKeeper {
         if let answered = audit.node,
             answered.systemIdentifier != node.systemIdentifier || answered.timeline != node.timeline
         {
-            // The audit ran on another node than the one to check (a pool still holding a
-            // connection to the old primary, or yet another failover): check that one next.
+            // The audit ran on another node than the one to check: a pool still holding a
+            // connection to the old primary (retry: no renewal until the two agree), or yet
+            // another failover since (check that newer node next).
             logger.warning(
                 "the database check was answered by another node, checking again",
                 metadata: [LogKeys.database: "timeline \(answered.timeline), expected \(node.timeline)"])
-            var moved = node
-            moved.systemIdentifier = answered.systemIdentifier
-            moved.timeline = answered.timeline
-            state.withLock { $0.pendingNode = moved }
+            if answered.systemIdentifier == node.systemIdentifier, answered.timeline > node.timeline {
+                var newer = node
+                newer.timeline = answered.timeline
+                state.withLock { $0.pendingNode = newer }
+            }
             return true
         }
         var missing: [String] = []

@@ -176,6 +176,9 @@ final class DelayedRenewalStore: HandlerStore {
         let lose = lostAnswers.withLock { lost -> Bool in
             if lost.first, !checkpoint.log.isEmpty {
                 lost.first = false
+                // Under load the first checkpoint with records can also be the final one (every
+                // tick ran while an earlier write was in flight): then both answers are this one.
+                if checkpoint.state.status.isFinished { lost.final = false }
                 return true
             }
             if lost.final, checkpoint.state.status.isFinished {
@@ -226,6 +229,14 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.replicas(aliveWithin: ttl)
     }
     func counts() async throws -> HandlerCounts { try await base.counts() }
-    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit { try await base.audit(handlerIDs) }
+    /// Reports the node as the renewals do (a failover or another database the wrapper reports).
+    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
+        var audit = try await base.audit(handlerIDs)
+        let moved = databaseMoves.withLock { $0 }
+        audit.node = audit.node.map { node in
+            (moved.systemIdentifier ?? node.systemIdentifier, node.timeline + moved.timelines)
+        }
+        return audit
+    }
     func advanceTokens(past token: FencingToken) async throws { try await base.advanceTokens(past: token) }
 }
