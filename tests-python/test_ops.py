@@ -210,6 +210,7 @@ def test_retention_removes_finished_runs_and_keeps_running_ones(database_url, sp
     ("--batch-linger", "5s", "--batch-linger"),
     ("--batch-linger", "soon", "--batch-linger"),
     ("--batch-writers", "0", "--batch-writers"),
+    ("--api-key-file", "/nonexistent/keys", "--api-key-file: cannot read '/nonexistent/keys'"),
 ])
 def test_bad_flags_stop_startup_naming_the_flag(flag, value, message):
     result = subprocess.run([BIN, "serve", f"{flag}={value}"], capture_output=True, text=True, timeout=30)

@@ -60,6 +60,7 @@ public enum TestDatabase {
                 return try await body(store, url)
             }
         }
+        // Cleanup only: a database left behind dies with the test cluster's temp dir.
         _ = try? await withClient(admin) { client in
             try await client.query(
                 PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)

@@ -208,9 +208,12 @@ struct Settings {
         var keys: [String] = []
         if let key = setting(serve.apiKey, "LEASEHOLD_API_KEY") { keys.append(key) }
         if let file = setting(serve.apiKeyFile, "LEASEHOLD_API_KEY_FILE") {
-            // Reported as a bad setting naming the file (the OS error adds nothing an operator needs).
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-                throw BadSetting(message: "--api-key-file: cannot read '\(file)'")
+            let text: String
+            do {
+                text = try String(contentsOfFile: file, encoding: .utf8)
+            } catch {
+                // A bad setting naming the file and why (missing, not readable, not UTF-8).
+                throw BadSetting(message: "--api-key-file: cannot read '\(file)': \(error.localizedDescription)")
             }
             keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }

@@ -1,0 +1,90 @@
+import Foundation
+import PostgresNIO
+
+/// The Postgres store's read statements: records, logs, the cluster view and the database audit.
+extension PostgresStore.Statements {
+    static func leaseHistory(id: String) -> PostgresQuery {
+        """
+        SELECT handler_id, at, change, replica, token FROM lease_history WHERE handler_id = \(id) ORDER BY seq
+        """
+    }
+
+    static func recentLeaseChanges(limit: Int) -> PostgresQuery {
+        """
+        SELECT handler_id, at, change, replica, token FROM lease_history ORDER BY seq DESC LIMIT \(limit)
+        """
+    }
+
+    static func delete(id: String, runID: String) -> PostgresQuery {
+        "DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id"
+    }
+
+    static func handler(id: String) -> PostgresQuery {
+        """
+        SELECT \(unescaped: recordColumns)
+        FROM handlers h WHERE h.id = \(id)
+        """
+    }
+
+    static func handlers(statuses: [String], workflows: [String], limit: Int) -> PostgresQuery {
+        """
+        SELECT \(unescaped: recordColumns)
+        FROM handlers h
+        WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
+            AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))
+        ORDER BY h.started_at, h.id
+        LIMIT \(limit)
+        """
+    }
+
+    static func events(id: String, after: Int64, limit: Int) -> PostgresQuery {
+        """
+        SELECT record::text FROM event_log
+        WHERE handler_id = \(id) AND sequence > \(after)
+        ORDER BY sequence LIMIT \(limit)
+        """
+    }
+
+    static func replicas(ttlSeconds: Double) -> PostgresQuery {
+        """
+        SELECT r.id, r.address, r.started_at, r.heartbeat_at,
+            (SELECT count(*) FROM handlers h WHERE h.owner_replica = r.id),
+            r.heartbeat_at > now() - make_interval(secs => \(ttlSeconds))
+        FROM replicas r ORDER BY r.id
+        """
+    }
+
+    /// One header row (no id) with the highest token handed out and the node that answered,
+    /// then each asked-for handler with its token and last sequence. The sequence is read with
+    /// `pg_sequence_last_value` (USAGE suffices; NULL before its first `nextval`).
+    static func audit(ids: [String]) -> PostgresQuery {
+        """
+        SELECT NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0), NULL::bigint,
+            n.system_identifier, n.timeline
+        FROM leasehold_database_node() n
+        UNION ALL
+        SELECT id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
+        """
+    }
+
+    /// Moves the token sequence past `token` and past every token a handler row holds (rows
+    /// copied from elsewhere), and only forward: `setval` runs only when that is above the
+    /// sequence's last value. (A `nextval` between the read and the `setval` could be undone;
+    /// this runs only when the sequence is behind, after the database went back in time.)
+    static func advanceTokens(past token: Int64) -> PostgresQuery {
+        """
+        SELECT setval('leasehold_fencing_tokens', target) FROM (
+            SELECT GREATEST(\(token), (SELECT COALESCE(max(fencing_token), 0) FROM handlers)) AS target) t
+        WHERE target > COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0)
+        """
+    }
+
+    static func counts() -> PostgresQuery {
+        """
+        SELECT status, hibernated, count(*),
+            count(*) FILTER (WHERE owner_replica IS NOT NULL
+                AND leasehold_lease_expiry(owner_replica, lease_expires_at) <= now())
+        FROM handlers GROUP BY status, hibernated
+        """
+    }
+}
