@@ -102,9 +102,11 @@ def sample(url: str, directory: Path, load: Load, started: float) -> dict:
             rss[r] = None
     latencies = sorted(load.take_latencies())
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else None
-    upd, hot = psql(url, "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'handlers'").split("|")
+    upd, hot, vacuums = psql(url, "SELECT n_tup_upd, n_tup_hot_upd, autovacuum_count FROM pg_stat_user_tables "
+                                  "WHERE relname = 'handlers'").split("|")
     return {"minute": round((time.monotonic() - started) / 60, 2), "sizes": sizes, "rss_kib": rss,
-            "handlers_updates": int(upd), "handlers_hot_updates": int(hot),
+            "handlers_updates": int(upd), "handlers_hot_updates": int(hot), "handlers_autovacuums": int(vacuums),
+            "load_average": round(os.getloadavg()[0], 2),
             "connections": int(psql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")),
             "runs": len(latencies), "p99_ms": round(p99, 2) if p99 else None,
             "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
@@ -145,6 +147,7 @@ def main():
     parser.add_argument("--retention", default="30s")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample-seconds", type=float, default=60)
+    parser.add_argument("--name", default="soak", help="results file prefix in bench/results (default soak)")
     args = parser.parse_args()
     if not (0 < args.minutes <= 24 * 60) or not (1 <= args.clients <= 64):
         parser.error("--minutes must be in (0, 1440] and --clients in [1, 64]")
@@ -175,8 +178,8 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     title = (f"soak {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.minutes:g} min, "
              f"retention {args.retention}, {args.clients} clients")
-    (RESULTS / "soak.json").write_text(json.dumps({"title": title, "samples": samples}, indent=1))
-    plot(samples, RESULTS / "soak.png", title)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"title": title, "samples": samples}, indent=1))
+    plot(samples, RESULTS / f"{args.name}.png", title)
     first, last = samples[min(2, len(samples) - 1)], samples[-1]
     lines = [title, "", "| figure | after warm-up (minute %.0f) | at the end (minute %.0f) |" % (first["minute"], last["minute"]),
              "|---|---|---|"]
@@ -191,9 +194,27 @@ def main():
     lines.append(f"| database connections | {first['connections']} | {last['connections']} |")
     hot = lambda s: f"{100 * s['handlers_hot_updates'] / max(1, s['handlers_updates']):.0f} %"
     lines.append(f"| handlers updates that were HOT (cumulative) | {hot(first)} | {hot(last)} |")
+    # Since warm-up: HOT share of the updates and autovacuum runs of `handlers` between the two samples.
+    updates = last["handlers_updates"] - first["handlers_updates"]
+    lines.append(f"| handlers updates HOT since warm-up | | "
+                 f"{100 * (last['handlers_hot_updates'] - first['handlers_hot_updates']) / max(1, updates):.0f} % "
+                 f"of {updates} |")
+    lines.append(f"| handlers autovacuum runs since warm-up | | "
+                 f"{last['handlers_autovacuums'] - first['handlers_autovacuums']} |")
+    # Drift: the median of the per-minute figures early (after warm-up) against late.
+    steady = samples[min(2, len(samples) - 1):]
+    third = max(1, len(steady) // 3)
+    early, late = steady[:third], steady[-third:]
+    median = lambda rows, key: statistics.median([r[key] for r in rows if r.get(key) is not None] or [0])
+    lines.append(f"| echo run p99, median of per-minute p99 (first / last third) | {median(early, 'p99_ms')} ms "
+                 f"| {median(late, 'p99_ms')} ms |")
+    lines.append(f"| echo runs per minute, median (first / last third) | {median(early, 'runs'):.0f} "
+                 f"| {median(late, 'runs'):.0f} |")
+    lines.append(f"| load average (1 min), median (first / last third) | {median(early, 'load_average')} "
+                 f"| {median(late, 'load_average')} |")
     lines.append(f"| echo run p50 / p99 | {first['p50_ms']} / {first['p99_ms']} ms | {last['p50_ms']} / {last['p99_ms']} ms |")
     lines.append(f"| operations (total), errors | {first['ops']}, {first['errors']} | {last['ops']}, {last['errors']} |")
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

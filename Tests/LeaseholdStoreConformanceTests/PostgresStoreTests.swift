@@ -521,6 +521,43 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test("a checkpoint of a freshly created handler is a HOT update: its page has room (migration 0011)")
+    func checkpointsAreHOT() async throws {
+        try await TestDatabase.withStore { store, _ in
+            // One transaction on one connection, so the transaction's own counters are exact (the
+            // cumulative statistics are flushed asynchronously). Rows as the hot path writes them:
+            // created, then checkpointed (snapshot, last sequence, updated_at; no indexed column).
+            let counts = try await store.client.withConnection { connection in
+                try await connection.query("BEGIN", logger: Self.logger)
+                try await connection.query(
+                    """
+                    INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, snapshot)
+                    SELECT 'hot-' || g, 'counter', 'run-' || g, 'r1', now() + interval '1 minute',
+                        convert_to(repeat('s', 200), 'UTF8')
+                    FROM generate_series(1, 2000) AS g
+                    """, logger: Self.logger)
+                try await connection.query(
+                    """
+                    UPDATE handlers SET last_sequence = last_sequence + 5, updated_at = now(),
+                        snapshot = convert_to(repeat('t', 200), 'UTF8')
+                    WHERE id LIKE 'hot-%' AND substr(id, 5)::int % 4 = 0
+                    """, logger: Self.logger)
+                let rows = try await connection.query(
+                    """
+                    SELECT pg_stat_get_xact_tuples_updated('handlers'::regclass),
+                        pg_stat_get_xact_tuples_hot_updated('handlers'::regclass)
+                    """, logger: Self.logger)
+                var result: (Int64, Int64) = (0, 0)
+                for try await row in rows.decode((Int64, Int64).self) { result = row }
+                try await connection.query("ROLLBACK", logger: Self.logger)
+                return result
+            }
+            #expect(counts.0 == 500)
+            // With the heap filled to 100 % (no fillfactor) almost none are HOT.
+            #expect(Double(counts.1) >= 0.9 * Double(counts.0), "HOT \(counts.1) of \(counts.0)")
+        }
+    }
+
     @Test("a bad URL is rejected without showing the password")
     func badURL() throws {
         #expect(throws: DatabaseURLError.self) { try DatabaseURL("mysql://x@y/z") }
