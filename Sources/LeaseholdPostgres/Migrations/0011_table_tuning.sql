@@ -1,5 +1,5 @@
 -- Storage and autovacuum settings per table, chosen from the soak (bench/soak; figures in
--- bench/results/soak-tuning.md and the README's "Running for weeks").
+-- bench/results/soak.md and soak-untuned.md, and the README's "Running for weeks").
 --
 -- handlers: a running handler's row is updated at every checkpoint (snapshot, last sequence,
 -- updated_at) without changing an indexed column, so each such update can be HOT (no index
@@ -7,7 +7,7 @@
 -- which a plain heap fills to 100 %: the first checkpoints of a new handler then find no room and
 -- go to another page. A fillfactor of 70 leaves room on every page for those updates. The table
 -- is small (bounded by the retention) and every row churns (created, checkpointed, finished,
--- deleted): it is vacuumed when 2 % of it is dead, without cost-based sleeps.
+-- deleted): it is vacuumed when 200 + 2 % of its rows are dead, without cost-based sleeps.
 --
 -- event_log, inbox, lease_history: appended, then deleted with their handler after the retention
 -- (the inbox row is also marked consumed). Vacuumed at 5 % dead rather than 20 %, and after
