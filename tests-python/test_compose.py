@@ -48,12 +48,11 @@ def left_behind() -> str:
 
 @pytest.fixture(scope="module")
 def stack():
-    # LEASEHOLD_COMPOSE_TEST says how the image is made: `binary` (what scripts/test sets) builds
-    # it around the debug binary of the test build (deploy/Dockerfile.binary: a release build
-    # inside the engine took over 40 minutes beside other work, README "Compose figures", more
-    # than the test command's budget); `1` builds it from the repository as a user would
-    # (deploy/Dockerfile); `prebuilt` uses the leasehold:latest image already there. Unset: skipped
-    # (a bare `pytest` run without a Docker engine).
+    # LEASEHOLD_COMPOSE_TEST says how the image is made: `1` (what scripts/test sets) builds it
+    # from the repository as a user would (deploy/Dockerfile, a release build inside the engine);
+    # `binary` builds it around the debug binary of the test build (deploy/Dockerfile.binary,
+    # faster); `prebuilt` uses the leasehold:latest image already there. Unset: skipped (a bare
+    # `pytest` run without a Docker engine).
     mode = os.environ.get("LEASEHOLD_COMPOSE_TEST", "0")
     if mode not in ("1", "prebuilt", "binary"):
         pytest.skip("needs a Docker engine: LEASEHOLD_COMPOSE_TEST=binary (scripts/test), =1 or =prebuilt")
