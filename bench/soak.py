@@ -202,7 +202,9 @@ def main():
     lines.append(f"| handlers autovacuum runs since warm-up | | "
                  f"{last['handlers_autovacuums'] - first['handlers_autovacuums']} |")
     # Drift: the median of the per-minute figures early (after warm-up) against late.
-    steady = samples[min(2, len(samples) - 1):]
+    # A last sample taken less than half a period after the one before covers a partial minute.
+    whole = samples[:-1] if len(samples) > 3 and (samples[-1]["minute"] - samples[-2]["minute"]) * 60 < args.sample_seconds / 2 else samples
+    steady = whole[min(2, len(whole) - 1):]
     third = max(1, len(steady) // 3)
     early, late = steady[:third], steady[-third:]
     median = lambda rows, key: statistics.median([r[key] for r in rows if r.get(key) is not None] or [0])
