@@ -43,7 +43,9 @@ extension HandlerHost {
     func wake(_ id: HandlerID) async {
         guard let handler = handler(id) else {
             do {
-                try await reload(id)
+                // Not claimable, yet live here now: the claimer launched it meanwhile, with an
+                // inbox read before this event may have committed.
+                if try await !reload(id), self.handler(id) != nil { await wake(id) }
             } catch is CancellationError {
                 return  // shutdown
             } catch {
@@ -123,7 +125,17 @@ extension HandlerHost {
                 }
                 if !appended { continuation.resume() }
             }
-            return handler(id) != nil
+            guard let live = handler(id) else { return false }
+            // The leader's claim read the inbox before this caller's event may have committed:
+            // hand the handler what is pending now (ids already delivered are skipped).
+            do {
+                let pending = try await storeCall { try await $0.pendingInbox(id) }
+                live.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+            } catch {
+                // Reconciliation (every renewal period) delivers it instead.
+                logger.debug("inbox read after a shared reload failed", metadata: [LogKeys.error: "\(error)"])
+            }
+            return true
         case .leader:
             defer {
                 let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }

@@ -98,7 +98,8 @@ final class HandlerHost: Sendable {
     }
 
     /// Starts a runtime for a handler this replica has just claimed or created, and hands it its
-    /// pending inbox (the start event of a new handler, the events that woke a hibernated one).
+    /// pending inbox (the start event of a new handler, the events that woke a hibernated one):
+    /// the one the store read with the lease, or else read now.
     func launch(_ claimed: ClaimedHandler, reason: String) async {
         let id = claimed.record.id
         keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence)
@@ -140,7 +141,13 @@ final class HandlerHost: Sendable {
             metadata: [
                 LogKeys.handlerID: "\(id)", LogKeys.fencingToken: "\(claimed.lease.token)", LogKeys.reason: "\(reason)",
             ])
-        await deliverPending(handler)
+        if let pending = claimed.pendingInbox {
+            // Read with the lease: events appended since reach the handler by wake-up or
+            // reconciliation, like any event for a live handler.
+            handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+        } else {
+            await deliverPending(handler)
+        }
     }
 
     /// Releases a lease this replica will not run. A failure is logged: the lease then lapses

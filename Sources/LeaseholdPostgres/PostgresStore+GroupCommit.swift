@@ -171,7 +171,8 @@ extension PostgresStore {
     static func claimed(_ record: HandlerRecord, handler: NewHandler, owner: ReplicaID) -> ClaimedHandler {
         ClaimedHandler(
             record: record, lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
-            state: HandlerState(workflowName: handler.workflowName), acquired: .created)
+            state: HandlerState(workflowName: handler.workflowName), acquired: .created,
+            pendingInbox: [handler.startEvent])
     }
 }
 

@@ -106,6 +106,8 @@ extension PostgresStore {
         /// is current. The candidate ids come from small partial indexes, each branch bounded, so
         /// one claim costs O(limit) whatever the number of claimable or hibernated handlers;
         /// concurrent claimers skip each other's locked rows. Each claim raises the fencing token.
+        /// Each claimed row carries its pending inbox (JSON, in order), so that the claimer starts
+        /// the runtime without another round trip.
         static func claim(replica: String, instance: String, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
@@ -147,7 +149,10 @@ extension PostgresStore {
                 history AS (
                     INSERT INTO lease_history (handler_id, change, replica, token)
                     SELECT id, how, owner_replica, fencing_token FROM acquired)
-                SELECT \(unescaped: recordColumns), h.snapshot, h.how FROM acquired h
+                SELECT \(unescaped: recordColumns), h.snapshot, h.how,
+                    (SELECT json_agg(json_build_object('id', i.event_id, 'event', i.event) ORDER BY i.seq)
+                        FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed)::text
+                FROM acquired h
                 """
         }
 

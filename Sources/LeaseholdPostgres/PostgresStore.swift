@@ -280,10 +280,10 @@ public final class PostgresStore: HandlerStore, Service {
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
             for try await row in rows {
-                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how) = try row.decode(
+                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox) = try row.decode(
                     (
                         String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64,
-                        Bool, Int64, Date?, Data?, String
+                        Bool, Int64, Date?, Data?, String, String?
                     ).self)
                 let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
                 let state =
@@ -293,7 +293,9 @@ public final class PostgresStore: HandlerStore, Service {
                     ClaimedHandler(
                         record: record,
                         lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
-                        state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed))
+                        state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed,
+                        pendingInbox: try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }
+                            ?? []))
             }
             return claimed
         }

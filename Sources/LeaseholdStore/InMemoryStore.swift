@@ -161,7 +161,8 @@ public actor InMemoryStore: HandlerStore {
         return ClaimedHandler(
             record: published(record),
             lease: Lease(handlerID: handler.id, replicaID: owner, token: record.fencingToken),
-            state: HandlerState(workflowName: handler.workflowName), acquired: .created)
+            state: HandlerState(workflowName: handler.workflowName), acquired: .created,
+            pendingInbox: [handler.startEvent])
     }
 
     private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
@@ -196,7 +197,8 @@ public actor InMemoryStore: HandlerStore {
                 ClaimedHandler(
                     record: published(entry.record),
                     lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken),
-                    state: entry.state, acquired: kind))
+                    state: entry.state, acquired: kind,
+                    pendingInbox: entry.inbox.filter { !$0.consumed }.map(\.event)))
         }
         return claimed
     }

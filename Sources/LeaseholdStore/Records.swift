@@ -83,12 +83,20 @@ public struct ClaimedHandler: Sendable {
     /// How the lease was acquired (`created`, `claimed`, `reloaded` or `failedOver`), as the lease
     /// history records it.
     public var acquired: LeaseChange.Kind
+    /// The handler's unconsumed inbox, in order, when the store read it in the same step that
+    /// granted the lease (a creation's start event; a claim's pending events): the runtime starts
+    /// with it and needs no further read. Nil: read it after launch.
+    public var pendingInbox: [InboxEvent]?
 
-    public init(record: HandlerRecord, lease: Lease, state: HandlerState, acquired: LeaseChange.Kind = .claimed) {
+    public init(
+        record: HandlerRecord, lease: Lease, state: HandlerState, acquired: LeaseChange.Kind = .claimed,
+        pendingInbox: [InboxEvent]? = nil
+    ) {
         self.record = record
         self.lease = lease
         self.state = state
         self.acquired = acquired
+        self.pendingInbox = pendingInbox
     }
 }
 

@@ -47,6 +47,7 @@ struct StoreConformanceTests {
             #expect(record.owner == Self.r1)
             #expect(record.lastSequence == -1)
             #expect(try await store.pendingInbox("h1").map(\.id) == ["start"])
+            #expect(created.pendingInbox == [Self.new("h1").startEvent])  // the launch needs no inbox read
             await #expect(throws: StoreError.handlerExists("h1")) {
                 try await store.create(Self.new("h1"), owner: Self.r2)
             }
@@ -183,8 +184,12 @@ struct StoreConformanceTests {
             #expect(receipt.owner == nil)
             #expect(receipt.hibernated)
             #expect(receipt.inserted)
+            let second = InboxEvent(id: "f", event: AnyEvent(type: "Y", value: ["b": ["c": 2]]))
+            _ = try await store.appendInbox("h", second)
             let claimed = try #require(try await store.claim(Self.r2, limit: 10, only: "h").first)
             #expect(claimed.state == Self.state(0))
+            // The claim carries the pending inbox, in order (the reload needs no further read).
+            #expect(claimed.pendingInbox == [InboxEvent(id: "e", event: AnyEvent(type: "X")), second])
             #expect(claimed.lease.token > lease.token)
             #expect(try await store.handler("h")?.hibernated == false)
 
@@ -193,7 +198,9 @@ struct StoreConformanceTests {
                 try await store.hibernate(
                     Checkpoint(state: Self.state(0), log: [], consumedInbox: ["start"]),
                     wakeAt: Date().addingTimeInterval(-1), lease: timed))
-            #expect(try await store.claim(Self.r2, limit: 10, only: nil).map(\.record.id) == ["t"])
+            let due = try await store.claim(Self.r2, limit: 10, only: nil)
+            #expect(due.map(\.record.id) == ["t"])
+            #expect(due.first?.pendingInbox == [])
         }
     }
 

@@ -511,6 +511,26 @@ def full_log(handler_id: str) -> list[tuple[int, dict]]:
     return sse_log(LB, handler_id, after="-1", timeout=30)
 
 
+def stranded(handler_id: str, spec: dict) -> str:
+    """What the cluster says of a handler that never finished: the store's row (owner, token,
+    hibernation, pending inbox, last ownership changes), which replica runs it, and what the
+    workload sent it. The run keeps the cluster's logs as well; this is for a CI log's excerpt."""
+    facts = {"workflow": spec["workflow"], "answers": spec.get("answers")}
+    for r in REPLICAS:
+        try:
+            view = httpx.get(f"{replica_url(r)}/cluster/handlers/{handler_id}", timeout=5).json()
+        except (httpx.HTTPError, ValueError) as error:
+            facts[r] = repr(error)[:80]
+            continue
+        if view.get("live_here"):
+            facts["live_on"] = r
+        for key in ("owner", "fencing_token", "lease_expires_at", "hibernated", "inbox_pending", "last_sequence"):
+            facts.setdefault(key, view.get(key))
+        facts.setdefault("lease_history", [(c["change"], c["replica"], c["fencing_token"], c["at"][11:23])
+                                           for c in view.get("lease_history", [])[-6:]])
+    return json.dumps(facts)
+
+
 def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], dict]:
     violations: list[str] = []
     stats = {"handlers": 0, "completed": 0, "cancelled": 0}
@@ -524,7 +544,7 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
         status = record["status"]
         stats["handlers"] += 1
         if status not in TERMINAL:
-            violations.append(f"{handler_id}: still {status} after the run")
+            violations.append(f"{handler_id}: still {status} after the run: {stranded(handler_id, spec)}")
             continue
         stats[status] = stats.get(status, 0) + 1
         log = full_log(handler_id)
