@@ -83,7 +83,7 @@ extension PostgresStore.Statements {
         """
         SELECT status, hibernated, count(*),
             count(*) FILTER (WHERE owner_replica IS NOT NULL
-                AND leasehold_lease_expiry(owner_replica, lease_expires_at) <= now())
+                AND \(unescaped: leaseExpiry(owner: "owner_replica", cap: "lease_expires_at")) <= now())
         FROM handlers GROUP BY status, hibernated
         """
     }
