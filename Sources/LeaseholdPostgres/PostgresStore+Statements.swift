@@ -120,13 +120,20 @@ extension PostgresStore {
         /// one claim costs O(limit) whatever the number of claimable or hibernated handlers;
         /// concurrent claimers skip each other's locked rows. Each claim raises the fencing token.
         /// Each claimed row carries its pending inbox (JSON, in order), so that the claimer starts
-        /// the runtime without another round trip.
+        /// the runtime without another round trip — read with the statement's snapshot, so only
+        /// when the row it locked is the version that snapshot saw. A checkpoint (or hibernation)
+        /// of the old owner that committed between the snapshot and the lock is in the locked row
+        /// (FOR UPDATE re-reads the newest version) but not in the snapshot's inbox: its consumed
+        /// events would look pending and be applied twice. Then the inbox is NULL and read after
+        /// launch instead.
         static func claim(replica: String, instance: String, limit: Int, only: String?) -> PostgresQuery {
             let window = limit * 8
             return """
                 WITH lapsed AS (SELECT id FROM replicas WHERE lease_expires_at <= now()),
                 candidates AS (
-                    SELECT h.id, h.owner_replica AS previous_owner, h.hibernated AS was_hibernated FROM handlers h
+                    SELECT h.id, h.owner_replica AS previous_owner, h.hibernated AS was_hibernated,
+                        h.xmin AS locked_version
+                    FROM handlers h
                     WHERE EXISTS (SELECT 1 FROM replicas
                         WHERE id = \(replica) AND instance = \(instance) AND lease_expires_at > now())
                     AND (h.id = \(only) OR (\(only)::text IS NULL AND h.id IN (
@@ -154,7 +161,7 @@ extension PostgresStore {
                         fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL,
                         updated_at = now()
                     FROM candidates c WHERE h.id = c.id
-                    RETURNING h.*, c.previous_owner, c.was_hibernated),
+                    RETURNING h.*, c.previous_owner, c.was_hibernated, c.locked_version),
                 acquired AS (
                     SELECT claimed.*, CASE WHEN previous_owner IS NOT NULL THEN 'failed_over'
                             WHEN was_hibernated THEN 'reloaded' ELSE 'claimed' END AS how
@@ -163,8 +170,10 @@ extension PostgresStore {
                     INSERT INTO lease_history (handler_id, change, replica, token)
                     SELECT id, how, owner_replica, fencing_token FROM acquired)
                 SELECT \(unescaped: recordColumns), h.snapshot, h.how,
-                    (SELECT json_agg(json_build_object('id', i.event_id, 'event', i.event) ORDER BY i.seq)
-                        FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed)::text
+                    CASE WHEN h.locked_version = (SELECT x.xmin FROM handlers x WHERE x.id = h.id) THEN
+                        COALESCE((SELECT json_agg(json_build_object('id', i.event_id, 'event', i.event) ORDER BY i.seq)
+                            FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed), '[]')::text
+                    END
                 FROM acquired h
                 """
         }

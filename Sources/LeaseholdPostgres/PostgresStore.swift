@@ -294,8 +294,7 @@ public final class PostgresStore: HandlerStore, Service {
                         record: record,
                         lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
                         state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed,
-                        pendingInbox: try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }
-                            ?? []))
+                        pendingInbox: try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }))
             }
             return claimed
         }

@@ -1,0 +1,77 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdStore
+import LeaseholdTestSupport
+import Logging
+import PostgresNIO
+import Testing
+
+/// The inbox a claim answers is read with the claim statement's snapshot; FOR UPDATE locks the
+/// row's newest version. These must agree, or events consumed in between are applied twice.
+@Suite("Claim and inbox", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+struct ClaimInboxTests {
+    static let ttl = Duration.seconds(30)
+
+    /// The claim statement exactly as the store sends it, with a pause joined into its candidate
+    /// scan: the snapshot is taken, then the pause, then the row lock.
+    static func pausedClaim(_ store: PostgresStore, replica: String) throws -> PostgresQuery {
+        let query = store.claimStatement(replica: replica, limit: 10)
+        let scan = "FROM handlers h\n"
+        let range = try #require(query.sql.range(of: scan), "the claim statement no longer scans 'FROM handlers h'")
+        var sql = query.sql
+        sql.replaceSubrange(range, with: "FROM handlers h, (SELECT pg_sleep(1)) AS pause\n")
+        return PostgresQuery(unsafeSQL: sql, binds: query.binds)
+    }
+
+    @Test("a change committed between a claim's snapshot and its lock: the claim answers no inbox (read after launch)")
+    func claimSeesNoStaleInbox() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
+            try await store.release(nil, lease: lease)  // claimable, its start event pending
+
+            // Undisturbed, the paused claim answers the pending inbox (the pause changes nothing).
+            let quiet = try await Self.inboxColumn(store, try Self.pausedClaim(store, replica: "r2"))
+            #expect((quiet ?? nil)?.contains("\"start\"") == true)
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)  // voids r2's claim
+            #expect(try await store.handler("h")?.owner == nil)
+
+            try await withThrowingTaskGroup(of: String??.self) { group in
+                group.addTask { try await Self.inboxColumn(store, try Self.pausedClaim(store, replica: "r2")) }
+                // While the claim sleeps (its snapshot taken), another session consumes the start
+                // event and advances the row, and commits, as an old owner's checkpoint would.
+                let sleeping = try await eventually(timeout: .seconds(20)) {
+                    try await PostgresStoreTests.count(
+                        store,
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+                    ) == 1
+                }
+                try #require(sleeping)
+                _ = try await PostgresStoreTests.count(
+                    store,
+                    """
+                    WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
+                    advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
+                    SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
+                    """)
+                let answered = try #require(try await group.next())
+                // The claim locked the newest row (it did claim it) but its snapshot's inbox still
+                // showed the start event: it must not answer that inbox.
+                #expect(answered == .some(nil))
+            }
+            #expect(try await store.handler("h")?.owner == "r2")
+        }
+    }
+
+    /// Runs a claim statement; the inbox column of its one row (nil: NULL), or nil when no row.
+    static func inboxColumn(_ store: PostgresStore, _ query: PostgresQuery) async throws -> String?? {
+        var answer: String??
+        for try await row in try await store.client.query(query, logger: PostgresStoreTests.logger) {
+            let columns = row.makeRandomAccess()
+            answer = .some(try columns[columns.count - 1].decode(String?.self))
+        }
+        return answer
+    }
+}
