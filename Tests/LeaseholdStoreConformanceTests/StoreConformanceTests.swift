@@ -268,6 +268,14 @@ struct StoreConformanceTests {
                 try await store.checkpoint(
                     Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: lease)
             }
+            // Nothing of the deleted run is left to a new run of the id: log, inbox, lease history.
+            let again = try await store.create(Self.new("h"), owner: Self.r2).lease
+            #expect(try await store.events("h", after: -1, limit: 10).isEmpty)
+            #expect(try await store.pendingInbox("h").map(\.id) == ["start"])
+            #expect(try await store.leaseHistory("h").map(\.kind) == [.created])
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: again)
+            #expect(try await store.events("h", after: -1, limit: 10).map(\.sequence) == [0])
         }
     }
 
@@ -488,6 +496,11 @@ struct StoreConformanceTests {
             #expect(try await store.handler("running")?.status == .running)
             #expect(try await store.handler("sleeping")?.hibernated == true)
             #expect(try await store.events("sleeping", after: -1, limit: 10).count == 1)
+            // A purged id starts clean: no log, inbox or lease history of the purged run.
+            _ = try await store.create(Self.new("done-1"), owner: Self.r2)
+            #expect(try await store.events("done-1", after: -1, limit: 10).isEmpty)
+            #expect(try await store.pendingInbox("done-1").map(\.id) == ["start"])
+            #expect(try await store.leaseHistory("done-1").map(\.kind) == [.created])
         }
     }
 
