@@ -19,18 +19,6 @@ extension PostgresStore.Statements {
         "DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id"
     }
 
-    /// After `delete`, in the same transaction but as its own statement: its snapshot then sees
-    /// every child row committed while the delete waited for the handler row's lock (no foreign
-    /// keys since migration 0012; a new run of the id cannot insert before this commits, its
-    /// INSERT waits on the deleted key).
-    static func deleteChildren(id: String) -> PostgresQuery {
-        """
-        WITH logs AS (DELETE FROM event_log WHERE handler_id = \(id)),
-        inboxes AS (DELETE FROM inbox WHERE handler_id = \(id))
-        DELETE FROM lease_history WHERE handler_id = \(id)
-        """
-    }
-
     static func handler(id: String) -> PostgresQuery {
         """
         SELECT \(unescaped: recordColumns)

@@ -308,21 +308,15 @@ extension PostgresStore {
 
         /// One small transaction: the oldest finished handlers past the retention, skipping rows
         /// another replica's purge (or a cancel) holds, deleted with their log, inbox and lease
-        /// history. One statement is enough here: a finished handler gets no child rows any more
-        /// (its last ones committed with the checkpoint that finished it, before this snapshot
-        /// could see it finished).
+        /// history (the trigger of migration 0012).
         static func purgeFinished(ageSeconds: Double, limit: Int) -> PostgresQuery {
             """
             WITH doomed AS (
                 SELECT id FROM handlers
                 WHERE status <> 'running' AND completed_at < now() - make_interval(secs => \(ageSeconds))
                 ORDER BY completed_at LIMIT \(limit)
-                FOR UPDATE SKIP LOCKED),
-            deleted AS (DELETE FROM handlers h USING doomed WHERE h.id = doomed.id RETURNING h.id),
-            logs AS (DELETE FROM event_log WHERE handler_id IN (SELECT id FROM deleted)),
-            inboxes AS (DELETE FROM inbox WHERE handler_id IN (SELECT id FROM deleted)),
-            history AS (DELETE FROM lease_history WHERE handler_id IN (SELECT id FROM deleted))
-            SELECT id FROM deleted
+                FOR UPDATE SKIP LOCKED)
+            DELETE FROM handlers h USING doomed WHERE h.id = doomed.id RETURNING h.id
             """
         }
     }

@@ -186,7 +186,6 @@ extension PostgresStore {
                 deleted = true
             }
             if deleted {
-                try await connection.checkedQuery(Statements.deleteChildren(id: handlerID.rawValue), logger: logger)
                 try await connection.checkedQuery(
                     Statements.notify(Notification.log + handlerID.rawValue), logger: logger)
                 try await connection.checkedQuery(
