@@ -42,13 +42,7 @@ struct ClaimInboxTests {
                 group.addTask { try await Self.inboxColumn(store, try Self.pausedClaim(store, replica: "r2")) }
                 // While the claim sleeps (its snapshot taken), another session consumes the start
                 // event and advances the row, and commits, as an old owner's checkpoint would.
-                let sleeping = try await eventually(timeout: .seconds(20)) {
-                    try await PostgresStoreTests.count(
-                        store,
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
-                    ) == 1
-                }
-                try #require(sleeping)
+                try #require(try await PostgresStoreTests.oneSessionSleeps(store))
                 _ = try await PostgresStoreTests.count(
                     store,
                     """

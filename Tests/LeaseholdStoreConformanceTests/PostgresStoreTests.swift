@@ -216,13 +216,7 @@ struct PostgresStoreTests {
                     }
                 }
                 // The commit is under way (its deferred trigger sleeps): kill that session.
-                let sleeping = try await eventually(timeout: .seconds(20)) {
-                    try await Self.count(
-                        store,
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
-                    ) == 1
-                }
-                try #require(sleeping)
+                try #require(try await Self.oneSessionSleeps(store))
                 _ = try await Self.count(
                     store,
                     """
@@ -346,6 +340,17 @@ struct PostgresStoreTests {
                         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.handler_id = '\(id)')
                         EXECUTE FUNCTION test_at_commit()
                         """), logger: logger)
+        }
+    }
+
+    /// Waits (bounded) until exactly one session of the test database sits in `pg_sleep`: the
+    /// statement a test paused is under way.
+    static func oneSessionSleeps(_ store: PostgresStore) async throws -> Bool {
+        try await eventually(timeout: .seconds(20)) {
+            try await count(
+                store,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            ) == 1
         }
     }
 
