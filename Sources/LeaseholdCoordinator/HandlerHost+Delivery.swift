@@ -22,7 +22,7 @@ extension HandlerHost {
             do {
                 let id = handler.id
                 let pending = try await storeCall { try await $0.pendingInbox(id) }
-                handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+                handler.deliver(pending)
                 return
             } catch {
                 logger.warning(
@@ -65,7 +65,7 @@ extension HandlerHost {
                 return
             }
             let pending = try await storeCall { try await $0.pendingInbox(id) }
-            handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+            handler.deliver(pending)
         } catch is CancellationError {
             return  // shutdown
         } catch {
@@ -96,7 +96,7 @@ extension HandlerHost {
         }
         for handler in live {
             guard let events = pending[handler.id], !events.isEmpty else { continue }
-            handler.runtime.deliver(events.map { Delivery(inboxID: $0.id, event: $0.event) })
+            handler.deliver(events)
         }
         return true
     }
@@ -130,7 +130,7 @@ extension HandlerHost {
             // hand the handler what is pending now (ids already delivered are skipped).
             do {
                 let pending = try await storeCall { try await $0.pendingInbox(id) }
-                live.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+                live.deliver(pending)
             } catch {
                 // Reconciliation (every renewal period) delivers it instead.
                 logger.debug("inbox read after a shared reload failed", metadata: [LogKeys.error: "\(error)"])

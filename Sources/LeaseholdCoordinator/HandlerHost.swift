@@ -144,7 +144,7 @@ final class HandlerHost: Sendable {
         if let pending = claimed.pendingInbox {
             // Read with the lease: events appended since reach the handler by wake-up or
             // reconciliation, like any event for a live handler.
-            handler.runtime.deliver(pending.map { Delivery(inboxID: $0.id, event: $0.event) })
+            handler.deliver(pending)
         } else {
             await deliverPending(handler)
         }

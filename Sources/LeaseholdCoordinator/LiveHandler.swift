@@ -45,6 +45,11 @@ final class LiveHandler: Sendable {
         if first { runtime.stop(reason == .leaseLost ? .abandon : .drain) }
     }
 
+    /// Hands inbox events to the runtime (it skips ids it already has).
+    func deliver(_ events: [InboxEvent]) {
+        runtime.deliver(events.map { Delivery(inboxID: $0.id, event: $0.event) })
+    }
+
     /// Running, not finished and not asked to stop: its lease should be renewed.
     var isActive: Bool {
         stopReason.withLock { $0 == nil } && !runtime.state.status.isFinished
