@@ -61,7 +61,7 @@ def main():
     for name, dist in (("base", args.base), ("new", args.new)):
         mine = [r for r in rows if r["build"] == name]
         def median(key, inner=None):
-            return statistics.median(r[key][inner] if inner else r[key] for r in mine)
+            return round(statistics.median(r[key][inner] if inner else r[key] for r in mine), 3)
         print(f"| {name} ({dist}) | {' / '.join(str(r['load']['rps']) for r in mine)} | "
               f"{' / '.join(str(r['load']['p99_ms']) for r in mine)} ms | {median('statements_per_request')} | "
               f"{median('commits_per_request')} | {median('server_cpu_ms_per_request')} ms | "
