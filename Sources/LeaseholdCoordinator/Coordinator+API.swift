@@ -44,17 +44,11 @@ extension Coordinator {
         // The event is durable: from here on nothing may fail the request, or a client retry would
         // add it twice. Delivery is best effort; reconciliation (every renewal period) and the
         // claim sweep apply it whatever happens here.
-        if host.handler(id) != nil {
-            // The whole pending inbox, in order: an earlier event accepted through another replica
-            // (its NOTIFY still on the way) must not be overtaken by this one.
+        // Live here: the whole pending inbox, in order (an earlier event accepted through another
+        // replica, its NOTIFY still on the way, must not be overtaken by this one). Unowned: reload
+        // it here. Owned elsewhere: its owner hears the NOTIFY.
+        if host.handler(id) != nil || receipt.owner == nil {
             await host.wake(id)
-        } else if receipt.owner == nil {
-            do {
-                try await host.reload(id)
-            } catch {
-                logger.warning(
-                    "reload after send failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
-            }
         }
     }
 

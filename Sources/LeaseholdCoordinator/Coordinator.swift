@@ -140,7 +140,7 @@ public final class Coordinator: Service, Sendable {
     /// Makes sure the handler runs somewhere; see `HandlerHost.reload(_:)`.
     /// - Returns: true when the handler is live on this replica afterwards.
     @discardableResult
-    public func reload(_ id: HandlerID) async throws -> Bool { try await host.reload(id) }
+    public func reload(_ id: HandlerID) async throws -> Bool { try await host.reload(id) != .notHere }
 
     // MARK: - One pass of a loop (tests drive these directly)
 

@@ -41,11 +41,13 @@ extension HandlerHost {
     /// (a cancel). A live handler gets its pending inbox; one not live here is reloaded here if it
     /// is claimable (hibernated with work, or orphaned).
     func wake(_ id: HandlerID) async {
-        guard let handler = handler(id) else {
+        if handler(id) == nil {
             do {
-                // Not claimable, yet live here now: the claimer launched it meanwhile, with an
-                // inbox read before this event may have committed.
-                if try await !reload(id), self.handler(id) != nil { await wake(id) }
+                // Launched by this call's claim, the runtime has the inbox that claim read, which
+                // holds this event (committed before its wake-up). Live here by another way (the
+                // claimer, or another caller's reload, read the inbox before this event may have
+                // committed): it gets its pending inbox below, as any live handler does.
+                guard try await reload(id) != .launched else { return }
             } catch is CancellationError {
                 return  // shutdown
             } catch {
@@ -53,9 +55,10 @@ extension HandlerHost {
                 // handler with inbox work; it only waits for that sweep instead.
                 logger.warning(
                     "reload on wake failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+                return
             }
-            return
         }
+        guard let handler = handler(id) else { return }  // not claimable here: another replica runs it
         do {
             guard let record = try await storeCall({ try await $0.handler(id) }), record.status == .running,
                 record.fencingToken == handler.lease.token
@@ -101,11 +104,20 @@ extension HandlerHost {
         return true
     }
 
+    /// What `reload` found or did.
+    enum ReloadOutcome {
+        /// Not live here: not claimable (another replica runs it, or it finished), or shutting down.
+        case notHere
+        /// This call claimed it and launched it with the inbox its claim read.
+        case launched
+        /// Live here, launched by something else (already live, or another caller's reload).
+        case live
+    }
+
     /// Makes sure the handler runs somewhere: when it is claimable (hibernated with work, or
     /// orphaned), claims it here and starts it. Concurrent callers for one id share one load.
-    /// - Returns: true when the handler is live on this replica afterwards.
     @discardableResult
-    func reload(_ id: HandlerID) async throws -> Bool {
+    func reload(_ id: HandlerID) async throws -> ReloadOutcome {
         enum Role { case live, leader, follower }
         let role = state.withLock { state -> Role in
             if state.live[id] != nil { return .live }
@@ -115,7 +127,7 @@ extension HandlerHost {
         }
         switch role {
         case .live:
-            return true
+            return .live
         case .follower:
             await withCheckedContinuation { continuation in
                 let appended = state.withLock { state -> Bool in
@@ -125,33 +137,23 @@ extension HandlerHost {
                 }
                 if !appended { continuation.resume() }
             }
-            guard let live = handler(id) else { return false }
-            // The leader's claim read the inbox before this caller's event may have committed:
-            // hand the handler what is pending now (ids already delivered are skipped).
-            do {
-                let pending = try await storeCall { try await $0.pendingInbox(id) }
-                live.deliver(pending)
-            } catch {
-                // Reconciliation (every renewal period) delivers it instead.
-                logger.debug("inbox read after a shared reload failed", metadata: [LogKeys.error: "\(error)"])
-            }
-            return true
+            return handler(id) != nil ? .live : .notHere
         case .leader:
             defer {
                 let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
                 for waiter in waiters { waiter.resume() }
             }
-            guard !isShuttingDown, keeper.leasesProvable else { return false }
+            guard !isShuttingDown, keeper.leasesProvable else { return .notHere }
             let started = clock.now
             // Bounded: a claim stuck on a dead connection must not hold every follower (and the
             // wake-up consumer) forever; if it did commit, the lease lapses unrun and is released.
             let replica = replicaID
             let claimed = try await storeCall { try await $0.claim(replica, limit: 1, only: id) }
-            guard let handler = claimed.first else { return false }
+            guard let handler = claimed.first else { return .notHere }
             await launch(handler, reason: handler.acquired.rawValue)
             metrics.reloads.increment()
             metrics.reloadLatency.recordInterval(since: started, clock: clock)
-            return true
+            return .launched
         }
     }
 
