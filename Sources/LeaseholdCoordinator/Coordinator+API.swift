@@ -33,23 +33,39 @@ extension Coordinator {
     }
 
     /// Sends an external event: durable in the inbox before this returns, then applied by whichever
-    /// replica runs the handler (this one, after a reload, when it was hibernated).
+    /// replica runs the handler (this one, after a reload, when it was hibernated). One statement
+    /// validates the handler's workflow, appends, and claims a hibernated handler for this replica
+    /// (see `HandlerHost.accept`).
     /// - Throws: `StoreError.handlerNotFound`, `.handlerFinished`; `EngineError` for a bad event.
     public func send(_ event: AnyEvent, to id: HandlerID, eventID: String = UUID().uuidString) async throws {
-        guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
-        guard record.status == .running else { throw StoreError.handlerFinished(id) }
-        try registry.workflow(record.workflowName).validateExternal(event)
-        let receipt = try await store.appendInbox(id, InboxEvent(id: eventID, event: event))
-        metrics.inboxEvents.increment()
-        // The event is durable: from here on nothing may fail the request, or a client retry would
-        // add it twice. Delivery is best effort; reconciliation (every renewal period) and the
-        // claim sweep apply it whatever happens here.
-        // Live here: the whole pending inbox, in order (an earlier event accepted through another
-        // replica, its NOTIFY still on the way, must not be overtaken by this one). Unowned: reload
-        // it here. Owned elsewhere: its owner hears the NOTIFY.
-        if host.handler(id) != nil || receipt.owner == nil {
-            await host.wake(id)
+        let accepting = registry.workflows(accepting: event)
+        guard !accepting.isEmpty else {
+            // Valid for no workflow: which error depends on the handler (absent, finished, or its
+            // workflow's reason for refusing the event).
+            try await refuse(event, for: id, record: store.handler(id))
+            return
         }
+        let inbox = InboxEvent(id: eventID, event: event)
+        let store = self.store
+        let replica = replicaID
+        let receipt = try await host.accept(id) { claim in
+            try await store.appendInbox(id, inbox, accepting: accepting, from: replica, claim: claim)
+        }
+        guard receipt.accepted else {
+            try await refuse(event, for: id, record: store.handler(id))
+            return
+        }
+        metrics.inboxEvents.increment()
+    }
+
+    /// Throws why `event` is not for the handler `record`.
+    private func refuse(_ event: AnyEvent, for id: HandlerID, record: HandlerRecord?) throws {
+        guard let record else { throw StoreError.handlerNotFound(id) }
+        guard record.status == .running else { throw StoreError.handlerFinished(id) }
+        let workflow = try registry.workflow(record.workflowName)
+        try workflow.validateExternal(event)
+        // Valid now: the id was deleted and created again under another workflow meanwhile.
+        throw EngineError.unknownEventType(workflow: workflow.name, type: event.type)
     }
 
     /// Cancels a handler wherever it runs (or sleeps); with `purge` also deletes it.

@@ -37,6 +37,53 @@ extension HandlerHost {
         }
     }
 
+    /// Appends an event for `id` through `append` and sees that it reaches the handler. When
+    /// the handler is neither live here nor being loaded here, the append may claim it for this
+    /// replica (`append(true)`): then it comes back with its state and pending inbox and is launched
+    /// here, a reload in one round trip. Live here, the append answers the pending inbox, which is
+    /// delivered at once. Otherwise as any inbox event: a wake-up (a reload here when it is
+    /// unowned), or the owner's NOTIFY.
+    /// - Throws: the append's error (nothing is acknowledged then); nothing after the append throws.
+    func accept(_ id: HandlerID, append: @escaping @Sendable (_ claim: Bool) async throws -> InboxReceipt)
+        async throws -> InboxReceipt
+    {
+        let leader = state.withLock { state -> Bool in
+            guard state.live[id] == nil, state.loading[id] == nil else { return false }
+            state.loading[id] = []
+            return true
+        }
+        let receipt: InboxReceipt
+        if leader {
+            defer {
+                let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
+                for waiter in waiters { waiter.resume() }
+            }
+            let claim = !isShuttingDown && keeper.leasesProvable
+            let started = clock.now
+            // Bounded, as `reload`'s claim: callers of `reload` for this id wait on it.
+            receipt = try await storeCall { _ in try await append(claim) }
+            if let claimed = receipt.claimed {
+                await launch(claimed, reason: claimed.acquired.rawValue)
+                metrics.reloads.increment()
+                metrics.reloadLatency.recordInterval(since: started, clock: clock)
+                return receipt
+            }
+        } else {
+            receipt = try await storeCall { _ in try await append(false) }
+        }
+        guard receipt.accepted else { return receipt }
+        if let handler = handler(id) {
+            if let pending = receipt.pending, pending.token == handler.lease.token {
+                handler.deliver(pending.events)
+            } else {
+                await wake(id)
+            }
+        } else if receipt.owner == nil {
+            await wake(id)
+        }
+        return receipt
+    }
+
     /// An inbox event arrived for `id` (a NOTIFY or a local append), or its lease was taken away
     /// (a cancel). A live handler gets its pending inbox; one not live here is reloaded here if it
     /// is claimable (hibernated with work, or orphaned).

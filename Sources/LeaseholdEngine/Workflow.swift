@@ -112,6 +112,17 @@ public struct Workflow: Sendable {
         try type.validate(event.value)
     }
 
+    /// Whether `validateExternal` passes for `event`.
+    public func accepts(_ event: AnyEvent) -> Bool {
+        guard let type = externalEvents.first(where: { $0.name == event.type }) else { return false }
+        do {
+            try type.validate(event.value)
+            return true
+        } catch {
+            return false  // the reason is reported by `validateExternal`, for the handler's own workflow
+        }
+    }
+
     /// Validates a start event's value.
     public func validateStart(_ value: JSONValue) throws {
         try startEvent.validate(value)

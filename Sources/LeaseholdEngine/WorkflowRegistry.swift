@@ -19,4 +19,10 @@ public struct WorkflowRegistry: Sendable {
         guard let workflow = workflows[name] else { throw EngineError.unknownWorkflow(name) }
         return workflow
     }
+
+    /// The names of the workflows an external event is valid for (its type is one of theirs and
+    /// its value passes that type's validation), sorted.
+    public func workflows(accepting event: AnyEvent) -> [String] {
+        workflows.values.filter { $0.accepts(event) }.map(\.name).sorted()
+    }
 }

@@ -41,17 +41,7 @@ extension PostgresStore {
             together = try await guarded { connection in
                 do {
                     return try await connection.checkedTransaction(logger: logger) { connection in
-                        // A row another transaction holds (a send's FOR SHARE on a connection that
-                        // went silent) must not hold the whole flush, and with it every handler in
-                        // it, until their writes look stuck: past this, the flush is refused and
-                        // its writes go one by one, where only that handler's write waits.
-                        if let lockTimeout {
-                            try await connection.checkedQuery(
-                                PostgresQuery(
-                                    unsafeSQL: "SET LOCAL lock_timeout = \(Int(Self.seconds(lockTimeout) * 1000))"),
-                                logger: logger)
-                        }
-                        return try await writeBatch(batch, on: connection)
+                        try await writeBatch(batch, on: connection)
                     }
                 } catch let error as PSQLError where Self.rolledBack(error) {
                     return nil
@@ -94,8 +84,14 @@ extension PostgresStore {
     }
 
     /// How long a flush waits for a row lock before it is refused (a fraction of the time after
-    /// which a write looks stuck: a quarter of a lease TTL for a replica's store).
+    /// which a write looks stuck: a quarter of a lease TTL for a replica's store). A row another
+    /// transaction holds (an append on a connection that went silent) must not hold the whole
+    /// flush, and with it every handler in it, until their writes look stuck: past this, the
+    /// flush is refused and its writes go one by one, where only that handler's write waits.
     var lockTimeout: Duration? { requestTimeout.map { $0 / 8 } }
+
+    /// `lockTimeout` as the batch statements set it (`lock_timeout`, in milliseconds).
+    var lockTimeoutSetting: String? { lockTimeout.map { "\(Int(Self.seconds($0) * 1000))" } }
 
     /// Through group commit while its writers run, alone otherwise (no group commit, or before
     /// the store's service started).
@@ -135,7 +131,7 @@ extension PostgresStore {
             let query = Statements.createBatch(
                 ids: creates.map(\.1.id.rawValue), workflows: creates.map(\.1.workflowName),
                 runIDs: creates.map(\.1.runID), owners: creates.map(\.2.rawValue),
-                eventIDs: creates.map(\.1.startEvent.id), events: creates.map(\.3))
+                eventIDs: creates.map(\.1.startEvent.id), events: creates.map(\.3), lockTimeout: lockTimeoutSetting)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.CreateBatch.self), logger: logger)
             {
@@ -153,7 +149,7 @@ extension PostgresStore {
         if !checkpoints.isEmpty {
             var matched: Set<String> = []
             let rows = checkpoints.map(\.1)
-            let query = Statements.checkpointBatch(rows)
+            let query = Statements.checkpointBatch(rows, lockTimeout: lockTimeoutSetting)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.CheckpointBatch.self), logger: logger)
             {
@@ -179,14 +175,21 @@ extension PostgresStore {
 extension PostgresStore.Statements {
     /// `create` for many handlers in one statement: the ones whose id exists already are left out
     /// of the answer.
+    ///
+    /// Both batch statements set the flush's `lock_timeout` (milliseconds; nil: the server's) for
+    /// their transaction themselves, as their input is first read, before any row is locked: one
+    /// round trip less per flush than a `SET LOCAL`.
     static func createBatch(
-        ids: [String], workflows: [String], runIDs: [String], owners: [String], eventIDs: [String], events: [String]
+        ids: [String], workflows: [String], runIDs: [String], owners: [String], eventIDs: [String], events: [String],
+        lockTimeout: String?
     ) -> PostgresQuery {
         """
         WITH input AS (
             SELECT * FROM unnest(\(ids)::text[], \(workflows)::text[], \(runIDs)::text[], \(owners)::text[],
                 \(eventIDs)::text[], \(events)::text[]) WITH ORDINALITY
-                AS i(id, workflow_name, run_id, owner, event_id, event, ord)),
+                AS i(id, workflow_name, run_id, owner, event_id, event, ord)
+            WHERE (SELECT set_config('lock_timeout', COALESCE(\(lockTimeout)::text, current_setting('lock_timeout')), true))
+                IS NOT NULL),
         created AS (
             INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
             SELECT id, workflow_name, run_id, owner, 'infinity', nextval('leasehold_fencing_tokens')
@@ -208,7 +211,7 @@ extension PostgresStore.Statements {
     /// the ids whose lease held (only those wrote anything). The rows whose lease is current are
     /// locked first, in id order, so that batches which share rows cannot deadlock; a stale row is
     /// never locked (it would hold up its current owner's writes for nothing).
-    static func checkpointBatch(_ rows: [PostgresStore.CheckpointRow]) -> PostgresQuery {
+    static func checkpointBatch(_ rows: [PostgresStore.CheckpointRow], lockTimeout: String?) -> PostgresQuery {
         var logIDs: [String] = []
         var logSequences: [Int64] = []
         var logRecords: [String] = []
@@ -236,7 +239,9 @@ extension PostgresStore.Statements {
                 SELECT * FROM unnest(\(ids)::text[], \(tokens)::bigint[], \(replicas)::text[], \(snapshots)::bytea[],
                     \(statuses)::text[], \(errors)::text[], \(hasError)::bool[], \(results)::text[],
                     \(hasResult)::bool[], \(lastSequences)::bigint[])
-                    AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence)),
+                    AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence)
+                WHERE (SELECT set_config('lock_timeout', COALESCE(\(lockTimeout)::text, current_setting('lock_timeout')), true))
+                    IS NOT NULL),
             locked AS (
                 SELECT h.id FROM handlers h JOIN input i ON i.id = h.id
                 WHERE leasehold_lease_is_current(h.fencing_token, h.owner_replica, h.lease_expires_at, i.token, i.replica)

@@ -44,14 +44,16 @@ extension PostgresStore {
         }
         enum CreateBatch: PreparedShape {
             static let sql = Statements.createBatch(
-                ids: [], workflows: [], runIDs: [], owners: [], eventIDs: [], events: []
+                ids: [], workflows: [], runIDs: [], owners: [], eventIDs: [], events: [], lockTimeout: nil
             ).sql
         }
         enum CheckpointBatch: PreparedShape {
-            static let sql = Statements.checkpointBatch([]).sql
+            static let sql = Statements.checkpointBatch([], lockTimeout: nil).sql
         }
         enum AppendInbox: PreparedShape {
-            static let sql = Statements.appendInbox(id: "", eventID: "", event: "", notification: "").sql
+            static let sql = Statements.appendInbox(
+                id: "", eventID: "", event: "", accepting: nil, replica: nil, instance: "", claim: false
+            ).sql
         }
         enum PendingInbox: PreparedShape {
             static let sql = Statements.pendingInbox(id: "").sql

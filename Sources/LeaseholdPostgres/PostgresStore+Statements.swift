@@ -249,23 +249,87 @@ extension PostgresStore {
             """
         }
 
-        /// One statement: lock the handler row FOR SHARE (so an append and a hibernation, which
-        /// locks it FOR UPDATE, serialize; after waiting, the row's newest version is returned),
-        /// insert the event unless the handler finished (idempotent by event id), notify.
-        static func appendInbox(id: String, eventID: String, event: String, notification: String) -> PostgresQuery {
+        /// One statement: append an external event and do what the appending replica would do
+        /// next. Locks the handler row (so an append and a hibernation, which locks it FOR UPDATE
+        /// and then counts the pending inbox, serialize; after waiting, the row's newest version
+        /// is used), inserts the event unless the handler finished or is of a workflow the event
+        /// is not for (idempotent by event id), then:
+        /// - with `claim`, when the handler is claimable (as in `claim`) and the replica's
+        ///   registration is current, claims it: the answer carries its snapshot and pending
+        ///   inbox, and nobody is notified (the claimer runs it);
+        /// - otherwise notifies, and when the replica owns the handler answers its pending inbox.
+        ///
+        /// The inbox is read with the statement's snapshot, the new event added (a CTE's insert is
+        /// not in that snapshot): answered only when the locked row is the version the snapshot
+        /// saw, as in `claim`. The one row answered is the handler's record (as claimed, or as
+        /// found), then snapshot, how, inbox, accepted, inserted, and the owner and hibernation
+        /// found.
+        static func appendInbox(
+            id: String, eventID: String, event: String, accepting: [String]?, replica: String?, instance: String,
+            claim: Bool
+        ) -> PostgresQuery {
             """
-            WITH h AS (
-                SELECT id, status, owner_replica, hibernated FROM handlers WHERE id = \(id) FOR SHARE),
+            WITH found AS (
+                SELECT \(unescaped: sourceColumns("h")), h.xmin AS locked_version
+                FROM handlers h WHERE h.id = \(id) FOR NO KEY UPDATE),
+            accepted AS (
+                SELECT f.id FROM found f WHERE f.status = 'running'
+                    AND (\(accepting)::text[] IS NULL OR f.workflow_name = ANY(\(accepting)::text[]))),
             inserted AS (
                 INSERT INTO inbox (handler_id, event_id, event)
-                SELECT h.id, \(eventID), \(event)::jsonb FROM h WHERE h.status = 'running'
+                SELECT id, \(eventID), \(event)::jsonb FROM accepted
                 ON CONFLICT (handler_id, event_id) DO NOTHING
-                RETURNING event_id),
+                RETURNING seq, event_id, event),
+            candidate AS (
+                SELECT f.id, f.owner_replica AS previous_owner, f.hibernated AS was_hibernated
+                FROM found f
+                WHERE \(claim)::bool AND f.id IN (SELECT id FROM accepted)
+                AND EXISTS (SELECT 1 FROM replicas
+                    WHERE id = \(replica)::text AND instance = \(instance) AND lease_expires_at > now())
+                AND ((f.owner_replica IS NOT NULL AND (f.lease_expires_at <= now() OR NOT EXISTS (
+                        SELECT 1 FROM replicas r WHERE r.id = f.owner_replica AND r.lease_expires_at > now())))
+                    OR (f.owner_replica IS NULL AND (NOT f.hibernated OR f.wake_at <= now()
+                        OR EXISTS (SELECT 1 FROM inserted)
+                        OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = f.id AND NOT i.consumed))))),
+            claimed AS (
+                UPDATE handlers h SET owner_replica = \(replica)::text, lease_expires_at = 'infinity',
+                    fencing_token = nextval('leasehold_fencing_tokens'), hibernated = false, wake_at = NULL,
+                    updated_at = now()
+                FROM candidate c WHERE h.id = c.id
+                RETURNING \(unescaped: sourceColumns("h")), h.snapshot,
+                    CASE WHEN c.previous_owner IS NOT NULL THEN 'failed_over'
+                        WHEN c.was_hibernated THEN 'reloaded' ELSE 'claimed' END AS how),
+            history AS (
+                INSERT INTO lease_history (handler_id, change, replica, token)
+                SELECT id, how, owner_replica, fencing_token FROM claimed),
             notified AS (
-                SELECT pg_notify('\(unescaped: Notification.channel)', \(notification)) FROM h WHERE h.status = 'running')
-            SELECT h.status, h.owner_replica, h.hibernated, EXISTS (SELECT 1 FROM inserted)
-            FROM h WHERE (SELECT count(*) FROM notified) >= 0
+                SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.inbox)' || id)
+                FROM accepted WHERE NOT EXISTS (SELECT 1 FROM claimed)),
+            answer AS (
+                SELECT \(unescaped: sourceColumns("c")), c.snapshot, c.how FROM claimed c
+                UNION ALL
+                SELECT \(unescaped: sourceColumns("f")), NULL::bytea, NULL::text FROM found f
+                WHERE NOT EXISTS (SELECT 1 FROM claimed))
+            SELECT \(unescaped: recordColumns), h.snapshot, h.how,
+                CASE WHEN EXISTS (SELECT 1 FROM accepted) AND (h.how IS NOT NULL OR h.owner_replica = \(replica)::text)
+                    AND f.locked_version = (SELECT x.xmin FROM handlers x WHERE x.id = f.id) THEN
+                    COALESCE((SELECT json_agg(json_build_object('id', p.event_id, 'event', p.event) ORDER BY p.seq)
+                        FROM (SELECT i.seq, i.event_id, i.event FROM inbox i WHERE i.handler_id = f.id AND NOT i.consumed
+                            UNION ALL SELECT seq, event_id, event FROM inserted) p), '[]')::text
+                END,
+                EXISTS (SELECT 1 FROM accepted), EXISTS (SELECT 1 FROM inserted), f.owner_replica, f.hibernated
+            FROM answer h, found f
+            WHERE (SELECT count(*) FROM notified) >= 0
             """
+        }
+
+        /// The `handlers` columns that `recordColumns` reads, from the row named `alias`.
+        static func sourceColumns(_ alias: String) -> String {
+            [
+                "id", "workflow_name", "run_id", "status", "error", "result", "started_at", "updated_at",
+                "completed_at", "owner_replica", "lease_expires_at", "fencing_token", "hibernated", "last_sequence",
+                "wake_at",
+            ].map { "\(alias).\($0)" }.joined(separator: ", ")
         }
 
         static func notify(_ payload: String) -> PostgresQuery {

@@ -96,22 +96,51 @@ extension PostgresStore {
 
     // MARK: - Inbox
 
-    public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
-        let id = handlerID.rawValue
+    public func appendInbox(
+        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
+    ) async throws -> InboxReceipt {
         let payload = try json(event.event)
+        let query = Statements.appendInbox(
+            id: handlerID.rawValue, eventID: event.id, event: payload, accepting: accepting, replica: replica?.rawValue,
+            instance: instance, claim: claim)
         return try await committed { connection in
-            var found: (String, String?, Bool, Bool)?
-            let query = Statements.appendInbox(
-                id: id, eventID: event.id, event: payload, notification: Notification.inbox + id)
+            var answer: InboxReceipt?
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.AppendInbox.self), logger: logger)
             {
-                found = try row.decode((String, String?, Bool, Bool).self)
+                answer = try Self.receipt(row, replica: replica)
             }
-            guard let (status, owner, hibernated, inserted) = found else { throw StoreError.handlerNotFound(handlerID) }
-            guard status == HandlerStatus.running.rawValue else { throw StoreError.handlerFinished(handlerID) }
-            return InboxReceipt(owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted)
+            guard let answer else { throw StoreError.handlerNotFound(handlerID) }
+            return answer
         }
+    }
+
+    /// Reads the one row of `Statements.appendInbox`.
+    private static func receipt(_ row: PostgresRow, replica: ReplicaID?) throws -> InboxReceipt {
+        let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox, accepted, inserted, owner, hibernated) =
+            try row.decode(
+                (
+                    String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64, Bool,
+                    Int64, Date?, Data?, String?, String?, Bool, Bool, String?, Bool
+                ).self)
+        let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
+        guard record.status == .running else { throw StoreError.handlerFinished(record.id) }
+        let decoder = JSONDecoder()
+        let events = try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }
+        var receipt = InboxReceipt(
+            owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted, accepted: accepted,
+            workflowName: record.workflowName)
+        if let how, let replica {
+            let state =
+                try snapshot.map { try decoder.decode(HandlerState.self, from: $0) }
+                ?? HandlerState(workflowName: record.workflowName)
+            receipt.claimed = ClaimedHandler(
+                record: record, lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
+                state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed, pendingInbox: events)
+        } else if let events {
+            receipt.pending = PendingInbox(token: record.fencingToken, events: events)
+        }
+        return receipt
     }
 
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {

@@ -300,6 +300,13 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    /// The append statement exactly as `appendInbox` sends it with a claim for `replica` (a test
+    /// pauses it between its snapshot and its row lock).
+    public func appendClaimStatement(id: String, eventID: String, event: String, replica: String) -> PostgresQuery {
+        Statements.appendInbox(
+            id: id, eventID: eventID, event: event, accepting: nil, replica: replica, instance: instance, claim: true)
+    }
+
     /// The claim statement exactly as `claim` sends it (benchmarks compare against it raw).
     public func claimStatement(replica: String, limit: Int) -> PostgresQuery {
         Statements.claim(replica: replica, instance: instance, limit: limit, only: nil)

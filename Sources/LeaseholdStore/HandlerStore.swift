@@ -57,8 +57,21 @@ public protocol HandlerStore: Sendable {
     func release(_ checkpoint: Checkpoint?, lease: Lease) async throws
 
     /// Appends an external event durably (committed before this returns) and wakes the owner.
+    /// With a `replica`, the append also does in the same write what that replica would do next:
+    /// - when `claim` is set and the handler is claimable (hibernated or unowned, or owned under
+    ///   a lapsed lease) and the replica's registration is current, it claims the handler for
+    ///   the replica and answers it in `claimed`, with its state and pending inbox (a reload in
+    ///   one round trip; nobody else is woken);
+    /// - when the replica owns the handler, it answers the pending inbox in `pending`.
+    ///
+    /// The inbox is answered only when it was read consistently with the row (see `claim`);
+    /// otherwise the caller reads it.
+    /// - Parameter accepting: the workflows the event is valid for; for a handler of another
+    ///   workflow nothing is written and the receipt says `accepted: false`. Nil: any workflow.
     /// - Throws: `.handlerNotFound`, `.handlerFinished`.
-    func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt
+    func appendInbox(
+        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
+    ) async throws -> InboxReceipt
 
     /// The inbox events not yet consumed, oldest first.
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent]
@@ -111,6 +124,11 @@ public protocol HandlerStore: Sendable {
 }
 
 extension HandlerStore {
+    /// Appends an external event for a handler of any workflow, claiming nothing.
+    public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
+        try await appendInbox(handlerID, event, accepting: nil, from: nil, claim: false)
+    }
+
     /// `renew`, answering only the leases held.
     public func heartbeat(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID] = [])
         async throws -> [HandlerID: FencingToken]

@@ -277,16 +277,37 @@ public actor InMemoryStore: HandlerStore {
         if let checkpoint { finishWrite(lease.handlerID, checkpoint) }
     }
 
-    public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
+    public func appendInbox(
+        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
+    ) async throws -> InboxReceipt {
         guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
         guard entry.record.status == .running else { throw StoreError.handlerFinished(handlerID) }
+        let before = entry.record
+        if let accepting, !accepting.contains(before.workflowName) {
+            return InboxReceipt(
+                owner: before.owner, hibernated: before.hibernated, inserted: false, accepted: false,
+                workflowName: before.workflowName)
+        }
         let inserted = !entry.inbox.contains { $0.event.id == event.id }
         if inserted {
             entry.inbox.append((event, false))
             entries[handlerID] = entry
         }
-        signals.inboxChanged(handlerID.rawValue)
-        return InboxReceipt(owner: entry.record.owner, hibernated: entry.record.hibernated, inserted: inserted)
+        var receipt = InboxReceipt(
+            owner: before.owner, hibernated: before.hibernated, inserted: inserted, workflowName: before.workflowName)
+        if let replica, claim {
+            // Nothing suspends between the append and the claim: one step, as in one statement.
+            receipt.claimed = try await self.claim(replica, limit: 1, only: handlerID).first
+        }
+        if receipt.claimed == nil {
+            if let replica, let current = entries[handlerID]?.record, current.owner == replica {
+                receipt.pending = PendingInbox(
+                    token: current.fencingToken,
+                    events: entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? [])
+            }
+            signals.inboxChanged(handlerID.rawValue)
+        }
+        return receipt
     }
 
     public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {

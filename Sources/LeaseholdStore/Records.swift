@@ -101,17 +101,48 @@ public struct ClaimedHandler: Sendable {
 }
 
 /// What happened to an appended inbox event.
-public struct InboxReceipt: Sendable, Hashable {
-    /// The owner when the event was appended; nil when nobody holds the handler (hibernated or orphaned).
+public struct InboxReceipt: Sendable {
+    /// The owner when the event was appended; nil when nobody held the handler (hibernated or
+    /// orphaned).
     public var owner: ReplicaID?
+    /// Whether the handler was hibernated when the event was appended.
     public var hibernated: Bool
-    /// False when an event with the same id was already there.
+    /// False when an event with the same id was already there, or when nothing was written.
     public var inserted: Bool
+    /// False when the handler's workflow is not one the event was accepted for: nothing written.
+    public var accepted: Bool
+    /// The handler's workflow.
+    public var workflowName: String?
+    /// The handler, claimed for the appending replica by the append itself (a reload in one
+    /// write), with its state and its pending inbox, this event included.
+    public var claimed: ClaimedHandler?
+    /// The handler's pending inbox, this event included, with its lease's token, when the
+    /// appending replica owns it and the store read the inbox with the append.
+    public var pending: PendingInbox?
 
-    public init(owner: ReplicaID?, hibernated: Bool, inserted: Bool) {
+    public init(
+        owner: ReplicaID?, hibernated: Bool, inserted: Bool, accepted: Bool = true, workflowName: String? = nil,
+        claimed: ClaimedHandler? = nil, pending: PendingInbox? = nil
+    ) {
         self.owner = owner
         self.hibernated = hibernated
         self.inserted = inserted
+        self.accepted = accepted
+        self.workflowName = workflowName
+        self.claimed = claimed
+        self.pending = pending
+    }
+}
+
+/// A handler's unconsumed inbox as read under one of its leases.
+public struct PendingInbox: Sendable, Equatable {
+    /// The token of the lease the handler was held under when the inbox was read.
+    public var token: FencingToken
+    public var events: [InboxEvent]
+
+    public init(token: FencingToken, events: [InboxEvent]) {
+        self.token = token
+        self.events = events
     }
 }
 

@@ -202,8 +202,10 @@ final class DelayedRenewalStore: HandlerStore {
     func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         try await base.release(checkpoint, lease: lease)
     }
-    func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
-        try await base.appendInbox(handlerID, event)
+    func appendInbox(
+        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
+    ) async throws -> InboxReceipt {
+        try await base.appendInbox(handlerID, event, accepting: accepting, from: replica, claim: claim)
     }
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] { try await base.pendingInbox(handlerID) }
     func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {

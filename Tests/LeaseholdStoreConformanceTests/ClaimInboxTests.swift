@@ -59,12 +59,61 @@ struct ClaimInboxTests {
         }
     }
 
-    /// Runs a claim statement; the inbox column of its one row (nil: NULL), or nil when no row.
-    static func inboxColumn(_ store: PostgresStore, _ query: PostgresQuery) async throws -> String?? {
+    @Test("the same for an append that claims: it claims, and answers no inbox (read after launch)")
+    func appendClaimSeesNoStaleInbox() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
+            try await store.release(nil, lease: lease)  // claimable, its start event pending
+            let query = store.appendClaimStatement(
+                id: "h", eventID: "e1", event: #"{"type":"X","value":{}}"#, replica: "r2")
+            let scan = "FROM handlers h WHERE"
+            let range = try #require(query.sql.range(of: scan), "the append no longer scans 'FROM handlers h WHERE'")
+            var sql = query.sql
+            sql.replaceSubrange(range, with: "FROM handlers h, (SELECT pg_sleep(1)) AS pause WHERE")
+            let paused = PostgresQuery(unsafeSQL: sql, binds: query.binds)
+
+            try await withThrowingTaskGroup(of: String??.self) { group in
+                group.addTask { try await Self.inboxColumn(store, paused, index: 17) }
+                try #require(try await PostgresStoreTests.oneSessionSleeps(store))
+                _ = try await PostgresStoreTests.count(
+                    store,
+                    """
+                    WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
+                    advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
+                    SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
+                    """)
+                let answered = try #require(try await group.next())
+                #expect(answered == .some(nil))
+            }
+            #expect(try await store.handler("h")?.owner == "r2")
+            #expect(try await store.pendingInbox("h").map(\.id) == ["e1"])
+
+            // Undisturbed, the same append answers the pending inbox (the pause changes nothing).
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)  // voids r2's claim
+            let quiet = try await Self.inboxColumn(
+                store,
+                PostgresQuery(
+                    unsafeSQL: sql.replacingOccurrences(of: "pg_sleep(1)", with: "pg_sleep(0)"),
+                    binds: store.appendClaimStatement(
+                        id: "h", eventID: "e2", event: #"{"type":"X","value":{}}"#, replica: "r2"
+                    ).binds),
+                index: 17)
+            #expect((quiet ?? nil)?.contains("\"e1\"") == true)
+            #expect((quiet ?? nil)?.contains("\"e2\"") == true)
+        }
+    }
+
+    /// Runs a claim statement; the inbox column (the last, or `index`) of its one row (nil: NULL), or nil
+    /// when no row.
+    static func inboxColumn(_ store: PostgresStore, _ query: PostgresQuery, index: Int? = nil) async throws
+        -> String??
+    {
         var answer: String??
         for try await row in try await store.client.query(query, logger: PostgresStoreTests.logger) {
             let columns = row.makeRandomAccess()
-            answer = .some(try columns[columns.count - 1].decode(String?.self))
+            answer = .some(try columns[index ?? columns.count - 1].decode(String?.self))
         }
         return answer
     }
