@@ -244,7 +244,7 @@ extension PostgresStore.Statements {
                     IS NOT NULL),
             locked AS (
                 SELECT h.id FROM handlers h JOIN input i ON i.id = h.id
-                WHERE leasehold_lease_is_current(h.fencing_token, h.owner_replica, h.lease_expires_at, i.token, i.replica)
+                WHERE \(unescaped: PostgresStore.Statements.leaseIsCurrent(row: "h", token: "i.token", writer: "i.replica"))
                 ORDER BY h.id FOR UPDATE OF h),
             h AS (
                 UPDATE handlers SET snapshot = i.snapshot, status = i.status,
@@ -256,8 +256,7 @@ extension PostgresStore.Statements {
                     lease_expires_at = CASE WHEN i.status = 'running' THEN handlers.lease_expires_at ELSE NULL END
                 FROM input i
                 WHERE handlers.id = i.id AND (SELECT count(*) FROM locked) >= 0
-                    AND leasehold_lease_is_current(
-                        handlers.fencing_token, handlers.owner_replica, handlers.lease_expires_at, i.token, i.replica)
+                    AND \(unescaped: PostgresStore.Statements.leaseIsCurrent(row: "handlers", token: "i.token", writer: "i.replica"))
                 RETURNING handlers.id, i.status, i.token, i.replica),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)
