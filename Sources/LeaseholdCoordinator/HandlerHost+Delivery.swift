@@ -52,7 +52,7 @@ extension HandlerHost {
             state.loading[id] = []
             return true
         }
-        let receipt: InboxReceipt
+        var answered: InboxReceipt?
         if leader {
             defer {
                 let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
@@ -60,14 +60,25 @@ extension HandlerHost {
             }
             let claim = !isShuttingDown && keeper.leasesProvable
             let started = clock.now
-            // Bounded, as `reload`'s claim: callers of `reload` for this id wait on it.
-            receipt = try await storeCall { _ in try await append(claim) }
-            if let claimed = receipt.claimed {
-                await launch(claimed, reason: claimed.acquired.rawValue)
-                metrics.reloads.increment()
-                metrics.reloadLatency.recordInterval(since: started, clock: clock)
-                return receipt
+            do {
+                // Bounded, as `reload`'s claim: callers of `reload` for this id wait on it (and the
+                // store waits only briefly for the row lock of an append that may claim).
+                let receipt = try await storeCall { _ in try await append(claim) }
+                if let claimed = receipt.claimed {
+                    await launch(claimed, reason: claimed.acquired.rawValue)
+                    metrics.reloads.increment()
+                    metrics.reloadLatency.recordInterval(since: started, clock: clock)
+                    return receipt
+                }
+                answered = receipt
+            } catch StoreError.handlerBusy {
+                // Its row is held by another transaction: appended below without claiming, after
+                // this load ended, so that nothing waits for that lock behind it.
             }
+        }
+        let receipt: InboxReceipt
+        if let answered {
+            receipt = answered
         } else {
             receipt = try await storeCall { _ in try await append(false) }
         }

@@ -55,6 +55,11 @@ extension PostgresStore {
                 id: "", eventID: "", event: "", accepting: nil, replica: nil, instance: "", claim: false
             ).sql
         }
+        enum AppendClaim: PreparedShape {
+            static let sql = Statements.appendInbox(
+                id: "", eventID: "", event: "", accepting: nil, replica: nil, instance: "", claim: true
+            ).sql
+        }
         enum PendingInbox: PreparedShape {
             static let sql = Statements.pendingInbox(id: "").sql
         }

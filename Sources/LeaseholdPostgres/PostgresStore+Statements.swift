@@ -271,11 +271,17 @@ extension PostgresStore {
         /// One statement: append an external event and do what the appending replica would do
         /// next. Locks the handler row (so an append and a hibernation, which locks it FOR UPDATE
         /// and then counts the pending inbox, serialize; after waiting, the row's newest version
-        /// is used), inserts the event unless the handler finished or is of a workflow the event
-        /// is not for (idempotent by event id), then:
+        /// is used): FOR SHARE when it will not claim (appends to one handler do not wait for each
+        /// other), FOR NO KEY UPDATE when it may, and then it waits at most `claimLockTimeout`
+        /// milliseconds for the row (a claiming append holds its replica's load of that handler,
+        /// and with it that replica's wake-ups of it; past that it fails with 55P03 and the
+        /// caller appends without claiming). It inserts the event unless the handler finished or
+        /// is of a workflow the event is not for (idempotent by event id), then:
         /// - with `claim`, when the handler is claimable (as in `claim`) and the replica's
         ///   registration is current, claims it: the answer carries its snapshot and pending
-        ///   inbox, and nobody is notified (the claimer runs it);
+        ///   inbox, and nobody is notified (the claimer runs it). Registrations and lease expiries
+        ///   are judged by `clock_timestamp()`, after the row lock: `now()` is the transaction's
+        ///   start, and the lock may have been waited for;
         /// - otherwise notifies, and when the replica owns the handler answers its pending inbox.
         ///
         /// The inbox is read with the statement's snapshot, the new event added (a CTE's insert is
@@ -290,7 +296,10 @@ extension PostgresStore {
             """
             WITH found AS (
                 SELECT \(unescaped: sourceColumns("h")), h.xmin AS locked_version
-                FROM handlers h WHERE h.id = \(id) FOR NO KEY UPDATE),
+                FROM handlers h WHERE h.id = \(id)
+                    AND (SELECT set_config('lock_timeout', CASE WHEN \(claim)::bool THEN '\(unescaped: claimLockTimeout)'
+                        ELSE current_setting('lock_timeout') END, true)) IS NOT NULL
+                FOR \(unescaped: claim ? "NO KEY UPDATE" : "SHARE")),
             accepted AS (
                 SELECT f.id FROM found f WHERE f.status = 'running'
                     AND (\(accepting)::text[] IS NULL OR f.workflow_name = ANY(\(accepting)::text[]))),
@@ -304,10 +313,11 @@ extension PostgresStore {
                 FROM found f
                 WHERE \(claim)::bool AND f.id IN (SELECT id FROM accepted)
                 AND EXISTS (SELECT 1 FROM replicas
-                    WHERE id = \(replica)::text AND instance = \(instance) AND lease_expires_at > now())
-                AND ((f.owner_replica IS NOT NULL AND (f.lease_expires_at <= now() OR NOT EXISTS (
-                        SELECT 1 FROM replicas r WHERE r.id = f.owner_replica AND r.lease_expires_at > now())))
-                    OR (f.owner_replica IS NULL AND (NOT f.hibernated OR f.wake_at <= now()
+                    WHERE id = \(replica)::text AND instance = \(instance) AND lease_expires_at > clock_timestamp())
+                AND ((f.owner_replica IS NOT NULL AND (f.lease_expires_at <= clock_timestamp() OR NOT EXISTS (
+                        SELECT 1 FROM replicas r
+                        WHERE r.id = f.owner_replica AND r.lease_expires_at > clock_timestamp())))
+                    OR (f.owner_replica IS NULL AND (NOT f.hibernated OR f.wake_at <= clock_timestamp()
                         OR EXISTS (SELECT 1 FROM inserted)
                         OR EXISTS (SELECT 1 FROM inbox i WHERE i.handler_id = f.id AND NOT i.consumed))))),
             claimed AS (
@@ -341,6 +351,9 @@ extension PostgresStore {
             WHERE (SELECT count(*) FROM notified) >= 0
             """
         }
+
+        /// How long (milliseconds) an append that may claim waits for its handler's row lock.
+        static let claimLockTimeout = "250"
 
         /// The `handlers` columns that `recordColumns` reads, from the row named `alias`.
         static func sourceColumns(_ alias: String) -> String {

@@ -44,7 +44,8 @@ extension PostgresStore {
         return try await guarded { connection in
             try await connection.checkedTransaction(logger: logger) { connection in
                 // Lock first; the count below then runs with a fresh snapshot and sees every inbox
-                // row committed before the lock was granted (inbox appends lock the row FOR SHARE).
+                // row committed before the lock was granted (inbox appends lock the row FOR SHARE,
+                // or FOR NO KEY UPDATE when they may claim it).
                 var current = false
                 for try await valid in try await connection.checkedQuery(
                     Statements.lockForHibernate(id: id, token: lease.token.rawValue, replica: lease.replicaID.rawValue),
@@ -100,45 +101,63 @@ extension PostgresStore {
         _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
     ) async throws -> InboxReceipt {
         let payload = try json(event.event)
+        let claim = claim && replica != nil
         let query = Statements.appendInbox(
             id: handlerID.rawValue, eventID: event.id, event: payload, accepting: accepting, replica: replica?.rawValue,
             instance: instance, claim: claim)
-        return try await committed { connection in
-            var answer: InboxReceipt?
-            for try await row in try await connection.checkedExecute(
-                prepared(query, as: Shapes.AppendInbox.self), logger: logger)
-            {
-                answer = try Self.receipt(row, replica: replica)
+        let row = try await committed { connection -> AppendRow? in
+            func run<Shape: PreparedShape>(_ shape: Shape.Type) async throws -> AppendRow? {
+                var found: AppendRow?
+                for try await row in try await connection.checkedExecute(prepared(query, as: shape), logger: logger) {
+                    found = try row.decode(AppendRow.self)
+                }
+                return found
             }
-            guard let answer else { throw StoreError.handlerNotFound(handlerID) }
-            return answer
+            do {
+                return try await claim ? run(Shapes.AppendClaim.self) : run(Shapes.AppendInbox.self)
+            } catch let error as PSQLError where claim && error.serverInfo?[.sqlState] == "55P03" {
+                throw StoreError.handlerBusy(handlerID)  // the row lock waited past claimLockTimeout
+            }
         }
+        guard let row else { throw StoreError.handlerNotFound(handlerID) }
+        return try receipt(row, replica: replica)
     }
 
-    /// Reads the one row of `Statements.appendInbox`.
-    private static func receipt(_ row: PostgresRow, replica: ReplicaID?) throws -> InboxReceipt {
+    /// The one row of `Statements.appendInbox`: the record's columns, then snapshot, how, inbox,
+    /// accepted, inserted, and the owner and hibernation found.
+    typealias AppendRow = (
+        String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64, Bool, Int64, Date?,
+        Data?, String?, String?, Bool, Bool, String?, Bool
+    )
+
+    /// Read after the commit: a snapshot or inbox this replica cannot decode (one written by a
+    /// newer version during a rolling upgrade) must not roll back an append that others can run.
+    /// The claim it made then stays unrun here and is released as an orphan by the lease keeper.
+    private func receipt(_ row: AppendRow, replica: ReplicaID?) throws -> InboxReceipt {
         let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox, accepted, inserted, owner, hibernated) =
-            try row.decode(
-                (
-                    String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64, Bool,
-                    Int64, Date?, Data?, String?, String?, Bool, Bool, String?, Bool
-                ).self)
+            row
         let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
         guard record.status == .running else { throw StoreError.handlerFinished(record.id) }
-        let decoder = JSONDecoder()
-        let events = try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }
         var receipt = InboxReceipt(
             owner: owner.map { ReplicaID($0) }, hibernated: hibernated, inserted: inserted, accepted: accepted,
             workflowName: record.workflowName)
-        if let how, let replica {
-            let state =
-                try snapshot.map { try decoder.decode(HandlerState.self, from: $0) }
-                ?? HandlerState(workflowName: record.workflowName)
-            receipt.claimed = ClaimedHandler(
-                record: record, lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
-                state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed, pendingInbox: events)
-        } else if let events {
-            receipt.pending = PendingInbox(token: record.fencingToken, events: events)
+        let decoder = JSONDecoder()
+        do {
+            let events = try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }
+            if let how, let replica {
+                let state =
+                    try snapshot.map { try decoder.decode(HandlerState.self, from: $0) }
+                    ?? HandlerState(workflowName: record.workflowName)
+                receipt.claimed = ClaimedHandler(
+                    record: record, lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
+                    state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed, pendingInbox: events)
+            } else if let events {
+                receipt.pending = PendingInbox(token: record.fencingToken, events: events)
+            }
+        } catch {
+            logger.error(
+                "appended, but the handler's snapshot or inbox cannot be read here",
+                metadata: ["handler_id": "\(record.id)", "error": "\(error)"])
         }
         return receipt
     }

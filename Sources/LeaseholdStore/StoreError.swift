@@ -14,6 +14,9 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Another process registered under this replica id after this one: this process holds no
     /// lease any more and must stop its handlers (and exit; replica ids must be unique).
     case registrationSuperseded(ReplicaID)
+    /// An append that would also claim the handler found its row held longer than it may wait
+    /// (another transaction on it); nothing was written. The caller appends without claiming.
+    case handlerBusy(HandlerID)
 
     public var description: String {
         switch self {
@@ -26,6 +29,7 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         case .corrupt(let reason): return "store data corrupt: \(reason)"
         case .registrationSuperseded(let id):
             return "replica id \(id) was registered by another process: this one holds no lease any more"
+        case .handlerBusy(let id): return "handler \(id) is locked by another transaction"
         }
     }
 }

@@ -105,6 +105,28 @@ struct ClaimInboxTests {
         }
     }
 
+    @Test("an append that may claim does not wait on a held row: it writes nothing and says so")
+    func claimingAppendDoesNotWait() async throws {
+        try await TestDatabase.withStore { store, url in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
+            try await store.release(nil, lease: lease)  // claimable
+            let event = InboxEvent(id: "e1", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "y"]))
+            try await PostgresStoreTests.withRowLocked("h", url) {
+                // Held for the whole block: the append gives up (lock_timeout) instead of waiting.
+                await #expect(throws: StoreError.handlerBusy("h")) {
+                    _ = try await store.appendInbox("h", event, accepting: nil, from: "r2", claim: true)
+                }
+            }
+            #expect(try await store.pendingInbox("h").map(\.id) == ["start"])
+            #expect(try await store.handler("h")?.owner == nil)
+            // Free again, the same append claims.
+            let receipt = try await store.appendInbox("h", event, accepting: nil, from: "r2", claim: true)
+            #expect(receipt.claimed?.pendingInbox?.map(\.id) == ["start", "e1"])
+        }
+    }
+
     /// Runs a claim statement; the inbox column (the last, or `index`) of its one row (nil: NULL), or nil
     /// when no row.
     static func inboxColumn(_ store: PostgresStore, _ query: PostgresQuery, index: Int? = nil) async throws
