@@ -101,7 +101,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LeaseholdRuntimeTests",
-            dependencies: ["LeaseholdRuntime", "LeaseholdSamples"],
+            dependencies: ["LeaseholdRuntime", "LeaseholdSamples", "LeaseholdTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -13,6 +13,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var claimInterval: Duration
     public var claimBatch: Int
     public var maxConcurrentSteps: Int
+    /// How long a handler's checkpoint of a change only a step's start made may wait, while the
+    /// step runs, for the next change (see `HandlerRuntime`); zero writes every change at once.
+    public var checkpointCoalescing: Duration
     /// Test-only: with false the replica never stops its handlers on its own, so that tests can
     /// show the fencing token alone keeps a stale replica out.
     public var selfFencing: Bool
@@ -28,8 +31,10 @@ public struct CoordinatorConfiguration: Sendable {
         claimBatch: Int = 100,
         maxConcurrentSteps: Int = 16,
         selfFencing: Bool = true,
-        retention: Duration? = nil
+        retention: Duration? = nil,
+        checkpointCoalescing: Duration = .milliseconds(100)
     ) {
+        self.checkpointCoalescing = checkpointCoalescing
         self.retention = retention
         self.replicaID = replicaID
         self.address = address

@@ -120,7 +120,7 @@ final class HandlerHost: Sendable {
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
-            fencingToken: claimed.lease.token.rawValue)
+            fencingToken: claimed.lease.token.rawValue, checkpointCoalescing: configuration.checkpointCoalescing)
         let handler = LiveHandler(
             id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
         // Enter the table and the run queue in one step: hand-off either sees the handler (and

@@ -9,6 +9,14 @@ import Synchronization
 /// persistence's error) no step, timer or checkpoint task of it is left. Checkpoints are pipelined:
 /// steps keep running while the previous checkpoint commits, and each checkpoint carries
 /// everything logged since the last one.
+///
+/// A change that only a step's start made (its internal step-state record, the inbox event it
+/// consumed) waits, while a step runs, for the next change a client can see (a streamed event, the
+/// step's end, the handler waiting or finishing), at most `checkpointCoalescing`: a short run or a
+/// reload then writes one checkpoint instead of two, and a long step's start still shows within
+/// that bound. Nothing is acknowledged on such a change, so delaying its write loses nothing: until
+/// it is written the consumed event stays in the inbox and would be delivered again after a
+/// failover, exactly as if the handler had failed before checkpointing it.
 public final class HandlerRuntime: Sendable {
     private enum Input: Sendable {
         case tick(Tick.Kind)
@@ -26,6 +34,10 @@ public final class HandlerRuntime: Sendable {
         var lastActivity: Duration
         var quiescent = false
         var liveTasks = 0
+        /// The pending change is one a client can see: write it without coalescing.
+        var urgent = false
+        /// The checkpoint loop, holding a change that may wait, until one that may not.
+        var coalescing: CheckedContinuation<Void, Never>?
     }
 
     public let handlerID: String
@@ -34,6 +46,7 @@ public final class HandlerRuntime: Sendable {
     private let maxConcurrentSteps: Int
     private let clock: ReplicaClock
     private let fencingToken: Int64
+    private let checkpointCoalescing: Duration
     private let shared: Mutex<Shared>
     private let inputs: AsyncStream<Input>
     private let inputContinuation: AsyncStream<Input>.Continuation
@@ -45,6 +58,8 @@ public final class HandlerRuntime: Sendable {
     ///   - maxConcurrentSteps: how many step runs may execute at once; more wait in order.
     ///   - clock: monotonic time (idleness, timer sleeps) and wall time (durable timer deadlines).
     ///   - fencingToken: the token of the lease this runtime runs under, handed to every step.
+    ///   - checkpointCoalescing: how long a change that only a step's start made may wait for the
+    ///     next one while the step runs (zero: every change is written at once).
     public init(
         handlerID: String,
         workflow: Workflow,
@@ -52,10 +67,12 @@ public final class HandlerRuntime: Sendable {
         persistence: any HandlerPersistence,
         maxConcurrentSteps: Int = 16,
         clock: ReplicaClock = .system,
-        fencingToken: Int64 = 0
+        fencingToken: Int64 = 0,
+        checkpointCoalescing: Duration = .zero
     ) {
         self.handlerID = handlerID
         self.fencingToken = fencingToken
+        self.checkpointCoalescing = checkpointCoalescing
         self.machine = HandlerMachine(workflow: workflow)
         self.persistence = persistence
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
@@ -202,7 +219,11 @@ public final class HandlerRuntime: Sendable {
                     if case .log(let record) = command { return record }
                     return nil
                 }
-                publish(state, log: log, consumed: consumed, running: running + waiting.count)
+                let starting = commands.count { command in
+                    if case .runStep = command { return true }
+                    return false
+                }
+                publish(state, log: log, consumed: consumed, running: running + waiting.count + starting)
                 execute(commands)
             }
 
@@ -245,6 +266,12 @@ public final class HandlerRuntime: Sendable {
             }
             tasks.cancelAll()
         }
+        // Nothing more will come to join what is pending: write it now.
+        shared.withLock { shared in
+            shared.urgent = true
+            defer { shared.coalescing = nil }
+            return shared.coalescing
+        }?.resume()
         checkpointContinuation.finish()
         return outcome ?? .stopped(state)
     }
@@ -295,23 +322,70 @@ public final class HandlerRuntime: Sendable {
 
     private func publish(_ state: HandlerState, log: [LogRecord], consumed: [String], running: Int) {
         let changed = !log.isEmpty || !consumed.isEmpty
-        shared.withLock { shared in
+        guard changed || state.status.isFinished else {
+            shared.withLock { shared in
+                shared.state = state
+                shared.lastActivity = clock.now
+                shared.quiescent = state.isQuiescent && running == 0
+            }
+            return
+        }
+        // Seen by a client, or the last change for a while: no step runs that would write more.
+        let urgent = state.status.isFinished || running == 0 || log.contains { !$0.isInternal }
+        let coalescing = shared.withLock { shared -> CheckedContinuation<Void, Never>? in
             shared.state = state
             shared.pendingLog.append(contentsOf: log)
             shared.pendingConsumed.append(contentsOf: consumed)
             shared.lastActivity = clock.now
             shared.quiescent = state.isQuiescent && running == 0
-            if changed || state.status.isFinished { shared.dirty = true }
+            shared.dirty = true
+            guard urgent else { return nil }
+            shared.urgent = true
+            defer { shared.coalescing = nil }
+            return shared.coalescing
         }
-        if changed || state.status.isFinished { checkpointContinuation.yield() }
+        coalescing?.resume()
+        checkpointContinuation.yield()
     }
 
     private func checkpointLoop() async throws {
         for await _ in checkpointSignals {
+            if checkpointCoalescing > .zero { await coalesce() }
             try await flush()
         }
         // The main loop ended: write what is left, unless the lease is gone.
         try await flush()
+    }
+
+    /// Returns when the pending change may not wait (at once if so already), or after
+    /// `checkpointCoalescing`, or when cancelled.
+    private func coalesce() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let now = self.shared.withLock { shared -> Bool in
+                            if shared.urgent || !shared.dirty || Task.isCancelled { return true }
+                            shared.coalescing = continuation
+                            return false
+                        }
+                        if now { continuation.resume() }
+                    }
+                } onCancel: {
+                    let waiting = self.shared.withLock { shared in
+                        defer { shared.coalescing = nil }
+                        return shared.coalescing
+                    }
+                    waiting?.resume()
+                }
+            }
+            group.addTask {
+                // Cancelled when the change became urgent first: nothing to do then.
+                do { try await self.clock.sleep(for: self.checkpointCoalescing) } catch { return }
+            }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     private func flush() async throws {
@@ -322,6 +396,7 @@ public final class HandlerRuntime: Sendable {
             shared.pendingLog = []
             shared.pendingConsumed = []
             shared.dirty = false
+            shared.urgent = false
             return checkpoint
         }
         if let pending { try await persistence.checkpoint(pending) }
