@@ -16,21 +16,53 @@ struct ClaimInboxTests {
     /// The claim statement exactly as the store sends it, with a pause joined into its candidate
     /// scan: the snapshot is taken, then the pause, then the row lock.
     static func pausedClaim(_ store: PostgresStore, replica: String) throws -> PostgresQuery {
-        let query = store.claimStatement(replica: replica, limit: 10)
-        let scan = "FROM handlers h\n"
-        let range = try #require(query.sql.range(of: scan), "the claim statement no longer scans 'FROM handlers h'")
+        try paused(store.claimStatement(replica: replica, limit: 10), scan: "FROM handlers h\n")
+    }
+
+    /// `query` with a pause joined into its scan `scan` (`FROM handlers h…`) of the handlers row.
+    static func paused(_ query: PostgresQuery, scan: String, seconds: Int = 1) throws -> PostgresQuery {
+        let range = try #require(query.sql.range(of: scan), "the statement no longer scans '\(scan)'")
         var sql = query.sql
-        sql.replaceSubrange(range, with: "FROM handlers h, (SELECT pg_sleep(1)) AS pause\n")
+        let table = "FROM handlers h"
+        try #require(scan.hasPrefix(table))
+        sql.replaceSubrange(
+            range, with: "\(table), (SELECT pg_sleep(\(seconds))) AS pause\(scan.dropFirst(table.count))")
         return PostgresQuery(unsafeSQL: sql, binds: query.binds)
+    }
+
+    /// A registered r1 and r2, and handler "h" created by r1 and released: claimable, its start
+    /// event pending.
+    static func claimable(_ store: PostgresStore) async throws {
+        try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+        try await store.register("r2", address: "test://r2", ttl: Self.ttl)
+        let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
+        try await store.release(nil, lease: lease)
+    }
+
+    /// Runs `query` (paused between its snapshot and its row lock) while another session
+    /// consumes h's start event and advances its row, and commits, as an old owner's checkpoint
+    /// would; answers the query's inbox column.
+    static func inboxAfterChangeDuring(_ store: PostgresStore, _ query: PostgresQuery, index: Int? = nil)
+        async throws -> String??
+    {
+        try await withThrowingTaskGroup(of: String??.self) { group in
+            group.addTask { try await Self.inboxColumn(store, query, index: index) }
+            try #require(try await PostgresStoreTests.oneSessionSleeps(store))
+            _ = try await PostgresStoreTests.count(
+                store,
+                """
+                WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
+                advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
+                SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
+                """)
+            return try #require(try await group.next())
+        }
     }
 
     @Test("a change committed between a claim's snapshot and its lock: the claim answers no inbox (read after launch)")
     func claimSeesNoStaleInbox() async throws {
         try await TestDatabase.withStore { store, _ in
-            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
-            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
-            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
-            try await store.release(nil, lease: lease)  // claimable, its start event pending
+            try await Self.claimable(store)
 
             // Undisturbed, the paused claim answers the pending inbox (the pause changes nothing).
             let quiet = try await Self.inboxColumn(store, try Self.pausedClaim(store, replica: "r2"))
@@ -38,23 +70,10 @@ struct ClaimInboxTests {
             try await store.register("r2", address: "test://r2", ttl: Self.ttl)  // voids r2's claim
             #expect(try await store.handler("h")?.owner == nil)
 
-            try await withThrowingTaskGroup(of: String??.self) { group in
-                group.addTask { try await Self.inboxColumn(store, try Self.pausedClaim(store, replica: "r2")) }
-                // While the claim sleeps (its snapshot taken), another session consumes the start
-                // event and advances the row, and commits, as an old owner's checkpoint would.
-                try #require(try await PostgresStoreTests.oneSessionSleeps(store))
-                _ = try await PostgresStoreTests.count(
-                    store,
-                    """
-                    WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
-                    advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
-                    SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
-                    """)
-                let answered = try #require(try await group.next())
-                // The claim locked the newest row (it did claim it) but its snapshot's inbox still
-                // showed the start event: it must not answer that inbox.
-                #expect(answered == .some(nil))
-            }
+            let answered = try await Self.inboxAfterChangeDuring(store, try Self.pausedClaim(store, replica: "r2"))
+            // The claim locked the newest row (it did claim it) but its snapshot's inbox still
+            // showed the start event: it must not answer that inbox.
+            #expect(answered == .some(nil))
             #expect(try await store.handler("h")?.owner == "r2")
         }
     }
@@ -62,31 +81,13 @@ struct ClaimInboxTests {
     @Test("the same for an append that claims: it claims, and answers no inbox (read after launch)")
     func appendClaimSeesNoStaleInbox() async throws {
         try await TestDatabase.withStore { store, _ in
-            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
-            try await store.register("r2", address: "test://r2", ttl: Self.ttl)
-            let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
-            try await store.release(nil, lease: lease)  // claimable, its start event pending
-            let query = store.appendClaimStatement(
-                id: "h", eventID: "e1", event: #"{"type":"X","value":{}}"#, replica: "r2")
+            try await Self.claimable(store)
+            let event = #"{"type":"X","value":{}}"#
             let scan = "FROM handlers h WHERE"
-            let range = try #require(query.sql.range(of: scan), "the append no longer scans 'FROM handlers h WHERE'")
-            var sql = query.sql
-            sql.replaceSubrange(range, with: "FROM handlers h, (SELECT pg_sleep(1)) AS pause WHERE")
-            let paused = PostgresQuery(unsafeSQL: sql, binds: query.binds)
-
-            try await withThrowingTaskGroup(of: String??.self) { group in
-                group.addTask { try await Self.inboxColumn(store, paused, index: 17) }
-                try #require(try await PostgresStoreTests.oneSessionSleeps(store))
-                _ = try await PostgresStoreTests.count(
-                    store,
-                    """
-                    WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
-                    advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
-                    SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
-                    """)
-                let answered = try #require(try await group.next())
-                #expect(answered == .some(nil))
-            }
+            let append = store.appendClaimStatement(id: "h", eventID: "e1", event: event, replica: "r2")
+            let answered = try await Self.inboxAfterChangeDuring(
+                store, try Self.paused(append, scan: scan), index: 17)
+            #expect(answered == .some(nil))
             #expect(try await store.handler("h")?.owner == "r2")
             #expect(try await store.pendingInbox("h").map(\.id) == ["e1"])
 
@@ -94,11 +95,9 @@ struct ClaimInboxTests {
             try await store.register("r2", address: "test://r2", ttl: Self.ttl)  // voids r2's claim
             let quiet = try await Self.inboxColumn(
                 store,
-                PostgresQuery(
-                    unsafeSQL: sql.replacingOccurrences(of: "pg_sleep(1)", with: "pg_sleep(0)"),
-                    binds: store.appendClaimStatement(
-                        id: "h", eventID: "e2", event: #"{"type":"X","value":{}}"#, replica: "r2"
-                    ).binds),
+                try Self.paused(
+                    store.appendClaimStatement(id: "h", eventID: "e2", event: event, replica: "r2"), scan: scan,
+                    seconds: 0),
                 index: 17)
             #expect((quiet ?? nil)?.contains("\"e1\"") == true)
             #expect((quiet ?? nil)?.contains("\"e2\"") == true)
