@@ -47,17 +47,9 @@ extension HandlerHost {
     func accept(_ id: HandlerID, append: @escaping @Sendable (_ claim: Bool) async throws -> InboxReceipt)
         async throws -> InboxReceipt
     {
-        let leader = state.withLock { state -> Bool in
-            guard state.live[id] == nil, state.loading[id] == nil else { return false }
-            state.loading[id] = []
-            return true
-        }
         var answered: InboxReceipt?
-        if leader {
-            defer {
-                let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
-                for waiter in waiters { waiter.resume() }
-            }
+        if beginLoad(id) == .leader {
+            defer { endLoad(id) }
             let claim = !isShuttingDown && keeper.leasesProvable
             let started = clock.now
             do {
@@ -65,9 +57,7 @@ extension HandlerHost {
                 // store waits only briefly for the row lock of an append that may claim).
                 let receipt = try await storeCall { _ in try await append(claim) }
                 if let claimed = receipt.claimed {
-                    await launch(claimed, reason: claimed.acquired.rawValue)
-                    metrics.reloads.increment()
-                    metrics.reloadLatency.recordInterval(since: started, clock: clock)
+                    await launchReloaded(claimed, since: started)
                     return receipt
                 }
                 answered = receipt
@@ -176,14 +166,7 @@ extension HandlerHost {
     /// orphaned), claims it here and starts it. Concurrent callers for one id share one load.
     @discardableResult
     func reload(_ id: HandlerID) async throws -> ReloadOutcome {
-        enum Role { case live, leader, follower }
-        let role = state.withLock { state -> Role in
-            if state.live[id] != nil { return .live }
-            if state.loading[id] != nil { return .follower }
-            state.loading[id] = []
-            return .leader
-        }
-        switch role {
+        switch beginLoad(id) {
         case .live:
             return .live
         case .follower:
@@ -197,10 +180,7 @@ extension HandlerHost {
             }
             return handler(id) != nil ? .live : .notHere
         case .leader:
-            defer {
-                let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
-                for waiter in waiters { waiter.resume() }
-            }
+            defer { endLoad(id) }
             guard !isShuttingDown, keeper.leasesProvable else { return .notHere }
             let started = clock.now
             // Bounded: a claim stuck on a dead connection must not hold every follower (and the
@@ -208,11 +188,40 @@ extension HandlerHost {
             let replica = replicaID
             let claimed = try await storeCall { try await $0.claim(replica, limit: 1, only: id) }
             guard let handler = claimed.first else { return .notHere }
-            await launch(handler, reason: handler.acquired.rawValue)
-            metrics.reloads.increment()
-            metrics.reloadLatency.recordInterval(since: started, clock: clock)
+            await launchReloaded(handler, since: started)
             return .launched
         }
+    }
+
+    private enum LoadRole {
+        /// Live here already.
+        case live
+        /// Another load of it is in progress here: wait for it (`loading`).
+        case follower
+        /// The one load of it here: end it with `endLoad`.
+        case leader
+    }
+
+    /// Loads of one handler inside a replica are single-flight: the first caller leads, later
+    /// ones follow until it ends.
+    private func beginLoad(_ id: HandlerID) -> LoadRole {
+        state.withLock { state -> LoadRole in
+            if state.live[id] != nil { return .live }
+            if state.loading[id] != nil { return .follower }
+            state.loading[id] = []
+            return .leader
+        }
+    }
+
+    private func endLoad(_ id: HandlerID) {
+        let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func launchReloaded(_ claimed: ClaimedHandler, since started: Duration) async {
+        await launch(claimed, reason: claimed.acquired.rawValue)
+        metrics.reloads.increment()
+        metrics.reloadLatency.recordInterval(since: started, clock: clock)
     }
 
     /// Consumes inbox wake-ups and LISTEN (re)subscriptions from the store until cancelled.
