@@ -10,13 +10,16 @@ import Synchronization
 /// steps keep running while the previous checkpoint commits, and each checkpoint carries
 /// everything logged since the last one.
 ///
-/// A change that only a step's start made (its internal step-state record, the inbox event it
-/// consumed) waits, while a step runs, for the next change a client can see (a streamed event, the
-/// step's end, the handler waiting or finishing), at most `checkpointCoalescing`: a short run or a
-/// reload then writes one checkpoint instead of two, and a long step's start still shows within
-/// that bound. Nothing is acknowledged on such a change, so delaying its write loses nothing: until
-/// it is written the consumed event stays in the inbox and would be delivered again after a
-/// failover, exactly as if the handler had failed before checkpointing it.
+/// A change that no client sees — internal step-state records only, and inbox events consumed —
+/// made while a step runs or is about to, waits for the next change, at most
+/// `checkpointCoalescing`. It is written at once when it carries a record a client sees (a
+/// streamed event, a prompt, the terminal event), when the handler finished, or when no step runs
+/// or waits to run. So a short run or a reload writes one checkpoint instead of two; a step's
+/// start or end, while other steps run or the next one starts, shows at most that much later.
+/// Nothing is acknowledged on such a change, so delaying its write loses nothing: until it is
+/// written the consumed event stays in the inbox and would be delivered again after a failover,
+/// with the snapshot from before it was applied, exactly as if the handler had failed before
+/// checkpointing it.
 public final class HandlerRuntime: Sendable {
     private enum Input: Sendable {
         case tick(Tick.Kind)
@@ -330,7 +333,7 @@ public final class HandlerRuntime: Sendable {
             }
             return
         }
-        // Seen by a client, or the last change for a while: no step runs that would write more.
+        // Seen by a client, or the last change for a while (no step runs that would write more).
         let urgent = state.status.isFinished || running == 0 || log.contains { !$0.isInternal }
         let coalescing = shared.withLock { shared -> CheckedContinuation<Void, Never>? in
             shared.state = state
@@ -360,6 +363,7 @@ public final class HandlerRuntime: Sendable {
     /// Returns when the pending change may not wait (at once if so already), or after
     /// `checkpointCoalescing`, or when cancelled.
     private func coalesce() async {
+        guard shared.withLock({ !$0.urgent && $0.dirty }) else { return }  // the common case: no wait
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await withTaskCancellationHandler {

@@ -37,22 +37,62 @@ struct CheckpointCoalescingTests {
         return runtime
     }
 
-    @Test("a short run writes one checkpoint: its start waits for its end")
+    @Test("a short run writes one checkpoint: its start waits for its end, without the window passing")
     func shortRunOneCheckpoint() async throws {
         let (entered, enteredContinuation) = AsyncStream.makeStream(of: Void.self)
-        _ = entered
+        let (gate, gateContinuation) = AsyncStream.makeStream(of: Void.self)
         let persistence = RecordingPersistence()
         let clock = ManualClock()  // never advanced: only the step's end can release the start's change
-        let runtime = Self.runtime(try Self.workflow(entered: enteredContinuation, gate: nil), persistence, clock)
-        guard case .finished = try await runtime.run() else {
-            Issue.record("expected finished")
-            return
+        let runtime = Self.runtime(try Self.workflow(entered: enteredContinuation, gate: gate), persistence, clock)
+        try await withThrowingTaskGroup(of: RuntimeOutcome.self) { group in
+            group.addTask { try await runtime.run() }
+            for await _ in entered { break }  // the step runs
+            try #require(await eventually { clock.sleepers == 1 })  // the start's change is held
+            #expect(persistence.checkpoints.withLock { $0.isEmpty })
+            gateContinuation.yield()  // the step ends, the clock still where it was
+            guard case .finished = try await group.next() else {
+                Issue.record("expected finished")
+                return
+            }
         }
         let checkpoints = persistence.checkpoints.withLock { $0 }
         #expect(checkpoints.count == 1)
         #expect(checkpoints.first?.consumedInbox == ["start"])
         #expect(checkpoints.first?.log.map(\.sequence) == [0, 1, 2])  // step started, step ended, stop
         #expect(checkpoints.first?.state.status == .completed)
+        #expect(clock.sleepers == 0)  // the window's sleep was cancelled, not left behind
+    }
+
+    @Test("a stop while a change is held writes it at once in the final checkpoint")
+    func drainWritesHeldChange() async throws {
+        let (entered, enteredContinuation) = AsyncStream.makeStream(of: Void.self)
+        let (gate, gateContinuation) = AsyncStream.makeStream(of: Void.self)  // never opened: runs until stopped
+        let persistence = RecordingPersistence()
+        let clock = ManualClock()  // never advanced
+        let runtime = Self.runtime(try Self.workflow(entered: enteredContinuation, gate: gate), persistence, clock)
+        let outcome = try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
+            group.addTask { try await runtime.run() }
+            group.addTask {
+                // A bound, not a synchronisation: a held change nobody releases would hang the run.
+                try await Task.sleep(for: .seconds(20))
+                return nil
+            }
+            defer { group.cancelAll() }
+            for await _ in entered { break }
+            try #require(await eventually { clock.sleepers == 1 })
+            runtime.stop(.drain)
+            return try await group.next() ?? nil
+        }
+        withExtendedLifetime(gateContinuation) {}  // a released continuation would end the stream, and the step
+        guard case .stopped(let state)? = outcome else {
+            Issue.record("the drained run did not return: the held change was not released")
+            return
+        }
+        #expect(state.status == .running)
+        let checkpoints = persistence.checkpoints.withLock { $0 }
+        #expect(checkpoints.count == 1)
+        #expect(checkpoints.first?.consumedInbox == ["start"])
+        #expect(checkpoints.first?.log.map(\.isInternal) == [true])
     }
 
     @Test("a long step's start is written once the window has passed, before the step ends")
