@@ -13,8 +13,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var claimInterval: Duration
     public var claimBatch: Int
     public var maxConcurrentSteps: Int
-    /// How long a handler's checkpoint of a change only a step's start made may wait, while the
-    /// step runs, for the next change (see `HandlerRuntime`); zero writes every change at once.
+    /// How long a handler's checkpoint of a change no client sees may wait, while steps run, for
+    /// the next change (see `HandlerRuntime`); zero writes every change at once.
     public var checkpointCoalescing: Duration
     /// Test-only: with false the replica never stops its handlers on its own, so that tests can
     /// show the fencing token alone keeps a stale replica out.

@@ -61,8 +61,8 @@ public final class HandlerRuntime: Sendable {
     ///   - maxConcurrentSteps: how many step runs may execute at once; more wait in order.
     ///   - clock: monotonic time (idleness, timer sleeps) and wall time (durable timer deadlines).
     ///   - fencingToken: the token of the lease this runtime runs under, handed to every step.
-    ///   - checkpointCoalescing: how long a change that only a step's start made may wait for the
-    ///     next one while the step runs (zero: every change is written at once).
+    ///   - checkpointCoalescing: how long a change no client sees may wait for the next one while
+    ///     steps run (zero: every change is written at once).
     public init(
         handlerID: String,
         workflow: Workflow,
