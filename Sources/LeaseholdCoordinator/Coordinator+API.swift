@@ -42,7 +42,9 @@ extension Coordinator {
         guard !accepting.isEmpty else {
             // Valid for no workflow: which error depends on the handler (absent, finished, or its
             // workflow's reason for refusing the event).
-            try await refuse(event, for: id, record: store.handler(id))
+            guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+            guard record.status == .running else { throw StoreError.handlerFinished(id) }
+            try refuse(event, workflow: record.workflowName)
             return
         }
         let inbox = InboxEvent(id: eventID, event: event)
@@ -52,19 +54,18 @@ extension Coordinator {
             try await store.appendInbox(id, inbox, accepting: accepting, from: replica, claim: claim)
         }
         guard receipt.accepted else {
-            try await refuse(event, for: id, record: store.handler(id))
+            try refuse(event, workflow: receipt.workflowName ?? "")
             return
         }
         metrics.inboxEvents.increment()
     }
 
-    /// Throws why `event` is not for the handler `record`.
-    private func refuse(_ event: AnyEvent, for id: HandlerID, record: HandlerRecord?) throws {
-        guard let record else { throw StoreError.handlerNotFound(id) }
-        guard record.status == .running else { throw StoreError.handlerFinished(id) }
-        let workflow = try registry.workflow(record.workflowName)
+    /// Throws why `event` is not valid for a handler of the workflow `name` (the one the append
+    /// found, so no second read).
+    private func refuse(_ event: AnyEvent, workflow name: String) throws {
+        let workflow = try registry.workflow(name)
         try workflow.validateExternal(event)
-        // Valid now: the id was deleted and created again under another workflow meanwhile.
+        // Not reached: the workflows the event is valid for did not include this one.
         throw EngineError.unknownEventType(workflow: workflow.name, type: event.type)
     }
 
