@@ -150,6 +150,16 @@ struct BadInputTests {
                 client, .post, "/events/nope",
                 body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
                 status: .notFound, detail: "Handler not found")
+            // An event valid for another workflow (approval's answer) sent to a counter: refused by
+            // the append itself, which finds the handler's workflow is not among the event's.
+            try await client.execute(
+                uri: "/workflows/counter/run-nowait", method: .post,
+                body: ByteBuffer(string: #"{"start_event": {"count_to": 1000, "tick_ms": 1000}, "handler_id": "c"}"#)
+            ) { response throws in #expect(response.status == .ok) }
+            try await expectError(
+                client, .post, "/events/c",
+                body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}}"#,
+                status: .badRequest, detail: "not an event of workflow 'counter'")
             // Nothing accepted before was lost: the handler still waits and takes a good event.
             try await client.execute(
                 uri: "/events/h", method: .post,
