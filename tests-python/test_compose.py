@@ -64,8 +64,19 @@ def stack():
     started = time.monotonic()
     try:
         args = {"1": [], "prebuilt": ["--no-build"], "binary": ["--binary", BINARY]}[mode]
-        up = sh(ROOT / "deploy" / "compose-up", *args, env=env, timeout=3600)
-        print(f"\n{up}\ncompose-up took {time.monotonic() - started:.0f}s ({mode}; base images and image build included)")
+        up = subprocess.run([str(ROOT / "deploy" / "compose-up"), *args], env=env, capture_output=True, text=True,
+                            timeout=3600)
+        if up.returncode == 3 and mode == "1":
+            # compose-up refused the in-engine build: the disk under the engine's data root cannot
+            # hold it (its message says how much is free and needed). The stack is still tested,
+            # with the image made around the test build's binary; said loudly, not silently.
+            print(f"\nWARNING: {up.stderr.strip()}\nWARNING: the image is built from the debug binary instead")
+            mode = "binary"
+            up = subprocess.run([str(ROOT / "deploy" / "compose-up"), "--binary", BINARY], env=env,
+                                capture_output=True, text=True, timeout=3600)
+        assert up.returncode == 0, f"compose-up failed ({up.returncode}): {up.stderr.strip()[-2000:]}"
+        print(f"\n{up.stdout.strip()}\ncompose-up took {time.monotonic() - started:.0f}s "
+              f"({mode}; base images and image build included)")
         yield f"http://127.0.0.1:{port}", env
     finally:
         down = subprocess.run([str(ROOT / "deploy" / "compose-down")], env=env, capture_output=True, text=True,
