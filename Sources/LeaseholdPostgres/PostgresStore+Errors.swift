@@ -78,4 +78,8 @@ extension PostgresStore {
     func json<T: Encodable>(_ value: T) throws -> String {
         String(decoding: try encoder.encode(value), as: UTF8.self)
     }
+
+    /// The two the hot path writes, without `JSONEncoder` (see `LogRecord.jsonString`).
+    func json(_ record: LogRecord) throws -> String { record.jsonString }
+    func json(_ event: AnyEvent) throws -> String { event.jsonString }
 }

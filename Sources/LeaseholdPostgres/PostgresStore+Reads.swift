@@ -22,7 +22,7 @@ extension PostgresStore {
         return HandlerRecord(
             id: HandlerID(id), workflowName: workflow, runID: runID,
             status: HandlerStatus(rawValue: status) ?? .failed, error: error,
-            result: try result.map { try JSONDecoder().decode(LogRecord.self, from: Data($0.utf8)) },
+            result: try result.map { try LogRecord(jsonText: $0) },
             startedAt: startedAt, updatedAt: updatedAt, completedAt: completedAt, owner: owner.map { ReplicaID($0) },
             leaseExpiresAt: leaseExpiresAt, fencingToken: FencingToken(token), hibernated: hibernated,
             lastSequence: lastSequence, wakeAt: wakeAt)
@@ -57,14 +57,12 @@ extension PostgresStore {
 
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
         try await guarded { connection in
-            let decoder = JSONDecoder()
             var records: [LogRecord] = []
             let query = Statements.events(id: handlerID.rawValue, after: sequence, limit: limit)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.Events.self), logger: logger)
             {
-                let text = try row.decode(String.self)
-                records.append(try decoder.decode(LogRecord.self, from: Data(text.utf8)))
+                records.append(try LogRecord(jsonText: try row.decode(String.self)))
             }
             return records
         }

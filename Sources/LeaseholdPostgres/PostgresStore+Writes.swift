@@ -165,14 +165,13 @@ extension PostgresStore {
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
         guard !handlerIDs.isEmpty else { return [:] }
         return try await guarded { connection in
-            let decoder = JSONDecoder()
             var events: [HandlerID: [InboxEvent]] = [:]
             let query = Statements.pendingInboxOf(ids: handlerIDs.map(\.rawValue))
             for try await (handlerID, eventID, text) in try await connection.checkedQuery(query, logger: logger).decode(
                 (String, String, String).self)
             {
-                let event = try decoder.decode(AnyEvent.self, from: Data(text.utf8))
-                events[HandlerID(handlerID), default: []].append(InboxEvent(id: eventID, event: event))
+                events[HandlerID(handlerID), default: []].append(
+                    InboxEvent(id: eventID, event: try AnyEvent(jsonText: text)))
             }
             return events
         }
@@ -180,14 +179,13 @@ extension PostgresStore {
 
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
         try await guarded { connection in
-            let decoder = JSONDecoder()
             var events: [InboxEvent] = []
             let query = Statements.pendingInbox(id: handlerID.rawValue)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.PendingInbox.self), logger: logger)
             {
                 let (eventID, text) = try row.decode((String, String).self)
-                events.append(InboxEvent(id: eventID, event: try decoder.decode(AnyEvent.self, from: Data(text.utf8))))
+                events.append(InboxEvent(id: eventID, event: try AnyEvent(jsonText: text)))
             }
             return events
         }
