@@ -13,19 +13,36 @@ extension Coordinator {
     /// - Throws: `EngineError` for an unknown workflow or a bad start event,
     ///   `CoordinatorError.handlerRunning` when the id exists, `.shuttingDown`.
     public func start(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
+        try await create(try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID))
+    }
+
+    /// `start`, then `awaitCompletion`; when the handler finishes here, its final checkpoint's
+    /// answer is the result (no read of the record afterwards).
+    /// - Throws: as `start` and `awaitCompletion`.
+    public func run(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
+        let new = try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID)
+        host.expectCompletion(new.id)
+        defer { host.forgetCompletion(new.id) }
+        return try await awaitCompletion(try await create(new).id)
+    }
+
+    private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
         let workflow = try registry.workflow(name)
         try workflow.validateStart(startEvent)
         if let handlerID, !HandlerID.isValid(handlerID) { throw CoordinatorError.invalidHandlerID(handlerID) }
-        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
-        let id = handlerID.map { HandlerID($0) } ?? HandlerID.random()
-        let new = NewHandler(
-            id: id, workflowName: name, runID: UUID().uuidString.lowercased(),
+        return NewHandler(
+            id: handlerID.map { HandlerID($0) } ?? HandlerID.random(), workflowName: name,
+            runID: UUID().uuidString.lowercased(),
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
+    }
+
+    private func create(_ new: NewHandler) async throws -> HandlerRecord {
+        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
         let created: ClaimedHandler
         do {
             created = try await store.create(new, owner: replicaID)
         } catch StoreError.handlerExists {
-            throw CoordinatorError.handlerRunning(id)
+            throw CoordinatorError.handlerRunning(new.id)
         }
         metrics.handlersStarted.increment()
         await host.launch(created, reason: "created")
@@ -102,6 +119,7 @@ extension Coordinator {
             // While the handler runs here its record cannot be finished (the runtime returns only
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
+                if let finished = host.completion(id) { return finished }
                 guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
                 if record.status.isFinished { return record }
             }

@@ -28,6 +28,7 @@ final class HandlerHost: Sendable {
     let signals: CoordinatorSignals
     let keeper: LeaseKeeper
     let state = Mutex(State())
+    let completions = Mutex(Completions())
     private let jobs: AsyncStream<LiveHandler>
     private let jobContinuation: AsyncStream<LiveHandler>.Continuation
 
@@ -116,7 +117,8 @@ final class HandlerHost: Sendable {
             return
         }
         let persistence = LeasePersistence(
-            store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock)
+            store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock,
+            finished: { [self] record in finished(record) })
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,

@@ -17,6 +17,8 @@ struct LeasePersistence: HandlerPersistence {
     let logger: Logger
     let lease: Lease
     let clock: ReplicaClock
+    /// Told the handler's record when a checkpoint finished it (see `HandlerHost.finished`).
+    let finished: @Sendable (HandlerRecord) -> Void
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
         var delay = Duration.milliseconds(20)
@@ -24,8 +26,9 @@ struct LeasePersistence: HandlerPersistence {
         while true {
             guard keeper.mayWrite(lease) else { throw StoreError.leaseLost(lease.handlerID) }
             do {
-                try await keeper.writing(lease) { try await store.checkpoint(checkpoint, lease: lease) }
+                let record = try await keeper.writing(lease) { try await store.checkpoint(checkpoint, lease: lease) }
                 keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
+                if let record { finished(record) }
                 metrics.checkpoints.increment()
                 metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return

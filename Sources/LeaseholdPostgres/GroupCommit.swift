@@ -69,7 +69,8 @@ final class GroupCommit: Sendable {
 
     enum Outcome: Sendable {
         case created(ClaimedHandler)
-        case written
+        /// With the handler's record when the checkpoint finished it.
+        case written(HandlerRecord?)
     }
 
     struct Queued: Sendable {

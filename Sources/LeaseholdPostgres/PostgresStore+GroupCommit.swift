@@ -109,8 +109,7 @@ extension PostgresStore {
         case .create(let handler, let owner, _):
             return .created(try await createAlone(handler, owner: owner))
         case .checkpoint(let row):
-            try await committed { connection in try await runCheckpoint(row, on: connection) }
-            return .written
+            return .written(try await committed { connection in try await runCheckpoint(row, on: connection) })
         }
     }
 
@@ -147,20 +146,33 @@ extension PostgresStore {
             }
         }
         if !checkpoints.isEmpty {
-            var matched: Set<String> = []
+            var matched: [String: HandlerRecord?] = [:]
             let rows = checkpoints.map(\.1)
             let query = Statements.checkpointBatch(rows, lockTimeout: lockTimeoutSetting)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.CheckpointBatch.self), logger: logger)
             {
-                matched.insert(try row.decode(String.self))
+                let (id, finished) = try Self.writtenRecord(row)
+                matched[id] = finished
             }
             for (number, row) in checkpoints {
-                results[number] =
-                    matched.contains(row.id) ? .success(.written) : .failure(StoreError.leaseLost(HandlerID(row.id)))
+                if let finished = matched[row.id] {
+                    results[number] = .success(.written(finished))
+                } else {
+                    results[number] = .failure(StoreError.leaseLost(HandlerID(row.id)))
+                }
             }
         }
         return results
+    }
+
+    /// A row of a checkpoint's answer (the record columns): its handler id, and the record when
+    /// the checkpoint finished the handler (only then decoded whole).
+    static func writtenRecord(_ row: PostgresRow) throws -> (String, HandlerRecord?) {
+        let columns = row.makeRandomAccess()
+        let id = try columns[0].decode(String.self)
+        let status = try columns[3].decode(String.self)
+        return (id, status == HandlerStatus.running.rawValue ? nil : try record(row))
     }
 
     /// A created handler as its creator holds it: its first lease and an empty state.
@@ -257,7 +269,7 @@ extension PostgresStore.Statements {
                 FROM input i
                 WHERE handlers.id = i.id AND (SELECT count(*) FROM locked) >= 0
                     AND \(unescaped: PostgresStore.Statements.leaseIsCurrent(row: "handlers", token: "i.token", writer: "i.replica"))
-                RETURNING handlers.id, i.status, i.token, i.replica),
+                RETURNING \(unescaped: PostgresStore.Statements.writtenColumns), i.token, i.replica),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)
                 SELECT l.id, l.seq, l.rec::jsonb
@@ -277,7 +289,7 @@ extension PostgresStore.Statements {
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', h.replica, h.token FROM h WHERE h.status <> 'running'
                 RETURNING 1)
-            SELECT h.id FROM h
+            SELECT \(unescaped: PostgresStore.Statements.recordColumns) FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
                 + (SELECT count(*) FROM finished) >= 0
             """

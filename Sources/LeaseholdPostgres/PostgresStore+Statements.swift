@@ -41,6 +41,16 @@ extension PostgresStore {
             h.fencing_token, h.hibernated, h.last_sequence, h.wake_at
             """
 
+        /// The columns of `recordColumns` as an UPDATE of handlers returns them (its new values,
+        /// under the same names, not the snapshot): a checkpoint answers the record it committed.
+        static let writtenColumns = """
+
+            handlers.id, handlers.workflow_name, handlers.run_id, handlers.status, handlers.error, handlers.result,
+            handlers.started_at, handlers.updated_at, handlers.completed_at, handlers.owner_replica,
+            handlers.lease_expires_at, handlers.fencing_token, handlers.hibernated, handlers.last_sequence,
+            handlers.wake_at
+            """
+
         /// Renews the replica's registration, which carries every lease it holds: one row,
         /// whatever the number of leases. A lapsed (or missing) registration is void: every lease
         /// it carried is released and the replica registered anew (the answer is then empty).
@@ -211,7 +221,7 @@ extension PostgresStore {
                     lease_expires_at = CASE WHEN \(status) = 'running' THEN handlers.lease_expires_at ELSE NULL END
                 FROM (SELECT \(token)::bigint AS token, \(replica)::text AS writer) w
                 WHERE handlers.id = \(id) AND \(unescaped: leaseIsCurrent(row: "handlers", token: "w.token", writer: "w.writer"))
-                RETURNING handlers.id),
+                RETURNING \(unescaped: writtenColumns)),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)
                 SELECT h.id, s.seq, s.rec::jsonb FROM h, unnest(\(sequences)::bigint[], \(records)::text[]) AS s(seq, rec)
@@ -227,9 +237,10 @@ extension PostgresStore {
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', \(replica), \(token) FROM h WHERE \(status) <> 'running'
                 RETURNING 1)
-            SELECT h.id, (SELECT count(*) FROM logged), (SELECT count(*) FROM consumed), (SELECT count(*) FROM notified),
-                (SELECT count(*) FROM finished)
+            SELECT \(unescaped: recordColumns)
             FROM h
+            WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
+                + (SELECT count(*) FROM finished) >= 0
             """
         }
 

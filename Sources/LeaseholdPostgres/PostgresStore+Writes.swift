@@ -12,14 +12,18 @@ extension PostgresStore {
             records: row.records, consumed: row.consumed)
     }
 
-    func runCheckpoint(_ row: CheckpointRow, on connection: PostgresConnection) async throws {
+    /// - Returns: the record when the checkpoint finished the handler.
+    @discardableResult
+    func runCheckpoint(_ row: CheckpointRow, on connection: PostgresConnection) async throws -> HandlerRecord? {
         let query = try checkpointQuery(row)
         var written = false
+        var finished: HandlerRecord?
         do {
-            for try await _ in try await connection.checkedExecute(
+            for try await answer in try await connection.checkedExecute(
                 prepared(query, as: Shapes.Checkpoint.self), logger: logger)
             {
                 written = true
+                finished = try Self.writtenRecord(answer).1
             }
         } catch let error as PSQLError
             where error.serverInfo?[.sqlState] == "23505" && error.serverInfo?[.constraintName] == Self.eventLogKey
@@ -27,15 +31,19 @@ extension PostgresStore {
             throw StoreError.sequenceConflict(HandlerID(row.id), -1)
         }
         if !written { throw StoreError.leaseLost(HandlerID(row.id)) }
+        return finished
     }
 
     /// Through group commit when the store's service runs it (one commit shared with the writes
     /// of other handlers), alone otherwise.
-    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+    @discardableResult
+    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws -> HandlerRecord? {
         let row = try checkpointRow(checkpoint, lease: lease)
-        _ = try await commit(.checkpoint(row))
+        let outcome = try await commit(.checkpoint(row))
         // Committed: wake this replica's log readers now rather than when the NOTIFY comes back.
         signals.logChanged(lease.handlerID.rawValue)
+        guard case .written(let finished) = outcome else { return nil }
+        return finished
     }
 
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {

@@ -24,17 +24,24 @@ extension LeaseholdAPI {
             WireFormat.json(["graph": Representation.graph(try registry.workflow(try name(context)))])
         }
         router.post("/workflows/{name}/run") { request, context in
-            let record = try await start(request, context)
-            let finished = try await coordinator.awaitCompletion(record.id)
+            let start = try await startRequest(request, context)
+            let finished = try await coordinator.run(
+                workflow: start.workflow, startEvent: start.event, handlerID: start.handlerID)
             return WireFormat.json(
                 WireFormat.handler(finished), status: finished.status == .completed ? .ok : .internalServerError)
         }
         router.post("/workflows/{name}/run-nowait") { request, context in
-            WireFormat.json(WireFormat.handler(try await start(request, context)))
+            let start = try await startRequest(request, context)
+            let record = try await coordinator.start(
+                workflow: start.workflow, startEvent: start.event, handlerID: start.handlerID)
+            return WireFormat.json(WireFormat.handler(record))
         }
     }
 
-    func start(_ request: Request, _ context: BasicRequestContext) async throws -> HandlerRecord {
+    /// The workflow, start event and handler id a `run` or `run-nowait` request asks for.
+    func startRequest(_ request: Request, _ context: BasicRequestContext) async throws -> (
+        workflow: String, event: JSONValue, handlerID: String?
+    ) {
         let workflow = try registry.workflow(try name(context))
         let fields = try await body(request)
         if let contextValue = fields["context"], contextValue != .null, contextValue != [:] {
@@ -47,8 +54,7 @@ extension LeaseholdAPI {
         case .string(let text)?: handlerID = text
         default: throw APIError(.badRequest, "'handler_id' must be a string")
         }
-        let startValue = try startEvent(fields, workflow: workflow)
-        return try await coordinator.start(workflow: workflow.name, startEvent: startValue, handlerID: handlerID)
+        return (workflow.name, try startEvent(fields, workflow: workflow), handlerID)
     }
 
     /// The start event's fields: `start_event` as bare fields or as an envelope, else `kwargs`.

@@ -44,8 +44,12 @@ public protocol HandlerStore: Sendable {
 
     /// Writes state, new log records and consumed inbox ids in one fenced transaction.
     /// A finished state also clears the lease.
+    /// - Returns: when this checkpoint finished the handler, its record as the write committed it
+    ///   (what `handler(_:)` would read next), so that a `run` answers without reading it back;
+    ///   nil for a running handler.
     /// - Throws: `StoreError.leaseLost` (nothing written), `.sequenceConflict`.
-    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws
+    @discardableResult
+    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws -> HandlerRecord?
 
     /// Checkpoints, releases the lease and marks the handler hibernated, unless its inbox holds an
     /// unconsumed event (then nothing is written and the result is false).

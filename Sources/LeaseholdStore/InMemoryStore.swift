@@ -242,11 +242,13 @@ public actor InMemoryStore: HandlerStore {
         if !checkpoint.log.isEmpty { signals.logChanged(id.rawValue) }
     }
 
-    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+    @discardableResult
+    public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws -> HandlerRecord? {
         var entry = try fencedEntry(lease)
         try apply(checkpoint, to: &entry)
         entries[lease.handlerID] = entry
         finishWrite(lease.handlerID, checkpoint)
+        return entry.record.status.isFinished ? entry.record : nil
     }
 
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {

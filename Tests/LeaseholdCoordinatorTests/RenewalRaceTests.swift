@@ -45,6 +45,23 @@ struct RenewalRaceTests {
             }
         }
     }
+    @Test("a run is answered from its final checkpoint: the record is not read back, and equals a read")
+    func runAnsweredFromTheFinalCheckpoint() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            let store = DelayedRenewalStore(postgres)
+            try await Harness.withCoordinators([store], idle: nil, ttl: .seconds(60)) { coordinators in
+                let reads = store.recordReads.withLock { $0 }
+                let finished = try await coordinators[0].run(
+                    workflow: "echo", startEvent: ["message": "hi"], handlerID: "answered")
+                #expect(store.recordReads.withLock { $0 } == reads)
+                #expect(finished.status == .completed)
+                #expect(finished.result?.value["result"] == "hi")
+                #expect(finished == (try await postgres.handler("answered")))
+                // Nothing is kept for it once answered.
+                #expect(coordinators[0].host.completion("answered") == nil)
+            }
+        }
+    }
 }
 
 struct RenewalNeverRan: Error {}
@@ -168,11 +185,11 @@ final class DelayedRenewalStore: HandlerStore {
         if fail { throw StoreError.unavailable("injected: claim failed") }
         return try await base.claim(replica, limit: limit, only: only)
     }
-    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws {
+    func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws -> HandlerRecord? {
         if hanging.withLock({ $0.contains(lease.handlerID) }) {
             try await Task.sleep(for: .seconds(3600))
         }
-        try await base.checkpoint(checkpoint, lease: lease)
+        let finished = try await base.checkpoint(checkpoint, lease: lease)
         let lose = lostAnswers.withLock { lost -> Bool in
             if lost.first, !checkpoint.log.isEmpty {
                 lost.first = false
@@ -188,6 +205,7 @@ final class DelayedRenewalStore: HandlerStore {
             return false
         }
         if lose { throw StoreError.unavailable("injected: the answer to a committed checkpoint was lost") }
+        return finished
     }
 
     /// The first checkpoint that carries log records, and the one that finishes the handler,
@@ -222,7 +240,12 @@ final class DelayedRenewalStore: HandlerStore {
     func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
         try await base.purgeFinished(olderThan: age, limit: limit)
     }
-    func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? { try await base.handler(handlerID) }
+    /// How many times a handler's record was read.
+    let recordReads = Mutex(0)
+    func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
+        recordReads.withLock { $0 += 1 }
+        return try await base.handler(handlerID)
+    }
     func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] { try await base.handlers(filter) }
     func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
         try await base.events(handlerID, after: sequence, limit: limit)

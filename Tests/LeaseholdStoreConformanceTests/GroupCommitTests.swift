@@ -82,6 +82,43 @@ struct GroupCommitTests {
         }
     }
 
+    @Test("in one flush, each checkpoint that finishes its handler is answered its own committed record")
+    func finishingCheckpointsAnswerTheirRecords() async throws {
+        try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let leases = try await Self.create(store, 8)
+            let answers = try await withThrowingTaskGroup(of: (HandlerID, HandlerRecord?).self) { group in
+                for (index, lease) in leases.enumerated() {
+                    // Even ones finish (a terminal record), odd ones keep running.
+                    let finishing = index % 2 == 0
+                    let checkpoint = Checkpoint(
+                        state: StoreConformanceTests.state(2, status: finishing ? .completed : .running),
+                        log: [
+                            StoreConformanceTests.record(0),
+                            StoreConformanceTests.record(1, finishing ? "StopEvent" : "Tick", terminal: finishing),
+                        ],
+                        consumedInbox: ["start"])
+                    group.addTask { (lease.handlerID, try await store.checkpoint(checkpoint, lease: lease)) }
+                }
+                var answers: [HandlerID: HandlerRecord?] = [:]
+                for try await (id, answer) in group { answers[id] = answer }
+                return answers
+            }
+            #expect(store.groupCommitStats?.flushes == 2)  // the creations, then the checkpoints
+            for (index, lease) in leases.enumerated() {
+                let read = try #require(try await store.handler(lease.handlerID))
+                let answer = try #require(answers[lease.handlerID])
+                if index % 2 == 0 {
+                    #expect(answer == read)
+                    #expect(read.status == .completed && read.result?.type == "StopEvent")
+                } else {
+                    #expect(answer == nil)
+                    #expect(read.status == .running)
+                }
+            }
+        }
+    }
+
     @Test("a write the database refuses fails alone: the rest of its batch is written")
     func refusedWriteFailsAlone() async throws {
         try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in

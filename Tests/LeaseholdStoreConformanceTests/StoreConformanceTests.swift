@@ -59,9 +59,10 @@ struct StoreConformanceTests {
     func checkpoint(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
-            try await store.checkpoint(
+            let running = try await store.checkpoint(
                 Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
                 lease: lease)
+            #expect(running == nil)  // only a finishing checkpoint answers the record
             try await store.checkpoint(
                 Checkpoint(state: Self.state(3), log: [Self.record(2)], consumedInbox: []), lease: lease)
             #expect(try await store.events("h", after: -1, limit: 100).map(\.sequence) == [0, 1, 2])
@@ -69,12 +70,14 @@ struct StoreConformanceTests {
             #expect(try await store.events("h", after: 2, limit: 100).isEmpty)
             #expect(try await store.pendingInbox("h").isEmpty)
             #expect(try await store.handler("h")?.lastSequence == 2)
-            // A finished state completes the record and frees the lease.
-            try await store.checkpoint(
+            // A finished state completes the record and frees the lease; the write answers the
+            // record as it committed it (a `run` answers from it, reading nothing back).
+            let answered = try await store.checkpoint(
                 Checkpoint(
                     state: Self.state(4, status: .completed), log: [Self.record(3, "StopEvent", terminal: true)],
                     consumedInbox: []), lease: lease)
             let done = try #require(try await store.handler("h"))
+            #expect(answered == done)
             #expect(done.status == .completed)
             #expect(done.result?.type == "StopEvent")
             #expect(done.owner == nil)
