@@ -21,9 +21,9 @@ extension Coordinator {
     /// - Throws: as `start` and `awaitCompletion`.
     public func run(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
         let new = try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID)
-        host.expectCompletion(new.id)
-        defer { host.forgetCompletion(new.id) }
-        return try await awaitCompletion(try await create(new).id)
+        host.expectCompletion(new.id, runID: new.runID)
+        defer { host.forgetCompletion(new.id, runID: new.runID) }
+        return try await awaitCompletion(try await create(new).id, runID: new.runID)
     }
 
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
@@ -113,13 +113,15 @@ extension Coordinator {
     }
 
     /// Waits until the handler finishes, reading the store (works for handlers on any replica).
-    public func awaitCompletion(_ id: HandlerID) async throws -> HandlerRecord {
+    /// With the `runID` of a run registered by `run`, takes the record its final checkpoint
+    /// committed here, when there is one, instead of reading it.
+    public func awaitCompletion(_ id: HandlerID, runID: String? = nil) async throws -> HandlerRecord {
         while true {
             let version = store.signals.logVersion(id.rawValue)
             // While the handler runs here its record cannot be finished (the runtime returns only
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
-                if let finished = host.completion(id) { return finished }
+                if let runID, let finished = host.completion(id, runID: runID) { return finished }
                 guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
                 if record.status.isFinished { return record }
             }

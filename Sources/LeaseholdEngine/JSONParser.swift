@@ -2,28 +2,35 @@
 ///
 /// Why not `JSONDecoder`: `JSONValue`'s `Decodable` form can only find a value's kind by trying
 /// each in turn, and every failed try builds an error; under echo load that made request bodies
-/// and the records a replica reads back some 6 % of its CPU (perf, 2026-11-27). The values come
-/// out as `JSONDecoder` gave them: a number without fraction or exponent that fits in `Int`, or one
-/// whose decimal value is a whole number that fits, is `.int`; any other number `.double`. It is
-/// stricter where `JSONDecoder` was lenient: a trailing comma is refused, and so is a repeated
-/// object key (which `JSONDecoder` resolved silently to the first).
+/// and the records a replica reads back some 6 % of its CPU (perf, 2026-11-27). Numbers come out
+/// as `JSONDecoder` gave them: without fraction or exponent, `.int` when it fits in `Int`; with
+/// one, `.int` when its `Double` is whole and below 2^53 in size (so `3.0`, `3e0`, `1e-400` are
+/// ints, as there), and above 2^53 when the decimal text itself is a whole number that fits (where
+/// `JSONDecoder` truncated); any other number `.double`. It is stricter where `JSONDecoder` was
+/// lenient: a trailing comma is refused, so is a repeated object key (which `JSONDecoder` resolved
+/// silently to the first), and so is a byte-order mark.
 struct JSONParser {
-    /// Deeper nesting is refused rather than recursed into (the limit `JSONDecoder` has).
-    static let maximumDepth = 512
+    /// Deeper nesting is refused rather than recursed into: requests get the limit `JSONDecoder`
+    /// had; what the store reads back gets more room, for the levels a record adds around values
+    /// that came in at the request limit.
+    static let requestDepth = 512
+    static let storedDepth = 1_024
 
     struct Failure: Error, CustomStringConvertible {
         let description: String
     }
 
     private let bytes: [UInt8]
+    private let maximumDepth: Int
     private var index = 0
 
-    private init(_ bytes: [UInt8]) {
+    private init(_ bytes: [UInt8], maximumDepth: Int) {
         self.bytes = bytes
+        self.maximumDepth = maximumDepth
     }
 
-    static func parse(_ bytes: [UInt8]) throws(Failure) -> JSONValue {
-        var parser = JSONParser(bytes)
+    static func parse(_ bytes: [UInt8], maximumDepth: Int = requestDepth) throws(Failure) -> JSONValue {
+        var parser = JSONParser(bytes, maximumDepth: maximumDepth)
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
         parser.skipWhitespace()
@@ -75,7 +82,7 @@ struct JSONParser {
     }
 
     private mutating func object(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= Self.maximumDepth else { throw failure("nested deeper than \(Self.maximumDepth)") }
+        guard depth <= maximumDepth else { throw failure("nested deeper than \(maximumDepth)") }
         index += 1
         var fields: [String: JSONValue] = [:]
         skipWhitespace()
@@ -109,7 +116,7 @@ struct JSONParser {
     }
 
     private mutating func array(depth: Int) throws(Failure) -> JSONValue {
-        guard depth <= Self.maximumDepth else { throw failure("nested deeper than \(Self.maximumDepth)") }
+        guard depth <= maximumDepth else { throw failure("nested deeper than \(maximumDepth)") }
         index += 1
         var values: [JSONValue] = []
         skipWhitespace()
@@ -245,10 +252,11 @@ struct JSONParser {
         let text = String(decoding: bytes[start..<index], as: UTF8.self)
         if integral, let value = Int(text) { return .int(value) }
         guard let double = Double(text), double.isFinite else { throw failure("number out of range") }
-        // As JSONDecoder: a whole number in decimal form that fits in Int is an Int, exactly
-        // (9007199254740993.0 is 9007199254740993, not the nearest Double).
-        if !integral, double.rounded() == double, abs(double) <= 9.3e18, let exact = Self.wholeNumber(text) {
-            return .int(exact)
+        if !integral, double.rounded() == double {
+            // Below 2^53 every whole Double is exact, as JSONDecoder took it; above, only a
+            // decimal text that is itself whole (9007199254740993.0 is 9007199254740993).
+            if abs(double) < 9_007_199_254_740_992 { return .int(Int(double)) }
+            if let exact = Self.wholeNumber(text) { return .int(exact) }
         }
         return .double(double)
     }
@@ -266,7 +274,10 @@ struct JSONParser {
         var mantissa = text
         var exponent = 0
         if let e = mantissa.firstIndex(where: { $0 == "e" || $0 == "E" }) {
-            guard let value = Int(mantissa[mantissa.index(after: e)...].replacing("+", with: "")) else { return nil }
+            // An exponent this large cannot make a whole Int of any mantissa a request can carry.
+            guard let value = Int(mantissa[mantissa.index(after: e)...].replacing("+", with: "")),
+                abs(value) <= 100_000
+            else { return nil }
             exponent = value
             mantissa = String(mantissa[..<e])
         }

@@ -93,11 +93,22 @@ extension JSONValue {
         try parse(bytes: Array(text.utf8))
     }
 
-    static func parse(bytes: [UInt8]) throws -> JSONValue {
+    static func parse(bytes: [UInt8], maximumDepth: Int = JSONParser.requestDepth) throws -> JSONValue {
         do {
-            return try JSONParser.parse(bytes)
+            return try JSONParser.parse(bytes, maximumDepth: maximumDepth)
         } catch {
             throw EngineError.invalidJSON(error.description)
+        }
+    }
+
+    /// Whether every number in it is finite: JSON has no NaN or infinity, and what is logged must
+    /// be written as it is (the HTTP writer shows them as null; the store refuses them).
+    public var isFinite: Bool {
+        switch self {
+        case .double(let value): value.isFinite
+        case .array(let values): values.allSatisfy(\.isFinite)
+        case .object(let fields): fields.values.allSatisfy(\.isFinite)
+        default: true
         }
     }
 
@@ -256,10 +267,10 @@ extension AnyEvent {
 }
 
 extension JSONValue {
+    /// A record or event the store wrote (`storedDepth`: room for the levels around a value).
     static func parseObject(_ text: String, of what: String) throws -> [String: JSONValue] {
-        guard case .object(let fields) = try parse(text) else {
-            throw EngineError.invalidJSON("\(what) is not an object")
-        }
+        guard case .object(let fields) = try parse(bytes: Array(text.utf8), maximumDepth: JSONParser.storedDepth)
+        else { throw EngineError.invalidJSON("\(what) is not an object") }
         return fields
     }
 }

@@ -79,7 +79,20 @@ extension PostgresStore {
         String(decoding: try encoder.encode(value), as: UTF8.self)
     }
 
-    /// The two the hot path writes, without `JSONEncoder` (see `LogRecord.jsonString`).
-    func json(_ record: LogRecord) throws -> String { record.jsonString }
-    func json(_ event: AnyEvent) throws -> String { event.jsonString }
+    /// The two the hot path writes, without `JSONEncoder` (see `LogRecord.jsonString`); like it,
+    /// they refuse a value JSON cannot hold (NaN, infinity) rather than write something else.
+    func json(_ record: LogRecord) throws -> String {
+        guard record.value.isFinite else { throw Self.notFinite(record.type) }
+        return record.jsonString
+    }
+
+    func json(_ event: AnyEvent) throws -> String {
+        guard event.value.isFinite else { throw Self.notFinite(event.type) }
+        return event.jsonString
+    }
+
+    private static func notFinite(_ type: String) -> EncodingError {
+        EncodingError.invalidValue(
+            type, EncodingError.Context(codingPath: [], debugDescription: "\(type) holds a number that is not finite"))
+    }
 }

@@ -166,13 +166,20 @@ extension PostgresStore {
         return results
     }
 
-    /// A row of a checkpoint's answer (the record columns): its handler id, and the record when
-    /// the checkpoint finished the handler (only then decoded whole).
+    /// A row of a checkpoint's answer (`Statements.checkpointAnswer`): its handler id, and the
+    /// record when the checkpoint finished the handler (only then decoded whole).
     static func writtenRecord(_ row: PostgresRow) throws -> (String, HandlerRecord?) {
         let columns = row.makeRandomAccess()
         let id = try columns[0].decode(String.self)
-        let status = try columns[3].decode(String.self)
-        return (id, status == HandlerStatus.running.rawValue ? nil : try record(row))
+        guard try columns[3].decode(String.self) != HandlerStatus.running.rawValue else { return (id, nil) }
+        do {
+            return (id, try record(row))
+        } catch {
+            // The write has happened (this row is its answer) and must not fail for a record this
+            // replica cannot read: without one, a waiting `run` reads the record back, and that
+            // read reports the error.
+            return (id, nil)
+        }
     }
 
     /// A created handler as its creator holds it: its first lease and an empty state.
@@ -289,7 +296,7 @@ extension PostgresStore.Statements {
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', h.replica, h.token FROM h WHERE h.status <> 'running'
                 RETURNING 1)
-            SELECT \(unescaped: PostgresStore.Statements.recordColumns) FROM h
+            SELECT \(unescaped: PostgresStore.Statements.checkpointAnswer) FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
                 + (SELECT count(*) FROM finished) >= 0
             """

@@ -51,6 +51,17 @@ extension PostgresStore {
             handlers.wake_at
             """
 
+        /// What a checkpoint answers for each row it wrote: `recordColumns`, except that the lease
+        /// expiry is the row's own column. Only finished rows are decoded, and for them (no owner,
+        /// no lease) that is what `leaseExpiry` gives, NULL, without its lookup of the owner's
+        /// registration on every running row.
+        static let checkpointAnswer = """
+
+            h.id, h.workflow_name, h.run_id, h.status, h.error, h.result::text, h.started_at, h.updated_at,
+            h.completed_at, h.owner_replica, h.lease_expires_at, h.fencing_token, h.hibernated, h.last_sequence,
+            h.wake_at
+            """
+
         /// Renews the replica's registration, which carries every lease it holds: one row,
         /// whatever the number of leases. A lapsed (or missing) registration is void: every lease
         /// it carried is released and the replica registered anew (the answer is then empty).
@@ -237,7 +248,7 @@ extension PostgresStore {
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', \(replica), \(token) FROM h WHERE \(status) <> 'running'
                 RETURNING 1)
-            SELECT \(unescaped: recordColumns)
+            SELECT \(unescaped: checkpointAnswer)
             FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
                 + (SELECT count(*) FROM finished) >= 0

@@ -58,7 +58,28 @@ struct RenewalRaceTests {
                 #expect(finished.result?.value["result"] == "hi")
                 #expect(finished == (try await postgres.handler("answered")))
                 // Nothing is kept for it once answered.
-                #expect(coordinators[0].host.completion("answered") == nil)
+                #expect(coordinators[0].host.completion("answered", runID: finished.runID) == nil)
+            }
+        }
+    }
+
+    @Test("a finished record is handed only to a wait for the same run, never to a later run of the id")
+    func completionIsKeyedByRun() async throws {
+        try await TestDatabase.withStore { postgres, _ in
+            try await Harness.withCoordinators([postgres], idle: nil, ttl: .seconds(60)) { coordinators in
+                let host = coordinators[0].host
+                let earlier = try await coordinators[0].run(
+                    workflow: "echo", startEvent: ["message": "first"], handlerID: "same-id")
+                // A new run of the id (after a purge) waits; the earlier run's final record arrives late.
+                host.expectCompletion("same-id", runID: "later-run")
+                host.finished(earlier)
+                #expect(host.completion("same-id", runID: "later-run") == nil)
+                host.expectCompletion("same-id", runID: earlier.runID)
+                host.finished(earlier)
+                #expect(host.completion("same-id", runID: earlier.runID) == earlier)
+                host.forgetCompletion("same-id", runID: earlier.runID)
+                host.forgetCompletion("same-id", runID: "later-run")
+                #expect(host.completions.withLock { $0.awaited.isEmpty && $0.records.isEmpty })
             }
         }
     }

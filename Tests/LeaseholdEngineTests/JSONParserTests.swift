@@ -20,6 +20,10 @@ struct JSONParserTests {
             #""plain""#, #""esc \" \\ \/ \b \f \n \r \t""#, #""\u00e9 \u20AC \ud83d\ude00 é 😀""#, #""""#,
             "true", "false", "null", " \n\t[ 1 , 2 ]\r\n", "[]", "{}", #"{"a": {"b": [1, {"c": null}]}, "d": "e"}"#,
             #"[[[[["deep"]]]]]"#, #"{"message": "hello", "n": 3, "xs": [1.25, -2, true]}"#,
+            // Whole by their Double, below 2^53: ints, as JSONDecoder had them.
+            "1.0000000000000001", "1e-400", "0e20", "0e-5", "-1.5e1",
+            // Exponents at the ends of Int (a trap in an earlier version of the parser).
+            #"{"a": 0.55e-9223372036854775807}"#, "[1.0e-9223372036854775808]", "1e-99999999999999999999",
         ])
     func sameAsFoundation(_ text: String) throws {
         #expect(try JSONValue.parse(text) == (try Self.foundation(text)))
@@ -35,6 +39,8 @@ struct JSONParserTests {
             ("1.", "invalid number at byte 2"),
             ("-", "invalid number at byte 1"),
             ("1e400", "number out of range at byte 5"),
+            ("1e999999999999999999999", "number out of range at byte 23"),
+            ("\u{FEFF}{}", "unexpected character '\u{EF}' at byte 0"),
             (#""\ud800""#, "a high surrogate without its low surrogate at byte 7"),
             (#""\udc00""#, "a low surrogate without its high surrogate at byte 7"),
             ("\"a\u{1}b\"", "unescaped control character in a string at byte 2"),

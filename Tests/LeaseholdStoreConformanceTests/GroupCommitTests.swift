@@ -119,6 +119,53 @@ struct GroupCommitTests {
         }
     }
 
+    @Test("a finished record this replica cannot read back does not fail the write, nor its batch")
+    func unreadableAnswerDoesNotFailTheWrite() async throws {
+        try await TestDatabase.withStore(
+            groupCommit: GroupCommitSettings(maxBatch: 2, linger: .seconds(60), writers: 1)
+        ) {
+            store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let leases = try await Self.create(store, 2, prefix: "deep")
+            // Nested deeper than a stored record is read back (a workflow may wrap what came in).
+            var deep: JSONValue = "bottom"
+            for _ in 0..<1_100 { deep = .array([deep]) }
+            func finishing(_ value: JSONValue) -> Checkpoint {
+                Checkpoint(
+                    state: StoreConformanceTests.state(1, status: .completed),
+                    log: [
+                        LogRecord(
+                            sequence: 0, type: "StopEvent", value: ["result": value], types: nil, qualifiedName: "q",
+                            isInternal: false, isTerminal: true)
+                    ], consumedInbox: ["start"])
+            }
+            async let deepAnswer = store.checkpoint(finishing(deep), lease: leases[0])
+            async let plainAnswer = store.checkpoint(finishing("plain"), lease: leases[1])
+            let (unreadable, plain) = try await (deepAnswer, plainAnswer)
+            #expect(unreadable == nil)  // written, answered without its record
+            #expect(plain?.status == .completed)
+            #expect(store.groupCommitStats?.flushes == 2)  // the creations, then both checkpoints together
+            #expect(try await store.events(leases[1].handlerID, after: -1, limit: 10).count == 1)
+            await #expect(throws: EngineError.self) { _ = try await store.handler(leases[0].handlerID) }
+        }
+    }
+
+    @Test("a logged number JSON cannot hold (NaN, infinity) is refused before anything is written")
+    func nonFiniteNumbersRefused() async throws {
+        try await TestDatabase.withStore { store, _ in
+            try await store.register("r1", address: "test://r1", ttl: Self.ttl)
+            let lease = try await store.create(StoreConformanceTests.new("nan"), owner: "r1").lease
+            let record = LogRecord(
+                sequence: 0, type: "Tick", value: ["n": .double(.nan)], types: nil, qualifiedName: "q",
+                isInternal: false, isTerminal: false)
+            await #expect(throws: EncodingError.self) {
+                try await store.checkpoint(
+                    Checkpoint(state: StoreConformanceTests.state(1), log: [record], consumedInbox: []), lease: lease)
+            }
+            #expect(try await store.events("nan", after: -1, limit: 10).isEmpty)
+        }
+    }
+
     @Test("a write the database refuses fails alone: the rest of its batch is written")
     func refusedWriteFailsAlone() async throws {
         try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in

@@ -279,6 +279,8 @@ class Client(threading.Thread):
                 self.cancel()
             elif choice < 0.84:
                 self.purge_and_recreate()
+            elif choice < 0.90:
+                self.run_echo()
             else:
                 self.read_stream()
             time.sleep(self.rng.uniform(0.01, 0.1))
@@ -296,6 +298,24 @@ class Client(threading.Thread):
         uncertain = response is None or response.status_code >= 500
         if acked or uncertain:
             self.handlers.add(handler_id, workflow=workflow, start=start_event, acked=acked)
+
+    def run_echo(self):
+        """A blocking `run`: its answer must be the handler's final record as committed (the same
+        status, result and completion time the handler shows at the end)."""
+        handler_id = self.new_id()
+        message = f"m-{uuid.uuid4().hex[:8]}"
+        response = self.call("run", "POST", "/workflows/echo/run", handler=handler_id,
+                             json={"start_event": {"message": message}, "handler_id": handler_id})
+        acked = response is not None and response.status_code == 200
+        uncertain = response is None or response.status_code >= 500
+        if not (acked or uncertain):
+            return
+        answer = response.json() if acked else None
+        self.handlers.add(handler_id, workflow="echo", start={"message": message}, acked=acked, run_answer=answer)
+        if answer is not None:
+            got = ((answer.get("result") or {}).get("value") or {}).get("result")
+            if answer.get("handler_id") != handler_id or answer.get("status") != "completed" or got != message:
+                self.violations.append(f"{handler_id}: run answered {answer.get('status')} {got!r}, sent {message!r}")
 
     def answer(self):
         handler_id = self.handlers.pick(self.rng, workflow="approval", answered=None)
@@ -579,6 +599,13 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
                 violations.append(f"{handler_id}: {len(applied)} answers applied")
         elif spec["workflow"] == "timer" and status == "completed" and value != "rang":
             violations.append(f"{handler_id}: timer result {value}")
+        elif spec["workflow"] == "echo":
+            if value != spec["start"]["message"]:
+                violations.append(f"{handler_id}: echo result {value!r}, sent {spec['start']['message']!r}")
+            answer = spec.get("run_answer")
+            final = {k: record.get(k) for k in ("status", "result", "completed_at", "run_id")}
+            if answer is not None and {k: answer.get(k) for k in final} != final:
+                violations.append(f"{handler_id}: run answered {answer}, the handler ends as {final}")
     # Tokens: never handed out twice (any handler, any replica), rising over time per handler id.
     by_token: dict[str, list[dict]] = {}
     for line in claims:
