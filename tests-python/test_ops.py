@@ -25,6 +25,7 @@ def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
     wait_until(lambda: httpx.get(f"{replica.url}/cluster/handlers/m1").json()["hibernated"], what="hibernation")
     httpx.post(f"{replica.url}/events/m1", json={"event": {"type": "HumanResponseEvent", "value": {"response": "y"}}})
     wait_until(lambda: httpx.get(f"{replica.url}/handlers/m1").json()["status"] == "completed", what="completion")
+    assert httpx.get(f"{replica.url}/no/such/route").status_code == 404
 
     def scrape() -> dict[str, float]:
         samples = {}
@@ -52,6 +53,12 @@ def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
     assert total("leasehold_events_appended_total") >= 20
     assert total("leasehold_checkpoints_total") >= 1
     assert any(k.startswith("leasehold_http_requests_total{") and 'status="200"' in k for k in samples)
+    # Labelled by the route template the router matched, not the path (whose ids are unbounded).
+    requests = {k for k in samples if k.startswith("leasehold_http_requests_total{")}
+    assert any('route="/workflows/{name}/run-nowait"' in k and 'method="POST"' in k for k in requests), requests
+    assert any('route="/handlers/{handler_id}"' in k and 'method="GET"' in k for k in requests), requests
+    assert any('route="unmatched"' in k and 'status="404"' in k for k in requests), requests
+    assert not any("m1" in k or "no/such" in k for k in requests), requests
     assert any(k.startswith("leasehold_renew_duration_seconds") for k in samples)
 
 
