@@ -4,9 +4,9 @@ root), beside what the Python client measured, and the split at the POST's answe
 
     .venv/bin/python bench/reload_wire.py DIST [COUNT]     (DIST: a scripts/build-release folder)
 
-Loopback only; bounded (COUNT handlers, 30 s per stream at most). A stream whose head arrives only
-with its first heartbeat (see docs/design.md, "Known gaps") can make the client miss an event:
-those are counted as client misses and left out of the client figures."""
+Loopback only; bounded (COUNT handlers, 30 s per stream at most). A stream that received nothing
+within 30 s is counted as a client miss and left out of the client figures (see docs/design.md,
+"Known gaps": not explained yet)."""
 import subprocess, sys, time, threading, os, signal, json
 import httpx
 
