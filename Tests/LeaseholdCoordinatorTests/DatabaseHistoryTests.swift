@@ -47,12 +47,15 @@ struct DatabaseHistoryTests {
             store.failOverDatabase(losing: {
                 try await Self.takeBack(url, record.id, to: granted.rawValue - 1, sequenceToo: true)
             })
-            try #require(await eventually(timeout: .seconds(20)) { coordinator.database.regressions == 1 })
+            // Generous: on a loaded CI machine (every suite in parallel beside a CPU hog) the
+            // renewal that meets the loss came 15 s late once and detection landed just past a
+            // 20 s bound (2026-11-27). The property is that it is detected, not how fast.
+            try #require(await eventually(timeout: .seconds(60)) { coordinator.database.regressions == 1 })
             #expect(!coordinator.liveHandlerIDs.contains(record.id))
             let audit = try await postgres.audit([])
             #expect(audit.highestToken >= granted)
             // Back to work after one TTL: claimed anew under a token above any granted before.
-            let moved = try await eventually(timeout: .seconds(20)) {
+            let moved = try await eventually(timeout: .seconds(60)) {
                 let now = try await postgres.handler(record.id)
                 return now?.owner != nil && (now?.fencingToken ?? granted) > granted
             }
