@@ -135,6 +135,19 @@ def test_stream_cap_answers_503_with_retry_after(spawn):
     t.join(10)
 
 
+def test_an_sse_stream_opens_before_anything_happens(spawn):
+    """An SSE stream of a handler with nothing new answers at once: its head and an `: open`
+    comment come before any event or heartbeat (a browser's EventSource opens on the head)."""
+    replica = spawn()
+    httpx.post(f"{replica.url}/workflows/approval/run-nowait", json={"start_event": {"request": "o"}, "handler_id": "open"})
+    with httpx.stream("GET", f"{replica.url}/events/open", params={"after_sequence": "now"}, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        first = next(r.iter_lines())
+    assert first == ": open", f"first line was {first!r}, not the opening comment"
+    assert httpx.get(f"{replica.url}/handlers/open").json()["status"] == "running"
+    httpx.post(f"{replica.url}/handlers/open/cancel")
+
+
 def test_a_client_that_stops_reading_loses_its_stream_slot(spawn):
     """D10: a client that opens a stream and never reads fills the socket buffers; the server ends
     that stream once a write has been pending for --stream-stall-timeout, so the client cannot hold

@@ -14,18 +14,20 @@ public enum JSONValue: Sendable, Hashable {
 extension JSONValue: Codable {
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
+        /// "Is it this kind?": a failure only means try the next one (`Decoder` has no way to
+        /// ask a value's kind first). Hot paths read JSON with `JSONParser`, not this.
+        func attempt<T: Decodable>(_ type: T.Type) -> T? { try? container.decode(type) }
         if container.decodeNil() {
             self = .null
-            // Each `try?` asks "is it this type?": a failure only means try the next one.
-        } else if let value = try? container.decode(Bool.self) {
+        } else if let value = attempt(Bool.self) {
             self = .bool(value)
-        } else if let value = try? container.decode(Int.self) {
+        } else if let value = attempt(Int.self) {
             self = .int(value)
-        } else if let value = try? container.decode(Double.self) {
+        } else if let value = attempt(Double.self) {
             self = .double(value)
-        } else if let value = try? container.decode(String.self) {
+        } else if let value = attempt(String.self) {
             self = .string(value)
-        } else if let value = try? container.decode([JSONValue].self) {
+        } else if let value = attempt([JSONValue].self) {
             self = .array(value)
         } else {
             self = .object(try container.decode([String: JSONValue].self))

@@ -43,7 +43,8 @@ extension PostgresConnection {
             do {
                 try await checkedQuery("ROLLBACK", logger: logger)
             } catch {
-                // Never return a connection to the pool inside a failed transaction.
+                // Never return a connection to the pool inside a failed transaction; a close that
+                // fails has nothing left to undo (the caller gets the first error).
                 try? await close()
             }
             throw error

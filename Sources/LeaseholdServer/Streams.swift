@@ -102,8 +102,13 @@ extension LeaseholdAPI {
         includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, watch: WriteWatch,
         writer: inout any ResponseBodyWriter
     ) async throws {
-        var lastWrite = ContinuousClock.now
         let heartbeat = Duration.seconds(configuration.heartbeatSeconds)
+        if sse {
+            // The response head goes out with the first body write: without this comment a client
+            // of a handler with nothing new would see no response until the first heartbeat.
+            try await watch.timing { try await writer.write(ByteBuffer(string: ": open\n\n")) }
+        }
+        var lastWrite = ContinuousClock.now
         let tail = LogTail(
             store: store, id: id, after: cursor, poll: .seconds(configuration.pollSeconds), existenceCheck: heartbeat)
         for try await records in tail {

@@ -28,7 +28,7 @@ public actor InMemoryStore: HandlerStore {
     var entries: [HandlerID: Entry] = [:]
     var replicaTable: [ReplicaID: Replica] = [:]
     /// The last fencing token handed out, for any handler: tokens never repeat, across deletes.
-    private var lastToken: Int64 = 0
+    var lastToken: Int64 = 0
     /// The latest ownership changes cluster-wide (bounded; each handler keeps its own in full).
     var recent: [LeaseChange] = []
     static let recentLimit = 10_000
@@ -38,7 +38,7 @@ public actor InMemoryStore: HandlerStore {
         self.now = now
     }
 
-    private func nextToken() -> FencingToken {
+    func nextToken() -> FencingToken {
         lastToken += 1
         return FencingToken(lastToken)
     }
@@ -56,7 +56,7 @@ public actor InMemoryStore: HandlerStore {
         lastToken = max(lastToken, token.rawValue)
     }
 
-    private func note(_ kind: LeaseChange.Kind, _ entry: inout Entry, replica: ReplicaID?) {
+    func note(_ kind: LeaseChange.Kind, _ entry: inout Entry, replica: ReplicaID?) {
         let change = LeaseChange(
             handlerID: entry.record.id, at: now(), kind: kind, replica: replica, token: entry.record.fencingToken)
         entry.history.append(change)
@@ -64,16 +64,16 @@ public actor InMemoryStore: HandlerStore {
         if recent.count > Self.recentLimit { recent.removeFirst(recent.count - Self.recentLimit) }
     }
 
-    private func expiry(_ ttl: Duration) -> Date {
+    func expiry(_ ttl: Duration) -> Date {
         now().addingTimeInterval(Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18)
     }
 
-    private func isCurrent(_ replica: ReplicaID, at time: Date) -> Bool {
+    func isCurrent(_ replica: ReplicaID, at time: Date) -> Bool {
         (replicaTable[replica]?.leaseExpiresAt ?? .distantPast) > time
     }
 
     /// Releases every lease carried by the replica's registration.
-    private func void(_ replica: ReplicaID, at time: Date) {
+    func void(_ replica: ReplicaID, at time: Date) {
         for (id, entry) in entries where entry.record.owner == replica {
             var entry = entry
             entry.record.owner = nil
@@ -84,7 +84,7 @@ public actor InMemoryStore: HandlerStore {
         }
     }
 
-    private func upsert(_ replica: ReplicaID, address: String, ttl: Duration, at time: Date, restart: Bool) {
+    func upsert(_ replica: ReplicaID, address: String, ttl: Duration, at time: Date, restart: Bool) {
         var row =
             replicaTable[replica]
             ?? Replica(address: address, startedAt: time, heartbeatAt: time, leaseExpiresAt: .distantPast)
@@ -107,7 +107,7 @@ public actor InMemoryStore: HandlerStore {
     }
 
     /// The registration renewed (or, `fresh` or lapsed, started anew with its old leases void).
-    private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
+    func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
         -> [HandlerID: FencingToken]
     {
         let time = now()
@@ -165,7 +165,7 @@ public actor InMemoryStore: HandlerStore {
             pendingInbox: [handler.startEvent])
     }
 
-    private func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
+    func isClaimable(_ record: HandlerRecord, pendingInbox: Bool, at time: Date) -> Bool {
         guard record.status == .running else { return false }
         if let owner = record.owner {
             return (record.leaseExpiresAt ?? .distantPast) <= time || !isCurrent(owner, at: time)
@@ -203,7 +203,7 @@ public actor InMemoryStore: HandlerStore {
         return claimed
     }
 
-    private func fencedEntry(_ lease: Lease) throws -> Entry {
+    func fencedEntry(_ lease: Lease) throws -> Entry {
         guard let entry = entries[lease.handlerID], entry.record.fencingToken == lease.token,
             entry.record.owner == lease.replicaID, (entry.record.leaseExpiresAt ?? .distantPast) > now(),
             isCurrent(lease.replicaID, at: now())
@@ -211,7 +211,7 @@ public actor InMemoryStore: HandlerStore {
         return entry
     }
 
-    private func apply(_ checkpoint: Checkpoint, to entry: inout Entry) throws {
+    func apply(_ checkpoint: Checkpoint, to entry: inout Entry) throws {
         let id = entry.record.id
         if let first = checkpoint.log.first, first.sequence != Int64(entry.log.count) {
             throw StoreError.sequenceConflict(id, first.sequence)
@@ -238,7 +238,7 @@ public actor InMemoryStore: HandlerStore {
         }
     }
 
-    private func finishWrite(_ id: HandlerID, _ checkpoint: Checkpoint) {
+    func finishWrite(_ id: HandlerID, _ checkpoint: Checkpoint) {
         if !checkpoint.log.isEmpty { signals.logChanged(id.rawValue) }
     }
 
@@ -277,86 +277,5 @@ public actor InMemoryStore: HandlerStore {
         entry.record.leaseExpiresAt = nil
         entries[lease.handlerID] = entry
         if let checkpoint { finishWrite(lease.handlerID, checkpoint) }
-    }
-
-    public func appendInbox(
-        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
-    ) async throws -> InboxReceipt {
-        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
-        guard entry.record.status == .running else { throw StoreError.handlerFinished(handlerID) }
-        let before = entry.record
-        if let accepting, !accepting.contains(before.workflowName) {
-            return InboxReceipt(
-                owner: before.owner, hibernated: before.hibernated, inserted: false, accepted: false,
-                workflowName: before.workflowName)
-        }
-        let inserted = !entry.inbox.contains { $0.event.id == event.id }
-        if inserted {
-            entry.inbox.append((event, false))
-            entries[handlerID] = entry
-        }
-        var receipt = InboxReceipt(
-            owner: before.owner, hibernated: before.hibernated, inserted: inserted, workflowName: before.workflowName)
-        if let replica, claim {
-            // Nothing suspends between the append and the claim: one step, as in one statement.
-            receipt.claimed = try await self.claim(replica, limit: 1, only: handlerID).first
-        }
-        if receipt.claimed == nil {
-            if let replica, let current = entries[handlerID]?.record, current.owner == replica {
-                receipt.pending = PendingInbox(
-                    token: current.fencingToken,
-                    events: entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? [])
-            }
-            signals.inboxChanged(handlerID.rawValue)
-        }
-        return receipt
-    }
-
-    public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
-        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
-        guard entry.record.status == .running else { return .alreadyFinished(entry.record) }
-        let time = now()
-        let terminal = LogRecord.cancelled(sequence: Int64(entry.log.count))
-        entry.log.append(terminal)
-        entry.record.status = .cancelled
-        for index in entry.inbox.indices { entry.inbox[index].consumed = true }
-        entry.record.result = terminal
-        entry.record.lastSequence = terminal.sequence
-        entry.record.fencingToken = nextToken()
-        entry.record.owner = nil
-        entry.record.leaseExpiresAt = nil
-        entry.record.hibernated = false
-        entry.record.updatedAt = time
-        entry.record.completedAt = time
-        note(.cancelled, &entry, replica: nil)
-        entries[handlerID] = entry
-        signals.logChanged(handlerID.rawValue)
-        signals.inboxChanged(handlerID.rawValue)
-        return .cancelled(entry.record)
-    }
-
-    public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
-        let cutoff = now().addingTimeInterval(
-            -Double(age.components.seconds) - Double(age.components.attoseconds) * 1e-18)
-        let doomed = entries.values
-            .compactMap { entry -> (HandlerID, Date)? in
-                guard entry.record.status.isFinished, let done = entry.record.completedAt, done < cutoff else {
-                    return nil
-                }
-                return (entry.record.id, done)
-            }
-            .sorted { $0.1 < $1.1 }
-            .prefix(limit)
-            .map(\.0)
-        for id in doomed { entries[id] = nil }
-        return Array(doomed)
-    }
-
-    public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
-        guard entries[handlerID]?.record.runID == runID else { return false }
-        entries[handlerID] = nil
-        signals.logChanged(handlerID.rawValue)
-        signals.inboxChanged(handlerID.rawValue)
-        return true
     }
 }

@@ -97,7 +97,9 @@ public func eventually(
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
+        // Cancelled: stop polling and give the condition one last look (a `rethrows` function
+        // cannot throw the CancellationError).
+        do { try await Task.sleep(for: .milliseconds(10)) } catch { break }
     }
     return try await condition()
 }

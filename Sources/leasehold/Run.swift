@@ -18,8 +18,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let registry = try Samples.registry()
-        // The lookup's error is replaced by the CLI's own message, which lists the workflows.
-        guard (try? registry.workflow(workflow)) != nil else {
+        guard registry.names.contains(workflow) else {
             throw fail("unknown workflow '\(workflow)'; known: \(registry.names.joined(separator: ", "))")
         }
         let startValue: JSONValue

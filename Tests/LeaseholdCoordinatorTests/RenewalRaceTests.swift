@@ -210,20 +210,29 @@ final class DelayedRenewalStore: HandlerStore {
         if hanging.withLock({ $0.contains(lease.handlerID) }) {
             try await Task.sleep(for: .seconds(3600))
         }
-        let finished = try await base.checkpoint(checkpoint, lease: lease)
-        let lose = lostAnswers.withLock { lost -> Bool in
+        // Decided (and counted) before the write: the test reads the count once it sees the
+        // commit, which can be before this task runs again.
+        let (before, lose) = lostAnswers.withLock { lost -> ((first: Bool, final: Bool), Bool) in
+            let before = lost
             if lost.first, !checkpoint.log.isEmpty {
                 lost.first = false
                 // Under load the first checkpoint with records can also be the final one (every
                 // tick ran while an earlier write was in flight): then both answers are this one.
                 if checkpoint.state.status.isFinished { lost.final = false }
-                return true
+                return (before, true)
             }
             if lost.final, checkpoint.state.status.isFinished {
                 lost.final = false
-                return true
+                return (before, true)
             }
-            return false
+            return (before, false)
+        }
+        let finished: HandlerRecord?
+        do {
+            finished = try await base.checkpoint(checkpoint, lease: lease)
+        } catch {
+            if lose { lostAnswers.withLock { $0 = before } }  // not committed: nothing was lost
+            throw error
         }
         if lose { throw StoreError.unavailable("injected: the answer to a committed checkpoint was lost") }
         return finished

@@ -1,0 +1,89 @@
+import LeaseholdEngine
+import Synchronization
+
+/// The checkpoint side of a runtime: the main loop publishes each change, and the checkpoint
+/// loop writes it (at once when a client can see it, else after coalescing), one write at a time.
+extension HandlerRuntime {
+    func publish(_ state: HandlerState, log: [LogRecord], consumed: [String], running: Int) {
+        let changed = !log.isEmpty || !consumed.isEmpty
+        guard changed || state.status.isFinished else {
+            shared.withLock { shared in
+                shared.state = state
+                shared.lastActivity = clock.now
+                shared.quiescent = state.isQuiescent && running == 0
+            }
+            return
+        }
+        // Seen by a client, or the last change for a while (no step runs that would write more).
+        let urgent = state.status.isFinished || running == 0 || log.contains { !$0.isInternal }
+        let coalescing = shared.withLock { shared -> CheckedContinuation<Void, Never>? in
+            shared.state = state
+            shared.pendingLog.append(contentsOf: log)
+            shared.pendingConsumed.append(contentsOf: consumed)
+            shared.lastActivity = clock.now
+            shared.quiescent = state.isQuiescent && running == 0
+            shared.dirty = true
+            guard urgent else { return nil }
+            shared.urgent = true
+            defer { shared.coalescing = nil }
+            return shared.coalescing
+        }
+        coalescing?.resume()
+        checkpointContinuation.yield()
+    }
+
+    func checkpointLoop() async throws {
+        for await _ in checkpointSignals {
+            if checkpointCoalescing > .zero { await coalesce() }
+            try await flush()
+        }
+        // The main loop ended: write what is left, unless the lease is gone.
+        try await flush()
+    }
+
+    /// Returns when the pending change may not wait (at once if so already), or after
+    /// `checkpointCoalescing`, or when cancelled.
+    private func coalesce() async {
+        guard shared.withLock({ !$0.urgent && $0.dirty }) else { return }  // the common case: no wait
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let now = self.shared.withLock { shared -> Bool in
+                            if shared.urgent || !shared.dirty || Task.isCancelled { return true }
+                            shared.coalescing = continuation
+                            return false
+                        }
+                        if now { continuation.resume() }
+                    }
+                } onCancel: {
+                    let waiting = self.shared.withLock { shared in
+                        defer { shared.coalescing = nil }
+                        return shared.coalescing
+                    }
+                    waiting?.resume()
+                }
+            }
+            group.addTask {
+                // Cancelled when the change became urgent first: nothing to do then.
+                do { try await self.clock.sleep(for: self.checkpointCoalescing) } catch { return }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func flush() async throws {
+        let pending = shared.withLock { shared -> Checkpoint? in
+            guard shared.dirty, !shared.abandoned else { return nil }
+            let checkpoint = Checkpoint(
+                state: shared.state, log: shared.pendingLog, consumedInbox: shared.pendingConsumed)
+            shared.pendingLog = []
+            shared.pendingConsumed = []
+            shared.dirty = false
+            shared.urgent = false
+            return checkpoint
+        }
+        if let pending { try await persistence.checkpoint(pending) }
+    }
+}

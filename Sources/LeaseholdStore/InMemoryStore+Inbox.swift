@@ -1,0 +1,86 @@
+import Foundation
+import LeaseholdEngine
+
+/// The inbox, cancellation and retention of the in-memory store.
+extension InMemoryStore {
+    public func appendInbox(
+        _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
+    ) async throws -> InboxReceipt {
+        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
+        guard entry.record.status == .running else { throw StoreError.handlerFinished(handlerID) }
+        let before = entry.record
+        if let accepting, !accepting.contains(before.workflowName) {
+            return InboxReceipt(
+                owner: before.owner, hibernated: before.hibernated, inserted: false, accepted: false,
+                workflowName: before.workflowName)
+        }
+        let inserted = !entry.inbox.contains { $0.event.id == event.id }
+        if inserted {
+            entry.inbox.append((event, false))
+            entries[handlerID] = entry
+        }
+        var receipt = InboxReceipt(
+            owner: before.owner, hibernated: before.hibernated, inserted: inserted, workflowName: before.workflowName)
+        if let replica, claim {
+            // Nothing suspends between the append and the claim: one step, as in one statement.
+            receipt.claimed = try await self.claim(replica, limit: 1, only: handlerID).first
+        }
+        if receipt.claimed == nil {
+            if let replica, let current = entries[handlerID]?.record, current.owner == replica {
+                receipt.pending = PendingInbox(
+                    token: current.fencingToken,
+                    events: entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? [])
+            }
+            signals.inboxChanged(handlerID.rawValue)
+        }
+        return receipt
+    }
+
+    public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
+        guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
+        guard entry.record.status == .running else { return .alreadyFinished(entry.record) }
+        let time = now()
+        let terminal = LogRecord.cancelled(sequence: Int64(entry.log.count))
+        entry.log.append(terminal)
+        entry.record.status = .cancelled
+        for index in entry.inbox.indices { entry.inbox[index].consumed = true }
+        entry.record.result = terminal
+        entry.record.lastSequence = terminal.sequence
+        entry.record.fencingToken = nextToken()
+        entry.record.owner = nil
+        entry.record.leaseExpiresAt = nil
+        entry.record.hibernated = false
+        entry.record.updatedAt = time
+        entry.record.completedAt = time
+        note(.cancelled, &entry, replica: nil)
+        entries[handlerID] = entry
+        signals.logChanged(handlerID.rawValue)
+        signals.inboxChanged(handlerID.rawValue)
+        return .cancelled(entry.record)
+    }
+
+    public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
+        let cutoff = now().addingTimeInterval(
+            -Double(age.components.seconds) - Double(age.components.attoseconds) * 1e-18)
+        let doomed = entries.values
+            .compactMap { entry -> (HandlerID, Date)? in
+                guard entry.record.status.isFinished, let done = entry.record.completedAt, done < cutoff else {
+                    return nil
+                }
+                return (entry.record.id, done)
+            }
+            .sorted { $0.1 < $1.1 }
+            .prefix(limit)
+            .map(\.0)
+        for id in doomed { entries[id] = nil }
+        return Array(doomed)
+    }
+
+    public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
+        guard entries[handlerID]?.record.runID == runID else { return false }
+        entries[handlerID] = nil
+        signals.logChanged(handlerID.rawValue)
+        signals.inboxChanged(handlerID.rawValue)
+        return true
+    }
+}
