@@ -1,14 +1,15 @@
 """Reload latency at the wire: for each hibernated approval, the time from the POST /events request
 arriving at the server's port to the first SSE `data:` frame leaving it (tcpdump on loopback, as
-root), beside what the Python client measured, and the split at the POST's answer.
+root), beside what the bench's lean client (leasehold_kit.reload) measured, and the split at the
+POST's answer.
 
     .venv/bin/python bench/reload_wire.py DIST [COUNT]     (DIST: a scripts/build-release folder)
 
 Loopback only; bounded (COUNT handlers, 30 s per stream at most). A stream that received nothing
-within 30 s is counted as a client miss and left out of the client figures (see docs/design.md,
-"Known gaps": not explained yet)."""
-import subprocess, sys, time, threading, os, signal, json
+within 30 s is counted as a client miss and left out of the client figures."""
+import subprocess, sys, time, os, signal, json
 import httpx
+from leasehold_kit.reload import Sender, event_to_first_stream_event
 
 DIST, COUNT = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300
 ROOT = str(__import__("pathlib").Path(__file__).resolve().parents[1])
@@ -39,23 +40,11 @@ cap = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-w", CAP, f"tcp port {PORT
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 time.sleep(1.0)
 client = []
-with httpx.Client(timeout=10) as sender:
-    sender.get(f"{base}/health")
-    for h in ids:
-        got, ready, stamp = threading.Event(), threading.Event(), {}
-        def read(h=h):
-            with httpx.stream("GET", f"{base}/events/{h}", params={"after_sequence": "now"}, timeout=30) as r:
-                ready.set()
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        stamp["t"] = time.monotonic(); got.set(); return
-        t = threading.Thread(target=read, daemon=True); t.start(); ready.wait(10); time.sleep(0.05)
-        sent = time.monotonic()
-        sender.post(f"{base}/events/{h}", json={"event": {"type": "HumanResponseEvent", "value": {"response": "yes"}}})
-        got.wait(30)
-        client.append((stamp.get("t", float("inf")) - sent) * 1000)
-
-        t.join(5)
+sender = Sender(base)  # one kept-alive connection, as the bench's
+for h in ids:
+    got = event_to_first_stream_event(base, h, {"type": "HumanResponseEvent", "value": {"response": "yes"}}, sender)
+    client.append(float("inf") if got["seconds"] is None else got["seconds"] * 1000)
+sender.close()
 time.sleep(1.0)
 cap.send_signal(signal.SIGINT); cap.wait()
 server.terminate(); server.wait()
