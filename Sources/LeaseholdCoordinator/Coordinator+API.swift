@@ -19,11 +19,33 @@ extension Coordinator {
     /// `start`, then `awaitCompletion`; when the handler finishes here, its final checkpoint's
     /// answer is the result (no read of the record afterwards).
     /// - Throws: as `start` and `awaitCompletion`.
+    ///
+    /// With a server-chosen id (which no handler can have) the handler is not written first: it
+    /// runs at once under a reserved token, and its first checkpoint creates it in the same commit,
+    /// so a run that finishes in its first pass costs one write. With a client's id it is created
+    /// first, so that an id in use is refused before any step runs.
     public func run(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
         let new = try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID)
         host.expectCompletion(new.id, runID: new.runID)
         defer { host.forgetCompletion(new.id, runID: new.runID) }
-        return try await awaitCompletion(try await create(new).id, runID: new.runID)
+        guard handlerID == nil else {
+            return try await awaitCompletion(try await create(new).id, runID: new.runID)
+        }
+        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
+        let token = try await keeper.takeToken()
+        let creation = PendingCreation(new)
+        let claimed = ClaimedHandler(
+            record: HandlerRecord(
+                id: new.id, workflowName: new.workflowName, runID: new.runID, status: .running, error: nil,
+                result: nil, startedAt: clock.wall, updatedAt: clock.wall, completedAt: nil, owner: replicaID,
+                leaseExpiresAt: nil, fencingToken: token, hibernated: false, lastSequence: -1, wakeAt: nil),
+            lease: Lease(handlerID: new.id, replicaID: replicaID, token: token),
+            state: HandlerState(workflowName: new.workflowName), acquired: .created,
+            pendingInbox: [new.startEvent])
+        guard await host.launch(claimed, reason: "created", creation: creation) else {
+            throw CoordinatorError.shuttingDown
+        }
+        return try await awaitCompletion(new.id, runID: new.runID, creation: creation)
     }
 
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
@@ -116,12 +138,21 @@ extension Coordinator {
     /// With the `runID` of a run registered by `run`, takes the record its final checkpoint
     /// committed here, when there is one, instead of reading it.
     public func awaitCompletion(_ id: HandlerID, runID: String? = nil) async throws -> HandlerRecord {
+        try await awaitCompletion(id, runID: runID, creation: nil)
+    }
+
+    /// - Parameter creation: the run's handler was launched unwritten; if it left memory still
+    ///   unwritten (its lease could not be proven, the store refused or failed), the run failed.
+    func awaitCompletion(_ id: HandlerID, runID: String?, creation: PendingCreation?) async throws -> HandlerRecord {
         while true {
             let version = store.signals.logVersion(id.rawValue)
             // While the handler runs here its record cannot be finished (the runtime returns only
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
+                if let creation, !creation.isWritten {
+                    throw StoreError.unavailable("the run stopped before its handler could be written")
+                }
                 guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
                 if record.status.isFinished { return record }
             }

@@ -101,9 +101,13 @@ final class HandlerHost: Sendable {
     /// Starts a runtime for a handler this replica has just claimed or created, and hands it its
     /// pending inbox (the start event of a new handler, the events that woke a hibernated one):
     /// the one the store read with the lease, or else read now.
-    func launch(_ claimed: ClaimedHandler, reason: String) async {
+    /// - Parameter creation: the handler is not written yet; its first checkpoint creates it.
+    /// - Returns: whether it was launched (not when shutting down, or already live here).
+    @discardableResult
+    func launch(_ claimed: ClaimedHandler, reason: String, creation: PendingCreation? = nil) async -> Bool {
         let id = claimed.record.id
-        keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence)
+        // A handler not yet written is granted when its first checkpoint writes it.
+        if creation == nil { keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence) }
         let workflow: Workflow
         do {
             workflow = try registry.workflow(claimed.record.workflowName)
@@ -113,18 +117,19 @@ final class HandlerHost: Sendable {
                 metadata: [
                     LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
                 ])
-            await giveBack(claimed.lease, why: "unknown workflow")
-            return
+            if creation == nil { await giveBack(claimed.lease, why: "unknown workflow") }
+            return false
         }
         let persistence = LeasePersistence(
             store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock,
-            finished: { [self] record in finished(record) })
+            finished: { [self] record in finished(record) }, creation: creation)
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
             fencingToken: claimed.lease.token.rawValue, checkpointCoalescing: configuration.checkpointCoalescing)
         let handler = LiveHandler(
-            id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now)
+            id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now,
+            creation: creation)
         // Enter the table and the run queue in one step: hand-off either sees the handler (and
         // stops it) or this launch sees the shutdown (and gives the lease back).
         let accepted = state.withLock { state -> Bool in
@@ -134,8 +139,8 @@ final class HandlerHost: Sendable {
             return true
         }
         guard accepted else {
-            await giveBack(claimed.lease, why: "not accepted")
-            return
+            if creation == nil { await giveBack(claimed.lease, why: "not accepted") }
+            return false
         }
         metrics.claims.increment()
         logger.info(
@@ -150,6 +155,7 @@ final class HandlerHost: Sendable {
         } else {
             await deliverPending(handler)
         }
+        return true
     }
 
     /// Releases a lease this replica will not run. A failure is logged: the lease then lapses
@@ -183,6 +189,21 @@ final class HandlerHost: Sendable {
                 metrics.handlersFinished.increment()
                 log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
             case .stopped(let final):
+                if let creation = handler.creation, !creation.isWritten,
+                    handler.stopReason.withLock({ $0 }) != .leaseLost
+                {
+                    // Stopped (shutting down) before its first checkpoint: written now and
+                    // released, so that another replica runs it and its `run` is still answered.
+                    try await bounded(configuration.leaseTTL, clock: clock) {
+                        try await self.store.create(
+                            creation.handler, owner: handler.lease.replicaID, token: handler.lease.token,
+                            first: Checkpoint(state: final, log: [], consumedInbox: []))
+                        creation.markWritten()
+                        try await self.store.release(nil, lease: handler.lease)
+                    }
+                    log.info("written and handed off before its first checkpoint")
+                    return
+                }
                 switch handler.stopReason.withLock({ $0 }) {
                 case .hibernate:
                     try await hibernate(handler, final, log: log)

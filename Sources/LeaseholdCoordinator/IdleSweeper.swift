@@ -30,6 +30,8 @@ struct IdleSweeper: Sendable {
         let wall = clock.wallSeconds
         var stopped: [HandlerID] = []
         for handler in host.liveHandlers {
+            // Not yet written: nothing to hibernate into (its first checkpoint is in flight or retrying).
+            guard handler.isCreated else { continue }
             guard let since = handler.runtime.idleSince, now - since >= idleTimeout else { continue }
             if let deadline = handler.runtime.state.nextDeadline, deadline - wall < idleTimeout.seconds { continue }
             handler.stop(.hibernate)

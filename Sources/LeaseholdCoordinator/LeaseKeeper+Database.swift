@@ -180,6 +180,7 @@ extension LeaseKeeper {
     /// Refuses claims, writes and renewals, then stops every handler here (nothing launched now
     /// could outlive the registration `startOver` makes). `startOver` lifts it.
     private func stopEverything(host: HandlerHost, reason: String) {
+        discardReservedTokens()
         state.withLock { state in
             state.startingOver = true
             state.lastRenewal = nil

@@ -55,6 +55,10 @@ final class LeaseKeeper: Sendable {
         /// token it ever granted here.
         var acknowledged: [HandlerID: Acknowledged] = [:]
         var highestToken = FencingToken(0)
+        /// Tokens reserved for handlers created by their first checkpoint (`takeToken`), and the
+        /// epoch they belong to: starting over discards them.
+        var reservedTokens: [FencingToken] = []
+        var tokenEpoch = 0
         /// Set while the replica starts over after the database went back in time: no renewals.
         var startingOver = false
         /// Set while a database check runs: other renewals' answers are not acted on.
@@ -297,8 +301,11 @@ final class LeaseKeeper: Sendable {
         }
         // Only handlers taken before the renewal was sent can be missing from its answer because
         // their lease is gone; one claimed or created meanwhile may simply be newer, and one that
-        // finished or is being stopped (hibernated, handed off) gave it up.
-        let lost = live.filter { $0.claimedAt < sent && held[$0.id] != $0.lease.token && $0.isActive }
+        // finished or is being stopped (hibernated, handed off) gave it up; one not yet written
+        // (a `run`'s first pass) has no lease a renewal could show.
+        let lost = live.filter {
+            $0.claimedAt < sent && held[$0.id] != $0.lease.token && $0.isActive && $0.isCreated
+        }
         if !lost.isEmpty {
             // The renewal is a write the database refused for these leases: counted with the
             // checkpoints it refused, so "fenced by the database" has one figure.

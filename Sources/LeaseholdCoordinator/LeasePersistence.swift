@@ -19,19 +19,35 @@ struct LeasePersistence: HandlerPersistence {
     let clock: ReplicaClock
     /// Told the handler's record when a checkpoint finished it (see `HandlerHost.finished`).
     let finished: @Sendable (HandlerRecord) -> Void
+    /// Set when the handler is not yet written: the first checkpoint creates it.
+    var creation: PendingCreation? = nil
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
         var delay = Duration.milliseconds(20)
         var uncertain = false
         while true {
             guard keeper.mayWrite(lease) else { throw StoreError.leaseLost(lease.handlerID) }
+            let creating = creation.map { !$0.isWritten } ?? false
             do {
-                let record = try await keeper.writing(lease) { try await store.checkpoint(checkpoint, lease: lease) }
+                let record = try await keeper.writing(lease) {
+                    guard creating, let creation else { return try await store.checkpoint(checkpoint, lease: lease) }
+                    return try await store.create(
+                        creation.handler, owner: lease.replicaID, token: lease.token, first: checkpoint)
+                }
+                if creating { created(checkpoint) }
                 keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
                 if let record { finished(record) }
                 metrics.checkpoints.increment()
                 metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return
+            } catch StoreError.handlerExists where uncertain && creating {
+                // The creation whose outcome was unknown did commit (with this checkpoint: one
+                // transaction), unless the row is another handler's.
+                if try await landedEarlier(checkpoint) {
+                    created(checkpoint)
+                    return
+                }
+                throw StoreError.handlerExists(lease.handlerID)
             } catch StoreError.sequenceConflict where uncertain {
                 // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
                 if try await landedEarlier(checkpoint) {
@@ -53,6 +69,13 @@ struct LeasePersistence: HandlerPersistence {
                 delay = min(delay * 2, .milliseconds(500))
             }
         }
+    }
+
+    /// The handler is written: from now on it is a lease like any other.
+    private func created(_ checkpoint: Checkpoint) {
+        creation?.markWritten()
+        keeper.granted(lease, lastSequence: checkpoint.state.nextSequence - 1)
+        metrics.handlersStarted.increment()
     }
 
     /// Whether an earlier attempt of `checkpoint` committed: the handler's row carries this lease's

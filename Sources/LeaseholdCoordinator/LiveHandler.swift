@@ -13,6 +13,19 @@ enum StopReason: Sendable {
     case leaseLost
 }
 
+/// A handler launched before it was written to the store (a `run` with a server-chosen id): its
+/// first checkpoint creates it, in the same commit (`HandlerStore.create(_:owner:token:first:)`).
+/// Until then no other replica can see it, and no renewal can show its lease.
+final class PendingCreation: Sendable {
+    let handler: NewHandler
+    private let written = Atomic<Bool>(false)
+
+    init(_ handler: NewHandler) { self.handler = handler }
+
+    var isWritten: Bool { written.load(ordering: .acquiring) }
+    func markWritten() { written.store(true, ordering: .releasing) }
+}
+
 /// One handler running on this replica under one lease.
 final class LiveHandler: Sendable {
     let id: HandlerID
@@ -22,12 +35,18 @@ final class LiveHandler: Sendable {
     /// Monotonic time (`ReplicaClock.now`) at which this replica acquired the lease.
     let claimedAt: Duration
     let stopReason = Mutex<StopReason?>(nil)
+    /// Set while the handler is not yet written to the store (see `PendingCreation`).
+    let creation: PendingCreation?
     /// Finishes when the handler's task has ended (after hibernate / release).
     let ended: AsyncStream<Void>
     let endedContinuation: AsyncStream<Void>.Continuation
 
-    init(id: HandlerID, lease: Lease, runtime: HandlerRuntime, workflow: Workflow, claimedAt: Duration) {
+    init(
+        id: HandlerID, lease: Lease, runtime: HandlerRuntime, workflow: Workflow, claimedAt: Duration,
+        creation: PendingCreation? = nil
+    ) {
         self.id = id
+        self.creation = creation
         self.lease = lease
         self.runtime = runtime
         self.workflow = workflow
@@ -49,6 +68,9 @@ final class LiveHandler: Sendable {
     func deliver(_ events: [InboxEvent]) {
         runtime.deliver(events.map { Delivery(inboxID: $0.id, event: $0.event) })
     }
+
+    /// Written to the store: its lease is one a renewal can show.
+    var isCreated: Bool { creation?.isWritten ?? true }
 
     /// Running, not finished and not asked to stop: its lease should be renewed.
     var isActive: Bool {

@@ -54,14 +54,15 @@ package struct GroupCommitStats: Sendable, Equatable {
 final class GroupCommit: Sendable {
     enum Write: Sendable {
         /// The start event comes encoded: a value that cannot be encoded fails its own caller,
-        /// never a flush.
-        case create(NewHandler, owner: ReplicaID, event: String)
+        /// never a flush. `token` 0: the next of the sequence, else a reserved one; with `first`,
+        /// the handler's first checkpoint is written in the same flush, after the creation.
+        case create(NewHandler, owner: ReplicaID, event: String, token: Int64, first: PostgresStore.CheckpointRow?)
         case checkpoint(PostgresStore.CheckpointRow)
 
         /// Writes with one key never share a flush.
         var key: String {
             switch self {
-            case .create(let handler, _, _): handler.id.rawValue
+            case .create(let handler, _, _, _, _): handler.id.rawValue
             case .checkpoint(let row): row.id
             }
         }

@@ -106,8 +106,14 @@ extension PostgresStore {
 
     func writeAlone(_ write: GroupCommit.Write) async throws -> GroupCommit.Outcome {
         switch write {
-        case .create(let handler, let owner, _):
-            return .created(try await createAlone(handler, owner: owner))
+        case .create(let handler, let owner, _, let token, nil):
+            return .created(try await createAlone(handler, owner: owner, token: token))
+        case .create(let handler, let owner, _, let token, let first?):
+            return .written(
+                try await committed { connection in
+                    _ = try await insert(handler, owner: owner, token: token, on: connection)
+                    return try await runCheckpoint(first, on: connection)
+                })
         case .checkpoint(let row):
             return .written(try await committed { connection in try await runCheckpoint(row, on: connection) })
         }
@@ -117,31 +123,41 @@ extension PostgresStore {
         -> [UInt64: Result<GroupCommit.Outcome, any Error>]
     {
         var results: [UInt64: Result<GroupCommit.Outcome, any Error>] = [:]
-        var creates: [(UInt64, NewHandler, ReplicaID, String)] = []
+        var creates: [(number: UInt64, handler: NewHandler, owner: ReplicaID, event: String, token: Int64)] = []
+        var firsts: [UInt64: CheckpointRow] = [:]
         var checkpoints: [(UInt64, CheckpointRow)] = []
         for queued in batch {
             switch queued.write {
-            case .create(let handler, let owner, let event): creates.append((queued.number, handler, owner, event))
+            case .create(let handler, let owner, let event, let token, let first):
+                creates.append((queued.number, handler, owner, event, token))
+                firsts[queued.number] = first
             case .checkpoint(let row): checkpoints.append((queued.number, row))
             }
         }
         if !creates.isEmpty {
             var created: [String: HandlerRecord] = [:]
             let query = Statements.createBatch(
-                ids: creates.map(\.1.id.rawValue), workflows: creates.map(\.1.workflowName),
-                runIDs: creates.map(\.1.runID), owners: creates.map(\.2.rawValue),
-                eventIDs: creates.map(\.1.startEvent.id), events: creates.map(\.3), lockTimeout: lockTimeoutSetting)
+                ids: creates.map(\.handler.id.rawValue), workflows: creates.map(\.handler.workflowName),
+                runIDs: creates.map(\.handler.runID), owners: creates.map(\.owner.rawValue),
+                eventIDs: creates.map(\.handler.startEvent.id), events: creates.map(\.event),
+                tokens: creates.map(\.token), lockTimeout: lockTimeoutSetting)
             for try await row in try await connection.checkedExecute(
                 prepared(query, as: Shapes.CreateBatch.self), logger: logger)
             {
                 let record = try Self.record(row)
                 created[record.id.rawValue] = record
             }
-            for (number, handler, owner, _) in creates {
-                if let record = created[handler.id.rawValue] {
-                    results[number] = .success(.created(Self.claimed(record, handler: handler, owner: owner)))
+            for create in creates {
+                guard let record = created[create.handler.id.rawValue] else {
+                    results[create.number] = .failure(StoreError.handlerExists(create.handler.id))
+                    continue
+                }
+                if let first = firsts[create.number] {
+                    // Created in this transaction: its first checkpoint goes with the others below.
+                    checkpoints.append((create.number, first))
                 } else {
-                    results[number] = .failure(StoreError.handlerExists(handler.id))
+                    results[create.number] = .success(
+                        .created(Self.claimed(record, handler: create.handler, owner: create.owner)))
                 }
             }
         }
@@ -193,25 +209,26 @@ extension PostgresStore {
 
 extension PostgresStore.Statements {
     /// `create` for many handlers in one statement: the ones whose id exists already are left out
-    /// of the answer.
+    /// of the answer. A token 0 is the next of the sequence; another is one `reserveTokens` answered.
     ///
     /// Both batch statements set the flush's `lock_timeout` (milliseconds; nil: the server's) for
     /// their transaction themselves, as their input is first read, before any row is locked: one
     /// round trip less per flush than a `SET LOCAL`.
     static func createBatch(
         ids: [String], workflows: [String], runIDs: [String], owners: [String], eventIDs: [String], events: [String],
-        lockTimeout: String?
+        tokens: [Int64], lockTimeout: String?
     ) -> PostgresQuery {
         """
         WITH input AS (
             SELECT * FROM unnest(\(ids)::text[], \(workflows)::text[], \(runIDs)::text[], \(owners)::text[],
-                \(eventIDs)::text[], \(events)::text[]) WITH ORDINALITY
-                AS i(id, workflow_name, run_id, owner, event_id, event, ord)
+                \(eventIDs)::text[], \(events)::text[], \(tokens)::bigint[]) WITH ORDINALITY
+                AS i(id, workflow_name, run_id, owner, event_id, event, token, ord)
             WHERE (SELECT set_config('lock_timeout', COALESCE(\(lockTimeout)::text, current_setting('lock_timeout')), true))
                 IS NOT NULL),
         created AS (
             INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
-            SELECT id, workflow_name, run_id, owner, 'infinity', nextval('leasehold_fencing_tokens')
+            SELECT id, workflow_name, run_id, owner, 'infinity',
+                CASE WHEN token = 0 THEN nextval('leasehold_fencing_tokens') ELSE token END
             FROM input ORDER BY ord
             ON CONFLICT (id) DO NOTHING
             RETURNING *),

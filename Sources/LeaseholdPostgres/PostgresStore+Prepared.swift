@@ -30,7 +30,9 @@ extension PostgresStore {
             ).sql
         }
         enum Create: PreparedShape {
-            static let sql = Statements.create(id: "", workflow: "", runID: "", owner: "", eventID: "", event: "").sql
+            static let sql = Statements.create(
+                id: "", workflow: "", runID: "", owner: "", eventID: "", event: "", token: 0
+            ).sql
         }
         enum Claim: PreparedShape {
             static let sql = Statements.claim(replica: "", instance: "", limit: 1, only: nil).sql
@@ -44,7 +46,7 @@ extension PostgresStore {
         }
         enum CreateBatch: PreparedShape {
             static let sql = Statements.createBatch(
-                ids: [], workflows: [], runIDs: [], owners: [], eventIDs: [], events: [], lockTimeout: nil
+                ids: [], workflows: [], runIDs: [], owners: [], eventIDs: [], events: [], tokens: [], lockTimeout: nil
             ).sql
         }
         enum CheckpointBatch: PreparedShape {

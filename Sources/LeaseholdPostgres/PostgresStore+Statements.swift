@@ -133,14 +133,16 @@ extension PostgresStore {
             """
         }
 
+        /// `token` 0: the next of the token sequence; else a token `reserveTokens` answered.
         static func create(
             id: String, workflow: String, runID: String, owner: String, eventID: String,
-            event: String
+            event: String, token: Int64
         ) -> PostgresQuery {
             """
             WITH created AS (
                 INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
-                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity', nextval('leasehold_fencing_tokens'))
+                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity',
+                    CASE WHEN \(token)::bigint = 0 THEN nextval('leasehold_fencing_tokens') ELSE \(token)::bigint END)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *),
             queued AS (
@@ -151,6 +153,14 @@ extension PostgresStore {
                 SELECT created.id, 'created', created.owner_replica, created.fencing_token FROM created)
             SELECT \(unescaped: recordColumns)
             FROM created h
+            """
+        }
+
+        /// `count` values of the token sequence, in a transaction that takes a transaction id.
+        static func reserveTokens(_ count: Int) -> PostgresQuery {
+            """
+            SELECT nextval('leasehold_fencing_tokens') FROM generate_series(1, \(count))
+            WHERE pg_current_xact_id() IS NOT NULL
             """
         }
 

@@ -107,24 +107,62 @@ public final class PostgresStore: HandlerStore, Service {
 
     /// Through group commit when the store's service runs it, alone otherwise.
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        let write = GroupCommit.Write.create(handler, owner: owner, event: try json(handler.startEvent.event))
+        let write = GroupCommit.Write.create(
+            handler, owner: owner, event: try json(handler.startEvent.event), token: 0, first: nil)
         guard case .created(let claimed) = try await commit(write) else {
             throw StoreError.corrupt("group commit answered a creation with something else")
         }
         return claimed
     }
 
-    func createAlone(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        try await committed { connection in
-            let query = Statements.create(
-                id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
-                owner: owner.rawValue, eventID: handler.startEvent.id, event: try json(handler.startEvent.event))
-            let rows = try await connection.checkedExecute(prepared(query, as: Shapes.Create.self), logger: logger)
-            var created: HandlerRecord?
-            for try await row in rows { created = try Self.record(row) }
-            guard let created else { throw StoreError.handlerExists(handler.id) }
-            return Self.claimed(created, handler: handler, owner: owner)
+    /// Through group commit when the store's service runs it, alone otherwise: the creation and
+    /// the first checkpoint are two statements of one flush's transaction.
+    @discardableResult
+    public func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
+        -> HandlerRecord?
+    {
+        let lease = Lease(handlerID: handler.id, replicaID: owner, token: token)
+        let write = GroupCommit.Write.create(
+            handler, owner: owner, event: try json(handler.startEvent.event), token: token.rawValue,
+            first: try checkpointRow(first, lease: lease))
+        guard case .written(let finished) = try await commit(write) else {
+            throw StoreError.corrupt("group commit answered a creation with its checkpoint with something else")
         }
+        return finished
+    }
+
+    /// One transaction that takes a transaction id, so that its COMMIT flushes the WAL: the
+    /// sequence's advance is then durable before any of these tokens is used (`nextval` alone
+    /// writes no commit record, and after a crash could hand the same values out again).
+    public func reserveTokens(_ count: Int) async throws -> [FencingToken] {
+        guard count > 0 else { return [] }
+        return try await committed { connection in
+            var tokens: [FencingToken] = []
+            for try await token in try await connection.checkedQuery(
+                Statements.reserveTokens(count), logger: logger
+            ).decode(Int64.self) {
+                tokens.append(FencingToken(token))
+            }
+            return tokens.sorted()
+        }
+    }
+
+    func createAlone(_ handler: NewHandler, owner: ReplicaID, token: Int64 = 0) async throws -> ClaimedHandler {
+        try await committed { connection in try await insert(handler, owner: owner, token: token, on: connection) }
+    }
+
+    func insert(_ handler: NewHandler, owner: ReplicaID, token: Int64, on connection: PostgresConnection)
+        async throws -> ClaimedHandler
+    {
+        let query = Statements.create(
+            id: handler.id.rawValue, workflow: handler.workflowName, runID: handler.runID,
+            owner: owner.rawValue, eventID: handler.startEvent.id, event: try json(handler.startEvent.event),
+            token: token)
+        let rows = try await connection.checkedExecute(prepared(query, as: Shapes.Create.self), logger: logger)
+        var created: HandlerRecord?
+        for try await row in rows { created = try Self.record(row) }
+        guard let created else { throw StoreError.handlerExists(handler.id) }
+        return Self.claimed(created, handler: handler, owner: owner)
     }
 
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {

@@ -36,6 +36,24 @@ public protocol HandlerStore: Sendable {
     /// - Throws: `StoreError.handlerExists`.
     func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler
 
+    /// Creates a handler whose runtime already ran, with its first checkpoint, in one commit (a
+    /// `run` whose handler finishes in its first pass costs one write). The handler is created as
+    /// `create` would (owned by `owner`, its start event in the inbox) but under `token`, one of
+    /// `reserveTokens`; then `first` is written as a checkpoint of that lease, fenced as any
+    /// checkpoint is: when the lease is not current (the owner's registration lapsed) the
+    /// checkpoint is not written, the creation may be (then another replica runs the handler from
+    /// its start event), and this throws `leaseLost`.
+    /// - Returns: as `checkpoint`: the record when `first` finished the handler, else nil.
+    /// - Throws: `StoreError.handlerExists` (nothing written), `.leaseLost`.
+    @discardableResult
+    func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
+        -> HandlerRecord?
+
+    /// Takes `count` fencing tokens from the token sequence for `create(_:owner:token:first:)`,
+    /// durably (a token answered here is never handed out again, even after a crash), in rising
+    /// order. A token not used is simply skipped.
+    func reserveTokens(_ count: Int) async throws -> [FencingToken]
+
     /// Claims claimable handlers (unowned with work waiting, hibernated with an inbox event or a due
     /// timer, or owned under an expired lease), raising each one's fencing token. The leases ride
     /// on the claimer's registration; a replica whose registration is not current claims nothing.

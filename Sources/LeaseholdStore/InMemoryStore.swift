@@ -146,12 +146,28 @@ public actor InMemoryStore: HandlerStore {
     }
 
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
+        try insert(handler, owner: owner, token: nil)
+    }
+
+    @discardableResult
+    public func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
+        -> HandlerRecord?
+    {
+        let claimed = try insert(handler, owner: owner, token: token)
+        return try await checkpoint(first, lease: claimed.lease)
+    }
+
+    public func reserveTokens(_ count: Int) async throws -> [FencingToken] {
+        (0..<max(0, count)).map { _ in nextToken() }
+    }
+
+    private func insert(_ handler: NewHandler, owner: ReplicaID, token: FencingToken?) throws -> ClaimedHandler {
         guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
         let time = now()
         let record = HandlerRecord(
             id: handler.id, workflowName: handler.workflowName, runID: handler.runID, status: .running, error: nil,
             result: nil, startedAt: time, updatedAt: time, completedAt: nil, owner: owner,
-            leaseExpiresAt: .distantFuture, fencingToken: nextToken(), hibernated: false, lastSequence: -1,
+            leaseExpiresAt: .distantFuture, fencingToken: token ?? nextToken(), hibernated: false, lastSequence: -1,
             wakeAt: nil)
         var entry = Entry(
             record: record, state: HandlerState(workflowName: handler.workflowName),

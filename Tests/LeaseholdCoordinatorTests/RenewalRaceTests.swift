@@ -195,8 +195,28 @@ final class DelayedRenewalStore: HandlerStore {
     }
     func deregister(_ replica: ReplicaID) async throws { try await base.deregister(replica) }
     func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
-        try await base.create(handler, owner: owner)
+        count("create")
+        return try await base.create(handler, owner: owner)
     }
+    /// Calls of each write, by name ("create", "create+checkpoint", "checkpoint").
+    private let writeCalls = Mutex<[String: Int]>([:])
+    var writes: [String: Int] { writeCalls.withLock { $0 } }
+    private func count(_ name: String) { writeCalls.withLock { $0[name, default: 0] += 1 } }
+
+    /// Creations with a first checkpoint are refused as if the owner's lease were not current.
+    private let refusingCreations = Mutex(false)
+    func refuseCreationsWithCheckpoint() { refusingCreations.withLock { $0 = true } }
+
+    func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
+        -> HandlerRecord?
+    {
+        count("create+checkpoint")
+        if refusingCreations.withLock({ $0 }) { throw StoreError.leaseLost(handler.id) }
+        return try await losingAnswer(first) {
+            try await base.create(handler, owner: owner, token: token, first: first)
+        }
+    }
+    func reserveTokens(_ count: Int) async throws -> [FencingToken] { try await base.reserveTokens(count) }
     func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         let fail = failingClaims.withLock { count -> Bool in
             guard count > 0 else { return false }
@@ -210,6 +230,15 @@ final class DelayedRenewalStore: HandlerStore {
         if hanging.withLock({ $0.contains(lease.handlerID) }) {
             try await Task.sleep(for: .seconds(3600))
         }
+        count("checkpoint")
+        return try await losingAnswer(checkpoint) { try await base.checkpoint(checkpoint, lease: lease) }
+    }
+
+    /// Runs `write`; loses its answer after it committed when `checkpoint` is one whose answer is
+    /// to be lost (see `loseCheckpointAnswers`).
+    private func losingAnswer(_ checkpoint: Checkpoint, _ write: () async throws -> HandlerRecord?) async throws
+        -> HandlerRecord?
+    {
         // Decided (and counted) before the write: the test reads the count once it sees the
         // commit, which can be before this task runs again.
         let (before, lose) = lostAnswers.withLock { lost -> ((first: Bool, final: Bool), Bool) in
@@ -229,7 +258,7 @@ final class DelayedRenewalStore: HandlerStore {
         }
         let finished: HandlerRecord?
         do {
-            finished = try await base.checkpoint(checkpoint, lease: lease)
+            finished = try await write()
         } catch {
             if lose { lostAnswers.withLock { $0 = before } }  // not committed: nothing was lost
             throw error
