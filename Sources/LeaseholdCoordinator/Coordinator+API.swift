@@ -32,7 +32,7 @@ extension Coordinator {
             return try await awaitCompletion(try await create(new).id, runID: new.runID)
         }
         guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
-        let token = try await keeper.takeToken()
+        let token = try await keeper.takeToken()  // refused while the leases cannot be proven
         let creation = PendingCreation(new)
         let claimed = ClaimedHandler(
             record: HandlerRecord(
@@ -150,10 +150,15 @@ extension Coordinator {
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
-                if let creation, !creation.isWritten {
+                let unwritten = creation.map { !$0.isWritten } ?? false
+                // Never sent: nothing was written. Sent with an unknown outcome: the store says.
+                if unwritten, creation?.wasAttempted != true {
                     throw StoreError.unavailable("the run stopped before its handler could be written")
                 }
-                guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+                guard let record = try await store.handler(id) else {
+                    if unwritten { throw StoreError.unavailable("the run stopped before its handler could be written") }
+                    throw StoreError.handlerNotFound(id)
+                }
                 if record.status.isFinished { return record }
             }
             try Task.checkCancellation()

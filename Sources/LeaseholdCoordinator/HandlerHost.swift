@@ -194,11 +194,17 @@ final class HandlerHost: Sendable {
                 {
                     // Stopped (shutting down) before its first checkpoint: written now and
                     // released, so that another replica runs it and its `run` is still answered.
-                    try await bounded(configuration.leaseTTL, clock: clock) {
+                    guard keeper.mayWrite(handler.lease) else { throw StoreError.leaseLost(handler.id) }
+                    creation.markAttempted()
+                    _ = try await bounded(configuration.leaseTTL, clock: clock) {
                         try await self.store.create(
                             creation.handler, owner: handler.lease.replicaID, token: handler.lease.token,
                             first: Checkpoint(state: final, log: [], consumedInbox: []))
-                        creation.markWritten()
+                    }
+                    creation.markWritten(at: clock.now)
+                    keeper.granted(handler.lease, lastSequence: final.nextSequence - 1)
+                    metrics.handlersStarted.increment()
+                    try await bounded(configuration.leaseTTL, clock: clock) {
                         try await self.store.release(nil, lease: handler.lease)
                     }
                     log.info("written and handed off before its first checkpoint")

@@ -48,6 +48,9 @@ extension LeaseKeeper {
             }
             state.checkingDatabase = true
             state.pendingNode = node
+            // Tokens reserved from the node before are not used on this one, whatever the check finds.
+            state.reservedTokens = []
+            state.tokenEpoch += 1
             return .check(verified)
         }
         metrics.databaseTimeline.record(node.timeline)
@@ -199,6 +202,8 @@ extension LeaseKeeper {
             for attempt in 1...8 {
                 do {
                     try await store.advanceTokens(past: token)
+                    // A reservation that raced the fence came from the database before the move.
+                    discardReservedTokens()
                     break
                 } catch {
                     logger.error(

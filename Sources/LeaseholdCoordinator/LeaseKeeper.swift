@@ -302,9 +302,10 @@ final class LeaseKeeper: Sendable {
         // Only handlers taken before the renewal was sent can be missing from its answer because
         // their lease is gone; one claimed or created meanwhile may simply be newer, and one that
         // finished or is being stopped (hibernated, handed off) gave it up; one not yet written
-        // (a `run`'s first pass) has no lease a renewal could show.
-        let lost = live.filter {
-            $0.claimedAt < sent && held[$0.id] != $0.lease.token && $0.isActive && $0.isCreated
+        // (a `run`'s first pass), or written after the renewal was sent, has no lease it must show.
+        let lost = live.filter { handler in
+            guard let since = handler.heldSince, since < sent else { return false }
+            return held[handler.id] != handler.lease.token && handler.isActive
         }
         if !lost.isEmpty {
             // The renewal is a write the database refused for these leases: counted with the

@@ -31,6 +31,7 @@ struct LeasePersistence: HandlerPersistence {
             do {
                 let record = try await keeper.writing(lease) {
                     guard creating, let creation else { return try await store.checkpoint(checkpoint, lease: lease) }
+                    creation.markAttempted()
                     return try await store.create(
                         creation.handler, owner: lease.replicaID, token: lease.token, first: checkpoint)
                 }
@@ -45,9 +46,20 @@ struct LeasePersistence: HandlerPersistence {
                 // transaction), unless the row is another handler's.
                 if try await landedEarlier(checkpoint) {
                     created(checkpoint)
+                    keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
+                    metrics.checkpoints.increment()
+                    metrics.eventsAppended.increment(by: checkpoint.log.count)
                     return
                 }
                 throw StoreError.handlerExists(lease.handlerID)
+            } catch StoreError.tokenAhead(let token) where creating {
+                // The database's token sequence is behind the reserve (it went back in time, or
+                // is another database): none of the reserved tokens may be used. Nothing was written.
+                keeper.discardReservedTokens()
+                logger.warning(
+                    "reserved token ahead of the database",
+                    metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.fencingToken: "\(token)"])
+                throw StoreError.tokenAhead(token)
             } catch StoreError.sequenceConflict where uncertain {
                 // An earlier attempt whose outcome was unknown did commit: the write is idempotent.
                 if try await landedEarlier(checkpoint) {
@@ -73,7 +85,7 @@ struct LeasePersistence: HandlerPersistence {
 
     /// The handler is written: from now on it is a lease like any other.
     private func created(_ checkpoint: Checkpoint) {
-        creation?.markWritten()
+        creation?.markWritten(at: clock.now)
         keeper.granted(lease, lastSequence: checkpoint.state.nextSequence - 1)
         metrics.handlersStarted.increment()
     }

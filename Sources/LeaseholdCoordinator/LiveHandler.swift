@@ -17,13 +17,28 @@ enum StopReason: Sendable {
 /// first checkpoint creates it, in the same commit (`HandlerStore.create(_:owner:token:first:)`).
 /// Until then no other replica can see it, and no renewal can show its lease.
 final class PendingCreation: Sendable {
+    private struct State {
+        /// Monotonic time at which the write that created it was answered.
+        var writtenAt: Duration?
+        /// A write that may create it was sent (its outcome may be unknown).
+        var attempted = false
+    }
+
     let handler: NewHandler
-    private let written = Atomic<Bool>(false)
+    private let state = Mutex(State())
 
     init(_ handler: NewHandler) { self.handler = handler }
 
-    var isWritten: Bool { written.load(ordering: .acquiring) }
-    func markWritten() { written.store(true, ordering: .releasing) }
+    var isWritten: Bool { state.withLock { $0.writtenAt != nil } }
+    var writtenAt: Duration? { state.withLock { $0.writtenAt } }
+    var wasAttempted: Bool { state.withLock { $0.attempted } }
+    func markAttempted() { state.withLock { $0.attempted = true } }
+    func markWritten(at time: Duration) {
+        state.withLock { state in
+            state.attempted = true
+            if state.writtenAt == nil { state.writtenAt = time }
+        }
+    }
 }
 
 /// One handler running on this replica under one lease.
@@ -71,6 +86,13 @@ final class LiveHandler: Sendable {
 
     /// Written to the store: its lease is one a renewal can show.
     var isCreated: Bool { creation?.isWritten ?? true }
+
+    /// Since when (monotonic) the store holds its lease: when it was claimed, or when the write
+    /// that created it was answered (nil until then). A renewal sent earlier may not show it.
+    var heldSince: Duration? {
+        guard let creation else { return claimedAt }
+        return creation.writtenAt
+    }
 
     /// Running, not finished and not asked to stop: its lease should be renewed.
     var isActive: Bool {

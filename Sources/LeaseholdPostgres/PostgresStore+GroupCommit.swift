@@ -45,6 +45,8 @@ extension PostgresStore {
                     }
                 } catch let error as PSQLError where Self.rolledBack(error) {
                     return nil
+                } catch is FirstCheckpointRefused {
+                    return nil  // rolled back: written one by one below
                 }
             }
         } catch is CancellationError {
@@ -147,9 +149,16 @@ extension PostgresStore {
                 let record = try Self.record(row)
                 created[record.id.rawValue] = record
             }
+            let missing = creates.filter { created[$0.handler.id.rawValue] == nil }
+            let taken = try await existing(missing.filter { $0.token != 0 }.map(\.handler.id.rawValue), on: connection)
             for create in creates {
                 guard let record = created[create.handler.id.rawValue] else {
-                    results[create.number] = .failure(StoreError.handlerExists(create.handler.id))
+                    // Not inserted: its id is taken, or its reserved token is ahead of the sequence.
+                    let refused = create.token != 0 && !taken.contains(create.handler.id.rawValue)
+                    results[create.number] = .failure(
+                        refused
+                            ? StoreError.tokenAhead(FencingToken(create.token))
+                            : StoreError.handlerExists(create.handler.id))
                     continue
                 }
                 if let first = firsts[create.number] {
@@ -174,12 +183,32 @@ extension PostgresStore {
             for (number, row) in checkpoints {
                 if let finished = matched[row.id] {
                     results[number] = .success(.written(finished))
+                } else if firsts[number] != nil {
+                    // A creation stands only with its first checkpoint: refuse the flush, and its
+                    // writes go one by one (where that creation rolls back alone).
+                    throw FirstCheckpointRefused()
                 } else {
                     results[number] = .failure(StoreError.leaseLost(HandlerID(row.id)))
                 }
             }
         }
         return results
+    }
+
+    /// A flush in which a handler's creation went in but its first checkpoint did not.
+    struct FirstCheckpointRefused: Error {}
+
+    /// Which of `ids` are handlers (read only when a creation under a reserved token was not
+    /// inserted: to tell an id in use from a token the sequence is not past).
+    func existing(_ ids: [String], on connection: PostgresConnection) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        var found: Set<String> = []
+        for try await id in try await connection.checkedQuery(
+            "SELECT id FROM handlers WHERE id = ANY(\(ids)::text[])", logger: logger
+        ).decode(String.self) {
+            found.insert(id)
+        }
+        return found
     }
 
     /// A row of a checkpoint's answer (`Statements.checkpointAnswer`): its handler id, and the
@@ -229,7 +258,7 @@ extension PostgresStore.Statements {
             INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
             SELECT id, workflow_name, run_id, owner, 'infinity',
                 CASE WHEN token = 0 THEN nextval('leasehold_fencing_tokens') ELSE token END
-            FROM input ORDER BY ord
+            FROM input WHERE token = 0 OR \(unescaped: PostgresStore.Statements.tokenIsPast("token")) ORDER BY ord
             ON CONFLICT (id) DO NOTHING
             RETURNING *),
         queued AS (

@@ -133,7 +133,14 @@ extension PostgresStore {
             """
         }
 
-        /// `token` 0: the next of the token sequence; else a token `reserveTokens` answered.
+        /// A reserved token the sequence is past (never to be issued by it again); false when the
+        /// sequence is behind it (the database went back in time since the reservation).
+        static func tokenIsPast(_ token: String) -> String {
+            "\(token) <= COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'::regclass), 0)"
+        }
+
+        /// `token` 0: the next of the token sequence; else a token `reserveTokens` answered, used
+        /// only when the sequence is past it (`tokenIsPast`; else nothing is inserted).
         static func create(
             id: String, workflow: String, runID: String, owner: String, eventID: String,
             event: String, token: Int64
@@ -141,8 +148,10 @@ extension PostgresStore {
             """
             WITH created AS (
                 INSERT INTO handlers (id, workflow_name, run_id, owner_replica, lease_expires_at, fencing_token)
-                VALUES (\(id), \(workflow), \(runID), \(owner), 'infinity',
-                    CASE WHEN \(token)::bigint = 0 THEN nextval('leasehold_fencing_tokens') ELSE \(token)::bigint END)
+                SELECT \(id), \(workflow), \(runID), \(owner), 'infinity',
+                    CASE WHEN t.token = 0 THEN nextval('leasehold_fencing_tokens') ELSE t.token END
+                FROM (SELECT \(token)::bigint AS token) t
+                WHERE t.token = 0 OR \(unescaped: tokenIsPast("t.token"))
                 ON CONFLICT (id) DO NOTHING
                 RETURNING *),
             queued AS (

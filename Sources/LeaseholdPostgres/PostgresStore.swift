@@ -161,7 +161,12 @@ public final class PostgresStore: HandlerStore, Service {
         let rows = try await connection.checkedExecute(prepared(query, as: Shapes.Create.self), logger: logger)
         var created: HandlerRecord?
         for try await row in rows { created = try Self.record(row) }
-        guard let created else { throw StoreError.handlerExists(handler.id) }
+        guard let created else {
+            if token != 0, try await existing([handler.id.rawValue], on: connection).isEmpty {
+                throw StoreError.tokenAhead(FencingToken(token))
+            }
+            throw StoreError.handlerExists(handler.id)
+        }
         return Self.claimed(created, handler: handler, owner: owner)
     }
 

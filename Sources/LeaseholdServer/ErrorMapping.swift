@@ -41,7 +41,7 @@ enum ErrorMapping {
             case .handlerNotFound: return APIError(.notFound, "Handler not found")
             case .handlerExists: return APIError(.conflict, error.description)
             case .handlerFinished: return APIError(.conflict, "Workflow already completed")
-            case .unavailable, .handlerBusy:
+            case .unavailable, .handlerBusy, .tokenAhead:
                 return APIError(.serviceUnavailable, "database unavailable, retry", headers: [.retryAfter: "1"])
             case .leaseLost, .sequenceConflict, .corrupt: return APIError(.internalServerError, error.description)
             case .registrationSuperseded:

@@ -40,11 +40,12 @@ public protocol HandlerStore: Sendable {
     /// `run` whose handler finishes in its first pass costs one write). The handler is created as
     /// `create` would (owned by `owner`, its start event in the inbox) but under `token`, one of
     /// `reserveTokens`; then `first` is written as a checkpoint of that lease, fenced as any
-    /// checkpoint is: when the lease is not current (the owner's registration lapsed) the
-    /// checkpoint is not written, the creation may be (then another replica runs the handler from
-    /// its start event), and this throws `leaseLost`.
+    /// checkpoint is. All or nothing: when the lease is not current (the owner's registration
+    /// lapsed) nothing is written and this throws `leaseLost`.
     /// - Returns: as `checkpoint`: the record when `first` finished the handler, else nil.
-    /// - Throws: `StoreError.handlerExists` (nothing written), `.leaseLost`.
+    /// - Throws: `StoreError.handlerExists`, `.leaseLost`, `.tokenAhead` (the store's token
+    ///   sequence is not past `token`: the database went back in time since it was reserved);
+    ///   nothing is written.
     @discardableResult
     func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
         -> HandlerRecord?

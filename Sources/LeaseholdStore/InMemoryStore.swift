@@ -153,6 +153,11 @@ public actor InMemoryStore: HandlerStore {
     public func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
         -> HandlerRecord?
     {
+        guard token.rawValue <= lastToken else { throw StoreError.tokenAhead(token) }
+        guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
+        // All or nothing: the creation stands only with its first checkpoint, whose fence (the
+        // owner's registration) is checked first.
+        guard isCurrent(owner, at: now()) else { throw StoreError.leaseLost(handler.id) }
         let claimed = try insert(handler, owner: owner, token: token)
         return try await checkpoint(first, lease: claimed.lease)
     }

@@ -17,6 +17,10 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// An append that would also claim the handler found its row held longer than it may wait
     /// (another transaction on it); nothing was written. The caller appends without claiming.
     case handlerBusy(HandlerID)
+    /// A creation under a reserved token that the store's token sequence is not past (the
+    /// database went back in time since the reservation, or is another one): nothing was
+    /// written, and the replica's reserved tokens are not to be used.
+    case tokenAhead(FencingToken)
 
     public var description: String {
         switch self {
@@ -30,6 +34,7 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         case .registrationSuperseded(let id):
             return "replica id \(id) was registered by another process: this one holds no lease any more"
         case .handlerBusy(let id): return "handler \(id) is locked by another transaction"
+        case .tokenAhead(let token): return "reserved token \(token) is ahead of the store's token sequence"
         }
     }
 }
