@@ -128,6 +128,7 @@ public final class PostgresStore: HandlerStore, Service {
         guard case .written(let finished) = try await commit(write) else {
             throw StoreError.corrupt("group commit answered a creation with its checkpoint with something else")
         }
+        signals.logChanged(handler.id.rawValue)  // as `checkpoint`: this replica's readers at once
         return finished
     }
 
