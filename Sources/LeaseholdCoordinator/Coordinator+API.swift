@@ -23,16 +23,18 @@ extension Coordinator {
     /// With a server-chosen id (which no handler can have) the handler is not written first: it
     /// runs at once under a reserved token, and its first checkpoint creates it in the same commit,
     /// so a run that finishes in its first pass costs one write. With a client's id it is created
-    /// first, so that an id in use is refused before any step runs.
+    /// first, so that an id in use is refused before any step runs; so it is while the replica
+    /// may not hand out reserved tokens (`LeaseKeeper.takeToken`).
     public func run(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
         let new = try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID)
         host.expectCompletion(new.id, runID: new.runID)
         defer { host.forgetCompletion(new.id, runID: new.runID) }
-        guard handlerID == nil else {
+        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
+        // No token while the leases cannot be proven (not registered yet, self-fenced, checking
+        // the database): created first then, as with a client's id.
+        guard handlerID == nil, let token = try await keeper.takeToken() else {
             return try await awaitCompletion(try await create(new).id, runID: new.runID)
         }
-        guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
-        let token = try await keeper.takeToken()  // refused while the leases cannot be proven
         let creation = PendingCreation(new)
         let claimed = ClaimedHandler(
             record: HandlerRecord(

@@ -8,23 +8,25 @@ import Synchronization
 extension LeaseKeeper {
     static let tokenBlock = 256
 
-    /// A token no other handler has or will have. - Throws: the store's error when a block
-    /// cannot be reserved; `StoreError.unavailable` when the replica started over meanwhile.
-    func takeToken() async throws -> FencingToken {
-        // Only while this replica can prove its leases and trusts the database it talks to: a
-        // handler launched otherwise would run its first pass for nothing (it cannot be written).
-        guard leasesProvable else { throw StoreError.unavailable("this replica cannot prove its leases") }
-        let (token, epoch) = try state.withLock { state -> (FencingToken?, Int) in
-            guard Self.trustsDatabase(state) else { throw StoreError.unavailable("the replica is starting over") }
+    /// A token no other handler has or will have, or nil when none may be handed out now: only
+    /// while this replica can prove its leases (registered, renewed within the self-fencing
+    /// limit) and trusts the database it talks to. A handler launched otherwise would run its
+    /// first pass for nothing; the caller creates the handler first instead, as a `run` with a
+    /// client's id does. - Throws: the store's error when a block cannot be reserved.
+    func takeToken() async throws -> FencingToken? {
+        guard leasesProvable else { return nil }
+        let taken = state.withLock { state -> (token: FencingToken?, epoch: Int)? in
+            guard Self.trustsDatabase(state) else { return nil }
             return (state.reservedTokens.popLast(), state.tokenEpoch)
         }
+        guard let (token, epoch) = taken else { return nil }
         if let token { return token }
         let block = try await store.reserveTokens(Self.tokenBlock)
-        return try state.withLock { state in
+        return state.withLock { state -> FencingToken? in
             // Reserved from a database this replica has since stopped trusting (or is checking):
             // not used.
             guard state.tokenEpoch == epoch, Self.trustsDatabase(state), let highest = block.max() else {
-                throw StoreError.unavailable("the replica is starting over")
+                return nil
             }
             state.highestToken = max(state.highestToken, highest)
             var rest = block.sorted(by: >)
