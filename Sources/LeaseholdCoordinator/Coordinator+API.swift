@@ -153,13 +153,11 @@ extension Coordinator {
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
                 let unwritten = creation.map { !$0.isWritten } ?? false
+                let notWritten = StoreError.unavailable("the run stopped before its handler could be written")
                 // Never sent: nothing was written. Sent with an unknown outcome: the store says.
-                if unwritten, creation?.wasAttempted != true {
-                    throw StoreError.unavailable("the run stopped before its handler could be written")
-                }
+                if unwritten, creation?.wasAttempted != true { throw notWritten }
                 guard let record = try await store.handler(id) else {
-                    if unwritten { throw StoreError.unavailable("the run stopped before its handler could be written") }
-                    throw StoreError.handlerNotFound(id)
+                    throw unwritten ? notWritten : StoreError.handlerNotFound(id)
                 }
                 if record.status.isFinished { return record }
             }

@@ -201,9 +201,7 @@ final class HandlerHost: Sendable {
                             creation.handler, owner: handler.lease.replicaID, token: handler.lease.token,
                             first: Checkpoint(state: final, log: [], consumedInbox: []))
                     }
-                    creation.markWritten(at: clock.now)
-                    keeper.granted(handler.lease, lastSequence: final.nextSequence - 1)
-                    metrics.handlersStarted.increment()
+                    keeper.created(creation, lease: handler.lease, lastSequence: final.nextSequence - 1)
                     try await bounded(configuration.leaseTTL, clock: clock) {
                         try await self.store.release(nil, lease: handler.lease)
                     }

@@ -49,8 +49,7 @@ extension LeaseKeeper {
             state.checkingDatabase = true
             state.pendingNode = node
             // Tokens reserved from the node before are not used on this one, whatever the check finds.
-            state.reservedTokens = []
-            state.tokenEpoch += 1
+            Self.discardReservedTokens(&state)
             return .check(verified)
         }
         metrics.databaseTimeline.record(node.timeline)

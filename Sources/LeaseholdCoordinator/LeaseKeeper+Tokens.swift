@@ -1,3 +1,5 @@
+import CoreMetrics
+import LeaseholdRuntime
 import LeaseholdStore
 import Synchronization
 
@@ -43,10 +45,19 @@ extension LeaseKeeper {
 
     /// Forgets every reserved token (the replica starts over; they belong to a database it no
     /// longer trusts).
-    func discardReservedTokens() {
-        state.withLock { state in
-            state.reservedTokens = []
-            state.tokenEpoch += 1
-        }
+    func discardReservedTokens() { state.withLock { Self.discardReservedTokens(&$0) } }
+
+    /// The same, inside a lock the caller holds.
+    static func discardReservedTokens(_ state: inout State) {
+        state.reservedTokens = []
+        state.tokenEpoch += 1
+    }
+
+    /// A handler launched unwritten was written (by its first checkpoint, or at hand-off): from
+    /// now on its lease is one like any other.
+    func created(_ creation: PendingCreation, lease: Lease, lastSequence: Int64) {
+        creation.markWritten(at: clock.now)
+        granted(lease, lastSequence: lastSequence)
+        metrics.handlersStarted.increment()
     }
 }

@@ -83,11 +83,9 @@ struct LeasePersistence: HandlerPersistence {
         }
     }
 
-    /// The handler is written: from now on it is a lease like any other.
     private func created(_ checkpoint: Checkpoint) {
-        creation?.markWritten(at: clock.now)
-        keeper.granted(lease, lastSequence: checkpoint.state.nextSequence - 1)
-        metrics.handlersStarted.increment()
+        guard let creation else { return }
+        keeper.created(creation, lease: lease, lastSequence: checkpoint.state.nextSequence - 1)
     }
 
     /// Whether an earlier attempt of `checkpoint` committed: the handler's row carries this lease's
