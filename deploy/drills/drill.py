@@ -123,14 +123,19 @@ class Workload:
         return {"lost": lost, "bad_sequences": bad_sequences, "incomplete": incomplete}
 
 
-def post(path: str, body: dict):
-    """POSTs through the load balancer, retrying a bounded number of times while it briefly has no
-    ready replica. Every POST here names its handler, so a retry of a request whose first attempt
-    was in fact applied answers 409 (handler exists, or already answered): after an attempt with an
-    unknown outcome, that counts as applied."""
+def post(path: str, body: dict, deadline_s: float = 90.0):
+    """POSTs through the load balancer, retrying while it has no ready replica, for at most
+    `deadline_s` seconds. The bound is in time, not attempts: while every replica is unready the
+    load balancer answers 503 at once, so a count of attempts would end after a few seconds, and
+    the database drills answer during an outage that lasts 20-30 s on a loaded machine (a crashed
+    primary: pg_auto_failover's detection plus promotion, deploy/pg-ha). Every POST here names its
+    handler, so a retry of a request whose first attempt was in fact applied answers 409 (handler
+    exists, or already answered): after an attempt with an unknown outcome, that counts as
+    applied."""
     last = None
     uncertain = False
-    for _ in range(100):
+    give_up = time.monotonic() + deadline_s
+    while True:
         try:
             r = httpx.post(LB + path, json=body, timeout=10)
             if r.status_code == 409 and uncertain:
@@ -138,12 +143,13 @@ def post(path: str, body: dict):
             if r.status_code < 500:
                 assert r.status_code == 200, (path, r.status_code, r.text)
                 return r.json()
-            last = r.text
+            last = f"{r.status_code}: {r.text}"
         except httpx.HTTPError as error:
             last = str(error)
         uncertain = True
+        if time.monotonic() >= give_up:
+            raise RuntimeError(f"POST {path} kept failing for {deadline_s:.0f} s: {last}")
         time.sleep(0.1)
-    raise RuntimeError(f"POST {path} kept failing: {last}")
 
 
 def owners(handlers: list[str]) -> dict[str, str | None]:
