@@ -388,12 +388,47 @@ def leasehold_hibernated(url, h) -> bool:
     return httpx.get(f"{url}/cluster/handlers/{h}", timeout=5).json()["hibernated"]
 
 
+def leasehold_memory(admin: str, port: int, count: int, procs: list) -> dict:
+    """Leasehold's resident memory per hibernated handler: RSS before and after `count` approvals
+    were started and hibernated (idle timeout 1 s), over how many hibernated."""
+    url = f"http://127.0.0.1:{port}"
+    lh = leasehold(database(admin, "lhmemory"), port, idle="1s")
+    procs.append(lh)
+    try:
+        # Warm up pools, caches and the allocator's high-water mark: echo runs, then one wave of
+        # approvals hibernated (many are live at once during a wave; glibc keeps that peak, which
+        # is not the cost of a hibernated handler).
+        wrk(f"{url}/workflows/echo/run", "echo.lua", 3)
+        wrk(f"{url}/workflows/approval/run-nowait", "approval.lua", 5)
+        wait_hibernated(url, time.monotonic() + 120)
+        time.sleep(3)
+        before = lh.rss_kib()
+        warm = httpx.get(f"{url}/cluster", timeout=10).json()["handlers"]["hibernated"]
+        target = warm + count
+        created = 0
+        deadline = time.monotonic() + 600
+        while created < target and time.monotonic() < deadline:
+            wrk(f"{url}/workflows/approval/run-nowait", "approval.lua", 5)
+            created = httpx.get(f"{url}/cluster", timeout=10).json()["handlers"]
+            created = created["running"] + created["hibernated"]
+        wait_hibernated(url, deadline)
+        time.sleep(3)
+        after = lh.rss_kib()
+        hibernated = httpx.get(f"{url}/cluster", timeout=10).json()["handlers"]["hibernated"] - warm
+        return {"hibernated": hibernated, "warm_up_hibernated": warm, "rss_before_kib": before,
+                "rss_after_kib": after, "bytes_per_hibernated": round((after - before) * 1024 / max(1, hibernated), 1)}
+    finally:
+        lh.stop()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--hibernated", type=int, default=100_000)
     parser.add_argument("--group-commit-only", action="store_true",
                         help="only the group commit settings and the commit ceiling (prints, writes nothing)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only Leasehold's memory per hibernated handler (prints, writes nothing)")
     args = parser.parse_args()
     seconds = 5 if args.quick else 10
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
@@ -407,6 +442,14 @@ def main():
                            "postgres": sh("psql", admin, "-XAtc", "show server_version").strip(),
                            "postgres_settings": "fsync on, synchronous_commit on (durable)"}}
     procs = []
+    if args.memory_only:
+        try:
+            print(json.dumps(leasehold_memory(admin, free_port(), args.hibernated, procs)), flush=True)
+        finally:
+            for proc in procs:
+                proc.stop()
+            sh(PG, "destroy", pgdir)
+        return
     if args.group_commit_only:
         try:
             gc = {"group_commit": group_commit(admin, seconds), "commit_limit": commit_limit(admin, seconds)}
@@ -466,34 +509,9 @@ def main():
         py.stop()
 
         # 4. Resident memory per hibernated handler.
-        lh = leasehold(database(admin, "lhmemory"), lh_port, idle="1s")
-        procs.append(lh)
-        # Warm up pools, caches and the allocator's high-water mark: echo runs, then one wave of
-        # approvals hibernated (many are live at once during a wave; glibc keeps that peak, which
-        # is not the cost of a hibernated handler).
-        wrk(f"{lh_url}/workflows/echo/run", "echo.lua", 3)
-        wrk(f"{lh_url}/workflows/approval/run-nowait", "approval.lua", 5)
-        wait_hibernated(lh_url, time.monotonic() + 120)
-        time.sleep(3)
-        before = lh.rss_kib()
-        warm = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]["hibernated"]
-        target = warm + (20_000 if args.quick else args.hibernated)
-        created = 0
-        deadline = time.monotonic() + 600
-        while created < target and time.monotonic() < deadline:
-            wrk(f"{lh_url}/workflows/approval/run-nowait", "approval.lua", 5)
-            created = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]
-            created = created["running"] + created["hibernated"]
-        wait_hibernated(lh_url, deadline)
-        time.sleep(3)
-        after = lh.rss_kib()
-        hibernated = httpx.get(f"{lh_url}/cluster", timeout=10).json()["handlers"]["hibernated"] - warm
-        results["memory"] = {"hibernated": hibernated, "warm_up_hibernated": warm, "rss_before_kib": before,
-                              "rss_after_kib": after,
-                             "bytes_per_hibernated": round((after - before) * 1024 / max(1, hibernated), 1)}
+        results["memory"] = leasehold_memory(admin, lh_port, 20_000 if args.quick else args.hibernated, procs)
         results["memory"]["python"] = python_memory(admin, py_port, 1_000 if args.quick else 5_000)
         print(json.dumps({"memory": results["memory"]}), flush=True)
-        lh.stop()
 
         # 5. Throughput with 1, 2 and 3 replicas; 6. failover after kill -9 (10 runs).
         results["scaling"] = scaling(admin, seconds, args.quick)

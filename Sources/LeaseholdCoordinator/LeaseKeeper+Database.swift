@@ -93,8 +93,9 @@ extension LeaseKeeper {
             stopEverything(host: host, reason: "another database")
             await startOver(host: host, reason: "another database", waitOneTTL: false, tokensPast: highest)
             // Nothing this replica was told concerns that database.
+            let now = clock.now
             state.withLock { state in
-                state.acknowledged = [:]
+                state.acknowledged.removeAll(at: now)
                 state.highestToken = FencingToken(0)
                 state.verifiedNode = node
                 state.pendingNode = nil
@@ -102,7 +103,7 @@ extension LeaseKeeper {
             return true
         }
         let (acknowledged, highest) = state.withLock { state in
-            (state.acknowledged.mapValues(\.position), state.highestToken)
+            (state.acknowledged.all, state.highestToken)
         }
         let audit: StoreAudit
         do {
@@ -171,8 +172,9 @@ extension LeaseKeeper {
         await startOver(host: host, reason: "database went back in time", waitOneTTL: true, tokensPast: highest)
         // Reported once: what was lost is gone, and the next failover is checked against what
         // this database acknowledges from now on.
+        let now = clock.now
         state.withLock { state in
-            state.acknowledged = [:]
+            state.acknowledged.removeAll(at: now)
             state.verifiedNode = node
             state.pendingNode = nil
         }
@@ -241,36 +243,21 @@ extension LeaseKeeper {
     /// The handler moved on without this replica (its lease lost, a write rejected, a purge):
     /// what the database says of it from now on is not this replica's to check.
     func forget(_ lease: Lease) {
-        state.withLock { state in
-            if let entry = state.acknowledged[lease.handlerID], entry.position.token <= lease.token {
-                state.acknowledged[lease.handlerID] = nil
-            }
-        }
+        state.withLock { $0.acknowledged.forget(lease.handlerID, upTo: lease.token) }
     }
 
-    /// Drops what was acknowledged longer ago than `acknowledgementWindow`, and the oldest beyond
-    /// `acknowledgementLimit`.
+    /// Drops what was acknowledged longer ago than `acknowledgementWindow` (give or take one of its
+    /// generations), and the oldest beyond `acknowledgementLimit`; hands the freed memory back to
+    /// the system when that was much.
     func pruneAcknowledged() {
-        let cutoff = clock.now - configuration.acknowledgementWindow
-        state.withLock { state in
-            state.acknowledged = state.acknowledged.filter { $0.value.at >= cutoff }
-            let excess = state.acknowledged.count - CoordinatorConfiguration.acknowledgementLimit
-            if excess > 0 {
-                for (id, _) in state.acknowledged.sorted(by: { $0.value.at < $1.value.at }).prefix(excess) {
-                    state.acknowledged[id] = nil
-                }
-            }
-        }
+        let now = clock.now
+        let dropped = state.withLock { $0.acknowledged.prune(at: now) }
+        if dropped >= MemoryTrim.threshold { MemoryTrim.release() }
     }
 
     private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64, at now: Duration) {
-        if let current = state.acknowledged[lease.handlerID]?.position,
-            current.token > lease.token || (current.token == lease.token && current.lastSequence > lastSequence)
-        {
-            return
-        }
-        state.acknowledged[lease.handlerID] = Acknowledged(
-            position: StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: now)
+        state.acknowledged.record(
+            lease.handlerID, StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: now)
     }
 
     /// The database node of the last renewal, and how often its history was checked.

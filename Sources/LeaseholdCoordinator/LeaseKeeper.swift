@@ -51,9 +51,8 @@ final class LeaseKeeper: Sendable {
         var verifiedNode: DatabaseNode?
         var pendingNode: DatabaseNode?
         /// What the database acknowledged to this replica within `acknowledgementWindow`: each
-        /// handler's token and last durable sequence, and since when (monotonic); and the highest
-        /// token it ever granted here.
-        var acknowledged: [HandlerID: Acknowledged] = [:]
+        /// handler's token and last durable sequence; and the highest token it ever granted here.
+        var acknowledged: AcknowledgedPositions
         var highestToken = FencingToken(0)
         /// Tokens reserved for handlers created by their first checkpoint (`takeToken`), and the
         /// epoch they belong to: starting over discards them.
@@ -65,12 +64,6 @@ final class LeaseKeeper: Sendable {
         var checkingDatabase = false
         var databaseRegressions = 0
         var databaseFailovers = 0
-    }
-
-    /// A position the database acknowledged, and when (monotonic).
-    struct Acknowledged {
-        var position: StoreAudit.Position
-        var at: Duration
     }
 
     /// A renewal's database time between the local monotonic times it was sent and answered.
@@ -86,7 +79,7 @@ final class LeaseKeeper: Sendable {
     let logger: Logger
     let metrics: CoordinatorMetrics
     let signals: CoordinatorSignals
-    let state = Mutex(State())
+    let state: Mutex<State>
     /// Wakes `runOrphanReleases` (at most one pending wake-up: it takes every orphan at once).
     let orphanSignals: AsyncStream<Void>
     let orphanSignal: AsyncStream<Void>.Continuation
@@ -101,6 +94,11 @@ final class LeaseKeeper: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.signals = signals
+        state = Mutex(
+            State(
+                acknowledged: AcknowledgedPositions(
+                    window: configuration.acknowledgementWindow, limit: CoordinatorConfiguration.acknowledgementLimit,
+                    now: clock.now)))
         (orphanSignals, orphanSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
