@@ -2,6 +2,8 @@
 """Randomized fault run with a history checker, against deploy/local-cluster.
 
     deploy/nemesis/run [--seeds N | --seed S] [--seconds T] [--minutes M] [--faults kill9,pause,...]
+    deploy/nemesis/run --ha [...]   the cluster on PostgreSQL with automatic failover (deploy/pg-ha),
+                                    the database's own failovers on the menu
 
 For each seed, several clients drive a mixed workload through random replicas and the load
 balancer — counters (durable ticks), approvals answered by a human-in-the-loop event, timers,
@@ -19,6 +21,18 @@ nemesis injects random faults from the menu:
     clock-step the database server's wall clock stepped (libfaketime): forward by 1-4 s when it is
                at real time, back to real time otherwise (a forward step makes every lease expire
                early by the database's clock; replicas must notice and fence themselves)
+
+With --ha the database is deploy/pg-ha (a primary, a synchronous standby, pg_auto_failover, HAProxy)
+and the menu trades pg-restart, clock-step and partition (faults that need the single server) for:
+
+    pg-switchover  a planned switchover (pg_autoctl perform switchover)
+    pg-crash       kill -9 of every process of the primary node: the standby is promoted, then the
+                   crashed node is started again and rejoins as a standby (the fault lasts until
+                   both nodes are healthy again, 20-60 s)
+
+Every replica then sees the database's timeline change and checks what it had acknowledged
+against the promoted node (docs/design.md, "The database never silently goes back in time"); a
+regression it reports is counted as a violation here as well.
 
 Every operation and its answer is recorded (history.jsonl per seed). After the run the faults
 stop, every replica is brought back, unanswered approvals are answered, every handler is awaited
@@ -75,6 +89,10 @@ BASE = int(os.environ["LH_BASE_PORT"])
 TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
 FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate", "partition", "clock-step"]
+# The partition fault's replica reaches a single server through an address of its namespace's link
+# (`scripts/pg listen`); deploy/pg-ha has no such listener, so it is not on this menu.
+HA_FAULTS = ["kill9", "pause", "sessions", "duplicate", "pg-switchover", "pg-crash"]
+PG_HA = ROOT / "deploy" / "pg-ha"
 HEARTBEAT = TTL / 3
 SLACK = 1.0  # polling resolution (0.1 s) and a loaded machine (the 100-seed run in results.md used 0.5)
 PARTITIONED: PartitionableReplica | None = None  # r4, when the partition fault is on the menu
@@ -411,7 +429,8 @@ class Nemesis(threading.Thread):
             if time.monotonic() >= self.deadline - 1:
                 break
             fault = self.rng.choice(self.faults)
-            victim = "r4" if fault == "partition" else "db" if fault == "clock-step" else self.rng.choice(REPLICAS)
+            victim = ("r4" if fault == "partition" else "db" if fault in ("clock-step", "pg-switchover", "pg-crash")
+                      else self.rng.choice(REPLICAS))
             try:
                 self.history.record(op="fault", fault=fault, replica=victim)
                 getattr(self, fault.replace("-", "_"))(victim)
@@ -458,6 +477,18 @@ class Nemesis(threading.Thread):
     def pg_restart(self, r: str):
         sh(ROOT / "scripts" / "pg", "restart", DIR / "pg", timeout=90)
 
+    def pg_switchover(self, r: str):
+        sh(PG_HA, "switchover", DIR / "pg-ha", timeout=180)
+
+    def pg_crash(self, r: str):
+        node = sh(PG_HA, "crash-primary", DIR / "pg-ha").strip()
+        # The standby is promoted (pg_auto_failover's timeouts, ~15-30 s here); only then does the
+        # crashed node come back, as a standby: started at once it would be primary again.
+        wait_until(lambda: sh(PG_HA, "primary", DIR / "pg-ha", check=False).strip() not in ("", node),
+                   180, f"a primary other than {node}")
+        sh(PG_HA, "restart", node, DIR / "pg-ha", timeout=120)
+        sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
+
     def duplicate(self, r: str):
         """A second process with r's id: the newest registration wins, so r steps down and exits;
         then the intruder stops and r is started again (as an operator would)."""
@@ -496,7 +527,10 @@ class Nemesis(threading.Thread):
 
 
 def restore():
-    """Every replica running and ready, PostgreSQL up (at real time), r4's link up."""
+    """Every replica running and ready, PostgreSQL up (at real time; with --ha both nodes
+    healthy), r4's link up."""
+    if (DIR / "pg-ha").exists():
+        sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
     if (DIR / "pg" / "clock").exists():
         sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", "0", timeout=60)
     if PARTITIONED is not None:
@@ -532,6 +566,28 @@ def claims_since(offsets: dict[Path, int]) -> list[dict]:
                     if line.get("message") == "claimed" and line.get("reason") not in RELAUNCH:
                         lines.append(line)
     return lines
+
+
+def database_checks_since(offsets: dict[Path, int]) -> tuple[int, list[str]]:
+    """From every replica log since `offsets`: how many database failovers a replica checked and
+    found complete, and each one it found had lost acknowledged writes (a violation)."""
+    kept, regressions = 0, []
+    for path in sorted(DIR.glob("r*.log")):
+        with open(path, "rb") as f:
+            f.seek(offsets.get(path, 0))
+            for raw in f.read().decode(errors="replace").splitlines():
+                if not raw.startswith("{") or "the database" not in raw:
+                    continue
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue
+                message = str(line.get("message", ""))
+                if message.startswith("the database failed over and kept everything"):
+                    kept += 1
+                elif message.startswith("the database went back in time"):
+                    regressions.append(f"{path.stem}: the database went back in time: {line.get('detail', '')}"[:300])
+    return kept, regressions
 
 
 def full_log(handler_id: str) -> list[tuple[int, dict]]:
@@ -689,6 +745,8 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     watcher.join(timeout=10)
     found, stats = check(handlers, claims_since(offsets), tag)
     violations += found
+    stats["failover_checks"], regressions = database_checks_since(offsets)
+    violations += regressions
     late, quiet = answer_timing(watcher, history.ops)
     violations += late
     stats["answers_timed"] = len(watcher.done)
@@ -759,16 +817,23 @@ def main():
     parser.add_argument("--minutes", type=float, help="run seeds 1, 2, ... until this much time has passed")
     parser.add_argument("--seconds", type=float, default=20, help="workload time per seed (default 20)")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated subset of {FAULTS}")
+    parser.add_argument("--ha", action="store_true",
+                        help="on PostgreSQL with automatic failover (deploy/pg-ha), its failovers on the menu")
+    parser.add_argument("--faults", help=f"comma-separated subset of {FAULTS} (with --ha: of {HA_FAULTS})")
     parser.add_argument("--table", type=Path, help="append the markdown table here")
     parser.add_argument("--down", action="store_true", help="stop the cluster afterwards")
     args = parser.parse_args()
-    faults = [f for f in args.faults.split(",") if f]
-    if any(f not in FAULTS for f in faults) or not faults:
-        parser.error(f"--faults: choose from {FAULTS}")
+    menu = HA_FAULTS if args.ha else FAULTS
+    faults = [f for f in (args.faults or ",".join(menu)).split(",") if f]
+    if any(f not in menu for f in faults) or not faults:
+        parser.error(f"--faults: choose from {menu}")
     if args.seconds <= 0 or args.seconds > 3600 or args.clients < 1 or args.clients > 32:
         parser.error("--seconds must be in (0, 3600] and --clients in [1, 32]")
-    sh(CLUSTER, "up", timeout=300)
+    if (DIR / "pg-ha").exists() != args.ha and DIR.exists():
+        sh(CLUSTER, "down", timeout=300)  # the other kind of database
+    sh(CLUSTER, "up", *(["--ha"] if args.ha else []), timeout=600)
+    if args.ha:
+        sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
     global PARTITIONED
     left_out = {}
     if "partition" in faults and (reason := Namespace.unavailable()):
