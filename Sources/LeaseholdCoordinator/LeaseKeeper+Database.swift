@@ -136,6 +136,9 @@ extension LeaseKeeper {
         }
         for (id, mine) in acknowledged.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             guard let theirs = audit.handlers[id] else {
+                // Purged since, by any replica (a tombstone with a token at least ours): gone on
+                // purpose, not lost.
+                if let purged = audit.purged[id], purged >= mine.token { continue }
                 missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
                 continue
             }

@@ -15,8 +15,15 @@ extension PostgresStore.Statements {
         """
     }
 
+    /// Deletes one run of a handler (its log, inbox and lease history go with it: migration 0012)
+    /// and leaves its tombstone, dropping tombstones past their hour (migration 0013).
     static func delete(id: String, runID: String) -> PostgresQuery {
-        "DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id"
+        """
+        WITH gone AS (DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id, fencing_token),
+        tombstone AS (INSERT INTO purged_handlers (handler_id, token) SELECT id, fencing_token FROM gone),
+        expired AS (DELETE FROM purged_handlers WHERE purged_at < now() - interval '1 hour')
+        SELECT id FROM gone
+        """
     }
 
     static func handler(id: String) -> PostgresQuery {
@@ -57,13 +64,18 @@ extension PostgresStore.Statements {
     /// One header row (no id) with the highest token handed out and the node that answered,
     /// then each asked-for handler with its token and last sequence. The sequence is read with
     /// `pg_sequence_last_value` (USAGE suffices; NULL before its first `nextval`).
+    /// One row for the database (its token sequence and node), one per handler that exists, one
+    /// per handler purged within the tombstones' hour (the highest token it was deleted with).
     static func audit(ids: [String]) -> PostgresQuery {
         """
-        SELECT NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0), NULL::bigint,
-            n.system_identifier, n.timeline
+        SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
+            NULL::bigint, n.system_identifier, n.timeline
         FROM leasehold_database_node() n
         UNION ALL
-        SELECT id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
+        SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
+        UNION ALL
+        SELECT 'purged', handler_id, max(token), NULL, NULL, NULL FROM purged_handlers
+        WHERE handler_id = ANY(\(ids)::text[]) GROUP BY handler_id
         """
     }
 

@@ -86,13 +86,16 @@ extension PostgresStore {
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
         try await guarded { connection in
             var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
-            for try await (id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
+            for try await (kind, id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
                 Statements.audit(ids: handlerIDs.map(\.rawValue)), logger: logger
-            ).decode((String?, Int64, Int64?, String?, Int32?).self) {
-                if let id, let lastSequence {
+            ).decode((String, String?, Int64, Int64?, String?, Int32?).self) {
+                switch (kind, id, lastSequence) {
+                case ("handler", let id?, let lastSequence?):
                     audit.handlers[HandlerID(id)] = StoreAudit.Position(
                         token: FencingToken(token), lastSequence: lastSequence)
-                } else {
+                case ("purged", let id?, _):
+                    audit.purged[HandlerID(id)] = FencingToken(token)
+                default:
                     audit.highestToken = FencingToken(token)
                     if let system, let timeline { audit.node = (system, Int(timeline)) }
                 }

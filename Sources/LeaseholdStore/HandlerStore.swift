@@ -108,7 +108,8 @@ public protocol HandlerStore: Sendable {
     func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome
 
     /// Deletes one run of a handler with its inbox, log and lease history. Only that run: a
-    /// handler created again under the same id since (another run id) is left alone.
+    /// handler created again under the same id since (another run id) is left alone. Leaves a
+    /// tombstone (its id and last token) for an hour, which `audit` reports.
     /// Returns false when there was no such run.
     func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool
 
@@ -204,6 +205,9 @@ public struct StoreAudit: Sendable {
     public var highestToken: FencingToken
     /// Each handler asked about that exists: its token and the sequence of its last logged event.
     public var handlers: [HandlerID: Position]
+    /// Each handler asked about that a purge deleted within the last hour (`delete`): the highest
+    /// token it was deleted with. Gone on purpose, not lost.
+    public var purged: [HandlerID: FencingToken] = [:]
     /// The node that answered (system identifier, timeline), where the store can tell.
     public var node: (systemIdentifier: String, timeline: Int)?
 

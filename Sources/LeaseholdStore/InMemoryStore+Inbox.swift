@@ -77,8 +77,14 @@ extension InMemoryStore {
     }
 
     public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
-        guard entries[handlerID]?.record.runID == runID else { return false }
+        guard let record = entries[handlerID]?.record, record.runID == runID else { return false }
         entries[handlerID] = nil
+        let deletedAt = now()
+        let cutoff = deletedAt.addingTimeInterval(-Self.tombstoneLife)
+        tombstones = tombstones.filter { $0.value.at >= cutoff }
+        tombstones[handlerID] = (
+            max(record.fencingToken, tombstones[handlerID]?.token ?? record.fencingToken), deletedAt
+        )
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
         return true

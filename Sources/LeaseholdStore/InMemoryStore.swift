@@ -32,6 +32,9 @@ public actor InMemoryStore: HandlerStore {
     /// The latest ownership changes cluster-wide (bounded; each handler keeps its own in full).
     var recent: [LeaseChange] = []
     static let recentLimit = 10_000
+    /// Handlers deleted by a purge within `tombstoneLife`: the token each was deleted with, and when.
+    var tombstones: [HandlerID: (token: FencingToken, at: Date)] = [:]
+    static let tombstoneLife: TimeInterval = 3600
     let now: @Sendable () -> Date
 
     public init(now: @escaping @Sendable () -> Date = { Date() }) {
@@ -49,7 +52,12 @@ public actor InMemoryStore: HandlerStore {
             guard let record = entries[id]?.record else { continue }
             found[id] = StoreAudit.Position(token: record.fencingToken, lastSequence: record.lastSequence)
         }
-        return StoreAudit(highestToken: FencingToken(lastToken), handlers: found)
+        var audit = StoreAudit(highestToken: FencingToken(lastToken), handlers: found)
+        let cutoff = now().addingTimeInterval(-Self.tombstoneLife)
+        for id in handlerIDs {
+            if let tombstone = tombstones[id], tombstone.at >= cutoff { audit.purged[id] = tombstone.token }
+        }
+        return audit
     }
 
     public func advanceTokens(past token: FencingToken) async throws {

@@ -89,6 +89,25 @@ struct DatabaseHistoryTests {
         }
     }
 
+    /// A handler this replica finished, then purged by another replica (found by the fault run
+    /// on deploy/pg-ha, 2026-11-27: the purge left nothing to tell it from a loss, so the failover
+    /// after it was taken for the database going back in time): gone on purpose, not lost.
+    @Test func aHandlerPurgedElsewhereIsNotALoss() async throws {
+        try await Self.withWaitingApproval("purged-elsewhere", ttl: .seconds(3)) {
+            postgres, url, store, coordinator, record in
+            try await coordinator.send(
+                AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+            let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
+            #expect(finished.status == .completed)
+            // Another replica's purge: straight to the store, this replica is not told.
+            #expect(try await postgres.delete(record.id, run: record.runID))
+            store.failOverDatabase()
+            try #require(await eventually(timeout: .seconds(30)) { coordinator.database.failovers == 1 })
+            await coordinator.heartbeatOnce()
+            #expect(coordinator.database.regressions == 0)
+        }
+    }
+
     /// Another database (another system identifier) answers: every handler stops and the
     /// replica registers anew at once; nothing is counted as a regression.
     @Test func anotherDatabaseStopsEverythingAndRegisters() async throws {

@@ -446,6 +446,31 @@ struct StoreConformanceTests {
         }
     }
 
+    /// A handler purged by any replica is gone on purpose: the audit says so (its tombstone, with
+    /// the token it was deleted with), so a replica that had acknowledged it does not take its
+    /// absence after a failover for a loss. A new run of the id is reported as existing.
+    @Test("audit reports a purged handler's tombstone", arguments: StoreFactory.all)
+    func auditReportsPurges(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("p"), owner: Self.r1).lease
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: ["start"]), lease: lease)
+            guard case .cancelled(let cancelled) = try await store.cancel("p") else {
+                Issue.record("expected cancelled")
+                return
+            }
+            #expect(cancelled.fencingToken > lease.token)
+            #expect(try await store.audit(["p"]).purged.isEmpty)  // not purged yet
+            #expect(try await store.delete("p", run: "run"))
+            let audit = try await store.audit(["p", "never"])
+            #expect(audit.handlers.isEmpty)
+            #expect(audit.purged == ["p": cancelled.fencingToken])
+            let again = try await store.create(Self.new("p"), owner: Self.r2).lease
+            let afterRecreation = try await store.audit(["p"])
+            #expect(afterRecreation.handlers["p"]?.token == again.token)
+        }
+    }
+
     /// D9: a finished handler's unconsumed inbox rows (an event accepted just before it finished)
     /// are consumed with it, so they neither count as pending nor keep showing up as claim
     /// candidates; the same for a cancelled one.
