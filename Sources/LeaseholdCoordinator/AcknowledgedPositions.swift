@@ -19,16 +19,25 @@ struct AcknowledgedPositions {
 
     let window: Duration
     let limit: Int
-    /// Newest first; each with the monotonic time it was started.
-    private var generations: [(started: Duration, entries: [Key: StoreAudit.Position])]
+    /// Newest first; each with the monotonic times it was started and last recorded into.
+    private var generations: [Generation]
+
+    struct Generation {
+        var started: Duration
+        var last: Duration
+        var entries: [Key: StoreAudit.Position] = [:]
+    }
 
     init(window: Duration, limit: Int, now: Duration) {
         self.window = window
         self.limit = limit
-        generations = [(now, [:])]
+        generations = [Generation(started: now, last: now)]
     }
 
     var count: Int { generations.reduce(0) { $0 + $1.entries.count } }
+    /// How many generations there are, and the slots their tables hold (for tests).
+    var generationsHeld: Int { generations.count }
+    var slotsHeld: Int { generations.reduce(0) { $0 + $1.entries.capacity } }
 
     /// Every remembered position, by handler.
     var all: [HandlerID: StoreAudit.Position] {
@@ -52,6 +61,7 @@ struct AcknowledgedPositions {
     /// events) is remembered already; positions only move forward.
     mutating func record(_ id: HandlerID, _ position: StoreAudit.Position, at now: Duration) {
         startGenerationIfDue(at: now)
+        generations[0].last = max(generations[0].last, now)
         let key = Key(id)
         if let current = generations[0].entries[key] {
             if !Self.isBehind(current, position) { generations[0].entries[key] = position }
@@ -76,34 +86,69 @@ struct AcknowledgedPositions {
         }
     }
 
-    /// Drops the generations older than `window` and, beyond `limit`, the oldest ones.
+    /// Drops the generations older than `window` and, beyond `limit`, the oldest ones; then keeps
+    /// the rest small (see `tidy`).
     /// - Returns: how many entries were dropped.
     @discardableResult
     mutating func prune(at now: Duration) -> Int {
-        startGenerationIfDue(at: now)
         var dropped = 0
-        // A generation's newest entry is younger than the start of the next newer generation.
-        while generations.count > 1, generations[generations.count - 2].started < now - window {
+        // Every entry of a generation was recorded at or before its `last`.
+        while let oldest = generations.last, oldest.last < now - window {
             dropped += generations.removeLast().entries.count
         }
+        if generations.isEmpty { generations = [Generation(started: now, last: now)] }
         var total = count
         while generations.count > 1, total > limit {
             let removed = generations.removeLast().entries.count
             dropped += removed
             total -= removed
         }
+        tidy()
         return dropped
     }
 
+    /// Entries re-recorded move to the newest generation, leaving older ones emptied, and a
+    /// dictionary never gives back its capacity by itself; under many re-recorded handlers new
+    /// generations also start often (one per `limit / generationCount` records). So: emptied
+    /// generations go, sparse ones are rebuilt to their size, and beyond twice `generationCount`
+    /// the two oldest are merged (under the newer one's `last`). None of these drops an entry
+    /// sooner.
+    private mutating func tidy() {
+        guard !generations.isEmpty else { return }
+        generations = [generations[0]] + generations.dropFirst().filter { !$0.entries.isEmpty }
+        for index in generations.indices.dropFirst()
+        where generations[index].entries.capacity > 64
+            && generations[index].entries.count * 4 < generations[index].entries.capacity
+        {
+            generations[index].entries = Self.rebuilt(generations[index].entries, adding: [:])
+        }
+        while generations.count > 2 * Self.generationCount {
+            let oldest = generations.removeLast()
+            let last = generations.count - 1
+            generations[last] = Generation(
+                started: oldest.started, last: generations[last].last,
+                entries: Self.rebuilt(oldest.entries, adding: generations[last].entries))
+        }
+    }
+
+    private static func rebuilt(
+        _ entries: [Key: StoreAudit.Position], adding more: [Key: StoreAudit.Position]
+    ) -> [Key: StoreAudit.Position] {
+        var result = [Key: StoreAudit.Position](minimumCapacity: entries.count + more.count)
+        for (key, position) in entries { result[key] = position }
+        for (key, position) in more { result[key] = position }
+        return result
+    }
+
     mutating func removeAll(at now: Duration) {
-        generations = [(now, [:])]
+        generations = [Generation(started: now, last: now)]
     }
 
     private mutating func startGenerationIfDue(at now: Duration) {
         let span = window / Self.generationCount
         let full = max(1, limit / Self.generationCount)
         guard now - generations[0].started >= span || generations[0].entries.count >= full else { return }
-        generations.insert((now, [:]), at: 0)
+        generations.insert(Generation(started: now, last: now), at: 0)
     }
 
     /// Whether `new` is behind `current`: a lower token, or the same token with fewer events.

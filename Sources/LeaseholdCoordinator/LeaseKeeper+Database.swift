@@ -93,9 +93,8 @@ extension LeaseKeeper {
             stopEverything(host: host, reason: "another database")
             await startOver(host: host, reason: "another database", waitOneTTL: false, tokensPast: highest)
             // Nothing this replica was told concerns that database.
-            let now = clock.now
             state.withLock { state in
-                state.acknowledged.removeAll(at: now)
+                state.acknowledged.removeAll(at: clock.now)
                 state.highestToken = FencingToken(0)
                 state.verifiedNode = node
                 state.pendingNode = nil
@@ -103,7 +102,10 @@ extension LeaseKeeper {
             return true
         }
         let (acknowledged, highest) = state.withLock { state in
-            (state.acknowledged.all, state.highestToken)
+            // Pruned first: renewals (which prune) may have failed for longer than the window,
+            // and what is older than it may have been purged or swept since, tombstones gone.
+            state.acknowledged.prune(at: clock.now)
+            return (state.acknowledged.all, state.highestToken)
         }
         let audit: StoreAudit
         do {
@@ -136,15 +138,15 @@ extension LeaseKeeper {
         }
         for (id, mine) in acknowledged.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             guard let theirs = audit.handlers[id] else {
-                // Purged since, by any replica (a tombstone with a token at least ours): gone on
-                // purpose, not lost.
-                if let purged = audit.purged[id], purged >= mine.token { continue }
+                // Purged since, by any replica, from a position at or past ours: gone on purpose,
+                // not lost.
+                if let purged = audit.purged[id], !Self.isBehind(purged, mine) { continue }
                 missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
                 continue
             }
             // A higher token is another replica's newer claim; a lower one, or the same token with
             // fewer events, is history this replica saw acknowledged and the database lost.
-            if theirs.token < mine.token || (theirs.token == mine.token && theirs.lastSequence < mine.lastSequence) {
+            if Self.isBehind(theirs, mine) {
                 missing.append(
                     "\(id): token \(theirs.token), sequence \(theirs.lastSequence) "
                         + "(had token \(mine.token), sequence \(mine.lastSequence))")
@@ -175,9 +177,8 @@ extension LeaseKeeper {
         await startOver(host: host, reason: "database went back in time", waitOneTTL: true, tokensPast: highest)
         // Reported once: what was lost is gone, and the next failover is checked against what
         // this database acknowledges from now on.
-        let now = clock.now
         state.withLock { state in
-            state.acknowledged.removeAll(at: now)
+            state.acknowledged.removeAll(at: clock.now)
             state.verifiedNode = node
             state.pendingNode = nil
         }
@@ -230,17 +231,15 @@ extension LeaseKeeper {
 
     /// A lease granted to this replica (created or claimed), with the last sequence it carried.
     func granted(_ lease: Lease, lastSequence: Int64) {
-        let now = clock.now
         state.withLock { state in
             state.highestToken = max(state.highestToken, lease.token)
-            acknowledge(&state, lease, lastSequence: lastSequence, at: now)
+            acknowledge(&state, lease, lastSequence: lastSequence)
         }
     }
 
     /// A checkpoint of `lease` committed up to `lastSequence`.
     func acknowledged(_ lease: Lease, lastSequence: Int64) {
-        let now = clock.now
-        state.withLock { acknowledge(&$0, lease, lastSequence: lastSequence, at: now) }
+        state.withLock { acknowledge(&$0, lease, lastSequence: lastSequence) }
     }
 
     /// The handler moved on without this replica (its lease lost, a write rejected, a purge):
@@ -253,14 +252,21 @@ extension LeaseKeeper {
     /// generations), and the oldest beyond `acknowledgementLimit`; hands the freed memory back to
     /// the system when that was much.
     func pruneAcknowledged() {
-        let now = clock.now
-        let dropped = state.withLock { $0.acknowledged.prune(at: now) }
+        // The clock is read under the lock: a time read before a wait for it could start a
+        // generation in the past and drop what it then holds early.
+        let dropped = state.withLock { $0.acknowledged.prune(at: clock.now) }
         if dropped >= MemoryTrim.threshold { MemoryTrim.release() }
     }
 
-    private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64, at now: Duration) {
+    private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64) {
         state.acknowledged.record(
-            lease.handlerID, StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: now)
+            lease.handlerID, StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: clock.now)
+    }
+
+    /// Whether the database's position of a handler is behind what it acknowledged here: a lower
+    /// token, or the same token with fewer events. (A higher token is another replica's newer claim.)
+    static func isBehind(_ theirs: StoreAudit.Position, _ mine: StoreAudit.Position) -> Bool {
+        theirs.token < mine.token || (theirs.token == mine.token && theirs.lastSequence < mine.lastSequence)
     }
 
     /// The database node of the last renewal, and how often its history was checked.

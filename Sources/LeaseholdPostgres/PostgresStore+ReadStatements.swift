@@ -16,12 +16,19 @@ extension PostgresStore.Statements {
     }
 
     /// Deletes one run of a handler (its log, inbox and lease history go with it: migration 0012)
-    /// and leaves its tombstone, dropping tombstones past their hour (migration 0013).
+    /// and leaves its tombstone, dropping up to 100 tombstones past their hour (migration 0013;
+    /// skipping rows another purge is dropping).
     static func delete(id: String, runID: String) -> PostgresQuery {
         """
-        WITH gone AS (DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id, fencing_token),
-        tombstone AS (INSERT INTO purged_handlers (handler_id, token) SELECT id, fencing_token FROM gone),
-        expired AS (DELETE FROM purged_handlers WHERE purged_at < now() - interval '1 hour')
+        WITH gone AS (
+            DELETE FROM handlers WHERE id = \(id) AND run_id = \(runID) RETURNING id, fencing_token, last_sequence),
+        tombstone AS (
+            INSERT INTO purged_handlers (handler_id, token, last_sequence)
+            SELECT id, fencing_token, last_sequence FROM gone),
+        expired AS (
+            DELETE FROM purged_handlers WHERE ctid IN (
+                SELECT ctid FROM purged_handlers WHERE purged_at < now() - interval '1 hour'
+                LIMIT 100 FOR UPDATE SKIP LOCKED))
         SELECT id FROM gone
         """
     }
@@ -64,19 +71,32 @@ extension PostgresStore.Statements {
     /// One header row (no id) with the highest token handed out and the node that answered,
     /// then each asked-for handler with its token and last sequence. The sequence is read with
     /// `pg_sequence_last_value` (USAGE suffices; NULL before its first `nextval`).
-    /// One row for the database (its token sequence and node), one per handler that exists, one
-    /// per handler purged within the tombstones' hour (the highest token it was deleted with).
-    static func audit(ids: [String]) -> PostgresQuery {
-        """
-        SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
-            NULL::bigint, n.system_identifier, n.timeline
-        FROM leasehold_database_node() n
-        UNION ALL
-        SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
-        UNION ALL
-        SELECT 'purged', handler_id, max(token), NULL, NULL, NULL FROM purged_handlers
-        WHERE handler_id = ANY(\(ids)::text[]) GROUP BY handler_id
-        """
+    /// One row for the database (its token sequence and node), one per handler that exists, and
+    /// (with `tombstones`) one per handler purged within the tombstones' hour: the latest position
+    /// it was deleted at. Without: for a database without migration 0013 (one restored from
+    /// before it), so that its check can still be made.
+    static func audit(ids: [String], tombstones: Bool = true) -> PostgresQuery {
+        guard tombstones else {
+            return """
+                SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
+                    NULL::bigint, n.system_identifier, n.timeline
+                FROM leasehold_database_node() n
+                UNION ALL
+                SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
+                """
+        }
+        return """
+            SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
+                NULL::bigint, n.system_identifier, n.timeline
+            FROM leasehold_database_node() n
+            UNION ALL
+            SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
+            UNION ALL
+            (SELECT DISTINCT ON (handler_id) 'purged', handler_id, token, last_sequence, NULL, NULL
+            FROM purged_handlers
+            WHERE handler_id = ANY(\(ids)::text[]) AND purged_at >= now() - interval '1 hour'
+            ORDER BY handler_id, token DESC, last_sequence DESC)
+            """
     }
 
     /// Moves the token sequence past `token` and past every token a handler row holds (rows

@@ -85,23 +85,37 @@ extension PostgresStore {
 
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
         try await guarded { connection in
-            var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
-            for try await (kind, id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
-                Statements.audit(ids: handlerIDs.map(\.rawValue)), logger: logger
-            ).decode((String, String?, Int64, Int64?, String?, Int32?).self) {
-                switch (kind, id, lastSequence) {
-                case ("handler", let id?, let lastSequence?):
-                    audit.handlers[HandlerID(id)] = StoreAudit.Position(
-                        token: FencingToken(token), lastSequence: lastSequence)
-                case ("purged", let id?, _):
-                    audit.purged[HandlerID(id)] = FencingToken(token)
-                default:
-                    audit.highestToken = FencingToken(token)
-                    if let system, let timeline { audit.node = (system, Int(timeline)) }
-                }
+            let ids = handlerIDs.map(\.rawValue)
+            do {
+                return try await audit(ids, tombstones: true, on: connection)
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42P01" {
+                // undefined_table: a database from before migration 0013 (a restored backup, a
+                // standby that had not received it) has no tombstones; the check is still made.
+                logger.warning("the database has no purge tombstones (migration 0013), auditing without them")
+                return try await audit(ids, tombstones: false, on: connection)
             }
-            return audit
         }
+    }
+
+    private func audit(_ ids: [String], tombstones: Bool, on connection: PostgresConnection) async throws -> StoreAudit
+    {
+        var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
+        for try await (kind, id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
+            Statements.audit(ids: ids, tombstones: tombstones), logger: logger
+        ).decode((String, String?, Int64, Int64?, String?, Int32?).self) {
+            switch (kind, id, lastSequence) {
+            case ("handler", let id?, let lastSequence?):
+                audit.handlers[HandlerID(id)] = StoreAudit.Position(
+                    token: FencingToken(token), lastSequence: lastSequence)
+            case ("purged", let id?, let lastSequence?):
+                audit.purged[HandlerID(id)] = StoreAudit.Position(
+                    token: FencingToken(token), lastSequence: lastSequence)
+            default:
+                audit.highestToken = FencingToken(token)
+                if let system, let timeline { audit.node = (system, Int(timeline)) }
+            }
+        }
+        return audit
     }
 
     public func advanceTokens(past token: FencingToken) async throws {

@@ -205,9 +205,10 @@ public struct StoreAudit: Sendable {
     public var highestToken: FencingToken
     /// Each handler asked about that exists: its token and the sequence of its last logged event.
     public var handlers: [HandlerID: Position]
-    /// Each handler asked about that a purge deleted within the last hour (`delete`): the highest
-    /// token it was deleted with. Gone on purpose, not lost.
-    public var purged: [HandlerID: FencingToken] = [:]
+    /// Each handler asked about that a purge deleted within the last hour (`delete`): the
+    /// position (token, last sequence) it was deleted at, the latest if it was purged more than
+    /// once. Gone on purpose, not lost.
+    public var purged: [HandlerID: Position] = [:]
     /// The node that answered (system identifier, timeline), where the store can tell.
     public var node: (systemIdentifier: String, timeline: Int)?
 

@@ -80,11 +80,13 @@ extension InMemoryStore {
         guard let record = entries[handlerID]?.record, record.runID == runID else { return false }
         entries[handlerID] = nil
         let deletedAt = now()
-        let cutoff = deletedAt.addingTimeInterval(-Self.tombstoneLife)
-        tombstones = tombstones.filter { $0.value.at >= cutoff }
-        tombstones[handlerID] = (
-            max(record.fencingToken, tombstones[handlerID]?.token ?? record.fencingToken), deletedAt
-        )
+        if tombstones.count >= max(64, 2 * tombstonesAfterLastExpiry) {
+            let cutoff = deletedAt.addingTimeInterval(-Self.tombstoneLife)
+            tombstones = tombstones.filter { $0.value.at >= cutoff }
+            tombstonesAfterLastExpiry = tombstones.count
+        }
+        let position = StoreAudit.Position(token: record.fencingToken, lastSequence: record.lastSequence)
+        tombstones[handlerID] = (position, deletedAt)
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
         return true

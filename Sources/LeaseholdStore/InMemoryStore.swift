@@ -32,8 +32,10 @@ public actor InMemoryStore: HandlerStore {
     /// The latest ownership changes cluster-wide (bounded; each handler keeps its own in full).
     var recent: [LeaseChange] = []
     static let recentLimit = 10_000
-    /// Handlers deleted by a purge within `tombstoneLife`: the token each was deleted with, and when.
-    var tombstones: [HandlerID: (token: FencingToken, at: Date)] = [:]
+    /// Handlers deleted by a purge (within about `tombstoneLife`): the position each was deleted
+    /// at, and when. Expired ones are dropped whenever the table has doubled since the last time.
+    var tombstones: [HandlerID: (position: StoreAudit.Position, at: Date)] = [:]
+    var tombstonesAfterLastExpiry = 0
     static let tombstoneLife: TimeInterval = 3600
     let now: @Sendable () -> Date
 
@@ -55,7 +57,7 @@ public actor InMemoryStore: HandlerStore {
         var audit = StoreAudit(highestToken: FencingToken(lastToken), handlers: found)
         let cutoff = now().addingTimeInterval(-Self.tombstoneLife)
         for id in handlerIDs {
-            if let tombstone = tombstones[id], tombstone.at >= cutoff { audit.purged[id] = tombstone.token }
+            if let tombstone = tombstones[id], tombstone.at >= cutoff { audit.purged[id] = tombstone.position }
         }
         return audit
     }

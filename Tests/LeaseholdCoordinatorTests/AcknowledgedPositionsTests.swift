@@ -104,6 +104,32 @@ import Testing
         #expect(Set(kept) == Set((10_001 - Int64(kept.count))...10_000))
     }
 
+    /// Long-lived handlers checkpointing again and again move to the newest generation each time:
+    /// the emptied older ones must not pile up nor keep their tables' capacity.
+    @Test func handlersRecordedAgainAndAgainKeepItSmall() {
+        let window = Duration.seconds(600)
+        var positions = AcknowledgedPositions(window: window, limit: 800, now: .zero)
+        let ids = (0..<200).map { _ in HandlerID.random() }
+        var now = Duration.zero
+        for round in 0..<300 {
+            for id in ids {
+                now += .milliseconds(10)
+                positions.record(id, Self.position(1, Int64(round)), at: now)
+            }
+            positions.prune(at: now)
+            #expect(positions.generationsHeld <= 2 * AcknowledgedPositions.generationCount + 1)
+            #expect(positions.slotsHeld <= 4 * 800 + 64 * positions.generationsHeld)
+        }
+        #expect(positions.count == 200)
+        #expect(ids.allSatisfy { positions[$0] == Self.position(1, 299) })
+        // Kept for the window after their last record, and gone one generation after it.
+        let lastRoundBegan = now - .milliseconds(10 * 199)
+        positions.prune(at: lastRoundBegan + window)
+        #expect(positions.count == 200)
+        positions.prune(at: now + window + window / AcknowledgedPositions.generationCount + .seconds(1))
+        #expect(positions.count == 0)
+    }
+
     @Test func startingAfreshForgetsEverything() {
         var positions = AcknowledgedPositions(window: .seconds(80), limit: 1_000, now: .zero)
         for index in 0..<50 {

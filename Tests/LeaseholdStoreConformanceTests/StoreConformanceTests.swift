@@ -464,7 +464,10 @@ struct StoreConformanceTests {
             #expect(try await store.delete("p", run: "run"))
             let audit = try await store.audit(["p", "never"])
             #expect(audit.handlers.isEmpty)
-            #expect(audit.purged == ["p": cancelled.fencingToken])
+            #expect(
+                audit.purged == [
+                    "p": StoreAudit.Position(token: cancelled.fencingToken, lastSequence: cancelled.lastSequence)
+                ])
             let again = try await store.create(Self.new("p"), owner: Self.r2).lease
             let afterRecreation = try await store.audit(["p"])
             #expect(afterRecreation.handlers["p"]?.token == again.token)
