@@ -17,11 +17,15 @@ import Testing
 struct DatabaseHistoryTests {
     /// A failover that kept every acknowledged write (a synchronous standby): checked, counted,
     /// and nothing stops.
+    /// What it asserts — the handler still live here under its token — also needs no renewal to
+    /// come later than the TTL for reasons of its own: a 10 s TTL rides out the stalls of a loaded
+    /// machine (a fresh-clone CI run beside a CPU hog and a fault run froze this process long enough
+    /// to self-fence at 3 s, 2026-11-27).
     @Test func failoverThatKeptEverythingGoesOn() async throws {
-        try await Self.withWaitingApproval("kept", ttl: .seconds(3)) { postgres, url, store, coordinator, record in
+        try await Self.withWaitingApproval("kept", ttl: .seconds(10)) { postgres, url, store, coordinator, record in
             let before = try #require(coordinator.database.node)
             store.failOverDatabase()
-            try #require(await eventually { coordinator.database.failovers == 1 })
+            try #require(await eventually(timeout: .seconds(30)) { coordinator.database.failovers == 1 })
             await coordinator.heartbeatOnce()
             #expect(coordinator.database.node?.timeline == before.timeline + 1)
             #expect(coordinator.database.failovers == 1)

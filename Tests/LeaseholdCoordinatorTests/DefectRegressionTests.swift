@@ -393,7 +393,10 @@ struct WritesInDoubtTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await other.run() }
                 defer { group.cancelAll() }
-                try await Harness.withCoordinators([stuckStore, other], idle: nil, ttl: .seconds(2)) { coordinators in
+                // TTL 5 s: the handler must still be the owner's when its write gets stuck; at 2 s a
+                // stall of a loaded machine (a CI run beside a CPU hog and a fault run, 2026-11-27)
+                // let the lease lapse first, and the handler never went idle on the owner.
+                try await Harness.withCoordinators([stuckStore, other], idle: nil, ttl: .seconds(5)) { coordinators in
                     let (owner, survivor) = (coordinators[0], coordinators[1])
                     let record = try await owner.start(
                         workflow: "approval", startEvent: ["request": "x"], handlerID: "stuck-write")
