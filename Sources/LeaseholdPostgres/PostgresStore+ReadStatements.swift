@@ -72,19 +72,14 @@ extension PostgresStore.Statements {
     /// then each asked-for handler with its token and last sequence. The sequence is read with
     /// `pg_sequence_last_value` (USAGE suffices; NULL before its first `nextval`).
     /// One row for the database (its token sequence and node), one per handler that exists, and
-    /// (with `tombstones`) one per handler purged within the tombstones' hour: the latest position
-    /// it was deleted at. Without: for a database without migration 0013 (one restored from
-    /// before it), so that its check can still be made.
+    /// one per handler purged within the tombstones' hour: the latest position it was deleted at.
+    /// Without `tombstones`, for a database without migration 0013 (one restored from before it),
+    /// they are read from an empty relation of the same shape, so that its check can still be made.
     static func audit(ids: [String], tombstones: Bool = true) -> PostgresQuery {
-        guard tombstones else {
-            return """
-                SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
-                    NULL::bigint, n.system_identifier, n.timeline
-                FROM leasehold_database_node() n
-                UNION ALL
-                SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
-                """
-        }
+        let source =
+            tombstones
+            ? "purged_handlers"
+            : "(SELECT NULL::text, 0::bigint, 0::bigint, now() WHERE false) AS none (handler_id, token, last_sequence, purged_at)"
         return """
             SELECT 'database', NULL::text, COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0),
                 NULL::bigint, n.system_identifier, n.timeline
@@ -93,7 +88,7 @@ extension PostgresStore.Statements {
             SELECT 'handler', id, fencing_token, last_sequence, NULL, NULL FROM handlers WHERE id = ANY(\(ids)::text[])
             UNION ALL
             (SELECT DISTINCT ON (handler_id) 'purged', handler_id, token, last_sequence, NULL, NULL
-            FROM purged_handlers
+            FROM \(unescaped: source)
             WHERE handler_id = ANY(\(ids)::text[]) AND purged_at >= now() - interval '1 hour'
             ORDER BY handler_id, token DESC, last_sequence DESC)
             """
