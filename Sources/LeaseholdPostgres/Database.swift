@@ -54,9 +54,9 @@ public struct Database: Sendable {
         var lastError = ""
         while ContinuousClock.now - start < deadline {
             do {
-                let applied = try await withTimeout(.seconds(5)) {
-                    try await Migrator().migrate(client, logger: logger)
-                }
+                // One attempt ends within 10 s whatever the network does (`Migrator.migrate` closes a
+                // connection that does not answer); the next takes a fresh connection.
+                let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10))
                 logger.info("schema ready", metadata: ["applied": "\(applied)"])
                 return applied
             } catch let error as MigrationError {

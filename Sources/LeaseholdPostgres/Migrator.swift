@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import Synchronization
 
 /// Applies `sql/NNNN_name.sql` in order, each file in one transaction, recorded in
 /// `schema_migrations`. Runs under an advisory lock, so replicas starting together migrate once.
@@ -12,7 +13,7 @@ public struct Migrator: Sendable {
     }
 
     /// Taken with `pg_advisory_lock` while migrating.
-    static let lockKey: Int64 = 0x4c65_6173_6568_6f6c
+    package static let lockKey: Int64 = 0x4c65_6173_6568_6f6c
 
     public let migrations: [Migration]
 
@@ -61,21 +62,54 @@ public struct Migrator: Sendable {
         }
     }
 
-    /// Applies every migration not yet applied.
+    /// Applies every migration not yet applied, on one connection, within `limit`.
+    ///
+    /// Past `limit` the connection is closed and `MigrationTimedOut` thrown: postgres-nio does not
+    /// cancel a statement it has sent (see `RequestWatchdog`), so a statement sent to a node that
+    /// died under it (a replica started while the database failed over) would otherwise wait
+    /// forever, and so would start-up (found by the fault run on deploy/pg-ha: a replica restarted
+    /// during a failover never became ready). Closing the connection fails that statement.
     /// - Returns: the versions applied by this call (empty when the schema was current).
     @discardableResult
-    public func migrate(_ client: PostgresClient, logger: Logger) async throws -> [Int] {
+    public func migrate(_ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20)) async throws -> [Int]
+    {
         try await client.withConnection { connection in
-            try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
-            do {
-                let applied = try await apply(on: connection, logger: logger)
-                try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
-                return applied
-            } catch {
-                // Best effort: the session's end releases the lock anyway.
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
-                throw error
+            let cut = CutFlag()
+            return try await withThrowingTaskGroup(of: [Int]?.self) { group in
+                group.addTask { try await locked(on: connection, logger: logger, cut: cut) }
+                group.addTask {
+                    try await Task.sleep(for: limit)
+                    // Nothing more is sent on it once cut (a statement sent to a closing connection
+                    // could itself be lost): the session's end releases the advisory lock.
+                    cut.set()
+                    try? await connection.close()
+                    return nil
+                }
+                defer { group.cancelAll() }
+                do {
+                    guard let first = try await group.next(), let applied = first else { throw MigrationTimedOut() }
+                    return applied
+                } catch {
+                    // The statement cut short fails with the closed connection's error.
+                    if cut.isSet { throw MigrationTimedOut() }
+                    throw error
+                }
             }
+        }
+    }
+
+    private func locked(on connection: PostgresConnection, logger: Logger, cut: CutFlag) async throws -> [Int] {
+        try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
+        do {
+            let applied = try await apply(on: connection, logger: logger)
+            try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+            return applied
+        } catch {
+            // Best effort: the session's end releases the lock anyway.
+            if !cut.isSet {
+                _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+            }
+            throw error
         }
     }
 
@@ -112,4 +146,16 @@ public struct Migrator: Sendable {
 public struct MigrationError: Error, CustomStringConvertible, Sendable {
     public var message: String
     public var description: String { message }
+}
+
+/// Migrations did not finish within their limit (their connection was closed).
+public struct MigrationTimedOut: Error, CustomStringConvertible {
+    public var description: String { "migrations did not finish in time (their connection was closed)" }
+}
+
+/// Set once a migration's connection was cut: nothing more is sent on it.
+final class CutFlag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
 }
