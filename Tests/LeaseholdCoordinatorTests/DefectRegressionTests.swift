@@ -412,8 +412,11 @@ struct WritesInDoubtTests {
                     // lasts only until the lease lapses and is not asserted while it may pass.
                     let fenced = await owner.awaitSelfFence(timeout: .seconds(20))
                     #expect(fenced)
+                    // Generous: alone this test took 5-31 s in five runs beside a CPU hog, and beside
+                    // the whole suite the move took longer than 30 s once (2026-11-27; the spread is
+                    // not explained yet, see the session note). The property is that it moves.
                     let finished = try #require(
-                        try await Harness.waitFinished(postgres, record.id, timeout: .seconds(30)))
+                        try await Harness.waitFinished(postgres, record.id, timeout: .seconds(90)))
                     #expect(finished.status == .completed)
                     #expect(finished.fencingToken > record.fencingToken)
                     #expect(owner.runtime(of: record.id) == nil)
