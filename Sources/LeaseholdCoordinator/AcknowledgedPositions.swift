@@ -64,12 +64,12 @@ struct AcknowledgedPositions {
         generations[0].last = max(generations[0].last, now)
         let key = Key(id)
         if let current = generations[0].entries[key] {
-            if !Self.isBehind(current, position) { generations[0].entries[key] = position }
+            if !position.isBehind(current) { generations[0].entries[key] = position }
             return
         }
         for index in generations.indices.dropFirst() {
             guard let current = generations[index].entries[key] else { continue }
-            if Self.isBehind(current, position) { return }
+            if position.isBehind(current) { return }
             generations[index].entries[key] = nil
             break
         }
@@ -151,10 +151,6 @@ struct AcknowledgedPositions {
         generations.insert(Generation(started: now, last: now), at: 0)
     }
 
-    /// Whether `new` is behind `current`: a lower token, or the same token with fewer events.
-    private static func isBehind(_ current: StoreAudit.Position, _ new: StoreAudit.Position) -> Bool {
-        current.token > new.token || (current.token == new.token && current.lastSequence > new.lastSequence)
-    }
 }
 
 extension AcknowledgedPositions {
@@ -165,8 +161,8 @@ extension AcknowledgedPositions {
         case packed(UInt64, UInt64)
         case text(String)
 
-        private static let digits: [UInt8] = Array(
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-".utf8)
+        /// The alphabet of `HandlerID.random()`, a digit's value its position.
+        private static let digits: [UInt8] = Array(HandlerID.randomAlphabet.utf8)
         private static let values: [Int8] = {
             var values = [Int8](repeating: -1, count: 256)
             for (value, digit) in digits.enumerated() { values[Int(digit)] = Int8(value) }

@@ -140,13 +140,13 @@ extension LeaseKeeper {
             guard let theirs = audit.handlers[id] else {
                 // Purged since, by any replica, from a position at or past ours: gone on purpose,
                 // not lost.
-                if let purged = audit.purged[id], !Self.isBehind(purged, mine) { continue }
+                if let purged = audit.purged[id], !purged.isBehind(mine) { continue }
                 missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
                 continue
             }
             // A higher token is another replica's newer claim; a lower one, or the same token with
             // fewer events, is history this replica saw acknowledged and the database lost.
-            if Self.isBehind(theirs, mine) {
+            if theirs.isBehind(mine) {
                 missing.append(
                     "\(id): token \(theirs.token), sequence \(theirs.lastSequence) "
                         + "(had token \(mine.token), sequence \(mine.lastSequence))")
@@ -261,12 +261,6 @@ extension LeaseKeeper {
     private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64) {
         state.acknowledged.record(
             lease.handlerID, StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: clock.now)
-    }
-
-    /// Whether the database's position of a handler is behind what it acknowledged here: a lower
-    /// token, or the same token with fewer events. (A higher token is another replica's newer claim.)
-    static func isBehind(_ theirs: StoreAudit.Position, _ mine: StoreAudit.Position) -> Bool {
-        theirs.token < mine.token || (theirs.token == mine.token && theirs.lastSequence < mine.lastSequence)
     }
 
     /// The database node of the last renewal, and how often its history was checked.

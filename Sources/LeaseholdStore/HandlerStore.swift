@@ -220,6 +220,12 @@ public struct StoreAudit: Sendable {
             self.token = token
             self.lastSequence = lastSequence
         }
+
+        /// Whether this position is behind `other`: a lower token, or the same token with fewer
+        /// events. (A higher token is a newer lease: ahead, whatever its sequence.)
+        public func isBehind(_ other: Position) -> Bool {
+            token < other.token || (token == other.token && lastSequence < other.lastSequence)
+        }
     }
 
     public init(highestToken: FencingToken, handlers: [HandlerID: Position]) {

@@ -10,7 +10,9 @@ public struct HandlerID: RawRepresentable, Hashable, Sendable, Codable, CustomSt
     public init(stringLiteral value: String) { self.rawValue = value }
     public var description: String { rawValue }
 
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+    /// The 64 characters of a random id, in order (also the digits of its packed form).
+    package static let randomAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+    private static let alphabet = Array(randomAlphabet)
 
     /// A random URL-safe id (21 characters, 126 bits).
     public static func random() -> HandlerID {
