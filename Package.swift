@@ -27,7 +27,10 @@ let package = Package(
     targets: [
         .target(name: "LeaseholdEngine", swiftSettings: swiftSettings),
         .target(name: "LeaseholdStore", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
-        .target(name: "LeaseholdRuntime", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+        // Signal-handler code must be async-signal-safe: C, not Swift (crash containment).
+        .target(name: "CCrashReport"),
+        .target(
+            name: "LeaseholdRuntime", dependencies: ["LeaseholdEngine", "CCrashReport"], swiftSettings: swiftSettings),
         .target(name: "LeaseholdSamples", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
         .target(
             name: "LeaseholdPostgres",
@@ -74,7 +77,8 @@ let package = Package(
         .executableTarget(
             name: "leasehold",
             dependencies: [
-                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples",
+                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdRuntime", "LeaseholdStore",
+                "LeaseholdEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -50,6 +50,16 @@ extension Coordinator {
         return try await awaitCompletion(new.id, runID: new.runID, creation: creation)
     }
 
+    /// Releases a quarantined handler (`HandlerStore.releaseQuarantine`): it runs again, its
+    /// steps isolated, on whichever replica claims it next.
+    /// - Returns: false when it is not quarantined.
+    public func releaseQuarantine(_ id: HandlerID) async throws -> Bool {
+        guard try await store.releaseQuarantine(id) else { return false }
+        metrics.quarantineReleases.increment()
+        logger.warning("quarantined handler released by an operator", metadata: [LogKeys.handlerID: "\(id)"])
+        return true
+    }
+
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
         let workflow = try registry.workflow(name)
         try workflow.validateStart(startEvent)

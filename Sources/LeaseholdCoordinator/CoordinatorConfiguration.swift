@@ -1,3 +1,4 @@
+import LeaseholdRuntime
 import LeaseholdStore
 
 /// How a replica's coordinator behaves.
@@ -21,6 +22,10 @@ public struct CoordinatorConfiguration: Sendable {
     public var selfFencing: Bool
     /// Finished handlers older than this are deleted with their log and inbox; nil keeps them.
     public var retention: Duration?
+    /// Where a suspect handler's steps run (a replica died of a fault during one of them): a
+    /// process of their own. Nil runs them in this process (a single process with the in-memory
+    /// store, where there is no next replica to protect).
+    public var stepIsolation: (any StepIsolation)?
 
     public init(
         replicaID: ReplicaID,
@@ -32,8 +37,10 @@ public struct CoordinatorConfiguration: Sendable {
         maxConcurrentSteps: Int = 16,
         selfFencing: Bool = true,
         retention: Duration? = nil,
-        checkpointCoalescing: Duration = .milliseconds(100)
+        checkpointCoalescing: Duration = .milliseconds(100),
+        stepIsolation: (any StepIsolation)? = nil
     ) {
+        self.stepIsolation = stepIsolation
         self.checkpointCoalescing = checkpointCoalescing
         self.retention = retention
         self.replicaID = replicaID

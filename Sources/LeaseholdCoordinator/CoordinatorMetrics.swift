@@ -28,4 +28,10 @@ struct CoordinatorMetrics: Sendable {
     let databaseFailovers = Counter(label: "leasehold_database_failovers_total")
     let databaseRegressions = Counter(label: "leasehold_database_regressions_total")
     let databaseReplaced = Counter(label: "leasehold_database_replaced_total")
+    /// Handlers launched with their steps isolated: a replica died of a fault during one of their steps.
+    let suspectsLaunched = Counter(label: "leasehold_suspects_launched_total")
+    /// Handlers set aside: a step of theirs ended its isolated process too.
+    let quarantines = Counter(label: "leasehold_quarantines_total")
+    /// Quarantined handlers an operator released.
+    let quarantineReleases = Counter(label: "leasehold_quarantine_releases_total")
 }

@@ -126,7 +126,14 @@ final class HandlerHost: Sendable {
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
-            fencingToken: claimed.lease.token.rawValue, checkpointCoalescing: configuration.checkpointCoalescing)
+            fencingToken: claimed.lease.token.rawValue, checkpointCoalescing: configuration.checkpointCoalescing,
+            isolation: configuration.stepIsolation, suspect: claimed.suspect)
+        if claimed.suspect {
+            metrics.suspectsLaunched.increment()
+            logger.warning(
+                "suspect handler: a replica died of a fault during one of its steps; its steps run isolated",
+                metadata: [LogKeys.handlerID: "\(id)", "isolated": "\(runtime.isolating)"])
+        }
         let handler = LiveHandler(
             id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now,
             creation: creation)
@@ -187,7 +194,12 @@ final class HandlerHost: Sendable {
             switch try await handler.runtime.run() {
             case .finished(let final):
                 metrics.handlersFinished.increment()
-                log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
+                if let reason = final.quarantine {
+                    metrics.quarantines.increment()
+                    log.error("quarantined", metadata: [LogKeys.reason: "\(reason)"])
+                } else {
+                    log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
+                }
             case .stopped(let final):
                 if let creation = handler.creation, !creation.isWritten,
                     handler.stopReason.withLock({ $0 }) != .leaseLost

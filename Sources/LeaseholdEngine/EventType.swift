@@ -4,13 +4,15 @@ import Foundation
 public indirect enum FieldKind: Sendable, Hashable {
     case string
     case integer(minimum: Int? = nil)
-    case number
+    /// A number, optionally within bounds (inclusive); NaN and infinity are never JSON numbers.
+    case number(minimum: Double? = nil, maximum: Double? = nil)
     case boolean
     case array(FieldKind)
     case object
     case any
 
     public static var integer: FieldKind { .integer(minimum: nil) }
+    public static var number: FieldKind { .number(minimum: nil, maximum: nil) }
 
     var schema: JSONValue {
         switch self {
@@ -18,7 +20,11 @@ public indirect enum FieldKind: Sendable, Hashable {
         case .integer(let minimum):
             if let minimum { return ["type": "integer", "minimum": .int(minimum)] }
             return ["type": "integer"]
-        case .number: return ["type": "number"]
+        case .number(let minimum, let maximum):
+            var schema: [String: JSONValue] = ["type": "number"]
+            if let minimum { schema["minimum"] = .double(minimum) }
+            if let maximum { schema["maximum"] = .double(maximum) }
+            return .object(schema)
         case .boolean: return ["type": "boolean"]
         case .array(let element): return ["type": "array", "items": element.schema]
         case .object: return ["type": "object"]
@@ -34,7 +40,11 @@ public indirect enum FieldKind: Sendable, Hashable {
             guard let number = value.intValue, value.doubleValue != nil else { return "\(path) must be an integer" }
             if let minimum, number < minimum { return "\(path) must be ≥ \(minimum)" }
             return nil
-        case (.number, .int), (.number, .double): return nil
+        case (.number(let minimum, let maximum), .int), (.number(let minimum, let maximum), .double):
+            guard let number = value.doubleValue else { return "\(path) must be a number" }
+            if let minimum, number < minimum { return "\(path) must be ≥ \(JSONValue.double(minimum).jsonString)" }
+            if let maximum, number > maximum { return "\(path) must be ≤ \(JSONValue.double(maximum).jsonString)" }
+            return nil
         case (.boolean, .bool): return nil
         case (.object, .object): return nil
         case (.array(let element), .array(let items)):

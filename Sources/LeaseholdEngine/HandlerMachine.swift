@@ -10,6 +10,11 @@ public struct Tick: Sendable, Hashable {
         case timeout
         /// The handler was restored from a snapshot: run in-flight steps again, re-arm timers.
         case resume
+        /// A run of this handler ended the process it ran in, after a crash of a replica while
+        /// the handler was in a step: set it aside (failed to clients, state kept for a release).
+        case quarantine(runID: Int, reason: String)
+        /// An operator released a quarantined handler: it runs again from where it stopped.
+        case release
     }
 
     public var now: Double
@@ -52,13 +57,17 @@ private struct Reduction {
     var commands: [Command] = []
 
     mutating func apply(_ kind: Tick.Kind) {
+        if case .release = kind {
+            release()
+            return
+        }
         if state.status.isFinished { return }
         switch kind {
         case .start(let event):
             guard !state.started else { return }
             state.started = true
             if let timeout = workflow.timeout {
-                arm(DurableTimer.Action.workflowTimeout, at: now + timeout)
+                arm(DurableTimer.Action.workflowTimeout, after: timeout)
             }
             dispatch(AnyEvent(type: EventType.startEventName, value: event.value))
         case .external(let event):
@@ -86,7 +95,7 @@ private struct Reduction {
             if run.attempt < policy.maxAttempts {
                 var next = run
                 next.attempt += 1
-                arm(.retry(next), at: now + policy.delay(after: run.attempt))
+                arm(.retry(next), after: policy.delay(after: run.attempt))
             } else {
                 let tries = run.attempt == 1 ? "" : " after \(run.attempt) attempts"
                 finish(
@@ -109,9 +118,36 @@ private struct Reduction {
             timeOut()
         case .resume:
             guard state.started else { return }
-            for run in state.inFlight { commands.append(.runStep(run)) }
-            for timer in state.timers { commands.append(.armTimer(id: timer.id, deadline: timer.deadline)) }
+            resume()
+        case .quarantine(let runID, let reason):
+            guard let run = state.inFlight.first(where: { $0.id == runID }) else { return }
+            let why = "quarantined: step '\(run.step)' \(reason)"
+            let terminal = AnyEvent(type: EventType.failed.name, value: ["error": .string(why)])
+            state.quarantine = why
+            state.status = .failed
+            state.terminal = terminal
+            state.error = why
+            log(terminal)
+            for timer in state.timers { commands.append(.cancelTimer(id: timer.id)) }
+            commands.append(.finished)
+        case .release:
+            break  // handled above: it applies to a finished (quarantined) handler
         }
+    }
+
+    mutating func resume() {
+        for run in state.inFlight { commands.append(.runStep(run)) }
+        for timer in state.timers { commands.append(.armTimer(id: timer.id, deadline: timer.deadline)) }
+    }
+
+    /// Only a quarantined handler is released; its runs and timers start as after a restore.
+    mutating func release() {
+        guard state.quarantine != nil, state.status == .failed else { return }
+        state.quarantine = nil
+        state.status = .running
+        state.terminal = nil
+        state.error = nil
+        resume()
     }
 
     mutating func timeOut() {
@@ -147,7 +183,7 @@ private struct Reduction {
             state.context[key] = value
         }
         for event in output.streamed { log(event) }
-        for timer in output.timers { arm(.deliver(timer.event), at: now + max(0, timer.seconds)) }
+        for timer in output.timers { arm(.deliver(timer.event), after: timer.seconds) }
         for event in output.sent {
             if state.status.isFinished { break }
             dispatch(event)
@@ -195,7 +231,11 @@ private struct Reduction {
         commands.append(.runStep(run))
     }
 
-    mutating func arm(_ action: DurableTimer.Action, at deadline: Double) {
+    /// Every durable delay enters here, clamped (`Bounds.delay`): NaN, infinite or absurd
+    /// seconds from a step, a retry policy or a workflow's timeout must not become a deadline
+    /// that traps where it is slept on.
+    mutating func arm(_ action: DurableTimer.Action, after seconds: Double) {
+        let deadline = now + Bounds.delay(seconds)
         let timer = DurableTimer(id: state.nextTimerID, deadline: deadline, action: action)
         state.nextTimerID += 1
         state.timers.append(timer)

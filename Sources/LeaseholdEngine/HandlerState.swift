@@ -59,6 +59,10 @@ public struct HandlerState: Sendable, Hashable, Codable {
     public var nextTimerID = 0
     /// The sequence number the next logged event gets; the log holds 0..<nextSequence.
     public var nextSequence: Int64 = 0
+    /// Why the handler is quarantined: a step of it ended the process it ran in, twice. The
+    /// handler is `failed` to clients; everything else (the run that crashed included) is kept as
+    /// it was, so an operator's release resumes it where it stopped.
+    public var quarantine: String?
 
     public init(workflowName: String) {
         self.workflowName = workflowName

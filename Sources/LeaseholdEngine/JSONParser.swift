@@ -10,10 +10,10 @@
 /// lenient: a trailing comma is refused, so is a repeated object key (which `JSONDecoder` resolved
 /// silently to the first), and so is a byte-order mark.
 struct JSONParser {
-    /// Deeper nesting is refused rather than recursed into: requests get the limit `JSONDecoder`
-    /// had; what the store reads back gets more room, for the levels a record adds around values
-    /// that came in at the request limit.
-    static let requestDepth = 512
+    /// Deeper nesting is refused rather than recursed into: requests get `Bounds.maximumDepth`;
+    /// what the store reads back gets more room, for the levels a record adds around values that
+    /// came in at the request limit.
+    static let requestDepth = Bounds.maximumDepth
     static let storedDepth = 1_024
 
     struct Failure: Error, CustomStringConvertible {

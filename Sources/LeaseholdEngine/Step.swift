@@ -106,6 +106,11 @@ public struct StepOutput: Sendable, Hashable, Codable {
 public struct TimerRequest: Sendable, Hashable, Codable {
     public var seconds: Double
     public var event: AnyEvent
+
+    public init(seconds: Double, event: AnyEvent) {
+        self.seconds = seconds
+        self.event = event
+    }
 }
 
 /// A step asked to wait for an external event; it is re-run with the same input when it arrives.
@@ -118,6 +123,10 @@ public struct WaitRequest: Sendable, Hashable, Codable {
 /// The run ends without effects and is re-run once the event arrives.
 public struct WaitingForEvent: Error, Sendable {
     public var request: WaitRequest
+
+    public init(request: WaitRequest) {
+        self.request = request
+    }
 }
 
 /// The step body's view of its handler: context state, output, waits and timers.

@@ -23,8 +23,8 @@ extension PostgresStore.Statements {
     /// The inbox is read with the statement's snapshot, the new event added (a CTE's insert is
     /// not in that snapshot): answered only when the locked row is the version the snapshot
     /// saw, as in `claim`. The one row answered is the handler's record (as claimed, or as
-    /// found), then snapshot, how, inbox, accepted, inserted, and the owner and hibernation
-    /// found.
+    /// found), then snapshot, how, inbox, accepted, inserted, the owner and hibernation found,
+    /// and whether it is a suspect.
     static func appendInbox(
         id: String, eventID: String, event: String, accepting: [String]?, replica: String?, instance: String,
         claim: Bool
@@ -82,7 +82,8 @@ extension PostgresStore.Statements {
                     FROM (SELECT i.seq, i.event_id, i.event FROM inbox i WHERE i.handler_id = f.id AND NOT i.consumed
                         UNION ALL SELECT seq, event_id, event FROM inserted) p), '[]')::text
             END,
-            EXISTS (SELECT 1 FROM accepted), EXISTS (SELECT 1 FROM inserted), f.owner_replica, f.hibernated
+            EXISTS (SELECT 1 FROM accepted), EXISTS (SELECT 1 FROM inserted), f.owner_replica, f.hibernated,
+            \(unescaped: suspect("f"))
         FROM answer h, found f
         WHERE (SELECT count(*) FROM notified) >= 0
         """

@@ -233,9 +233,42 @@ extension PostgresStore {
                     CASE WHEN h.locked_version = (SELECT x.xmin FROM handlers x WHERE x.id = h.id) THEN
                         COALESCE((SELECT json_agg(json_build_object('id', i.event_id, 'event', i.event) ORDER BY i.seq)
                             FROM inbox i WHERE i.handler_id = h.id AND NOT i.consumed), '[]')::text
-                    END
+                    END,
+                    \(unescaped: suspect("h"))
                 FROM acquired h
                 """
+        }
+
+        /// Whether the handler in `alias` is a suspect: a replica died of a fault while one of
+        /// its steps ran there (migration 0014). An index probe on a table that is empty but for crashes.
+        static func suspect(_ alias: String) -> String {
+            "EXISTS (SELECT 1 FROM handler_crashes x WHERE x.handler_id = \(alias).id AND x.run_id = \(alias).run_id)"
+        }
+
+        /// The crash watcher's one statement: each named handler (or, with `all`, each) that the
+        /// dead replica still owns gets a crash row under the token it held. Answers the ids marked.
+        static func recordCrash(replica: String, ids: [String], all: Bool, signal: Int32) -> PostgresQuery {
+            """
+            INSERT INTO handler_crashes (handler_id, run_id, replica, token, signal)
+            SELECT id, run_id, owner_replica, fencing_token, \(Int(signal))
+            FROM handlers
+            WHERE owner_replica = \(replica) AND status = 'running'
+                AND (\(all)::bool OR id = ANY(\(ids)::text[]))
+            ON CONFLICT (handler_id, token) DO NOTHING
+            RETURNING handler_id
+            """
+        }
+
+        /// A quarantined handler (failed, its snapshot saying why) runs again: running, unowned and
+        /// not hibernated, so the next claim takes it; its crash rows stay (it is still a suspect).
+        static func releaseQuarantine(id: String) -> PostgresQuery {
+            """
+            UPDATE handlers SET status = 'running', error = NULL, result = NULL, completed_at = NULL,
+                owner_replica = NULL, lease_expires_at = NULL, hibernated = false, wake_at = NULL, updated_at = now()
+            WHERE id = \(id) AND status = 'failed' AND snapshot IS NOT NULL
+                AND convert_from(snapshot, 'UTF8')::jsonb ? 'quarantine'
+            RETURNING id
+            """
         }
 
         /// One fenced statement: the handler row update is conditional on the lease; the log insert

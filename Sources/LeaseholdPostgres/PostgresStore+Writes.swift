@@ -132,18 +132,20 @@ extension PostgresStore {
     }
 
     /// The one row of `Statements.appendInbox`: the record's columns, then snapshot, how, inbox,
-    /// accepted, inserted, and the owner and hibernation found.
+    /// accepted, inserted, the owner and hibernation found, and whether it is a suspect.
     typealias AppendRow = (
         String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64, Bool, Int64, Date?,
-        Data?, String?, String?, Bool, Bool, String?, Bool
+        Data?, String?, String?, Bool, Bool, String?, Bool, Bool
     )
 
     /// Read after the commit: a snapshot or inbox this replica cannot decode (one written by a
     /// newer version during a rolling upgrade) must not roll back an append that others can run.
     /// The claim it made then stays unrun here and is released as an orphan by the lease keeper.
     private func receipt(_ row: AppendRow, replica: ReplicaID?) throws -> InboxReceipt {
-        let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox, accepted, inserted, owner, hibernated) =
-            row
+        let (
+            a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox, accepted, inserted, owner, hibernated,
+            suspect
+        ) = row
         let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
         guard record.status == .running else { throw StoreError.handlerFinished(record.id) }
         var receipt = InboxReceipt(
@@ -158,7 +160,8 @@ extension PostgresStore {
                     ?? HandlerState(workflowName: record.workflowName)
                 receipt.claimed = ClaimedHandler(
                     record: record, lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
-                    state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed, pendingInbox: events)
+                    state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed, pendingInbox: events,
+                    suspect: suspect)
             } else if let events {
                 receipt.pending = PendingInbox(token: record.fencingToken, events: events)
             }
@@ -246,6 +249,36 @@ extension PostgresStore {
                     Statements.notify(Notification.inbox + handlerID.rawValue), logger: logger)
             }
             return deleted
+        }
+    }
+
+    public func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
+        -> [HandlerID]
+    {
+        try await guarded { connection in
+            let query = Statements.recordCrash(
+                replica: replica.rawValue, ids: handlers.map(\.rawValue), all: all, signal: signal)
+            var marked: [HandlerID] = []
+            for try await id in try await connection.checkedQuery(query, logger: logger).decode(String.self) {
+                marked.append(HandlerID(id))
+            }
+            return marked
+        }
+    }
+
+    public func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool {
+        try await committed { connection in
+            var released = false
+            for try await _ in try await connection.checkedQuery(
+                Statements.releaseQuarantine(id: handlerID.rawValue), logger: logger
+            ).decode(String.self) {
+                released = true
+            }
+            if released {
+                try await connection.checkedQuery(
+                    Statements.notify(Notification.inbox + handlerID.rawValue), logger: logger)
+            }
+            return released
         }
     }
 

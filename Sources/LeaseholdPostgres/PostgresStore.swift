@@ -179,21 +179,31 @@ public final class PostgresStore: HandlerStore, Service {
             var claimed: [ClaimedHandler] = []
             let decoder = JSONDecoder()
             for try await row in rows {
-                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox) = try row.decode(
+                let (a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, snapshot, how, inbox, suspect) = try row.decode(
                     (
                         String, String, String, String, String?, String?, Date, Date, Date?, String?, Date?, Int64,
-                        Bool, Int64, Date?, Data?, String, String?
+                        Bool, Int64, Date?, Data?, String, String?, Bool
                     ).self)
-                let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
-                let state =
-                    try snapshot.map { try decoder.decode(HandlerState.self, from: $0) }
-                    ?? HandlerState(workflowName: record.workflowName)
-                claimed.append(
-                    ClaimedHandler(
-                        record: record,
-                        lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
-                        state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed,
-                        pendingInbox: try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) }))
+                // Row by row: the claim has committed, so a row that cannot be read here (a
+                // snapshot of a newer version, during a rolling upgrade) must cost only its own
+                // handler — left unrun, released as an orphan — never the rest of the batch.
+                do {
+                    let record = try Self.record((a, b, c, d, e, f, g, h, i, j, k, l, m, n, o))
+                    let state =
+                        try snapshot.map { try decoder.decode(HandlerState.self, from: $0) }
+                        ?? HandlerState(workflowName: record.workflowName)
+                    claimed.append(
+                        ClaimedHandler(
+                            record: record,
+                            lease: Lease(handlerID: record.id, replicaID: replica, token: record.fencingToken),
+                            state: state, acquired: LeaseChange.Kind(rawValue: how) ?? .claimed,
+                            pendingInbox: try inbox.map { try decoder.decode([InboxEvent].self, from: Data($0.utf8)) },
+                            suspect: suspect))
+                } catch {
+                    logger.error(
+                        "claimed, but the handler's record, snapshot or inbox cannot be read here; left unrun",
+                        metadata: ["handler_id": "\(a)", "error": "\(error)"])
+                }
             }
             return claimed
         }

@@ -41,6 +41,8 @@ public final class HandlerRuntime: Sendable {
         var urgent = false
         /// The checkpoint loop, holding a change that may wait, until one that may not.
         var coalescing: CheckedContinuation<Void, Never>?
+        /// Steps run through `isolation` (a suspect handler), until a checkpoint with nothing in flight.
+        var isolating = false
     }
 
     public let handlerID: String
@@ -55,6 +57,7 @@ public final class HandlerRuntime: Sendable {
     private let inputContinuation: AsyncStream<Input>.Continuation
     let checkpointSignals: AsyncStream<Void>
     let checkpointContinuation: AsyncStream<Void>.Continuation
+    private let isolation: (any StepIsolation)?
 
     /// - Parameters:
     ///   - state: a fresh state (its start event comes as a delivery) or one restored from a snapshot.
@@ -63,6 +66,9 @@ public final class HandlerRuntime: Sendable {
     ///   - fencingToken: the token of the lease this runtime runs under, handed to every step.
     ///   - checkpointCoalescing: how long a change no client sees may wait for the next one while
     ///     steps run (zero: every change is written at once).
+    ///   - isolation: where steps run while the handler is a suspect (a replica died of a fault
+    ///     during one of its steps); nil runs them here.
+    ///   - suspect: start with steps isolated, until a checkpoint with nothing in flight.
     public init(
         handlerID: String,
         workflow: Workflow,
@@ -71,8 +77,11 @@ public final class HandlerRuntime: Sendable {
         maxConcurrentSteps: Int = 16,
         clock: ReplicaClock = .system,
         fencingToken: Int64 = 0,
-        checkpointCoalescing: Duration = .zero
+        checkpointCoalescing: Duration = .zero,
+        isolation: (any StepIsolation)? = nil,
+        suspect: Bool = false
     ) {
+        self.isolation = isolation
         self.handlerID = handlerID
         self.fencingToken = fencingToken
         self.checkpointCoalescing = checkpointCoalescing
@@ -80,7 +89,9 @@ public final class HandlerRuntime: Sendable {
         self.persistence = persistence
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
         self.clock = clock
-        self.shared = Mutex(Shared(state: state, lastActivity: clock.now))
+        var shared = Shared(state: state, lastActivity: clock.now)
+        shared.isolating = suspect && isolation != nil
+        self.shared = Mutex(shared)
         (inputs, inputContinuation) = AsyncStream.makeStream(of: Input.self)
         (checkpointSignals, checkpointContinuation) = AsyncStream.makeStream(
             of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -116,6 +127,9 @@ public final class HandlerRuntime: Sendable {
 
     /// Tasks of this handler alive right now (steps, timers, checkpointer). Zero once `run()` returned.
     public var liveTasks: Int { shared.withLock { $0.liveTasks } }
+
+    /// Whether its steps run in isolation now (it is a suspect that has not got past its steps yet).
+    public var isolating: Bool { shared.withLock { $0.isolating } }
 
     // MARK: - Running
 
@@ -202,9 +216,12 @@ public final class HandlerRuntime: Sendable {
                     case .armTimer(let id, let deadline):
                         tasks.addTask {
                             await self.tracked {
-                                let delay = deadline - self.clock.wallSeconds
-                                if delay > 0 {
-                                    do { try await self.clock.sleep(for: .seconds(delay)) } catch { return }
+                                // In slices of at most a day: a deadline restored from a
+                                // snapshot written before `Bounds.delay` clamped it may be far
+                                // beyond what `Duration.seconds` holds without trapping.
+                                while case let delay = deadline - self.clock.wallSeconds, delay > 0 {
+                                    let slice = min(delay, Self.longestSleep)
+                                    do { try await self.clock.sleep(for: .seconds(slice)) } catch { return }
                                 }
                                 self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
                             }
@@ -231,7 +248,8 @@ public final class HandlerRuntime: Sendable {
             }
 
             var beforeStart: [Delivery] = []
-            if state.started { apply(.resume, consumed: []) }
+            // A quarantined handler restored here was released by an operator.
+            if state.started { apply(state.quarantine != nil ? .release : .resume, consumed: []) }
             loop: for await input in inputs {
                 switch input {
                 case .tick(let kind):
@@ -284,21 +302,26 @@ public final class HandlerRuntime: Sendable {
             inputContinuation.yield(.tick(.stepFailed(runID: run.id, error: "unknown step '\(run.step)'")))
             return
         }
+        let isolation = shared.withLock { $0.isolating } ? self.isolation : nil
         tasks.addTask {
             await self.tracked {
-                let stepContext = StepContext(
-                    stepName: run.step, attempt: run.attempt, state: context, received: run.received,
-                    fencingToken: self.fencingToken, handlerID: self.handlerID)
                 let kind: Tick.Kind
                 do {
-                    try await Self.withTimeout(step.timeout, clock: self.clock) {
-                        try await step.body(run.event, stepContext)
+                    let output = try await Self.withTimeout(step.timeout, clock: self.clock) {
+                        try await self.perform(step, run, context: context, isolation: isolation)
                     }
-                    kind = .stepFinished(runID: run.id, output: stepContext.collectedOutput)
+                    if let problem = output.boundsProblem {
+                        kind = .stepFailed(runID: run.id, error: "step output cannot be kept: \(problem)")
+                    } else {
+                        kind = .stepFinished(runID: run.id, output: output)
+                    }
                 } catch let waiting as WaitingForEvent {
                     var output = StepOutput()
                     output.wait = waiting.request
                     kind = .stepFinished(runID: run.id, output: output)
+                } catch let crashed as StepCrashed {
+                    if Task.isCancelled { return }  // the handler stopped and its process was ended
+                    kind = .quarantine(runID: run.id, reason: crashed.description)
                 } catch {
                     if Task.isCancelled { return }
                     kind = .stepFailed(runID: run.id, error: "\(error)")
@@ -308,18 +331,42 @@ public final class HandlerRuntime: Sendable {
         }
     }
 
-    private static func withTimeout(
-        _ seconds: Double?, clock: ReplicaClock, _ body: @escaping @Sendable () async throws -> Void
-    ) async throws {
+    /// One step run: here, marked in the crash report for as long as it runs, or through `isolation`.
+    private func perform(
+        _ step: Step, _ run: StepRun, context: [String: JSONValue], isolation: (any StepIsolation)?
+    ) async throws -> StepOutput {
+        if let isolation {
+            return try await isolation.run(
+                IsolatedStep(
+                    workflow: machine.workflow.name, run: run, context: context, fencingToken: fencingToken,
+                    handlerID: handlerID))
+        }
+        let stepContext = StepContext(
+            stepName: run.step, attempt: run.attempt, state: context, received: run.received,
+            fencingToken: fencingToken, handlerID: handlerID)
+        try await CrashReport.duringStep(of: handlerID) {
+            try await step.body(run.event, stepContext)
+        }
+        return stepContext.collectedOutput
+    }
+
+    /// The longest single sleep on a timer's deadline (one day); see the timer task in `execute`.
+    static let longestSleep: Double = 86_400
+
+    private static func withTimeout<T: Sendable>(
+        _ seconds: Double?, clock: ReplicaClock, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         guard let seconds else { return try await body() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        let limit = Bounds.delay(seconds)
+        return try await withThrowingTaskGroup(of: T.self) { group in
             group.addTask { try await body() }
             group.addTask {
-                try await clock.sleep(for: .seconds(seconds))
-                throw StepTimedOut(seconds: seconds)
+                try await clock.sleep(for: .seconds(limit))
+                throw StepTimedOut(seconds: limit)
             }
-            try await group.next()
-            group.cancelAll()
+            defer { group.cancelAll() }
+            guard let first = try await group.next() else { throw CancellationError() }
+            return first
         }
     }
 }

@@ -108,24 +108,31 @@ public enum Samples {
                 },
                 Step("double", accepts: ["Item"], emits: ["Doubled"]) { event, context in
                     let value = event.value["value"]?.intValue ?? 0
-                    context.send(AnyEvent(type: "Doubled", value: ["value": .int(value * 2)]))
+                    let (doubled, overflow) = value.multipliedReportingOverflow(by: 2)
+                    if overflow { throw ArithmeticOverflow(what: "\(value) * 2") }
+                    context.send(AnyEvent(type: "Doubled", value: ["value": .int(doubled)]))
                 },
                 Step(
                     "collect", accepts: [], emits: ["StopEvent"], fanIn: FanIn("Doubled", count: .stateKey("expected"))
                 ) { event, context in
-                    let values = event.value["events"]?.arrayValue ?? []
-                    context.stop(.int(values.reduce(0) { $0 + ($1["value"]?.intValue ?? 0) }))
+                    var sum = 0
+                    for value in event.value["events"]?.arrayValue ?? [] {
+                        let (next, overflow) = sum.addingReportingOverflow(value["value"]?.intValue ?? 0)
+                        if overflow { throw ArithmeticOverflow(what: "the sum of the doubled items") }
+                        sum = next
+                    }
+                    context.stop(.int(sum))
                 },
             ])
     }
 
     static let timerRang = EventType("TimerRang")
 
-    /// `{"seconds": number}` → waits on a durable timer (survives hibernation and failover), stops with "rang".
+    /// `{"seconds": number in 0…Bounds.longestDelay}` → waits on a durable timer (survives hibernation and failover), stops with "rang".
     public static func timer() throws -> Workflow {
         try Workflow(
             name: "timer",
-            start: [FieldSpec("seconds", .number)],
+            start: [FieldSpec("seconds", .number(minimum: 0, maximum: Bounds.longestDelay))],
             events: [timerRang],
             steps: [
                 Step("arm", accepts: ["StartEvent"], emits: ["TimerRang"]) { event, context in
@@ -136,6 +143,13 @@ public enum Samples {
                     context.stop("rang")
                 },
             ])
+    }
+
+    /// A sample's arithmetic that would overflow: the step fails (and with it the handler), where
+    /// unchecked Swift arithmetic would trap and end the replica.
+    public struct ArithmeticOverflow: Error, CustomStringConvertible {
+        public var what: String
+        public var description: String { "arithmetic overflow in \(what)" }
     }
 
     public struct FlakyFailure: Error, CustomStringConvertible {

@@ -19,6 +19,14 @@ extension LeaseholdAPI {
             }
             return WireFormat.json(["status": purge ? "deleted" : "cancelled"])
         }
+        router.post("/handlers/{handler_id}/release") { _, context in
+            let id = try id(context)
+            guard try await coordinator.releaseQuarantine(id) else {
+                guard try await store.handler(id) != nil else { throw APIError(.notFound, "Handler not found") }
+                throw APIError(.conflict, "handler '\(id)' is not quarantined")
+            }
+            return WireFormat.json(["status": "released"])
+        }
     }
 
     func listHandlers(_ request: Request) async throws -> Response {

@@ -47,6 +47,9 @@ enum Routes {
             method: .post, path: "/handlers/{handler_id}/cancel", summary: "Cancel a handler", query: ["purge"],
             responses: [200, 400, 404]),
         RouteSpec(
+            method: .post, path: "/handlers/{handler_id}/release", summary: "Release a quarantined handler",
+            responses: [200, 404, 409]),
+        RouteSpec(
             method: .get, path: "/results/{handler_id}", summary: "Deprecated handler result",
             responses: [200, 202, 404, 500]),
         RouteSpec(

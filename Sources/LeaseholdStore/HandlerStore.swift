@@ -141,6 +141,17 @@ public protocol HandlerStore: Sendable {
     /// `LeaseKeeper`) to tell a failover that lost nothing from one that went back in time.
     func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit
 
+    /// A replica died of a fault (`CrashReport`) while steps of `handlers` ran there: each of
+    /// them it still owns (with `all`, each it owns) is a suspect from now on — claims say so
+    /// (`ClaimedHandler.suspect`) until the handler is deleted. Returns the handlers marked.
+    func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
+        -> [HandlerID]
+
+    /// An operator releases a quarantined handler (failed, its state saying why): it becomes
+    /// running and unowned, so the next claim runs it from where it stopped, still a suspect.
+    /// Returns false when the handler is not quarantined (or does not exist).
+    func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool
+
     /// Moves the token sequence so that every token handed out from now on is above `token`
     /// (never back): after the database went back in time, no token a replica has seen is issued
     /// again.

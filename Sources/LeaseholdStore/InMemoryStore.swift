@@ -12,6 +12,8 @@ public actor InMemoryStore: HandlerStore {
         var inbox: [(event: InboxEvent, consumed: Bool)]
         var log: [LogRecord]
         var history: [LeaseChange] = []
+        /// A replica died of a fault during one of its steps (`recordCrash`).
+        var suspect = false
     }
 
     struct Replica {
@@ -229,7 +231,7 @@ public actor InMemoryStore: HandlerStore {
                     record: published(entry.record),
                     lease: Lease(handlerID: id, replicaID: replica, token: entry.record.fencingToken),
                     state: entry.state, acquired: kind,
-                    pendingInbox: entry.inbox.filter { !$0.consumed }.map(\.event)))
+                    pendingInbox: entry.inbox.filter { !$0.consumed }.map(\.event), suspect: entry.suspect))
         }
         return claimed
     }

@@ -87,11 +87,15 @@ public struct ClaimedHandler: Sendable {
     /// granted the lease (a creation's start event; a claim's pending events): the runtime starts
     /// with it and needs no further read. Nil: read it after launch.
     public var pendingInbox: [InboxEvent]?
+    /// A replica died of a fault while a step of this handler ran there (`recordCrash`): its
+    /// steps run isolated until it has got past them.
+    public var suspect: Bool
 
     public init(
         record: HandlerRecord, lease: Lease, state: HandlerState, acquired: LeaseChange.Kind = .claimed,
-        pendingInbox: [InboxEvent]? = nil
+        pendingInbox: [InboxEvent]? = nil, suspect: Bool = false
     ) {
+        self.suspect = suspect
         self.record = record
         self.lease = lease
         self.state = state

@@ -9,5 +9,7 @@ struct Leasehold: AsyncParsableCommand {
             Any replica accepts any request; PostgreSQL leases (SKIP LOCKED, fencing tokens) decide which \
             replica runs which handler. Without --database-url a single process runs on the in-memory store.
             """,
-        subcommands: [Serve.self, Migrate.self, Status.self, Run.self])
+        subcommands: [
+            Serve.self, Migrate.self, Status.self, Run.self, Release.self, IsolatedStepCommand.self, CrashWatch.self,
+        ])
 }

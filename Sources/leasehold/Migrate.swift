@@ -5,10 +5,11 @@ import Logging
 
 /// Runs `body` with a running database; exits 2 with a clear message when it cannot connect.
 func withDatabase<T: Sendable>(
-    _ url: DatabaseURL, logger: Logger, _ body: @escaping @Sendable (Database) async throws -> T
+    _ url: DatabaseURL, logger: Logger, limit: Duration = .seconds(10),
+    _ body: @escaping @Sendable (Database) async throws -> T
 ) async throws -> T {
     do {
-        return try await Database.with(url, logger: logger, body)
+        return try await Database.with(url, logger: logger, limit: limit, body)
     } catch let error as DatabaseError {
         throw fail(error.message)
     }

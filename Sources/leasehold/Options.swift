@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LeaseholdEngine
 import LeaseholdPostgres
 import Logging
 
@@ -21,19 +22,24 @@ func fail(_ message: String) -> ExitCode {
     return ExitCode(2)
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds).
+/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number is seconds), at most `Bounds.longestDelay`
+/// (ten years: longer is refused, where `Int64` milliseconds would trap on it).
 func parseDuration(_ text: String, flag: String) throws -> Duration {
     let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+    func duration(_ seconds: Double) throws -> Duration {
+        guard seconds <= Bounds.longestDelay else {
+            throw BadSetting(message: "\(flag): '\(text)' is longer than ten years")
+        }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
     for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
         let number = trimmed.dropLast(suffix.count)
-        if let value = Double(number), value > 0, value.isFinite {
-            return .milliseconds(Int64((value * scale * 1000).rounded()))
-        }
+        if let value = Double(number), value > 0, value.isFinite { return try duration(value * scale) }
         if suffix == "s", trimmed.hasSuffix("ms") { continue }
         throw BadSetting(message: "\(flag): '\(text)' is not a duration (use e.g. 250ms, 5s, 2m)")
     }
-    if let value = Double(trimmed), value > 0, value.isFinite { return .milliseconds(Int64(value * 1000)) }
+    if let value = Double(trimmed), value > 0, value.isFinite { return try duration(value) }
     throw BadSetting(message: "\(flag): '\(text)' is not a duration (use e.g. 250ms, 5s, 2m)")
 }
 
@@ -41,6 +47,9 @@ struct DatabaseOptions: ParsableArguments {
     @Option(
         name: .customLong("database-url"), help: "postgres://user:password@host:port/db (env LEASEHOLD_DATABASE_URL)")
     var databaseURL: String?
+
+    /// The URL as given (flag or environment), for a child process of this replica.
+    var text: String? { setting(databaseURL, "LEASEHOLD_DATABASE_URL") }
 
     func url(required: Bool) throws -> DatabaseURL? {
         guard let text = setting(databaseURL, "LEASEHOLD_DATABASE_URL") else {

@@ -4,6 +4,7 @@ import Foundation
 import LeaseholdCoordinator
 import LeaseholdEngine
 import LeaseholdPostgres
+import LeaseholdRuntime
 import LeaseholdSamples
 import LeaseholdServer
 import LeaseholdStore
@@ -108,14 +109,29 @@ struct Serve: AsyncParsableCommand {
                 url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL,
                 listenProbe: settings.leaseTTL / 3, groupCommit: settings.groupCommit, logger: logger)
         }
+        // Crash containment, with a database (a single process has no next replica to protect):
+        // the watcher first, before any socket exists for it to inherit; suspects' steps each in
+        // a `leasehold step` process of their own.
+        var watcher: CrashWatcher?
+        var isolation: (any StepIsolation)?
+        if let url = self.database.text, settings.database != nil {
+            let crashWatcher = CrashWatcher(databaseURL: url, replicaID: settings.replicaID, logger: logger)
+            try crashWatcher.start()
+            watcher = crashWatcher
+            // No backtrace from an isolated step: the replica where it first trapped printed one,
+            // and symbolicating takes seconds the quarantine would wait for.
+            isolation = ChildProcessStepIsolation(
+                arguments: ["step"], environment: ["LEASEHOLD_DATABASE_URL": url, "SWIFT_BACKTRACE": "enable=no"])
+        }
         let migrated = OnceFlag()
         let coordinator = Coordinator(
             store: database?.store ?? InMemoryStore(),
-            registry: try Samples.registry(ledger: database?.ledger(logger: logger) ?? InMemoryLedger()),
+            registry: try workflows(ledger: database?.ledger(logger: logger) ?? InMemoryLedger()),
             configuration: CoordinatorConfiguration(
                 replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
-                idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing, retention: settings.retention
-            ),
+                idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing,
+                retention: settings.retention,
+                stepIsolation: isolation),
             logger: logger)
         let api = LeaseholdAPI(
             coordinator: coordinator,
@@ -135,7 +151,10 @@ struct Serve: AsyncParsableCommand {
             // just accepted is still queued crashes in NIO ("Deinited NIOAsyncWriter without
             // calling finish()", swift-nio#2637; seen in the randomized fault run when a
             // superseded replica stopped under load).
-            let services = (database?.services ?? []) + [startCoordinator, api.application(logger: logger)]
+            let services =
+                (watcher.map { [$0] } ?? []) + (database?.services ?? []) + [
+                    startCoordinator, api.application(logger: logger),
+                ]
             try await ServiceGroup(
                 configuration: ServiceGroupConfiguration(
                     services: services.map {

@@ -323,4 +323,10 @@ final class DelayedRenewalStore: HandlerStore {
         return audit
     }
     func advanceTokens(past token: FencingToken) async throws { try await base.advanceTokens(past: token) }
+    func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
+        -> [HandlerID]
+    {
+        try await base.recordCrash(of: replica, handlers: handlers, all: all, signal: signal)
+    }
+    func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool { try await base.releaseQuarantine(handlerID) }
 }

@@ -57,11 +57,11 @@ struct JSONParserTests {
         #expect(throws: EngineError.invalidJSON(reason)) { try JSONValue.parse(text) }
     }
 
-    @Test("nesting deeper than 512 is refused without recursing into it; 512 is read")
+    @Test("nesting deeper than 256 (Bounds.maximumDepth) is refused without recursing into it; 256 is read")
     func depthLimit() throws {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
-        #expect(throws: EngineError.invalidJSON("nested deeper than 512 at byte 512")) { try JSONValue.parse(deep) }
-        let limit = String(repeating: "[", count: 512) + String(repeating: "]", count: 512)
+        #expect(throws: EngineError.invalidJSON("nested deeper than 256 at byte 256")) { try JSONValue.parse(deep) }
+        let limit = String(repeating: "[", count: 256) + String(repeating: "]", count: 256)
         #expect(throws: Never.self) { try JSONValue.parse(limit) }
     }
 

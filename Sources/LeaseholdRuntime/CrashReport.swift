@@ -1,0 +1,61 @@
+import CCrashReport
+import Foundation
+
+/// What this process reports when it dies of a fault: the handlers that had a step running in
+/// it (the C part, `crash_report.c`, writes them from the signal handler to the crash watcher's
+/// pipe, then closes every descriptor from 3 up, so the port and the database sessions are free
+/// at once). The watcher marks them suspects in the database; their next owner runs their steps
+/// in isolation (`StepIsolation`).
+public enum CrashReport {
+    /// Reports a fatal signal of this process to `descriptor` from now on (the write end of the
+    /// crash watcher's pipe). Called again, it only changes the descriptor (a new watcher).
+    public static func install(reportingTo descriptor: Int32) throws {
+        guard lh_crash_report_install(descriptor) == 0 else {
+            throw CrashReportError(description: "sigaction failed: errno \(errno)")
+        }
+    }
+
+    /// Runs `body` with a step of `handlerID` marked as running in this process.
+    static func duringStep<T>(of handlerID: String, _ body: () async throws -> T) async rethrows -> T {
+        let slot = handlerID.utf8CString.withUnsafeBufferPointer { buffer in
+            lh_step_began(buffer.baseAddress, max(0, buffer.count - 1))
+        }
+        defer { lh_step_ended(slot) }
+        return try await body()
+    }
+
+    /// Step runs marked as running right now (tests).
+    public static var stepsRunning: Int { Int(lh_steps_running()) }
+
+    /// One report as the watcher reads it: "crash <signal>", then "step <id>" lines or "all", then "end".
+    public struct Report: Sendable, Hashable {
+        public var signal: Int32
+        public var handlerIDs: [String]
+        /// A step could not be marked (every slot taken): every handler the process owned is a suspect.
+        public var all: Bool
+
+        /// Parses what the watcher read; nil when it holds no crash (the process ended otherwise).
+        public init?(parsing text: String) {
+            var signal: Int32?
+            var ids: [String] = []
+            var all = false
+            for line in text.split(separator: "\n") {
+                if line.hasPrefix("crash ") {
+                    signal = Int32(line.dropFirst(6))
+                } else if line.hasPrefix("step ") {
+                    ids.append(String(line.dropFirst(5)))
+                } else if line == "all" {
+                    all = true
+                }
+            }
+            guard let signal else { return nil }
+            self.signal = signal
+            self.handlerIDs = ids
+            self.all = all
+        }
+    }
+}
+
+public struct CrashReportError: Error, CustomStringConvertible {
+    public var description: String
+}

@@ -1,0 +1,206 @@
+import ArgumentParser
+import Foundation
+import LeaseholdEngine
+import LeaseholdPostgres
+import LeaseholdRuntime
+import LeaseholdSamples
+import LeaseholdStore
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+// Crash containment (docs/design.md, "A step that ends its process"): the commands a replica
+// starts as child processes — its crash watcher and its isolated steps — and the operator's
+// release of a quarantined handler.
+
+/// The workflows this executable offers, with the ledger sample on `database` when there is one.
+/// In debug builds also `poison`, a workflow whose step traps on every attempt (the containment
+/// tests'); the shipped (release) binary does not have it.
+func workflows(ledger: any FencedLedger) throws -> WorkflowRegistry {
+    var registry = try Samples.registry(ledger: ledger)
+    #if DEBUG
+        try registry.register(Samples.poison())
+    #endif
+    return registry
+}
+
+/// `leasehold step`: runs one step run read from standard input (`IsolatedStep`) and writes its
+/// `IsolatedStep.Answer` to standard output. A replica starts it for each step of a suspect
+/// handler; a trap here ends only this process.
+struct IsolatedStepCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "step", abstract: "Run one step of a suspect handler (started by a replica).",
+        shouldDisplay: false)
+
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let logger: Logger
+        let url: DatabaseURL?
+        do {
+            logger = try logging.bootstrap()
+            url = try database.url(required: false)
+        } catch let error as BadSetting {
+            throw fail(error.message)
+        }
+        let step = try JSONDecoder().decode(IsolatedStep.self, from: FileHandle.standardInput.readDataToEndOfFile())
+        let answer: IsolatedStep.Answer
+        if let url {
+            // The pool connects on the first statement only: a step that posts nothing costs no session.
+            answer = try await withDatabase(url, logger: logger, limit: .seconds(Bounds.longestDelay)) { database in
+                await step.perform(in: try workflows(ledger: database.ledger(logger: logger)))
+            }
+        } else {
+            answer = await step.perform(in: try workflows(ledger: InMemoryLedger()))
+        }
+        FileHandle.standardOutput.write(try JSONEncoder().encode(answer))
+    }
+}
+
+/// `leasehold crash-watch`: the crash watcher of one replica, its child. Reads its standard input
+/// (the pipe `CrashReport` writes to from the replica's signal handler) until the replica is gone;
+/// when a crash report came first, records each handler it names as a suspect
+/// (`HandlerStore.recordCrash`) before the dead replica's leases lapse. Exits either way.
+struct CrashWatch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "crash-watch", abstract: "Watch a replica for a crash (started by the replica).",
+        shouldDisplay: false)
+
+    @OptionGroup var database: DatabaseOptions
+    @Option(name: .customLong("replica-id"), help: "The replica watched") var replicaID: String
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let logger: Logger
+        let url: DatabaseURL
+        do {
+            logger = try logging.bootstrap()
+            url = try database.url(required: true)!
+        } catch let error as BadSetting {
+            throw fail(error.message)
+        }
+        // Blocks until the replica's end closes the pipe: this process does nothing else.
+        let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        guard let report = CrashReport.Report(parsing: text) else { return }  // it ended otherwise
+        logger.critical(
+            "replica died of a fault; the handlers in a step there become suspects",
+            metadata: [
+                "replica_id": "\(replicaID)", "signal": "\(report.signal)",
+                "handlers_in_a_step": "\(report.all ? "all" : report.handlerIDs.joined(separator: ","))",
+            ])
+        // Tries for up to 30 s: the database may be failing over too. A mark that lands after
+        // another replica claimed a handler marks nothing (the statement checks the owner).
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            do {
+                let marked = try await withDatabase(url, logger: logger, limit: .seconds(5)) { database in
+                    try await database.store.recordCrash(
+                        of: ReplicaID(replicaID), handlers: report.handlerIDs.map { HandlerID($0) }, all: report.all,
+                        signal: report.signal)
+                }
+                logger.error(
+                    "suspects recorded", metadata: ["replica_id": "\(replicaID)", "handlers": "\(marked.count)"])
+                return
+            } catch {
+                guard ContinuousClock.now < deadline else {
+                    logger.critical("the crash could not be recorded", metadata: ["error": "\(error)"])
+                    throw ExitCode(1)
+                }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+}
+
+/// `leasehold release ID`: releases a quarantined handler (as `POST /handlers/{id}/release`).
+struct Release: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Release a quarantined handler: it runs again, its steps isolated, where it stopped.")
+
+    @Argument(help: "The handler id") var handlerID: String
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let logger: Logger
+        let url: DatabaseURL
+        do {
+            logger = try logging.bootstrap()
+            url = try database.url(required: true)!
+        } catch let error as BadSetting {
+            throw fail(error.message)
+        }
+        let id = HandlerID(handlerID)
+        let released = try await withDatabase(url, logger: logger) { database in
+            try await database.store.releaseQuarantine(id)
+        }
+        guard released else { throw fail("handler '\(handlerID)' is not quarantined (or does not exist)") }
+        print("released \(handlerID)")
+    }
+}
+
+/// Keeps a crash watcher (`leasehold crash-watch`) running beside this replica: started before
+/// anything else (so that it inherits no socket), its pipe installed as the crash report's,
+/// started again should it die. On shutdown it is left alone: it exits when this process does.
+final class CrashWatcher: Service, Sendable {
+    let environment: [String: String]
+    let arguments: [String]
+    let logger: Logger
+    /// The current watcher and its pipe, whose write end must stay open for the life of this
+    /// process (a `Pipe` closes its descriptors when it goes).
+    private let current = Mutex<(process: Process, pipe: Pipe)?>(nil)
+
+    init(databaseURL: String, replicaID: String, logger: Logger) {
+        self.environment = ProcessInfo.processInfo.environment.merging(
+            ["LEASEHOLD_DATABASE_URL": databaseURL]) { $1 }
+        self.arguments = ["crash-watch", "--replica-id", replicaID]
+        self.logger = logger
+    }
+
+    /// Starts a watcher and reports crashes to it from now on.
+    func start() throws {
+        let process = Process()
+        process.executableURL = ChildProcessStepIsolation.ownExecutable
+        process.arguments = arguments
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardInput = pipe
+        try process.run()
+        let descriptor = pipe.fileHandleForWriting.fileDescriptor
+        // Only this process may hold the write end: a child holding it would keep the watcher
+        // waiting past this process's end.
+        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        try CrashReport.install(reportingTo: descriptor)
+        current.withLock { $0 = (process, pipe) }  // (the previous watcher's pipe closes now: it is gone)
+    }
+
+    /// Waits on the watcher; starts another when it ended (backing off), until shutdown.
+    func run() async throws {
+        var delay = Duration.milliseconds(100)
+        while true {
+            let ended = AsyncStream<Int32> { continuation in
+                current.withLock { current in
+                    guard let process = current?.process else { return continuation.finish() }
+                    process.terminationHandler = { process in
+                        continuation.yield(process.terminationStatus)
+                        continuation.finish()
+                    }
+                    if !process.isRunning { continuation.finish() }
+                }
+            }
+            let status = await cancelWhenGracefulShutdown { () async -> Int32? in
+                var status: Int32?
+                for await ended in ended { status = ended }
+                return status
+            }
+            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            logger.error(
+                "crash watcher exited; starting another",
+                metadata: ["status": "\(status.map(String.init) ?? "?")", "retry_in": "\(delay)"])
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(5))
+            try start()
+        }
+    }
+}

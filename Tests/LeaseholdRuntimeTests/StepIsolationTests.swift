@@ -1,0 +1,146 @@
+import Foundation
+import LeaseholdEngine
+import LeaseholdRuntime
+import LeaseholdSamples
+import Synchronization
+import Testing
+
+/// Runs isolated steps in this process through the child's own code (`IsolatedStep.perform`),
+/// counting them; or ends each one as a trapped process would.
+final class CountingIsolation: StepIsolation {
+    let registry: WorkflowRegistry
+    let crash: Bool
+    let steps = Mutex<[String]>([])
+
+    init(_ registry: WorkflowRegistry, crash: Bool = false) {
+        self.registry = registry
+        self.crash = crash
+    }
+
+    func run(_ step: IsolatedStep) async throws -> StepOutput {
+        steps.withLock { $0.append(step.run.step) }
+        if crash { throw StepCrashed(signal: 4, exitStatus: nil, detail: "test") }
+        switch await step.perform(in: registry) {
+        case .finished(let output): return output
+        case .waiting(let request): throw WaitingForEvent(request: request)
+        case .failed(let error): throw IsolatedStepFailed(description: error)
+        }
+    }
+}
+
+/// Signals each checkpoint that carries a prompt (`InputRequiredEvent`).
+final class PromptSignallingPersistence: HandlerPersistence {
+    let (prompted, signal) = AsyncStream.makeStream(of: Void.self)
+
+    func checkpoint(_ checkpoint: Checkpoint) async throws {
+        if checkpoint.log.contains(where: { $0.type == "InputRequiredEvent" }) { signal.yield() }
+    }
+}
+
+@Suite("Step isolation")
+struct StepIsolationTests {
+    let registry = try! Samples.registry()
+
+    func start(_ runtime: HandlerRuntime, _ value: JSONValue) {
+        runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
+    }
+
+    @Test("a suspect's steps run isolated until a checkpoint has nothing in flight, then here again")
+    func isolatedUntilPastItsSteps() async throws {
+        let isolation = CountingIsolation(registry)
+        let persistence = PromptSignallingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
+            persistence: persistence, isolation: isolation, suspect: true)
+        #expect(runtime.isolating)
+        start(runtime, ["request": "r"])
+        try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
+            group.addTask { try await runtime.run() }
+            // The prompt's checkpoint has nothing in flight (the step waits): isolation ends with it.
+            for await _ in persistence.prompted { break }
+            #expect(!runtime.isolating)
+            runtime.deliver([
+                Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]))
+            ])
+            let outcome = try await group.next()!
+            guard case .finished(let state)? = outcome else {
+                Issue.record("expected finished")
+                return
+            }
+            #expect(state.status == .completed)
+        }
+        // The first run of `ask` (which waited) ran isolated; its re-run with the answer ran here.
+        #expect(isolation.steps.withLock { $0 } == ["ask"])
+    }
+
+    @Test("a counter that is a suspect runs every tick isolated (never quiescent) and completes exactly once")
+    func counterIsolatedThroughout() async throws {
+        let isolation = CountingIsolation(registry)
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "c", workflow: try registry.workflow("counter"), state: HandlerState(workflowName: "counter"),
+            persistence: persistence, isolation: isolation, suspect: true)
+        start(runtime, ["count_to": 5])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.result == 5)
+        #expect(isolation.steps.withLock { $0.count } == 6)
+        #expect(persistence.log.filter { $0.type == "Tick" }.map { $0.value["n"] } == [1, 2, 3, 4, 5])
+    }
+
+    @Test("a run that ends its isolated process quarantines the handler, keeping the run for a release")
+    func crashQuarantines() async throws {
+        let isolation = CountingIsolation(registry, crash: true)
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "e", workflow: try registry.workflow("echo"), state: HandlerState(workflowName: "echo"),
+            persistence: persistence, isolation: isolation, suspect: true)
+        start(runtime, ["message": "hi"])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.status == .failed)
+        #expect(state.quarantine?.hasPrefix("quarantined: step 'echo' ended its process with signal 4") == true)
+        #expect(state.inFlight.map(\.step) == ["echo"])
+        #expect(persistence.last?.quarantine != nil)  // durable
+        #expect(persistence.log.last?.isTerminal == true)
+        // Released (as the store's release leaves it), it runs the crashed step again.
+        let healthy = RecordingPersistence()
+        let released = HandlerRuntime(
+            handlerID: "e", workflow: try registry.workflow("echo"), state: state, persistence: healthy)
+        guard case .finished(let final) = try await released.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(final.status == .completed && final.result == "hi")
+        #expect(healthy.log.first?.sequence == state.nextSequence)  // the log goes on, contiguous
+    }
+
+    @Test("a step whose output is nested too deep fails its handler once, cleanly")
+    func outputTooDeep() async throws {
+        let workflow = try Workflow(
+            name: "deep", start: [],
+            steps: [
+                Step("nest", accepts: ["StartEvent"], emits: ["StopEvent"]) { _, context in
+                    var value = JSONValue.int(1)
+                    for _ in 0..<2_000 { value = .array([value]) }
+                    context.set("deep", value)
+                    context.stop(1)
+                }
+            ])
+        let persistence = RecordingPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "d", workflow: workflow, state: HandlerState(workflowName: "deep"), persistence: persistence)
+        start(runtime, [:])
+        guard case .finished(let state) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(state.status == .failed)
+        #expect(state.error?.contains("nested deeper than 256 levels") == true)
+        #expect(persistence.checkpoints.withLock { $0.count } >= 1)
+    }
+}
