@@ -194,12 +194,7 @@ final class HandlerHost: Sendable {
             switch try await handler.runtime.run() {
             case .finished(let final):
                 metrics.handlersFinished.increment()
-                if let reason = final.quarantine {
-                    metrics.quarantines.increment()
-                    log.error("quarantined", metadata: [LogKeys.reason: "\(reason)"])
-                } else {
-                    log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
-                }
+                log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
             case .stopped(let final):
                 if let creation = handler.creation, !creation.isWritten,
                     handler.stopReason.withLock({ $0 }) != .leaseLost

@@ -37,7 +37,10 @@ struct LeasePersistence: HandlerPersistence {
                 }
                 if creating { created(checkpoint) }
                 keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
-                if let record { finished(record) }
+                if let record {
+                    if let reason = checkpoint.state.quarantine { quarantined(reason) }
+                    finished(record)
+                }
                 metrics.checkpoints.increment()
                 metrics.eventsAppended.increment(by: checkpoint.log.count)
                 return
@@ -81,6 +84,13 @@ struct LeasePersistence: HandlerPersistence {
                 delay = min(delay * 2, .milliseconds(500))
             }
         }
+    }
+
+    /// Counted and logged once the quarantine is durable (a replica that lost the lease meanwhile
+    /// wrote nothing, and the next owner quarantines it instead).
+    private func quarantined(_ reason: String) {
+        metrics.quarantines.increment()
+        logger.error("quarantined", metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.reason: "\(reason)"])
     }
 
     private func created(_ checkpoint: Checkpoint) {

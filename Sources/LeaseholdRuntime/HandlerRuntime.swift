@@ -41,8 +41,8 @@ public final class HandlerRuntime: Sendable {
         var urgent = false
         /// The checkpoint loop, holding a change that may wait, until one that may not.
         var coalescing: CheckedContinuation<Void, Never>?
-        /// Steps run through `isolation` (a suspect handler), until a checkpoint with nothing in flight.
-        var isolating = false
+        /// How many more step runs go through `isolation` (a suspect handler); see `init`.
+        var isolatedRunsLeft = 0
     }
 
     public let handlerID: String
@@ -68,7 +68,11 @@ public final class HandlerRuntime: Sendable {
     ///     steps run (zero: every change is written at once).
     ///   - isolation: where steps run while the handler is a suspect (a replica died of a fault
     ///     during one of its steps); nil runs them here.
-    ///   - suspect: start with steps isolated, until a checkpoint with nothing in flight.
+    ///   - suspect: a replica died of a fault while a step of this handler ran there. Its runs in
+    ///     flight in `state` (the one that trapped is among them, or is started by what follows
+    ///     them) and the next `isolationMargin` runs go through `isolation`; so does everything
+    ///     until then, and a checkpoint with nothing in flight ends it sooner (the handler got
+    ///     past every step it had started). After that its steps run here again.
     public init(
         handlerID: String,
         workflow: Workflow,
@@ -90,7 +94,7 @@ public final class HandlerRuntime: Sendable {
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
         self.clock = clock
         var shared = Shared(state: state, lastActivity: clock.now)
-        shared.isolating = suspect && isolation != nil
+        shared.isolatedRunsLeft = suspect && isolation != nil ? state.inFlight.count + Self.isolationMargin : 0
         self.shared = Mutex(shared)
         (inputs, inputContinuation) = AsyncStream.makeStream(of: Input.self)
         (checkpointSignals, checkpointContinuation) = AsyncStream.makeStream(
@@ -129,7 +133,12 @@ public final class HandlerRuntime: Sendable {
     public var liveTasks: Int { shared.withLock { $0.liveTasks } }
 
     /// Whether its steps run in isolation now (it is a suspect that has not got past its steps yet).
-    public var isolating: Bool { shared.withLock { $0.isolating } }
+    public var isolating: Bool { shared.withLock { $0.isolatedRunsLeft > 0 } }
+
+    /// Runs isolated beyond those in flight when a suspect is restored: the runs its redelivered
+    /// inbox events start, and what they chain into, between its last checkpoint and the trap (a
+    /// checkpoint waits at most `checkpointCoalescing`, so that is a few runs).
+    public static let isolationMargin = 8
 
     // MARK: - Running
 
@@ -302,7 +311,12 @@ public final class HandlerRuntime: Sendable {
             inputContinuation.yield(.tick(.stepFailed(runID: run.id, error: "unknown step '\(run.step)'")))
             return
         }
-        let isolation = shared.withLock { $0.isolating } ? self.isolation : nil
+        let isolated = shared.withLock { shared -> Bool in
+            guard shared.isolatedRunsLeft > 0 else { return false }
+            shared.isolatedRunsLeft -= 1
+            return true
+        }
+        let isolation = isolated ? self.isolation : nil
         tasks.addTask {
             await self.tracked {
                 let kind: Tick.Kind

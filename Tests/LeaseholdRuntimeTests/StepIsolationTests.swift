@@ -73,21 +73,47 @@ struct StepIsolationTests {
         #expect(isolation.steps.withLock { $0 } == ["ask"])
     }
 
-    @Test("a counter that is a suspect runs every tick isolated (never quiescent) and completes exactly once")
-    func counterIsolatedThroughout() async throws {
+    @Test("a counter that is a suspect (never quiescent) runs its margin of ticks isolated, then here; each once")
+    func counterIsolatedForItsMargin() async throws {
         let isolation = CountingIsolation(registry)
         let persistence = RecordingPersistence()
         let runtime = HandlerRuntime(
             handlerID: "c", workflow: try registry.workflow("counter"), state: HandlerState(workflowName: "counter"),
             persistence: persistence, isolation: isolation, suspect: true)
-        start(runtime, ["count_to": 5])
+        start(runtime, ["count_to": 20])
         guard case .finished(let state) = try await runtime.run() else {
             Issue.record("expected finished")
             return
         }
-        #expect(state.result == 5)
-        #expect(isolation.steps.withLock { $0.count } == 6)
-        #expect(persistence.log.filter { $0.type == "Tick" }.map { $0.value["n"] } == [1, 2, 3, 4, 5])
+        #expect(state.result == 20)
+        #expect(isolation.steps.withLock { $0.count } == HandlerRuntime.isolationMargin)
+        #expect(persistence.log.filter { $0.type == "Tick" }.map { $0.value["n"] } == (1...20).map { .int($0) })
+    }
+
+    @Test("a suspect restored with runs in flight isolates each of them, and the margin after")
+    func runsInFlightAreIsolated() async throws {
+        let workflow = try registry.workflow("fanout")
+        let machine = HandlerMachine(workflow: workflow)
+        var state = HandlerState(workflowName: "fanout")
+        (state, _) = machine.reduce(
+            state,
+            Tick(now: 1, .start(AnyEvent(type: "StartEvent", value: ["items": .array((1...12).map { .int($0) })]))))
+        let split = try #require(state.inFlight.first)
+        var output = StepOutput()
+        output.stateChanges["expected"] = 12
+        output.sent = (1...12).map { AnyEvent(type: "Item", value: ["value": .int($0)]) }
+        (state, _) = machine.reduce(state, Tick(now: 1, .stepFinished(runID: split.id, output: output)))
+        #expect(state.inFlight.count == 12)  // twelve `double` runs in flight at the crash
+        let isolation = CountingIsolation(registry)
+        let runtime = HandlerRuntime(
+            handlerID: "f", workflow: workflow, state: state, persistence: RecordingPersistence(),
+            isolation: isolation, suspect: true)
+        guard case .finished(let final) = try await runtime.run() else {
+            Issue.record("expected finished")
+            return
+        }
+        #expect(final.result == .int(2 * (1...12).reduce(0, +)))
+        #expect(isolation.steps.withLock { $0 } == Array(repeating: "double", count: 12) + ["collect"])
     }
 
     @Test("a run that ends its isolated process quarantines the handler, keeping the run for a release")
