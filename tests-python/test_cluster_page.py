@@ -81,3 +81,57 @@ def test_page_with_an_api_key_asks_the_browser_for_it(spawn, tmp_path):
     assert shown not in render(f"http://operator:nope@{host}/")
     page = render(f"http://operator:pagekey@{host}/", tmp_path / "auth.png")
     assert shown in page and '<p id="error"></p>' in page
+
+
+def test_a_page_on_another_origin_cannot_change_anything(spawn, tmp_path):
+    """CSRF: a page served from another origin makes the browser submit a form (cancel) and send
+    fetches (cancel, start a run) to a replica without an API key. Every one is refused; the
+    handler is untouched and nothing was started."""
+    import functools
+    import http.server
+    import threading
+
+    import httpx
+
+    from leasehold_kit.procs import free_port
+
+    replica = spawn()
+    start(replica.url, "approval", {"request": "csrf"}, "victim")
+    wait_until(lambda: httpx.get(f"{replica.url}/handlers/victim", timeout=5).json()["status"] == "running",
+               what="victim running")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    target = replica.url
+    (evil / "index.html").write_text(f"""<!doctype html>
+<iframe name="sink"></iframe>
+<form id="form" target="sink" method="POST" action="{target}/handlers/victim/cancel?purge=true"></form>
+<script>
+  const body = JSON.stringify({{start_event: {{message: "x"}}, handler_id: "evil-fetch"}});
+  Promise.allSettled([
+    fetch("{target}/handlers/victim/cancel", {{method: "POST", mode: "no-cors"}}),
+    fetch("{target}/workflows/echo/run-nowait", {{method: "POST", mode: "no-cors", body,
+                                                  headers: {{"Content-Type": "text/plain"}}}}),
+  ]).then(() => document.getElementById("form").submit());
+</script>
+""")
+    port = free_port()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        render(f"http://127.0.0.1:{port}/index.html")
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = [line for line in replica.log_path.read_text(errors="replace").splitlines()
+               if "cross-" in line or "must be JSON" in line]
+    record = httpx.get(f"{replica.url}/handlers/victim", timeout=5)
+    assert record.status_code == 202 and record.json()["status"] == "running", (record.text, refused)
+    assert httpx.get(f"{replica.url}/handlers/evil-fetch", timeout=5).status_code == 404
+    # The three requests reached the replica and were refused (not lost on the way).
+    # (The form posts into a frame: the page itself stays, so the browser ends at once.)
+    metrics = httpx.get(f"{replica.url}/metrics", timeout=5).text
+    refusals = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("leasehold_http_requests_total") and ('status="403"' in line or 'status="415"' in line))
+    assert refusals >= 3, metrics

@@ -3,8 +3,10 @@ import HTTPTypes
 import Hummingbird
 import LeaseholdEngine
 
-/// Checks the API key (a Bearer token, or HTTP Basic with the key as the password) on every route
-/// that is not public; answers 401 otherwise.
+/// Checks the API key on every route that is not public; answers 401 otherwise. A Bearer token
+/// anywhere; HTTP Basic (the key as the password: what a browser asks its user for) only on reads,
+/// so that credentials a browser keeps for the cluster page never authorize a change
+/// (`CrossSiteMiddleware`).
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let apiKeys: [[UInt8]]
@@ -31,7 +33,8 @@ struct AuthMiddleware: RouterMiddleware {
         let presented: [UInt8]
         if header.hasPrefix("Bearer ") {
             presented = Array(header.dropFirst(7).utf8)
-        } else if header.hasPrefix("Basic "), let decoded = Data(base64Encoded: String(header.dropFirst(6))),
+        } else if header.hasPrefix("Basic "), CrossSiteMiddleware.isSafe(request.method),
+            let decoded = Data(base64Encoded: String(header.dropFirst(6))),
             let colon = decoded.firstIndex(of: UInt8(ascii: ":"))
         {
             presented = Array(decoded[decoded.index(after: colon)...])

@@ -24,11 +24,12 @@ public struct LeaseholdAPI: Sendable {
     var registry: WorkflowRegistry { coordinator.registry }
 
     /// The router: one group of routes per concern, behind one middleware per concern (outermost
-    /// first: request metrics, errors and 404/405, authentication).
+    /// first: request metrics, errors and 404/405, cross-site requests, authentication).
     public func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: RequestMetricsMiddleware())
         router.add(middleware: ErrorMiddleware())
+        router.add(middleware: CrossSiteMiddleware())
         router.add(middleware: AuthMiddleware(apiKeys: configuration.apiKeys.map { Array($0.utf8) }))
         addOpsRoutes(to: router)
         addClusterRoutes(to: router)

@@ -45,7 +45,10 @@ enum OpenAPI {
             parameters.append(["name": .string(name), "in": "query", "required": false, "schema": schema])
         }
         var responses: [String: JSONValue] = [:]
-        for code in route.responses {
+        // Every state-changing route refuses what another web site can make a browser send
+        // (`CrossSiteMiddleware`): 403 for a cross-site sender, 415 for a form's body type.
+        let codes = route.responses + (CrossSiteMiddleware.isSafe(route.method) ? [] : [403, 415])
+        for code in codes {
             responses[String(code)] = response(route, code)
         }
         var operation: [String: JSONValue] = [

@@ -282,6 +282,58 @@ struct BadInputTests {
                     #expect(response.status != .unauthorized, "\(open)")
                 }
             }
+            // The browser's Basic credentials never authorize a change; the Bearer key does.
+            try await expectError(
+                client, .post, "/workflows/echo/run-nowait", body: #"{"start_event": {"message": "m"}}"#,
+                headers: [.authorization: "Basic b3BlcmF0b3I6czNjcmV0"], status: .unauthorized, detail: "API key")
+            try await client.execute(
+                uri: "/workflows/echo/run-nowait", method: .post, headers: [.authorization: "Bearer s3cret"],
+                body: ByteBuffer(string: #"{"start_event": {"message": "m"}}"#)
+            ) { response throws in #expect(response.status == .ok) }
+        }
+    }
+
+    @Test("cross-site requests: a foreign Origin or Sec-Fetch-Site → 403, a form's body type → 415; reads open")
+    func crossSite() async throws {
+        try await withAPI { client, _ in
+            let body = #"{"start_event": {"message": "m"}, "handler_id": "csrf"}"#
+            let foreign = HTTPField.Name("Origin")!
+            let site = HTTPField.Name("Sec-Fetch-Site")!
+            try await expectError(
+                client, .post, "/workflows/echo/run-nowait", body: body, headers: [foreign: "https://evil.example"],
+                status: .forbidden, detail: "cross-origin request refused")
+            try await expectError(
+                client, .post, "/workflows/echo/run-nowait", body: body, headers: [site: "cross-site"],
+                status: .forbidden, detail: "cross-site request refused")
+            try await expectError(
+                client, .post, "/workflows/echo/run-nowait", body: body, headers: [foreign: "null"],
+                status: .forbidden, detail: "cross-origin request refused")
+            for formType in ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain"] {
+                let browser: HTTPFields = [.contentType: formType, site: "same-origin"]
+                try await expectError(
+                    client, .post, "/workflows/echo/run-nowait", body: body, headers: browser,
+                    status: .unsupportedMediaType, detail: "must be JSON")
+                try await expectError(
+                    client, .post, "/handlers/csrf/cancel", headers: browser, status: .unsupportedMediaType,
+                    detail: "must be JSON")
+            }
+            // Nothing was started by any of those.
+            try await expectError(client, .get, "/handlers/csrf", status: .notFound, detail: "not found")
+            // What API clients send passes: JSON (with parameters), no Origin, or the same origin.
+            try await client.execute(
+                uri: "/workflows/echo/run-nowait", method: .post,
+                headers: [.contentType: "application/json; charset=utf-8", site: "same-origin"],
+                body: ByteBuffer(string: body)
+            ) { response throws in #expect(response.status == .ok) }
+            // curl -d sends a form's type, and no browser header: an API client, not refused.
+            try await client.execute(
+                uri: "/handlers/csrf/cancel", method: .post,
+                headers: [.contentType: "application/x-www-form-urlencoded"]
+            ) { response throws in #expect(response.status == .ok) }
+            // Reads stay open to the page whatever their origin.
+            try await client.execute(uri: "/handlers/csrf", method: .get, headers: [site: "cross-site"]) {
+                response throws in #expect(response.status != .forbidden)
+            }
         }
     }
 }
