@@ -13,7 +13,9 @@ extension Coordinator {
     /// - Throws: `EngineError` for an unknown workflow or a bad start event,
     ///   `CoordinatorError.handlerRunning` when the id exists, `.shuttingDown`.
     public func start(workflow name: String, startEvent: JSONValue, handlerID: String?) async throws -> HandlerRecord {
-        try await create(try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID))
+        try await create(
+            try newHandler(workflow: name, startEvent: startEvent, handlerID: handlerID),
+            serverChosenID: handlerID == nil)
     }
 
     /// `start`, then `awaitCompletion`; when the handler finishes here, its final checkpoint's
@@ -33,7 +35,8 @@ extension Coordinator {
         // No token while the leases cannot be proven (not registered yet, self-fenced, checking
         // the database): created first then, as with a client's id.
         guard handlerID == nil, let token = try await keeper.takeToken() else {
-            return try await awaitCompletion(try await create(new).id, runID: new.runID)
+            return try await awaitCompletion(
+                try await create(new, serverChosenID: handlerID == nil).id, runID: new.runID)
         }
         let creation = PendingCreation(new)
         let claimed = ClaimedHandler(
@@ -60,6 +63,35 @@ extension Coordinator {
         return true
     }
 
+    /// Makes the unknown outcome of a creation certain (`HandlerStore.preventCreation`), retrying
+    /// while the database does not answer, for up to three lease TTLs (a failover or a stall);
+    /// past that the outcome stays unknown and the run says so.
+    /// - Parameter serverChosenID: leave a failed record under the id (no client will reuse it).
+    /// - Returns: the record when the creation committed; nil when it never will.
+    private func settle(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord? {
+        let id = new.id
+        let deadline = clock.now + configuration.leaseTTL * 3
+        var delay = Duration.milliseconds(50)
+        while true {
+            do {
+                let record = try await bounded(configuration.leaseTTL, clock: clock) { [store] in
+                    try await store.preventCreation(
+                        new,
+                        reason: serverChosenID
+                            ? "not started: its creation's outcome was unknown and it was prevented" : nil)
+                }
+                logger.warning(
+                    "a run's creation had an unknown outcome; settled",
+                    metadata: [LogKeys.handlerID: "\(id)", "written": "\(record != nil)"])
+                return record
+            } catch let error where !(error is CancellationError) {
+                guard clock.now + delay < deadline else { throw CoordinatorError.runOutcomeUnknown(id) }
+                try await clock.sleep(for: delay)
+                delay = min(delay * 2, .seconds(1))
+            }
+        }
+    }
+
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
         let workflow = try registry.workflow(name)
         try workflow.validateStart(startEvent)
@@ -70,13 +102,22 @@ extension Coordinator {
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
     }
 
-    private func create(_ new: NewHandler) async throws -> HandlerRecord {
+    private func create(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord {
         guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
         let created: ClaimedHandler
         do {
             created = try await store.create(new, owner: replicaID)
         } catch StoreError.handlerExists {
             throw CoordinatorError.handlerRunning(new.id)
+        } catch StoreError.unavailable {
+            // Sent, and no answer: it may have committed (a stalled database resumes and commits
+            // it), and then it runs. Settled before anything is answered. Written, it is this
+            // replica's under a token it never learnt: not run here; released as an orphan, it is
+            // claimed (here or elsewhere) and runs.
+            guard let record = try await settle(new, serverChosenID: serverChosenID) else {
+                throw CoordinatorError.runNotStarted(new.id)
+            }
+            return record
         }
         metrics.handlersStarted.increment()
         await host.launch(created, reason: "created")
@@ -156,20 +197,27 @@ extension Coordinator {
     /// - Parameter creation: the run's handler was launched unwritten; if it left memory still
     ///   unwritten (its lease could not be proven, the store refused or failed), the run failed.
     func awaitCompletion(_ id: HandlerID, runID: String?, creation: PendingCreation?) async throws -> HandlerRecord {
+        var settled = false
         while true {
             let version = store.signals.logVersion(id.rawValue)
             // While the handler runs here its record cannot be finished (the runtime returns only
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
-                let unwritten = creation.map { !$0.isWritten } ?? false
-                let notWritten = StoreError.unavailable("the run stopped before its handler could be written")
-                // Never sent: nothing was written. Sent with an unknown outcome: the store says.
-                if unwritten, creation?.wasAttempted != true { throw notWritten }
-                guard let record = try await store.handler(id) else {
-                    throw unwritten ? notWritten : StoreError.handlerNotFound(id)
+                if let creation, !creation.isWritten, !settled {
+                    // Never sent: nothing was written, nothing will run. Sent with an unknown
+                    // outcome (the write may still be in flight in a stalled database): settled
+                    // first, so that a 503 is only ever said of a run that will not happen.
+                    guard creation.wasAttempted else { throw CoordinatorError.runNotStarted(id) }
+                    guard let record = try await settle(creation.handler, serverChosenID: true) else {
+                        throw CoordinatorError.runNotStarted(id)
+                    }
+                    settled = true
+                    if record.status.isFinished { return record }
+                } else {
+                    guard let record = try await store.handler(id) else { throw StoreError.handlerNotFound(id) }
+                    if record.status.isFinished { return record }
                 }
-                if record.status.isFinished { return record }
             }
             try Task.checkCancellation()
             await store.signals.waitForLogChange(id.rawValue, since: version, timeout: .seconds(1))

@@ -6,6 +6,12 @@ public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible
     case handlerRunning(HandlerID)
     case invalidHandlerID(String)
     case replicaIDTaken(ReplicaID)
+    /// A run's handler was not written and never will be (its creation was prevented): it will
+    /// not run. Retrying is safe.
+    case runNotStarted(HandlerID)
+    /// Whether a run's handler was written is unknown: the database did not answer. Not to be
+    /// retried blindly; the handler's record will tell.
+    case runOutcomeUnknown(HandlerID)
 
     public var description: String {
         switch self {
@@ -15,6 +21,10 @@ public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible
         case .replicaIDTaken(let id):
             return "replica id \(id) was registered by another process; this one stopped its handlers. "
                 + "Give every replica its own --replica-id"
+        case .runNotStarted(let id):
+            return "the run was not started (handler \(id) could not be written) and will not run; retry"
+        case .runOutcomeUnknown(let id):
+            return "the database did not answer: whether the run started is unknown; GET /handlers/\(id) will tell"
         }
     }
 }

@@ -245,6 +245,25 @@ extension PostgresStore {
             "EXISTS (SELECT 1 FROM handler_crashes x WHERE x.handler_id = \(alias).id AND x.run_id = \(alias).run_id)"
         }
 
+        /// A failed record for `id` unless one exists; an insert of the id still in flight is
+        /// waited for (ON CONFLICT does), so the answer is final: true when this one stands.
+        static func preventCreation(id: String, workflow: String, runID: String, reason: String) -> PostgresQuery {
+            """
+            WITH blocked AS (
+                INSERT INTO handlers (id, workflow_name, run_id, status, error, fencing_token, completed_at)
+                VALUES (\(id), \(workflow), \(runID), 'failed', \(reason), nextval('leasehold_fencing_tokens'), now())
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id)
+            SELECT EXISTS (SELECT 1 FROM blocked)
+            """
+        }
+
+        /// Takes back the record `preventCreation` inserted, in its transaction (no trigger's
+        /// children exist yet: nothing else was written for it).
+        static func deleteUnstarted(id: String) -> PostgresQuery {
+            "DELETE FROM handlers WHERE id = \(id) AND status = 'failed' AND last_sequence = -1"
+        }
+
         /// The crash watcher's one statement: each named handler (or, with `all`, each) that the
         /// dead replica still owns gets a crash row under the token it held. Answers the ids marked.
         static func recordCrash(replica: String, ids: [String], all: Bool, signal: Int32) -> PostgresQuery {

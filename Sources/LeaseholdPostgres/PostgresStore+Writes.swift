@@ -266,6 +266,31 @@ extension PostgresStore {
         }
     }
 
+    public func preventCreation(_ new: NewHandler, reason: String?) async throws -> HandlerRecord? {
+        let blocked = try await committed { connection in
+            let query = Statements.preventCreation(
+                id: new.id.rawValue, workflow: new.workflowName, runID: new.runID,
+                reason: reason ?? "not started")
+            var blocked = false
+            for try await inserted in try await connection.checkedQuery(query, logger: logger).decode(Bool.self) {
+                blocked = inserted
+            }
+            if blocked, reason == nil {
+                // The in-flight creation is resolved (rolled back); the id is left free again.
+                try await connection.checkedQuery(Statements.deleteUnstarted(id: new.id.rawValue), logger: logger)
+            } else if blocked {
+                try await connection.checkedQuery(
+                    Statements.notify(Notification.log + new.id.rawValue), logger: logger)
+            }
+            return blocked
+        }
+        if blocked { return nil }
+        // The creation committed first; a purge since (past the retention) would leave nothing
+        // to find, and then it ran and finished: the record is gone either way.
+        guard let record = try await handler(new.id) else { throw StoreError.handlerNotFound(new.id) }
+        return record
+    }
+
     public func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool {
         try await committed { connection in
             var released = false

@@ -10,15 +10,22 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     public var status: HTTPResponse.Status
     public var detail: String
     public var headers: HTTPFields
+    /// More fields of the body (a run's `handler_id`).
+    public var fields: [String: JSONValue]
 
-    public init(_ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:]) {
+    public init(
+        _ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:], fields: [String: JSONValue] = [:]
+    ) {
         self.status = status
         self.detail = detail
         self.headers = headers
+        self.fields = fields
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = WireFormat.json(["detail": .string(detail)], status: status)
+        var body = fields
+        body["detail"] = .string(detail)
+        var response = WireFormat.json(.object(body), status: status)
         for field in headers { response.headers.append(field) }
         return response
     }
@@ -53,6 +60,12 @@ enum ErrorMapping {
                 return APIError(.serviceUnavailable, error.description, headers: [.retryAfter: "1"])
             case .handlerRunning: return APIError(.conflict, error.description)
             case .invalidHandlerID: return APIError(.badRequest, error.description)
+            case .runNotStarted(let id):
+                return APIError(
+                    .serviceUnavailable, error.description, headers: [.retryAfter: "1"],
+                    fields: ["handler_id": .string(id.rawValue)])
+            case .runOutcomeUnknown(let id):
+                return APIError(.gatewayTimeout, error.description, fields: ["handler_id": .string(id.rawValue)])
             }
         case let error as HTTPError:
             return APIError(error.status, error.body ?? error.status.reasonPhrase)

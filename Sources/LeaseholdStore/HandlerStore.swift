@@ -141,6 +141,14 @@ public protocol HandlerStore: Sendable {
     /// `LeaseKeeper`) to tell a failover that lost nothing from one that went back in time.
     func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit
 
+    /// Settles a creation whose outcome is unknown (its write was sent, no answer came): when
+    /// this returns, it has either committed — its record is returned — or never will (nil).
+    /// A creation still in flight in the database is waited for, not raced: the id's uniqueness
+    /// decides. With a `reason`, a failed record saying it is left under the id (a server-chosen
+    /// id: the run's answer names it); without, the id is left free (a client's id, which the
+    /// client may use again).
+    func preventCreation(_ handler: NewHandler, reason: String?) async throws -> HandlerRecord?
+
     /// A replica died of a fault (`CrashReport`) while steps of `handlers` ran there: each of
     /// them it still owns (with `all`, each it owns) is a suspect from now on — claims say so
     /// (`ClaimedHandler.suspect`) until the handler is deleted. Returns the handlers marked.

@@ -18,6 +18,23 @@ extension InMemoryStore {
         return marked.sorted { $0.rawValue < $1.rawValue }
     }
 
+    /// Writes here are never in flight across a call, so the outcome is already known.
+    public func preventCreation(_ handler: NewHandler, reason: String?) async throws -> HandlerRecord? {
+        if let existing = entries[handler.id] { return published(existing.record) }
+        guard let reason else { return nil }
+        let time = now()
+        let record = HandlerRecord(
+            id: handler.id, workflowName: handler.workflowName, runID: handler.runID, status: .failed, error: reason,
+            result: nil, startedAt: time, updatedAt: time, completedAt: time, owner: nil, leaseExpiresAt: nil,
+            fencingToken: nextToken(), hibernated: false, lastSequence: -1, wakeAt: nil)
+        var state = HandlerState(workflowName: handler.workflowName)
+        state.status = .failed
+        state.error = reason
+        entries[handler.id] = Entry(record: record, state: state, inbox: [], log: [])
+        signals.logChanged(handler.id.rawValue)
+        return nil
+    }
+
     public func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool {
         guard var entry = entries[handlerID], entry.record.status == .failed, entry.state.quarantine != nil else {
             return false

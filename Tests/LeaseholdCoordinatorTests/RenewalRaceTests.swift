@@ -329,4 +329,7 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.recordCrash(of: replica, handlers: handlers, all: all, signal: signal)
     }
     func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool { try await base.releaseQuarantine(handlerID) }
+    func preventCreation(_ handler: NewHandler, reason: String?) async throws -> HandlerRecord? {
+        try await base.preventCreation(handler, reason: reason)
+    }
 }
