@@ -218,6 +218,10 @@ def test_retention_removes_finished_runs_and_keeps_running_ones(database_url, sp
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--lease-ttl", "soon", "--lease-ttl"),
+    ("--lease-ttl", "300ms", "--lease-ttl: must be at least 1s"),
+    ("--lease-ttl", "1e300s", "--lease-ttl: '1e300s' is longer than ten years"),
+    ("--retention", "1e20d", "--retention"),
+    ("--batch-linger", "600ms", "--batch-linger: must be at most a tenth of --lease-ttl"),
     ("--idle-timeout", "-3s", "--idle-timeout"),
     ("--port", "99999", "--port"),
     ("--database-url", "mysql://x@y/z", "--database-url"),

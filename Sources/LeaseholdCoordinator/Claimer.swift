@@ -14,15 +14,20 @@ struct Claimer: Sendable {
     let signals: CoordinatorSignals
 
     func run(host: HandlerHost) async {
+        var failing = false
         while !Task.isCancelled {
             do { try await clock.sleep(for: configuration.claimInterval) } catch { return }
-            await claimOnce(host: host)
+            failing = await claimOnce(host: host, failing: failing)
         }
     }
 
-    func claimOnce(host: HandlerHost) async {
+    /// - Parameter failing: the pass before failed (its failure was logged as a warning; the
+    ///   repeats of a database outage, four a second, at debug).
+    /// - Returns: whether this pass failed.
+    @discardableResult
+    func claimOnce(host: HandlerHost, failing: Bool = false) async -> Bool {
         defer { signals.passed(.claim) }
-        guard !host.isShuttingDown, host.keeper.leasesProvable else { return }
+        guard !host.isShuttingDown, host.keeper.leasesProvable else { return failing }
         do {
             // Bounded, so a claim stuck on a dead connection cannot hold up shutdown or step-down;
             // a claim that committed after all leaves leases without runtimes, which the renewal
@@ -39,9 +44,13 @@ struct Claimer: Sendable {
                 }
                 await host.launch(handler, reason: handler.acquired.rawValue)
             }
+            if failing { logger.info("claims work again") }
+            return false
         } catch {
             // The next pass (one claim interval later) tries again; nothing was claimed.
-            logger.debug("claim failed", metadata: [LogKeys.error: "\(error)"])
+            logger.log(
+                level: failing ? .debug : .warning, "claim failed", metadata: [LogKeys.error: "\(error)"])
+            return true
         }
     }
 }

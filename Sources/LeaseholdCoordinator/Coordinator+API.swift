@@ -104,6 +104,9 @@ extension Coordinator {
 
     private func create(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord {
         guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
+        // A lease this replica could not prove would be fenced before its first write: nothing
+        // is sent, so the answer is certain.
+        guard keeper.leasesProvable else { throw CoordinatorError.runNotStarted(new.id) }
         let created: ClaimedHandler
         do {
             created = try await store.create(new, owner: replicaID)

@@ -95,16 +95,24 @@ extension PostgresStore.Statements {
     }
 
     /// Moves the token sequence past `token` and past every token a handler row holds (rows
-    /// copied from elsewhere), and only forward: `setval` runs only when that is above the
-    /// sequence's last value. (A `nextval` between the read and the `setval` could be undone;
-    /// this runs only when the sequence is behind, after the database went back in time.)
+    /// copied from elsewhere), and only forward: draws tokens, at most `advanceBatch` per
+    /// statement, and answers how many are still missing (0: done). Drawn, not
+    /// `setval`: a reservation or claim drawing at the same moment could otherwise be overtaken by a
+    /// `setval` computed from before it, and the sequence would move back below a token it handed
+    /// out. Draws only move forward, whoever else draws meanwhile.
     static func advanceTokens(past token: Int64) -> PostgresQuery {
         """
-        SELECT setval('leasehold_fencing_tokens', target) FROM (
-            SELECT GREATEST(\(token), (SELECT COALESCE(max(fencing_token), 0) FROM handlers)) AS target) t
-        WHERE target > COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0)
+        WITH goal AS (
+            SELECT GREATEST(\(token), (SELECT COALESCE(max(fencing_token), 0) FROM handlers))
+                - COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0) AS missing),
+        drawn AS (
+            SELECT nextval('leasehold_fencing_tokens') FROM generate_series(1, LEAST(
+                (SELECT missing FROM goal), \(advanceBatch))))
+        SELECT GREATEST(0, (SELECT missing FROM goal) - (SELECT count(*) FROM drawn))
         """
     }
+
+    static let advanceBatch: Int64 = 1_000_000
 
     static func counts() -> PostgresQuery {
         """

@@ -69,6 +69,8 @@ enum WireFormat {
             } catch {
                 throw APIError(.badRequest, "event is a string but not JSON: \(error)")
             }
+            // The body's own check saw an escape ("\\u0000") where this text now has the character.
+            if containsNUL(raw) { throw APIError(.badRequest, "strings in the event must not contain \\u0000") }
         }
         guard case .object(let object) = raw else { throw APIError(.badRequest, "event must be a JSON object") }
         guard let type = object["type"]?.stringValue, !type.isEmpty else {

@@ -221,7 +221,9 @@ struct Settings {
             ?? "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
         advertise = setting(serve.advertiseAddress, "LEASEHOLD_ADVERTISE_ADDRESS") ?? "http://\(host):\(port)"
         leaseTTL = try parseDuration(setting(serve.leaseTTL, "LEASEHOLD_LEASE_TTL") ?? "5s", flag: "--lease-ttl")
-        guard leaseTTL >= .milliseconds(300) else { throw BadSetting(message: "--lease-ttl: must be at least 300ms") }
+        // Under a second the margins do not hold: renewals every TTL/3, self-fencing 200 ms
+        // before expiry, and a loaded machine's statement latency eat the whole lease.
+        guard leaseTTL >= .seconds(1) else { throw BadSetting(message: "--lease-ttl: must be at least 1s") }
         let idleText = setting(serve.idleTimeout, "LEASEHOLD_IDLE_TIMEOUT") ?? "60s"
         idleTimeout = idleText.lowercased() == "off" ? nil : try parseDuration(idleText, flag: "--idle-timeout")
         var keys: [String] = []
@@ -261,6 +263,11 @@ struct Settings {
             throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
         }
         groupCommit = try Self.groupCommit(serve)
+        // A write that has not returned within half a TTL counts as stuck (LeaseKeeper): a commit
+        // that lingers must stay far from that, or waiting for company fences handlers.
+        if let linger = groupCommit?.linger, linger > leaseTTL / 10 {
+            throw BadSetting(message: "--batch-linger: must be at most a tenth of --lease-ttl (\(leaseTTL / 10))")
+        }
     }
 
     private static func groupCommit(_ serve: Serve) throws -> GroupCommitSettings? {
