@@ -135,6 +135,15 @@ struct BadInputTests {
                 client, .post, "/events/h",
                 body: #"{"event": {"type": "HumanResponseEvent", "value": {"response": "a\u0000b"}}}"#,
                 status: .badRequest, detail: "must not contain")
+            // The same as a JSON string: the escape is one level down, the character there after parsing.
+            try await expectError(
+                client, .post, "/events/h",
+                body: #"{"event": "{\"type\": \"HumanResponseEvent\", \"value\": {\"response\": \"a\\u0000b\"}}"}"#,
+                status: .badRequest, detail: "must not contain")
+            try await expectError(
+                client, .post, "/workflows/echo/run",
+                body: #"{"start_event": "{\"type\": \"StartEvent\", \"value\": {\"message\": \"a\\u0000b\"}}"}"#,
+                status: .badRequest, detail: "must not contain")
             try await expectError(
                 client, .post, "/events/h", body: #"{"event": {"type": "Tick", "value": {"n": 1}}}"#,
                 status: .badRequest, detail: "not an event of workflow 'approval'")
