@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 import pytest
 from llama_agents.client import WorkflowClient
 
-from conftest import BIN, wait_until
+from conftest import BIN, free_port, psql, wait_until
 
 
 def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
@@ -291,3 +292,16 @@ def test_superseded_replica_shuts_down_cleanly_while_connections_arrive(database
     assert "Program crashed" not in log and "Fatal error" not in log, log[-3000:]
     assert code > 0, (code, log[-3000:])  # exited with its error, not killed by a signal
     assert "registered by another process" in log
+
+
+def test_a_database_without_fsync_is_refused_at_startup(database_url, tmp_path):
+    """fsync=off loses acknowledged commits in a crash of the server, on the same timeline: a
+    replica refuses to start on it, naming the setting. (The test server runs with fsync off and
+    says it is a throwaway, `leasehold.allow_fsync_off`; this database takes that back.)"""
+    name = database_url.rsplit("/", 1)[1]
+    psql(database_url, f"ALTER DATABASE {name} SET leasehold.allow_fsync_off = off")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
+    result = subprocess.run([BIN, "serve", "--port", str(free_port()), "--database-url", database_url],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "fsync=off" in result.stderr and "postgresql.conf" in result.stderr, result.stderr[-2000:]

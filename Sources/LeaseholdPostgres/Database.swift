@@ -38,6 +38,24 @@ public struct Database: Sendable {
             requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30), groupCommit: groupCommit)
     }
 
+    /// A server with `fsync=off` loses acknowledged commits when it crashes, on the same
+    /// timeline (no failover check can see it): refused, unless the server itself says it is a
+    /// throwaway (`leasehold.allow_fsync_off = on` in its configuration, as `scripts/pg` sets for
+    /// tests).
+    func refuseUnsafeDurability(logger: Logger) async throws {
+        let rows = try await client.query(
+            "SELECT current_setting('fsync'), COALESCE(current_setting('leasehold.allow_fsync_off', true), 'off')",
+            logger: logger)
+        for try await (fsync, allowed) in rows.decode((String, String).self) where fsync == "off" {
+            guard allowed == "on" else {
+                throw DatabaseError(
+                    message: "the database runs with fsync=off: a crash of its server would lose acknowledged "
+                        + "writes, which no fencing survives; turn fsync on in postgresql.conf")
+            }
+            logger.warning("the database runs with fsync=off (allowed by leasehold.allow_fsync_off: tests only)")
+        }
+    }
+
     /// The `ledger` sample's external system, in this database.
     public func ledger(logger: Logger) -> PostgresLedger { PostgresLedger(client: client, logger: logger) }
 
@@ -57,10 +75,13 @@ public struct Database: Sendable {
                 // One attempt ends within 10 s whatever the network does (`Migrator.migrate` closes a
                 // connection that does not answer); the next takes a fresh connection.
                 let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10))
+                try await refuseUnsafeDurability(logger: logger)
                 logger.info("schema ready", metadata: ["applied": "\(applied)"])
                 return applied
             } catch let error as MigrationError {
                 throw DatabaseError(message: "migrations: \(error)")
+            } catch let error as DatabaseError {
+                throw error
             } catch {
                 lastError = Self.describe(error)
                 logger.warning("database not reachable yet", metadata: ["database": "\(url)", "error": "\(lastError)"])

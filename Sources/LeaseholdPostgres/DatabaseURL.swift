@@ -9,6 +9,12 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
     public var password: String?
     public var database: String
     public var requireTLS: Bool
+    /// Sent as a session start-up parameter on every connection: `on` (the default),
+    /// `remote_write` or `remote_apply` (`?synchronous_commit=` in the URL). Never `off` or
+    /// `local`, whatever postgresql.conf, the role or the database say: with those a crash of the
+    /// primary, or a failover, loses acknowledged commits on the same timeline, where no check of
+    /// the node can see it, and fencing rests on every acknowledged write staying written.
+    public var synchronousCommit: String
 
     /// - Throws: `DatabaseURLError` saying what is wrong (without the password).
     public init(_ text: String) throws {
@@ -28,6 +34,13 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         self.database = path.isEmpty ? username : path
         let sslmode = components.queryItems?.first { $0.name == "sslmode" }?.value
         self.requireTLS = sslmode == "require" || sslmode == "verify-full"
+        let commit = components.queryItems?.first { $0.name == "synchronous_commit" }?.value ?? "on"
+        guard ["on", "remote_write", "remote_apply"].contains(commit) else {
+            throw DatabaseURLError(
+                message: "database URL: synchronous_commit=\(commit) would let the database lose acknowledged "
+                    + "commits; use on, remote_write or remote_apply")
+        }
+        self.synchronousCommit = commit
     }
 
     public var description: String { "postgres://\(username)@\(host):\(port)/\(database)" }
@@ -45,7 +58,9 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         configuration.options.connectTimeout = .seconds(3)
         configuration.options.maximumConnections = 16
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(5))
-        var parameters = [("application_name", String(applicationName.prefix(63)))]
+        var parameters = [
+            ("application_name", String(applicationName.prefix(63))), ("synchronous_commit", synchronousCommit),
+        ]
         if let sessionTimeout {
             let milliseconds = max(
                 1,
