@@ -2,10 +2,14 @@
 #include "crash_report.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 // 16,384 slots: the most step runs one replica has in flight at once (handlers × each one's
@@ -13,6 +17,13 @@
 // "all" and the watcher suspects every handler the dead replica owned.
 #define SLOTS 16384
 #define ID_BYTES 128
+// How long the dying process waits for the watcher to say the report is recorded. The watcher
+// must record it before this process ends: where this process is a container's PID 1 (or a
+// systemd unit's main process), its end kills the watcher too.
+#define ACK_WAIT_MS 10000
+// Each thread that runs a step gets an alternate signal stack, so that a stack overflow in a
+// step (the likeliest trap of user code) still reaches the handler instead of a silent death.
+#define ALT_STACK_BYTES (64 * 1024)
 
 struct slot {
     atomic_int state;  // 0 free, 1 being written, 2 running
@@ -23,12 +34,15 @@ struct slot {
 static struct slot slots[SLOTS];
 static atomic_int overflowed;
 static atomic_int next_hint;
-static int report_fd = -1;
+static atomic_int report_fd = -1;
+static atomic_int ack_fd = -1;
+static __thread int has_alt_stack;
 
 static const int fatal_signals[] = {SIGILL, SIGTRAP, SIGABRT, SIGSEGV, SIGBUS, SIGFPE};
 #define FATAL_COUNT (sizeof(fatal_signals) / sizeof(fatal_signals[0]))
 static struct sigaction previous[FATAL_COUNT];
 static atomic_int reporting;
+static atomic_int reported;
 
 static void write_all(int fd, const char *bytes, size_t length) {
     while (length > 0) {
@@ -56,40 +70,72 @@ static size_t format_int(char *out, int value) {
     return length;
 }
 
-static void close_from_three(void) {
-#ifdef SYS_close_range
-    if (syscall(SYS_close_range, 3U, ~0U, 0) == 0) return;
-#endif
+static void close_from_three_except(int keep) {
     long limit = sysconf(_SC_OPEN_MAX);
     if (limit < 0 || limit > 65536) limit = 65536;
-    for (int fd = 3; fd < limit; fd++) close(fd);
+#ifdef SYS_close_range
+    if (keep < 3) {
+        if (syscall(SYS_close_range, 3U, ~0U, 0) == 0) return;
+    } else {
+        if ((keep == 3 || syscall(SYS_close_range, 3U, (unsigned)keep - 1, 0) == 0)
+            && syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0) == 0)
+            return;
+    }
+#endif
+    for (int fd = 3; fd < limit; fd++) {
+        if (fd != keep) close(fd);
+    }
+}
+
+/// Waits (bounded) until the watcher answers that the report is recorded, or is gone.
+static void await_ack(int fd) {
+    if (fd < 0) return;
+    struct pollfd waiting = {.fd = fd, .events = POLLIN};
+    int left = ACK_WAIT_MS;
+    while (left > 0) {
+        int ready = poll(&waiting, 1, left > 100 ? 100 : left);
+        if (ready > 0) return;  // the answer, or the watcher's end (EOF or error)
+        if (ready < 0 && errno != EINTR) return;
+        left -= 100;
+    }
 }
 
 static void on_fatal_signal(int signal_number, siginfo_t *info, void *context) {
-    (void)info;
     (void)context;
-    // The first fault reports; a fault while reporting (or in another thread at once) goes
-    // straight on to the previous handler.
-    if (atomic_exchange(&reporting, 1) == 0 && report_fd >= 0) {
-        char line[ID_BYTES + 16];
-        size_t length = 0;
-        memcpy(line, "crash ", 6);
-        length = 6;
-        length += format_int(line + length, signal_number);
-        line[length++] = '\n';
-        write_all(report_fd, line, length);
-        if (atomic_load(&overflowed) > 0) write_all(report_fd, "all\n", 4);
-        for (int index = 0; index < SLOTS; index++) {
-            if (atomic_load(&slots[index].state) != 2) continue;
-            memcpy(line, "step ", 5);
-            length = 5;
-            memcpy(line + length, slots[index].id, slots[index].length);
-            length += slots[index].length;
+    if (atomic_exchange(&reporting, 1) == 0) {
+        int fd = atomic_load(&report_fd);
+        int ack = atomic_load(&ack_fd);
+        if (fd >= 0) {
+            char line[ID_BYTES + 16];
+            size_t length = 0;
+            memcpy(line, "crash ", 6);
+            length = 6;
+            length += format_int(line + length, signal_number);
             line[length++] = '\n';
-            write_all(report_fd, line, length);
+            write_all(fd, line, length);
+            if (atomic_load(&overflowed) > 0) write_all(fd, "all\n", 4);
+            for (int index = 0; index < SLOTS; index++) {
+                if (atomic_load(&slots[index].state) != 2) continue;
+                memcpy(line, "step ", 5);
+                length = 5;
+                memcpy(line + length, slots[index].id, slots[index].length);
+                length += slots[index].length;
+                line[length++] = '\n';
+                write_all(fd, line, length);
+            }
+            write_all(fd, "end\n", 4);
         }
-        write_all(report_fd, "end\n", 4);
-        close_from_three();
+        // The port and the database sessions go now; only the watcher's answer stays open.
+        close_from_three_except(ack);
+        await_ack(ack);
+        atomic_store(&reported, 1);
+    } else {
+        // Another thread is reporting: wait for it (bounded), so that this fault does not end
+        // the process with half a report written.
+        struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000 * 1000};
+        for (int waited = 0; waited < (ACK_WAIT_MS / 10) + 100 && !atomic_load(&reported); waited++) {
+            nanosleep(&pause, NULL);
+        }
     }
     for (size_t index = 0; index < FATAL_COUNT; index++) {
         if (fatal_signals[index] == signal_number) {
@@ -98,13 +144,14 @@ static void on_fatal_signal(int signal_number, siginfo_t *info, void *context) {
         }
     }
     // A fault re-executes the faulting instruction on return and meets the previous handler;
-    // a signal that was sent (abort, kill) is sent again.
-    // (x86's int3 leaves the instruction behind it, so SIGTRAP is sent again too.)
+    // a signal that was sent (abort, kill) is sent again. (x86's int3 leaves the instruction
+    // behind it, so SIGTRAP is sent again too.)
     if (info == NULL || info->si_code <= 0 || signal_number == SIGTRAP) raise(signal_number);
 }
 
-int lh_crash_report_install(int fd) {
-    report_fd = fd;
+int lh_crash_report_install(int fd, int acknowledgement_fd) {
+    atomic_store(&report_fd, fd);
+    atomic_store(&ack_fd, acknowledgement_fd);
     // Once per process: a second install would save this handler as its own "previous" one.
     static atomic_int installed;
     if (atomic_exchange(&installed, 1) != 0) return 0;
@@ -120,7 +167,19 @@ int lh_crash_report_install(int fd) {
     return 0;
 }
 
+static void ensure_alt_stack(void) {
+    if (has_alt_stack) return;
+    has_alt_stack = 1;
+    stack_t current;
+    if (sigaltstack(NULL, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;  // the runtime's own
+    void *memory = malloc(ALT_STACK_BYTES);  // kept for the thread's life (threads are pooled)
+    if (memory == NULL) return;
+    stack_t stack = {.ss_sp = memory, .ss_size = ALT_STACK_BYTES, .ss_flags = 0};
+    if (sigaltstack(&stack, NULL) != 0) free(memory);
+}
+
 int lh_step_began(const char *handler_id, size_t length) {
+    ensure_alt_stack();
     if (length > ID_BYTES) length = ID_BYTES;
     int start = atomic_fetch_add(&next_hint, 1) % SLOTS;
     if (start < 0) start += SLOTS;
@@ -153,4 +212,9 @@ int lh_steps_running(void) {
         if (atomic_load(&slots[index].state) == 2) count++;
     }
     return count;
+}
+
+int lh_die_with_parent(void) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    return getppid() == 1 ? -1 : 0;
 }

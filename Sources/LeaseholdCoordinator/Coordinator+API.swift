@@ -83,7 +83,14 @@ extension Coordinator {
                 logger.warning(
                     "a run's creation had an unknown outcome; settled",
                     metadata: [LogKeys.handlerID: "\(id)", "written": "\(record != nil)"])
+                // Another run of a client's id (kept from before): this creation did not land.
+                if let record, record.runID != new.runID { throw CoordinatorError.handlerRunning(id) }
                 return record
+            } catch StoreError.handlerNotFound {
+                // The creation landed, ran, finished and was purged before this read: it ran.
+                throw CoordinatorError.runOutcomeUnknown(id)
+            } catch let error as CoordinatorError {
+                throw error
             } catch let error where !(error is CancellationError) {
                 guard clock.now + delay < deadline else { throw CoordinatorError.runOutcomeUnknown(id) }
                 try await clock.sleep(for: delay)
@@ -208,12 +215,13 @@ extension Coordinator {
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
                 if let creation, !creation.isWritten, !settled {
-                    // Never sent: nothing was written, nothing will run. Sent with an unknown
-                    // outcome (the write may still be in flight in a stalled database): settled
-                    // first, so that a 503 is only ever said of a run that will not happen.
-                    guard creation.wasAttempted else { throw CoordinatorError.runNotStarted(id) }
+                    // Its steps began before its first checkpoint was to create it. Never sent:
+                    // nothing was written and it will not go on. Sent with an unknown outcome (the
+                    // write may still be in flight in a stalled database): settled first. Either
+                    // way what its steps did may have happened: not a 503 ("it will not happen").
+                    guard creation.wasAttempted else { throw CoordinatorError.runNotKept(id) }
                     guard let record = try await settle(creation.handler, serverChosenID: true) else {
-                        throw CoordinatorError.runNotStarted(id)
+                        throw CoordinatorError.runNotKept(id)
                     }
                     settled = true
                     if record.status.isFinished { return record }

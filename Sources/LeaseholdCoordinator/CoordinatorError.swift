@@ -12,6 +12,10 @@ public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible
     /// Whether a run's handler was written is unknown: the database did not answer. Not to be
     /// retried blindly; the handler's record will tell.
     case runOutcomeUnknown(HandlerID)
+    /// A run whose handler was never written but whose steps had begun (a server-chosen id runs
+    /// before its first checkpoint creates it): it will not go on, and what its steps did may
+    /// have happened. Not "retry": a retry runs them again.
+    case runNotKept(HandlerID)
 
     public var description: String {
         switch self {
@@ -25,6 +29,9 @@ public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible
             return "the run was not started (handler \(id) could not be written) and will not run; retry"
         case .runOutcomeUnknown(let id):
             return "the database did not answer: whether the run started is unknown; GET /handlers/\(id) will tell"
+        case .runNotKept(let id):
+            return "the run began but handler \(id) could not be written: it will not go on, and its steps may "
+                + "have had effects; not retried automatically"
         }
     }
 }

@@ -98,6 +98,10 @@ final class HandlerHost: Sendable {
         jobContinuation.finish()
     }
 
+    /// Counted for a suspect's isolation when its pending inbox was not read with the lease (it is
+    /// read after launch): as many events as a replica coalesces in one checkpoint, generously.
+    static let unknownPendingInbox = 32
+
     /// Starts a runtime for a handler this replica has just claimed or created, and hands it its
     /// pending inbox (the start event of a new handler, the events that woke a hibernated one):
     /// the one the store read with the lease, or else read now.
@@ -127,7 +131,8 @@ final class HandlerHost: Sendable {
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
             fencingToken: claimed.lease.token.rawValue, checkpointCoalescing: configuration.checkpointCoalescing,
-            isolation: configuration.stepIsolation, suspect: claimed.suspect)
+            isolation: configuration.stepIsolation, suspect: claimed.suspect,
+            pendingInbox: claimed.pendingInbox?.count ?? Self.unknownPendingInbox)
         if claimed.suspect {
             metrics.suspectsLaunched.increment()
             logger.warning(
@@ -254,7 +259,10 @@ final class HandlerHost: Sendable {
                 if state.live[handler.id] === handler { state.live[handler.id] = nil }
             }
             guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
-            await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "work in flight")
+            await launch(
+                ClaimedHandler(
+                    record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
+                reason: "work in flight")
             return
         }
         let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
@@ -275,7 +283,9 @@ final class HandlerHost: Sendable {
             if state.live[handler.id] === handler { state.live[handler.id] = nil }
         }
         guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
-        await launch(ClaimedHandler(record: record, lease: handler.lease, state: final), reason: "inbox not empty")
+        await launch(
+            ClaimedHandler(record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
+            reason: "inbox not empty")
     }
 
     /// A store call bounded by one lease TTL, for work done on behalf of a handler: with the

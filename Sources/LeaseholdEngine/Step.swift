@@ -193,8 +193,9 @@ public final class StepContext: Sendable {
     }
 
     /// Arms a durable timer: `event` is delivered after `seconds`, even across hibernation and failover.
+    /// NaN, negative, infinite and absurd delays are clamped (`Bounds.delay`).
     public func schedule(_ event: AnyEvent, after seconds: Double) {
-        output.withLock { $0.timers.append(TimerRequest(seconds: seconds, event: event)) }
+        output.withLock { $0.timers.append(TimerRequest(seconds: Bounds.delay(seconds), event: event)) }
     }
 
     /// Returns the external event this step waits for, or ends the run until it arrives.

@@ -332,7 +332,8 @@ extension PostgresStore.Statements {
             consumed AS (
                 UPDATE inbox SET consumed = true FROM h
                 WHERE inbox.handler_id = h.id AND NOT inbox.consumed
-                    AND (h.status <> 'running' OR (inbox.handler_id, inbox.event_id) IN (
+                    AND ((h.status <> 'running' AND \(unescaped: PostgresStore.Statements.notQuarantined("h.error")))
+                        OR (inbox.handler_id, inbox.event_id) IN (
                         SELECT * FROM unnest(\(consumedIDs)::text[], \(consumedEvents)::text[])))
                 RETURNING 1),
             notified AS (

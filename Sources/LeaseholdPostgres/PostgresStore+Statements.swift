@@ -239,6 +239,12 @@ extension PostgresStore {
                 """
         }
 
+        /// The error of a quarantined handler starts so (`Tick.Kind.quarantine`); its finishing
+        /// checkpoint leaves its inbox for the release.
+        static func notQuarantined(_ error: String) -> String {
+            "COALESCE(\(error), '') NOT LIKE 'quarantined:%'"
+        }
+
         /// Whether the handler in `alias` is a suspect: a replica died of a fault while one of
         /// its steps ran there (migration 0014). An index probe on a table that is empty but for crashes.
         static func suspect(_ alias: String) -> String {
@@ -264,15 +270,18 @@ extension PostgresStore {
             "DELETE FROM handlers WHERE id = \(id) AND status = 'failed' AND last_sequence = -1"
         }
 
-        /// The crash watcher's one statement: each named handler (or, with `all`, each) that the
-        /// dead replica still owns gets a crash row under the token it held. Answers the ids marked.
+        /// The crash watcher's one statement: each named handler still running gets a crash row,
+        /// whoever owns it now (the dead replica had a step of it running, so it owned it; a
+        /// restart of that id or a quick claimer may have taken it since, and the mark must not be
+        /// lost to that); with `all`, each running handler the dead replica still owns. Answers
+        /// the ids marked.
         static func recordCrash(replica: String, ids: [String], all: Bool, signal: Int32) -> PostgresQuery {
             """
             INSERT INTO handler_crashes (handler_id, run_id, replica, token, signal)
-            SELECT id, run_id, owner_replica, fencing_token, \(Int(signal))
+            SELECT id, run_id, \(replica), fencing_token, \(Int(signal))
             FROM handlers
-            WHERE owner_replica = \(replica) AND status = 'running'
-                AND (\(all)::bool OR id = ANY(\(ids)::text[]))
+            WHERE status = 'running'
+                AND (id = ANY(\(ids)::text[]) OR (\(all)::bool AND owner_replica = \(replica)))
             ON CONFLICT (handler_id, token) DO NOTHING
             RETURNING handler_id
             """
@@ -293,7 +302,8 @@ extension PostgresStore {
         /// One fenced statement: the handler row update is conditional on the lease; the log insert
         /// and inbox consumption join on its result, so a stale lease writes nothing at all. The
         /// checkpoint that finishes a handler consumes what is left of its inbox (nothing can apply
-        /// it any more, and unconsumed rows would keep showing up as claim candidates).
+        /// it any more, and unconsumed rows would keep showing up as claim candidates) — unless
+        /// it quarantines it (`quarantinedError`): a release runs it on, with those events.
         static func checkpoint(
             id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
             result: String?, lastSequence: Int64, sequences: [Int64], records: [String], consumed: [String]
@@ -315,7 +325,8 @@ extension PostgresStore {
             consumed AS (
                 UPDATE inbox SET consumed = true FROM h
                 WHERE inbox.handler_id = h.id AND NOT inbox.consumed
-                    AND (inbox.event_id = ANY(\(consumed)::text[]) OR \(status) <> 'running')
+                    AND (inbox.event_id = ANY(\(consumed)::text[])
+                        OR (\(status) <> 'running' AND \(unescaped: notQuarantined("h.error"))))
                 RETURNING 1),
             notified AS (
                 SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.log)' || h.id) FROM h WHERE cardinality(\(sequences)::bigint[]) > 0),

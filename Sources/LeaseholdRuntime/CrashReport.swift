@@ -8,9 +8,10 @@ import Foundation
 /// in isolation (`StepIsolation`).
 public enum CrashReport {
     /// Reports a fatal signal of this process to `descriptor` from now on (the write end of the
-    /// crash watcher's pipe). Called again, it only changes the descriptor (a new watcher).
-    public static func install(reportingTo descriptor: Int32) throws {
-        guard lh_crash_report_install(descriptor) == 0 else {
+    /// crash watcher's pipe), and waits for the watcher's answer on `acknowledgement` before it
+    /// dies. Called again, it only changes the descriptors (a new watcher).
+    public static func install(reportingTo descriptor: Int32, acknowledgedBy acknowledgement: Int32) throws {
+        guard lh_crash_report_install(descriptor, acknowledgement) == 0 else {
             throw CrashReportError(description: "sigaction failed: errno \(errno)")
         }
     }
@@ -24,10 +25,15 @@ public enum CrashReport {
         return try await body()
     }
 
+    /// Dies (SIGKILL) with the process that started this one; false when that one is gone already.
+    public static func dieWithParent() -> Bool { lh_die_with_parent() == 0 }
+
     /// Step runs marked as running right now (tests).
     public static var stepsRunning: Int { Int(lh_steps_running()) }
 
-    /// One report as the watcher reads it: "crash <signal>", then "step <id>" lines or "all", then "end".
+    /// One report as the watcher reads it: "crash <signal>", then "step <id>" lines or "all", then
+    /// "end". A report cut short (no "end") names every handler the process owned: which ones
+    /// had a step running is not known.
     public struct Report: Sendable, Hashable {
         public var signal: Int32
         public var handlerIDs: [String]
@@ -39,6 +45,7 @@ public enum CrashReport {
             var signal: Int32?
             var ids: [String] = []
             var all = false
+            var ended = false
             for line in text.split(separator: "\n") {
                 if line.hasPrefix("crash ") {
                     signal = Int32(line.dropFirst(6))
@@ -46,12 +53,14 @@ public enum CrashReport {
                     ids.append(String(line.dropFirst(5)))
                 } else if line == "all" {
                     all = true
+                } else if line == "end" {
+                    ended = true
                 }
             }
             guard let signal else { return nil }
             self.signal = signal
             self.handlerIDs = ids
-            self.all = all
+            self.all = all || !ended
         }
     }
 }

@@ -82,10 +82,6 @@ extension HandlerRuntime {
             shared.pendingConsumed = []
             shared.dirty = false
             shared.urgent = false
-            // A suspect whose state has nothing in flight has got past every step it had started
-            // when its replica died: its next steps run here again. (Before the write: a write
-            // that fails stops the runtime, and a step can only start on a new event anyway.)
-            if checkpoint.state.inFlight.isEmpty { shared.isolatedRunsLeft = 0 }
             return checkpoint
         }
         if let pending { try await persistence.checkpoint(pending) }

@@ -68,11 +68,11 @@ public final class HandlerRuntime: Sendable {
     ///     steps run (zero: every change is written at once).
     ///   - isolation: where steps run while the handler is a suspect (a replica died of a fault
     ///     during one of its steps); nil runs them here.
-    ///   - suspect: a replica died of a fault while a step of this handler ran there. Its runs in
-    ///     flight in `state` (the one that trapped is among them, or is started by what follows
-    ///     them) and the next `isolationMargin` runs go through `isolation`; so does everything
-    ///     until then, and a checkpoint with nothing in flight ends it sooner (the handler got
-    ///     past every step it had started). After that its steps run here again.
+    ///   - suspect: a replica died of a fault while a step of this handler ran there. As many
+    ///     runs as it has in flight in `state`, plus `pendingInbox` (the events its replica had not
+    ///     checkpointed yet, each of which may start one), plus `isolationMargin`, go through
+    ///     `isolation`: the one that trapped is among them. After that its steps run here again.
+    ///   - pendingInbox: see `suspect`.
     public init(
         handlerID: String,
         workflow: Workflow,
@@ -83,7 +83,8 @@ public final class HandlerRuntime: Sendable {
         fencingToken: Int64 = 0,
         checkpointCoalescing: Duration = .zero,
         isolation: (any StepIsolation)? = nil,
-        suspect: Bool = false
+        suspect: Bool = false,
+        pendingInbox: Int = 0
     ) {
         self.isolation = isolation
         self.handlerID = handlerID
@@ -94,7 +95,8 @@ public final class HandlerRuntime: Sendable {
         self.maxConcurrentSteps = max(1, maxConcurrentSteps)
         self.clock = clock
         var shared = Shared(state: state, lastActivity: clock.now)
-        shared.isolatedRunsLeft = suspect && isolation != nil ? state.inFlight.count + Self.isolationMargin : 0
+        shared.isolatedRunsLeft =
+            suspect && isolation != nil ? state.inFlight.count + pendingInbox + Self.isolationMargin : 0
         self.shared = Mutex(shared)
         (inputs, inputContinuation) = AsyncStream.makeStream(of: Input.self)
         (checkpointSignals, checkpointContinuation) = AsyncStream.makeStream(
@@ -135,9 +137,9 @@ public final class HandlerRuntime: Sendable {
     /// Whether its steps run in isolation now (it is a suspect that has not got past its steps yet).
     public var isolating: Bool { shared.withLock { $0.isolatedRunsLeft > 0 } }
 
-    /// Runs isolated beyond those in flight when a suspect is restored: the runs its redelivered
-    /// inbox events start, and what they chain into, between its last checkpoint and the trap (a
-    /// checkpoint waits at most `checkpointCoalescing`, so that is a few runs).
+    /// Runs isolated beyond those in flight and those its pending events start when a suspect is
+    /// restored: what they chain into between its last checkpoint and the trap (a checkpoint
+    /// waits at most `checkpointCoalescing`, so that is a few runs).
     public static let isolationMargin = 8
 
     // MARK: - Running

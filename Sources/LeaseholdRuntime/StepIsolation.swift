@@ -38,7 +38,9 @@ public struct IsolatedStep: Sendable, Codable {
         case failed(String)
     }
 
-    /// Runs the step in this process (the child's side): what `HandlerRuntime` would run in-process.
+    /// Runs the step in this process (the child's side): what `HandlerRuntime` would run
+    /// in-process, with the same check of its output (what cannot be kept fails the run here, so
+    /// that the answer can always be written).
     public func perform(in registry: WorkflowRegistry) async -> Answer {
         let step: Step
         do {
@@ -54,7 +56,9 @@ public struct IsolatedStep: Sendable, Codable {
             fencingToken: fencingToken, handlerID: handlerID)
         do {
             try await step.body(run.event, context)
-            return .finished(context.collectedOutput)
+            let output = context.collectedOutput
+            if let problem = output.boundsProblem { return .failed("step output cannot be kept: \(problem)") }
+            return .finished(output)
         } catch let waiting as WaitingForEvent {
             return .waiting(waiting.request)
         } catch {
@@ -63,26 +67,24 @@ public struct IsolatedStep: Sendable, Codable {
     }
 }
 
-/// The isolated process ended without answering: it trapped, or was killed.
+/// The isolated process died of a fault (a trap, a failed precondition, a stack overflow): the
+/// step ended its process. What quarantines a suspect.
 public struct StepCrashed: Error, CustomStringConvertible, Sendable {
-    /// The signal that ended it, or nil when it exited without an answer.
-    public var signal: Int32?
-    public var exitStatus: Int32?
-    public var detail: String
+    /// The signal that ended it.
+    public var signal: Int32
 
-    public init(signal: Int32?, exitStatus: Int32?, detail: String) {
+    public init(signal: Int32) {
         self.signal = signal
-        self.exitStatus = exitStatus
-        self.detail = detail
     }
 
-    public var description: String {
-        if let signal { return "ended its process with signal \(signal) (\(detail))" }
-        return "ended its process with exit status \(exitStatus ?? -1) (\(detail))"
-    }
+    /// The signals of a fault (what a trap, an abort or a bad access end a process with).
+    public static let faults: Set<Int32> = [SIGILL, SIGTRAP, SIGABRT, SIGSEGV, SIGBUS, SIGFPE]
+
+    public var description: String { "ended its process with signal \(signal)" }
 }
 
-/// The step threw in the isolated process; its error, as text.
+/// The step threw in the isolated process, or the process ended otherwise than by a fault
+/// (killed, out of memory, no answer): a failure of this run, retried as the step's policy says.
 public struct IsolatedStepFailed: Error, CustomStringConvertible, Sendable {
     public var description: String
 
@@ -111,12 +113,10 @@ public struct ChildProcessStepIsolation: StepIsolation {
         self.environment = environment
     }
 
-    /// This process's executable (`/proc/self/exe` where there is one).
+    /// This process's executable: `/proc/self/exe` itself where there is one (started as it is,
+    /// it is the running binary even after the file was replaced by an upgrade).
     public static var ownExecutable: URL {
-        let link = "/proc/self/exe"
-        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: link) {  // Linux only
-            return URL(fileURLWithPath: target)
-        }
+        if FileManager.default.fileExists(atPath: "/proc/self/exe") { return URL(fileURLWithPath: "/proc/self/exe") }
         return URL(fileURLWithPath: CommandLine.arguments[0])
     }
 
@@ -131,12 +131,13 @@ public struct ChildProcessStepIsolation: StepIsolation {
         process.standardInput = stdin
         process.standardOutput = stdout
         try process.run()
-        // The child's pipes are read and waited for on a thread of Dispatch's own, never on one
-        // of the concurrency pool's few: a step may run for minutes.
+        // The child's pipes are read and waited for on a thread of its own: a step may run for
+        // minutes, and neither the concurrency pool's threads nor Dispatch's global ones (the
+        // same few on Linux) may be held that long.
         let (output, status, reason) = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation {
                 (continuation: CheckedContinuation<(Data, Int32, Process.TerminationReason), any Error>) in
-                DispatchQueue.global().async {
+                let waiter = Thread {
                     do {
                         try stdin.fileHandleForWriting.write(contentsOf: input)
                         try stdin.fileHandleForWriting.close()
@@ -147,17 +148,19 @@ public struct ChildProcessStepIsolation: StepIsolation {
                     process.waitUntilExit()
                     continuation.resume(returning: (output, process.terminationStatus, process.terminationReason))
                 }
+                waiter.start()
             }
         } onCancel: {
             if process.isRunning { process.terminate() }
         }
         try Task.checkCancellation()
         if reason == .uncaughtSignal {
-            throw StepCrashed(signal: status, exitStatus: nil, detail: "isolated step process")
+            if StepCrashed.faults.contains(status) { throw StepCrashed(signal: status) }
+            throw IsolatedStepFailed(description: "the isolated step was killed (signal \(status))")
         }
         guard status == 0, let answer = try? JSONDecoder().decode(IsolatedStep.Answer.self, from: output) else {
             // (`try?`: an answer that does not decode is the same fact as no answer.)
-            throw StepCrashed(signal: nil, exitStatus: status, detail: "no answer from the isolated step process")
+            throw IsolatedStepFailed(description: "the isolated step exited with status \(status) and no answer")
         }
         switch answer {
         case .finished(let output): return output

@@ -66,6 +66,8 @@ enum ErrorMapping {
                     fields: ["handler_id": .string(id.rawValue)])
             case .runOutcomeUnknown(let id):
                 return APIError(.gatewayTimeout, error.description, fields: ["handler_id": .string(id.rawValue)])
+            case .runNotKept(let id):
+                return APIError(.internalServerError, error.description, fields: ["handler_id": .string(id.rawValue)])
             }
         case let error as HTTPError:
             return APIError(error.status, error.body ?? error.status.reasonPhrase)

@@ -150,8 +150,9 @@ public protocol HandlerStore: Sendable {
     func preventCreation(_ handler: NewHandler, reason: String?) async throws -> HandlerRecord?
 
     /// A replica died of a fault (`CrashReport`) while steps of `handlers` ran there: each of
-    /// them it still owns (with `all`, each it owns) is a suspect from now on — claims say so
-    /// (`ClaimedHandler.suspect`) until the handler is deleted. Returns the handlers marked.
+    /// them still running (whoever owns it now), or with `all` each running handler the replica
+    /// owns, is a suspect from now on — claims say so (`ClaimedHandler.suspect`) until the
+    /// handler is deleted. Returns the handlers marked.
     func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
         -> [HandlerID]
 

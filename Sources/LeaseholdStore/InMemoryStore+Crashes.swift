@@ -11,7 +11,7 @@ extension InMemoryStore {
         let named = Set(handlers)
         var marked: [HandlerID] = []
         for (id, entry) in entries
-        where entry.record.owner == replica && entry.record.status == .running && (all || named.contains(id)) {
+        where entry.record.status == .running && (named.contains(id) || (all && entry.record.owner == replica)) {
             entries[id]?.suspect = true
             marked.append(id)
         }

@@ -255,7 +255,9 @@ public actor InMemoryStore: HandlerStore {
         let consumed = Set(checkpoint.consumedInbox)
         // A finished handler consumes what is left of its inbox: nothing can apply it any more.
         for index in entry.inbox.indices
-        where consumed.contains(entry.inbox[index].event.id) || checkpoint.state.status.isFinished {
+        where consumed.contains(entry.inbox[index].event.id)
+            || (checkpoint.state.status.isFinished && checkpoint.state.quarantine == nil)
+        {
             entry.inbox[index].consumed = true
         }
         entry.record.status = checkpoint.state.status

@@ -44,6 +44,11 @@ struct IsolatedStepCommand: AsyncParsableCommand {
         } catch let error as BadSetting {
             throw fail(error.message)
         }
+        // Dies with the replica that started it: a step of a replica that is gone must not go on.
+        guard CrashReport.dieWithParent() else { throw ExitCode(1) }  // the replica was already gone
+        // The answer goes out on a descriptor of its own; what the step prints goes to stderr.
+        let answerDescriptor = dup(STDOUT_FILENO)
+        dup2(STDERR_FILENO, STDOUT_FILENO)
         let step = try JSONDecoder().decode(IsolatedStep.self, from: FileHandle.standardInput.readDataToEndOfFile())
         let answer: IsolatedStep.Answer
         if let url {
@@ -54,7 +59,7 @@ struct IsolatedStepCommand: AsyncParsableCommand {
         } else {
             answer = await step.perform(in: try workflows(ledger: InMemoryLedger()))
         }
-        FileHandle.standardOutput.write(try JSONEncoder().encode(answer))
+        FileHandle(fileDescriptor: answerDescriptor, closeOnDealloc: true).write(try JSONEncoder().encode(answer))
     }
 }
 
@@ -89,9 +94,11 @@ struct CrashWatch: AsyncParsableCommand {
                 "replica_id": "\(replicaID)", "signal": "\(report.signal)",
                 "handlers_in_a_step": "\(report.all ? "all" : report.handlerIDs.joined(separator: ","))",
             ])
-        // Tries for up to 30 s: the database may be failing over too. A mark that lands after
-        // another replica claimed a handler marks nothing (the statement checks the owner).
-        let deadline = ContinuousClock.now + .seconds(30)
+        // Tries for up to 10 s, as long as the dying replica waits for the answer below (where it
+        // is a container's PID 1 its end ends this process too): the database may be failing over.
+        let deadline = ContinuousClock.now + .seconds(10)
+        // The answer (or this process's end) lets the dying replica go on to its end.
+        defer { FileHandle.standardOutput.write(Data("recorded\n".utf8)) }
         while true {
             do {
                 let marked = try await withDatabase(url, logger: logger, limit: .seconds(5)) { database in
@@ -147,9 +154,10 @@ final class CrashWatcher: Service, Sendable {
     let environment: [String: String]
     let arguments: [String]
     let logger: Logger
-    /// The current watcher and its pipe, whose write end must stay open for the life of this
-    /// process (a `Pipe` closes its descriptors when it goes).
-    private let current = Mutex<(process: Process, pipe: Pipe)?>(nil)
+    /// The current watcher and its pipes (the report, and its answer that the report is
+    /// recorded), whose ends here must stay open for the life of this process (a `Pipe` closes
+    /// its descriptors when it goes).
+    private let current = Mutex<(process: Process, report: Pipe, answer: Pipe)?>(nil)
 
     init(databaseURL: String, replicaID: String, logger: Logger) {
         self.environment = ProcessInfo.processInfo.environment.merging(
@@ -164,21 +172,29 @@ final class CrashWatcher: Service, Sendable {
         process.executableURL = ChildProcessStepIsolation.ownExecutable
         process.arguments = arguments
         process.environment = environment
-        let pipe = Pipe()
-        process.standardInput = pipe
+        let report = Pipe()
+        let answer = Pipe()
+        process.standardInput = report
+        process.standardOutput = answer
         try process.run()
-        let descriptor = pipe.fileHandleForWriting.fileDescriptor
-        // Only this process may hold the write end: a child holding it would keep the watcher
-        // waiting past this process's end.
+        let descriptor = report.fileHandleForWriting.fileDescriptor
+        let acknowledgement = answer.fileHandleForReading.fileDescriptor
+        // Only this process may hold these ends: a child holding the report's would keep the
+        // watcher waiting past this process's end.
         _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
-        try CrashReport.install(reportingTo: descriptor)
-        current.withLock { $0 = (process, pipe) }  // (the previous watcher's pipe closes now: it is gone)
+        _ = fcntl(acknowledgement, F_SETFD, FD_CLOEXEC)
+        try CrashReport.install(reportingTo: descriptor, acknowledgedBy: acknowledgement)
+        // (The previous watcher's pipes close now: it is gone.)
+        current.withLock { $0 = (process, report, answer) }
     }
 
-    /// Waits on the watcher; starts another when it ended (backing off), until shutdown.
+    /// Waits on the watcher; starts another when it ended (backing off while they keep ending),
+    /// until shutdown. A watcher that cannot be started is logged and tried again: the replica
+    /// runs on without containment meanwhile rather than stop.
     func run() async throws {
         var delay = Duration.milliseconds(100)
         while true {
+            let startedAt = ContinuousClock.now
             let ended = AsyncStream<Int32> { continuation in
                 current.withLock { current in
                     guard let process = current?.process else { return continuation.finish() }
@@ -195,12 +211,20 @@ final class CrashWatcher: Service, Sendable {
                 return status
             }
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            if ContinuousClock.now - startedAt > .seconds(60) { delay = .milliseconds(100) }
             logger.error(
                 "crash watcher exited; starting another",
                 metadata: ["status": "\(status.map(String.init) ?? "?")", "retry_in": "\(delay)"])
-            try await Task.sleep(for: delay)
-            delay = min(delay * 2, .seconds(5))
-            try start()
+            while true {
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+                do {
+                    try start()
+                    break
+                } catch {
+                    logger.error("crash watcher could not be started", metadata: ["error": "\(error)"])
+                }
+            }
         }
     }
 }

@@ -73,8 +73,9 @@ struct FoldedRunTests {
         }
     }
 
-    /// A creation the store refuses (the lease could not be proven): the run fails as unavailable
-    /// (a client may retry), not as an unknown handler.
+    /// A creation the store refuses (the lease could not be proven): the run fails saying it was
+    /// not kept (its step ran first; not "retry"), not as an unknown handler, and the id is held
+    /// by a failed record so that the creation cannot land later.
     @Test func aRefusedCreationFailsTheRunAsUnavailable() async throws {
         try await TestDatabase.withStore { postgres, _ in
             let store = DelayedRenewalStore(postgres)
@@ -83,8 +84,8 @@ struct FoldedRunTests {
                 do {
                     _ = try await coordinators[0].run(workflow: "echo", startEvent: ["message": "no"], handlerID: nil)
                     Issue.record("the run answered although its creation was refused")
-                } catch CoordinatorError.runNotStarted {
-                    // expected
+                } catch CoordinatorError.runNotKept {
+                    // expected: its step ran before the creation was refused
                 }
                 // Settled before the answer: the id is held by a failed record that says why, so
                 // the creation can never land later and run after the client was told it did not.

@@ -19,21 +19,12 @@ final class CountingIsolation: StepIsolation {
 
     func run(_ step: IsolatedStep) async throws -> StepOutput {
         steps.withLock { $0.append(step.run.step) }
-        if crash { throw StepCrashed(signal: 4, exitStatus: nil, detail: "test") }
+        if crash { throw StepCrashed(signal: SIGILL) }
         switch await step.perform(in: registry) {
         case .finished(let output): return output
         case .waiting(let request): throw WaitingForEvent(request: request)
         case .failed(let error): throw IsolatedStepFailed(description: error)
         }
-    }
-}
-
-/// Signals each checkpoint that carries a prompt (`InputRequiredEvent`).
-final class PromptSignallingPersistence: HandlerPersistence {
-    let (prompted, signal) = AsyncStream.makeStream(of: Void.self)
-
-    func checkpoint(_ checkpoint: Checkpoint) async throws {
-        if checkpoint.log.contains(where: { $0.type == "InputRequiredEvent" }) { signal.yield() }
     }
 }
 
@@ -45,48 +36,20 @@ struct StepIsolationTests {
         runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
     }
 
-    @Test("a suspect's steps run isolated until a checkpoint has nothing in flight, then here again")
-    func isolatedUntilPastItsSteps() async throws {
-        let isolation = CountingIsolation(registry)
-        let persistence = PromptSignallingPersistence()
-        let runtime = HandlerRuntime(
-            handlerID: "a", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
-            persistence: persistence, isolation: isolation, suspect: true)
-        #expect(runtime.isolating)
-        start(runtime, ["request": "r"])
-        try await withThrowingTaskGroup(of: RuntimeOutcome?.self) { group in
-            group.addTask { try await runtime.run() }
-            // The prompt's checkpoint has nothing in flight (the step waits): isolation ends with it.
-            for await _ in persistence.prompted { break }
-            #expect(!runtime.isolating)
-            runtime.deliver([
-                Delivery(inboxID: "answer", event: AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]))
-            ])
-            let outcome = try await group.next()!
-            guard case .finished(let state)? = outcome else {
-                Issue.record("expected finished")
-                return
-            }
-            #expect(state.status == .completed)
-        }
-        // The first run of `ask` (which waited) ran isolated; its re-run with the answer ran here.
-        #expect(isolation.steps.withLock { $0 } == ["ask"])
-    }
-
-    @Test("a counter that is a suspect (never quiescent) runs its margin of ticks isolated, then here; each once")
+    @Test("a suspect runs its pending events' runs and the margin isolated, then here; each tick once")
     func counterIsolatedForItsMargin() async throws {
         let isolation = CountingIsolation(registry)
         let persistence = RecordingPersistence()
         let runtime = HandlerRuntime(
             handlerID: "c", workflow: try registry.workflow("counter"), state: HandlerState(workflowName: "counter"),
-            persistence: persistence, isolation: isolation, suspect: true)
+            persistence: persistence, isolation: isolation, suspect: true, pendingInbox: 1)
         start(runtime, ["count_to": 20])
         guard case .finished(let state) = try await runtime.run() else {
             Issue.record("expected finished")
             return
         }
         #expect(state.result == 20)
-        #expect(isolation.steps.withLock { $0.count } == HandlerRuntime.isolationMargin)
+        #expect(isolation.steps.withLock { $0.count } == 1 + HandlerRuntime.isolationMargin)
         #expect(persistence.log.filter { $0.type == "Tick" }.map { $0.value["n"] } == (1...20).map { .int($0) })
     }
 

@@ -21,6 +21,12 @@ nemesis injects random faults from the menu:
     clock-step the database server's wall clock stepped (libfaketime): forward by 1-4 s when it is
                at real time, back to real time otherwise (a forward step makes every lease expire
                early by the database's clock; replicas must notice and fence themselves)
+    poison     a poison request to one replica: most often a run of the debug build's `poison`
+               workflow, whose step traps on every attempt (the replica dies; restarted 0.5-2 s
+               later, as a supervisor would), else input that must be refused or fail cleanly
+               (nesting past the depth limit, a 1e300 s timer: 400; a fan-out item of 2^62: the
+               handler fails with an overflow)
+    db-stall   every process of the PostgreSQL server stopped (SIGSTOP) for 1-6 s, then resumed
 
 With --ha the database is deploy/pg-ha (a primary, a synchronous standby, pg_auto_failover, HAProxy)
 and the menu trades pg-restart, clock-step and partition (faults that need the single server) for:
@@ -49,7 +55,12 @@ stop, every replica is brought back, unanswered approvals are answered, every ha
       of it had an unknown outcome: a timeout is "maybe applied", as in Jepsen);
     - every acknowledged answer was applied in time: its approval completed within 2 × heartbeat
       (+ 1 s for polling and load) of the acknowledgement when no fault overlapped, otherwise
-      within 1 TTL + 2 × heartbeat (+ 1 s) of the end of the last fault that overlapped it.
+      within 1 TTL + 2 × heartbeat (+ 1 s) of the end of the last fault that overlapped it;
+    - every run answer is true: a `run` answered 503 never completes, one answered 200 did;
+    - a poison handler ends quarantined (failed, "quarantined: …") and costs at most the one
+      process where its step first ran: replica deaths by a fault ≤ poison handlers; no other
+      handler fails (so none is quarantined); a refused probe is a 400, a fan-out overflow fails
+      only its handler.
 
 The seed fixes the workload's and the nemesis's choices (not the machine's timing). Loopback
 only; every loop is bounded in count and time. Prints one JSON line per seed and a table.
@@ -88,10 +99,10 @@ LB = f"http://127.0.0.1:{os.environ['LH_PORT']}"
 BASE = int(os.environ["LH_BASE_PORT"])
 TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
 REPLICAS = ["r1", "r2", "r3"]
-FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate", "partition", "clock-step"]
+FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate", "partition", "clock-step", "poison", "db-stall"]
 # The partition fault's replica reaches a single server through an address of its namespace's link
 # (`scripts/pg listen`); deploy/pg-ha has no such listener, so it is not on this menu.
-HA_FAULTS = ["kill9", "pause", "sessions", "duplicate", "pg-switchover", "pg-crash"]
+HA_FAULTS = ["kill9", "pause", "sessions", "duplicate", "pg-switchover", "pg-crash", "poison"]
 PG_HA = ROOT / "deploy" / "pg-ha"
 HEARTBEAT = TTL / 3
 SLACK = 1.0  # polling resolution (0.1 s) and a loaded machine (the 100-seed run in results.md used 0.5)
@@ -330,6 +341,13 @@ class Client(threading.Thread):
         if named:
             body["handler_id"] = handler_id
         response = self.call("run", "POST", "/workflows/echo/run", handler=handler_id if named else None, json=body)
+        if response is not None and response.status_code in (500, 503) and "handler_id" in response.text:
+            # "It will not happen" (503), "it will not go on" (500): checked at the end (it must
+            # never have completed).
+            refused = (response.json() if "json" in response.headers.get("content-type", "") else {}).get("handler_id")
+            if refused:
+                self.handlers.add(refused, workflow="echo", start={"message": message}, acked=False, run_refused=True)
+            return
         acked = response is not None and response.status_code == 200
         uncertain = named and (response is None or response.status_code >= 500)
         if not (acked or uncertain):
@@ -414,10 +432,13 @@ class Client(threading.Thread):
 
 
 class Nemesis(threading.Thread):
-    def __init__(self, seed: int, faults: list[str], history: History, deadline: float):
+    def __init__(self, seed: int, faults: list[str], history: History, deadline: float, handlers: Handlers,
+                 tag: str, violations: list):
         super().__init__(daemon=True)
         self.rng = random.Random(seed * 7919 + 1)
         self.faults, self.history, self.deadline = faults, history, deadline
+        self.handlers, self.tag, self.violations = handlers, tag, violations
+        self.poisoned = 0
         self.counts = {f: 0 for f in faults}
         self.errors: list[str] = []
         self.slow_exits: list[str] = []  # superseded replicas still alive 5 × TTL later
@@ -429,7 +450,8 @@ class Nemesis(threading.Thread):
             if time.monotonic() >= self.deadline - 1:
                 break
             fault = self.rng.choice(self.faults)
-            victim = ("r4" if fault == "partition" else "db" if fault in ("clock-step", "pg-switchover", "pg-crash")
+            victim = ("r4" if fault == "partition"
+                      else "db" if fault in ("clock-step", "pg-switchover", "pg-crash", "db-stall")
                       else self.rng.choice(REPLICAS))
             try:
                 self.history.record(op="fault", fault=fault, replica=victim)
@@ -468,6 +490,75 @@ class Nemesis(threading.Thread):
         self.clock_offset = offset
         # libfaketime re-reads the offset once a second: the step has happened after that.
         time.sleep(1.1)
+
+    def poison(self, r: str):
+        """One poison request to replica r (see the module's text). A trap kills r: it is started
+        again as a supervisor would; its handlers fail over as after any crash."""
+        self.poisoned += 1
+        kind = self.rng.choice(["trap", "trap", "trap", "depth", "timer", "overflow"])
+        handler_id = f"{self.tag}-p{self.poisoned}"
+        url = replica_url(r)
+        if kind == "depth":
+            nested = {"message": "x"}
+            for _ in range(300):
+                nested = {"a": nested}
+            body = {"start_event": {"message": "deep", "extra": nested}, "handler_id": handler_id}
+            self.expect_refused(url + "/workflows/echo/run-nowait", body, kind)
+            return
+        if kind == "timer":
+            body = {"start_event": {"seconds": 1e300}, "handler_id": handler_id}
+            self.expect_refused(url + "/workflows/timer/run-nowait", body, kind)
+            return
+        if kind == "overflow":
+            body = {"start_event": {"items": [2 ** 62, 1]}, "handler_id": handler_id}
+            try:
+                response = httpx.post(url + "/workflows/fanout/run-nowait", json=body, timeout=5)
+                acked = response.status_code == 200
+            except httpx.HTTPError:
+                acked = False
+            self.handlers.add(handler_id, workflow="fanout-overflow", start=body["start_event"], acked=acked)
+            return
+        pid = pid_of(r)
+        body = {"start_event": {"mode": self.rng.choice(["overflow", "precondition"]), "value": 2 ** 62},
+                "handler_id": handler_id}
+        try:
+            response = httpx.post(url + "/workflows/poison/run-nowait", json=body, timeout=5)
+            acked = response.status_code == 200
+            if response.status_code == 404 and "not found" in response.text.lower():
+                return  # a release build has no poison workflow
+        except httpx.HTTPError:
+            acked = False  # r died before answering, or was down: the handler is checked if it exists
+        self.handlers.add(handler_id, workflow="poison", start=body["start_event"], acked=acked)
+        if pid is not None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and pid_of(r) == pid:
+                time.sleep(0.05)
+        time.sleep(self.rng.uniform(0.5, 2.0))
+        if pid_of(r) is None:
+            sh(CLUSTER, "start", r, timeout=90)
+
+    def expect_refused(self, url: str, body: dict, kind: str):
+        try:
+            response = httpx.post(url, json=body, timeout=5)
+        except httpx.HTTPError:
+            return  # the replica was down (another fault): nothing to judge
+        if response.status_code != 400:
+            self.violations.append(f"poison probe {kind}: answered {response.status_code}, not 400: {response.text[:200]}")
+
+    def db_stall(self, r: str):
+        postmaster = int((DIR / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGSTOP)  # first: it forks no new backend while stopped
+        children = [int(pid) for pid in sh("pgrep", "-P", str(postmaster), check=False).split()]
+        try:
+            for pid in children:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(self.rng.uniform(1.0, 6.0))
+        finally:
+            for pid in [postmaster, *children]:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
 
     def sessions(self, r: str):
         url = sh(CLUSTER, "url")
@@ -568,6 +659,16 @@ def claims_since(offsets: dict[Path, int]) -> list[dict]:
     return lines
 
 
+def crashes_since(offsets: dict[Path, int]) -> int:
+    """Replica processes that died of a fault since the seed began: their crash watchers' lines."""
+    deaths = 0
+    for path in sorted(DIR.glob("r*.log")):
+        with open(path, "rb") as log:
+            log.seek(offsets.get(path, 0))
+            deaths += sum(1 for line in log if b"replica died of a fault" in line)
+    return deaths
+
+
 def database_checks_since(offsets: dict[Path, int]) -> tuple[int, list[str]]:
     """From every replica log since `offsets`: how many database failovers a replica checked and
     found complete, and each one it found had lost acknowledged writes (a violation)."""
@@ -640,8 +741,21 @@ def check(handlers: Handlers, claims: list[dict], tag: str) -> tuple[list[str], 
             violations.append(f"{handler_id}: {len(terminals)} terminal events, last is terminal: "
                               f"{bool(terminals) and log[-1][1] is terminals[-1]}")
         cancelled = status == "cancelled"
-        if status == "failed":
-            violations.append(f"{handler_id}: failed: {record.get('error')}")
+        error = record.get("error") or ""
+        if spec.get("run_refused") and status == "completed":
+            violations.append(f"{handler_id}: its run was answered 503 (will not happen), and it completed")
+        if spec["workflow"] == "poison":
+            if status == "completed" or (status == "failed" and not error.startswith("quarantined:")):
+                violations.append(f"{handler_id}: poison handler ended {status}: {error!r}, not quarantined")
+            continue
+        if spec["workflow"] == "fanout-overflow":
+            if status == "failed" and "overflow" not in error:
+                violations.append(f"{handler_id}: fan-out overflow failed otherwise: {error!r}")
+            if status == "completed":
+                violations.append(f"{handler_id}: fan-out of 2^62 completed")
+            continue
+        if status == "failed" and not (spec.get("run_refused") and error.startswith("not started")):
+            violations.append(f"{handler_id}: failed: {error}")
         if cancelled and not (spec["cancel_acked"] or spec["cancel_maybe"] or spec["maybe_purged"]):
             violations.append(f"{handler_id}: cancelled, but no cancel was acknowledged")
         value = (record.get("result") or {}).get("value", {}).get("result") if status == "completed" else None
@@ -702,7 +816,7 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     handlers = Handlers()
     violations: list[str] = []
     deadline = time.monotonic() + seconds
-    nemesis = Nemesis(seed, faults, history, deadline)
+    nemesis = Nemesis(seed, faults, history, deadline, handlers, tag, violations)
     watcher = Applied(deadline + 300)
     workers = [Client(i, seed, tag, history, handlers, deadline, violations, watcher) for i in range(clients)]
     watcher.start()
@@ -745,6 +859,12 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     watcher.join(timeout=10)
     found, stats = check(handlers, claims_since(offsets), tag)
     violations += found
+    # A poison costs at most the one process where its step first ran.
+    poisons = sum(1 for spec in handlers.all().values() if spec["workflow"] == "poison")
+    deaths = crashes_since(offsets)
+    stats["poison_handlers"], stats["replica_deaths_by_fault"] = poisons, deaths
+    if deaths > poisons:
+        violations.append(f"{deaths} replica processes died of a fault, for {poisons} poison handlers")
     stats["failover_checks"], regressions = database_checks_since(offsets)
     violations += regressions
     late, quiet = answer_timing(watcher, history.ops)
