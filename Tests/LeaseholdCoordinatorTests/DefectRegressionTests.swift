@@ -309,7 +309,9 @@ struct ClockStepTests {
 struct WritesInDoubtTests {
     /// D4: once the event is durable in the inbox, `send` succeeds whatever happens next; here the
     /// reload of the hibernated handler fails (its claim throws), and the claim sweep applies the
-    /// event later. A failed send would invite a retry that adds the event twice.
+    /// event later. A failed send would invite a retry that adds the event twice. The append that
+    /// would claim answers busy (as with its row held), so the event is appended without a claim
+    /// and the reload that follows is a separate claim: the one that fails.
     @Test func sendSucceedsOnceDurableEvenWhenTheReloadFails() async throws {
         try await TestDatabase.withStore { postgres, _ in
             let store = DelayedRenewalStore(postgres)
@@ -321,9 +323,12 @@ struct WritesInDoubtTests {
                     try await postgres.handler(record.id)?.hibernated == true
                 }
                 try #require(hibernated)
+                store.busyNextClaimingAppends(1)
                 store.failNextClaims(1)
                 try await coordinator.send(
                     AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id)
+                // The reload after the durable append met the injected failure (the send went on).
+                #expect(store.claimsStillToFail == 0)
                 let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(20)))
                 #expect(finished.status == .completed)
                 #expect(finished.result?.value["result"]?["response"] == "yes")

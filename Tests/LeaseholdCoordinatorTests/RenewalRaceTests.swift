@@ -113,6 +113,13 @@ final class DelayedRenewalStore: HandlerStore {
     /// Claims fail (as with the database briefly unreachable) this many times.
     private let failingClaims = Mutex(0)
     func failNextClaims(_ count: Int) { failingClaims.withLock { $0 = count } }
+    /// Claims still to fail (0: every injected failure was met).
+    var claimsStillToFail: Int { failingClaims.withLock { $0 } }
+
+    /// Appends that may claim answer `handlerBusy` (its row held elsewhere) this many times,
+    /// writing nothing: the sender then appends without claiming and reloads after.
+    private let busyClaimingAppends = Mutex(0)
+    func busyNextClaimingAppends(_ count: Int) { busyClaimingAppends.withLock { $0 = count } }
 
     /// Checkpoints of this handler never return (a dead connection that never errors) until the
     /// calling task is cancelled; nothing is written.
@@ -282,7 +289,15 @@ final class DelayedRenewalStore: HandlerStore {
     func appendInbox(
         _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
     ) async throws -> InboxReceipt {
-        try await base.appendInbox(handlerID, event, accepting: accepting, from: replica, claim: claim)
+        let busy =
+            claim
+            && busyClaimingAppends.withLock { count -> Bool in
+                guard count > 0 else { return false }
+                count -= 1
+                return true
+            }
+        if busy { throw StoreError.handlerBusy(handlerID) }
+        return try await base.appendInbox(handlerID, event, accepting: accepting, from: replica, claim: claim)
     }
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] { try await base.pendingInbox(handlerID) }
     func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
