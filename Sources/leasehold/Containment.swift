@@ -77,14 +77,7 @@ struct CrashWatch: AsyncParsableCommand {
     @OptionGroup var logging: LogOptions
 
     func run() async throws {
-        let logger: Logger
-        let url: DatabaseURL
-        do {
-            logger = try logging.bootstrap()
-            url = try database.url(required: true)!
-        } catch let error as BadSetting {
-            throw fail(error.message)
-        }
+        let (logger, url) = try databaseCommand(database, logging)
         // Blocks until the replica's end closes the pipe: this process does nothing else.
         let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         guard let report = CrashReport.Report(parsing: text) else { return }  // it ended otherwise
@@ -130,14 +123,7 @@ struct Release: AsyncParsableCommand {
     @OptionGroup var logging: LogOptions
 
     func run() async throws {
-        let logger: Logger
-        let url: DatabaseURL
-        do {
-            logger = try logging.bootstrap()
-            url = try database.url(required: true)!
-        } catch let error as BadSetting {
-            throw fail(error.message)
-        }
+        let (logger, url) = try databaseCommand(database, logging)
         let id = HandlerID(handlerID)
         let released = try await withDatabase(url, logger: logger) { database in
             try await database.store.releaseQuarantine(id)

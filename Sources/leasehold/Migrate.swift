@@ -22,14 +22,7 @@ struct Migrate: AsyncParsableCommand {
     @OptionGroup var logging: LogOptions
 
     func run() async throws {
-        let url: DatabaseURL
-        let logger: Logger
-        do {
-            logger = try logging.bootstrap()
-            url = try database.url(required: true)!
-        } catch let error as BadSetting {
-            throw fail(error.message)
-        }
+        let (logger, url) = try databaseCommand(database, logging)
         let applied = try await withDatabase(url, logger: logger) { database in
             try await Migrator().migrate(database.client, logger: logger)
         }

@@ -43,6 +43,16 @@ func parseDuration(_ text: String, flag: String) throws -> Duration {
     throw BadSetting(message: "\(flag): '\(text)' is not a duration (use e.g. 250ms, 5s, 2m)")
 }
 
+/// The set-up of a one-shot command on the database (`migrate`, `status`, `release`,
+/// `crash-watch`): logging bootstrapped, the URL required; a bad setting exits 2 naming it.
+func databaseCommand(_ database: DatabaseOptions, _ logging: LogOptions) throws -> (Logger, DatabaseURL) {
+    do {
+        return (try logging.bootstrap(), try database.url(required: true)!)
+    } catch let error as BadSetting {
+        throw fail(error.message)
+    }
+}
+
 struct DatabaseOptions: ParsableArguments {
     @Option(
         name: .customLong("database-url"), help: "postgres://user:password@host:port/db (env LEASEHOLD_DATABASE_URL)")

@@ -15,12 +15,9 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var logging: LogOptions
 
     func run() async throws {
-        let url: DatabaseURL
-        let logger: Logger
+        let (logger, url) = try databaseCommand(database, logging)
         let ttl: Duration
         do {
-            logger = try logging.bootstrap()
-            url = try database.url(required: true)!
             ttl = try parseDuration(leaseTTL, flag: "--lease-ttl")
         } catch let error as BadSetting {
             throw fail(error.message)

@@ -21,13 +21,14 @@ final class RecordingPersistence: HandlerPersistence {
 
 struct LostLease: Error {}
 
+/// Hands a runtime its start event, as a launch does.
+func start(_ runtime: HandlerRuntime, _ value: JSONValue) {
+    runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
+}
+
 @Suite("Handler runtime")
 struct HandlerRuntimeTests {
     let registry = try! Samples.registry()
-
-    func start(_ runtime: HandlerRuntime, _ value: JSONValue) {
-        runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
-    }
 
     @Test("an event delivered before the start event is kept and applied after it, not dropped")
     func eventBeforeStartIsKept() async throws {

@@ -32,10 +32,6 @@ final class CountingIsolation: StepIsolation {
 struct StepIsolationTests {
     let registry = try! Samples.registry()
 
-    func start(_ runtime: HandlerRuntime, _ value: JSONValue) {
-        runtime.deliver([Delivery(inboxID: "start", event: AnyEvent(type: "StartEvent", value: value))])
-    }
-
     @Test("a suspect runs its pending events' runs and the margin isolated, then here; each tick once")
     func counterIsolatedForItsMargin() async throws {
         let isolation = CountingIsolation(registry)
