@@ -666,7 +666,7 @@ def crashes_since(offsets: dict[Path, int]) -> int:
     for path in sorted(DIR.glob("r*.log")):
         with open(path, "rb") as log:
             log.seek(offsets.get(path, 0))
-            deaths += sum(1 for line in log if b"replica died of a fault" in line)
+            deaths += sum(1 for line in log if b"replica died of a fault; the handlers in a step" in line)
     return deaths
 
 
