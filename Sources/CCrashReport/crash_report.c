@@ -2,6 +2,8 @@
 #include "crash_report.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -36,7 +38,10 @@ static atomic_int overflowed;
 static atomic_int next_hint;
 static atomic_int report_fd = -1;
 static atomic_int ack_fd = -1;
+static int dev_null = -1;
 static __thread int has_alt_stack;
+static pthread_key_t alt_stack_key;
+static pthread_once_t alt_stack_once = PTHREAD_ONCE_INIT;
 
 static const int fatal_signals[] = {SIGILL, SIGTRAP, SIGABRT, SIGSEGV, SIGBUS, SIGFPE};
 #define FATAL_COUNT (sizeof(fatal_signals) / sizeof(fatal_signals[0]))
@@ -70,20 +75,20 @@ static size_t format_int(char *out, int value) {
     return length;
 }
 
-static void close_from_three_except(int keep) {
+/// Releases every descriptor from 3 up but `keep` (and /dev/null's): each is pointed at /dev/null
+/// with dup2, which closes the socket behind it (the port and the database sessions are free)
+/// while the number stays taken, so that threads still running meanwhile never get a new socket
+/// under a number the event loop still holds.
+static void release_from_three_except(int keep) {
     long limit = sysconf(_SC_OPEN_MAX);
     if (limit < 0 || limit > 65536) limit = 65536;
-#ifdef SYS_close_range
-    if (keep < 3) {
-        if (syscall(SYS_close_range, 3U, ~0U, 0) == 0) return;
-    } else {
-        if ((keep == 3 || syscall(SYS_close_range, 3U, (unsigned)keep - 1, 0) == 0)
-            && syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0) == 0)
-            return;
-    }
-#endif
     for (int fd = 3; fd < limit; fd++) {
-        if (fd != keep) close(fd);
+        if (fd == keep || fd == dev_null) continue;
+        if (dev_null >= 0) {
+            if (fcntl(fd, F_GETFD) != -1) dup2(dev_null, fd);
+        } else {
+            close(fd);
+        }
     }
 }
 
@@ -126,7 +131,7 @@ static void on_fatal_signal(int signal_number, siginfo_t *info, void *context) {
             write_all(fd, "end\n", 4);
         }
         // The port and the database sessions go now; only the watcher's answer stays open.
-        close_from_three_except(ack);
+        release_from_three_except(ack);
         await_ack(ack);
         atomic_store(&reported, 1);
     } else {
@@ -156,6 +161,7 @@ int lh_crash_report_install(int fd, int acknowledgement_fd) {
     static atomic_int installed;
     if (atomic_exchange(&installed, 1) != 0) return 0;
     signal(SIGPIPE, SIG_IGN);  // a watcher that is gone must not turn the report into SIGPIPE
+    dev_null = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (size_t index = 0; index < FATAL_COUNT; index++) {
         struct sigaction action;
         memset(&action, 0, sizeof(action));
@@ -167,15 +173,29 @@ int lh_crash_report_install(int fd, int acknowledgement_fd) {
     return 0;
 }
 
+/// A thread's alternate stack goes with the thread (pooled threads retire when idle).
+static void free_alt_stack(void *memory) {
+    stack_t off = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+    sigaltstack(&off, NULL);
+    free(memory);
+}
+
+static void make_alt_stack_key(void) { pthread_key_create(&alt_stack_key, free_alt_stack); }
+
 static void ensure_alt_stack(void) {
     if (has_alt_stack) return;
     has_alt_stack = 1;
     stack_t current;
     if (sigaltstack(NULL, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;  // the runtime's own
-    void *memory = malloc(ALT_STACK_BYTES);  // kept for the thread's life (threads are pooled)
+    pthread_once(&alt_stack_once, make_alt_stack_key);
+    void *memory = malloc(ALT_STACK_BYTES);
     if (memory == NULL) return;
     stack_t stack = {.ss_sp = memory, .ss_size = ALT_STACK_BYTES, .ss_flags = 0};
-    if (sigaltstack(&stack, NULL) != 0) free(memory);
+    if (sigaltstack(&stack, NULL) != 0) {
+        free(memory);
+        return;
+    }
+    pthread_setspecific(alt_stack_key, memory);
 }
 
 int lh_step_began(const char *handler_id, size_t length) {
@@ -214,7 +234,7 @@ int lh_steps_running(void) {
     return count;
 }
 
-int lh_die_with_parent(void) {
+int lh_die_with_parent(int parent) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    return getppid() == 1 ? -1 : 0;
+    return getppid() == parent ? 0 : -1;
 }

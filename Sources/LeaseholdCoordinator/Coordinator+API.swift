@@ -68,6 +68,8 @@ extension Coordinator {
     /// past that the outcome stays unknown and the run says so.
     /// - Parameter serverChosenID: leave a failed record under the id (no client will reuse it).
     /// - Returns: the record when the creation committed; nil when it never will.
+    static let preventedReason = "not started: its creation's outcome was unknown and it was prevented"
+
     private func settle(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord? {
         let id = new.id
         let deadline = clock.now + configuration.leaseTTL * 3
@@ -77,14 +79,19 @@ extension Coordinator {
                 let record = try await bounded(configuration.leaseTTL, clock: clock) { [store] in
                     try await store.preventCreation(
                         new,
-                        reason: serverChosenID
-                            ? "not started: its creation's outcome was unknown and it was prevented" : nil)
+                        reason: serverChosenID ? Self.preventedReason : nil)
                 }
                 logger.warning(
                     "a run's creation had an unknown outcome; settled",
                     metadata: [LogKeys.handlerID: "\(id)", "written": "\(record != nil)"])
                 // Another run of a client's id (kept from before): this creation did not land.
                 if let record, record.runID != new.runID { throw CoordinatorError.handlerRunning(id) }
+                // This settle's own earlier attempt, committed after it timed out: prevented.
+                if let record, record.status == .failed, record.lastSequence == -1,
+                    record.error?.hasPrefix(Self.preventedReason) == true
+                {
+                    return nil
+                }
                 return record
             } catch StoreError.handlerNotFound {
                 // The creation landed, ran, finished and was purged before this read: it ran.

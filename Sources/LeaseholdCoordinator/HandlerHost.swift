@@ -284,7 +284,8 @@ final class HandlerHost: Sendable {
         }
         guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
         await launch(
-            ClaimedHandler(record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
+            ClaimedHandler(
+                record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
             reason: "inbox not empty")
     }
 

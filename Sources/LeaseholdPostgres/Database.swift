@@ -42,8 +42,8 @@ public struct Database: Sendable {
     /// timeline (no failover check can see it): refused, unless the server itself says it is a
     /// throwaway (`leasehold.allow_fsync_off = on` in its configuration, as `scripts/pg` sets for
     /// tests).
-    func refuseUnsafeDurability(logger: Logger) async throws {
-        let rows = try await client.query(
+    static func refuseUnsafeDurability(on connection: PostgresConnection, logger: Logger) async throws {
+        let rows = try await connection.query(
             "SELECT current_setting('fsync'), COALESCE(current_setting('leasehold.allow_fsync_off', true), 'off')",
             logger: logger)
         for try await (fsync, allowed) in rows.decode((String, String).self) where fsync == "off" {
@@ -74,8 +74,9 @@ public struct Database: Sendable {
             do {
                 // One attempt ends within 10 s whatever the network does (`Migrator.migrate` closes a
                 // connection that does not answer); the next takes a fresh connection.
-                let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10))
-                try await refuseUnsafeDurability(logger: logger)
+                let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10)) {
+                    try await Self.refuseUnsafeDurability(on: $0, logger: logger)
+                }
                 logger.info("schema ready", metadata: ["applied": "\(applied)"])
                 return applied
             } catch let error as MigrationError {

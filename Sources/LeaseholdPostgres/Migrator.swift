@@ -71,12 +71,20 @@ public struct Migrator: Sendable {
     /// during a failover never became ready). Closing the connection fails that statement.
     /// - Returns: the versions applied by this call (empty when the schema was current).
     @discardableResult
-    public func migrate(_ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20)) async throws -> [Int]
-    {
+    /// - Parameter check: run on the same connection after the migrations, within the same limit
+    ///   (the start-up's check of the server's settings).
+    public func migrate(
+        _ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20),
+        then check: (@Sendable (PostgresConnection) async throws -> Void)? = nil
+    ) async throws -> [Int] {
         try await client.withConnection { connection in
             let cut = CutFlag()
             return try await withThrowingTaskGroup(of: [Int]?.self) { group in
-                group.addTask { try await locked(on: connection, logger: logger, cut: cut) }
+                group.addTask {
+                    let applied = try await locked(on: connection, logger: logger, cut: cut)
+                    try await check?(connection)
+                    return applied
+                }
                 group.addTask {
                     try await Task.sleep(for: limit)
                     // Nothing more is sent on it once cut (a statement sent to a closing connection

@@ -104,7 +104,8 @@ extension PostgresStore.Statements {
         """
         WITH goal AS (
             SELECT GREATEST(\(token), (SELECT COALESCE(max(fencing_token), 0) FROM handlers))
-                - COALESCE(pg_sequence_last_value('leasehold_fencing_tokens'), 0) AS missing),
+                - (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+                    FROM leasehold_fencing_tokens) AS missing),
         drawn AS (
             SELECT nextval('leasehold_fencing_tokens') FROM generate_series(1, LEAST(
                 (SELECT missing FROM goal), \(advanceBatch))))

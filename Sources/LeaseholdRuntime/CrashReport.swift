@@ -25,8 +25,9 @@ public enum CrashReport {
         return try await body()
     }
 
-    /// Dies (SIGKILL) with the process that started this one; false when that one is gone already.
-    public static func dieWithParent() -> Bool { lh_die_with_parent() == 0 }
+    /// Dies (SIGKILL) with the thread of process `parent` that started this one; false when this
+    /// process's parent is no longer `parent` (it is gone already).
+    public static func dieWithParent(_ parent: Int32) -> Bool { lh_die_with_parent(parent) == 0 }
 
     /// Step runs marked as running right now (tests).
     public static var stepsRunning: Int { Int(lh_steps_running()) }

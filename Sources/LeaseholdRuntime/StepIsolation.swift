@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import Synchronization
 
 /// Where a suspect handler's steps run: in a process of their own, so that a step that traps
 /// (user code can: an overflow, a failed precondition) ends that process and nothing else.
@@ -120,24 +121,37 @@ public struct ChildProcessStepIsolation: StepIsolation {
         return URL(fileURLWithPath: CommandLine.arguments[0])
     }
 
+    /// The environment variable that tells the child its replica's process id (`leasehold step`
+    /// dies with that replica, and refuses to start when its parent is already another).
+    public static let parentVariable = "LEASEHOLD_PARENT_PID"
+
     public func run(_ step: IsolatedStep) async throws -> StepOutput {
         let input = try JSONEncoder().encode(step)
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            .merging([Self.parentVariable: String(getpid())]) { $1 }
         let stdin = Pipe()
         let stdout = Pipe()
         process.standardInput = stdin
         process.standardOutput = stdout
-        try process.run()
-        // The child's pipes are read and waited for on a thread of its own: a step may run for
-        // minutes, and neither the concurrency pool's threads nor Dispatch's global ones (the
-        // same few on Linux) may be held that long.
+        let cancelled = Mutex(false)
+        // The child is started, fed, read and waited for on a thread of its own, which lives as
+        // long as the child: a step may run for minutes, and neither the concurrency pool's
+        // threads nor Dispatch's global ones (the same few on Linux, retired when idle) may be
+        // held that long — and the child dies with the thread that started it (PR_SET_PDEATHSIG).
         let (output, status, reason) = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation {
                 (continuation: CheckedContinuation<(Data, Int32, Process.TerminationReason), any Error>) in
                 let waiter = Thread {
+                    do {
+                        guard !cancelled.withLock({ $0 }) else { throw CancellationError() }
+                        try process.run()
+                    } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
                     do {
                         try stdin.fileHandleForWriting.write(contentsOf: input)
                         try stdin.fileHandleForWriting.close()
@@ -151,7 +165,9 @@ public struct ChildProcessStepIsolation: StepIsolation {
                 waiter.start()
             }
         } onCancel: {
-            if process.isRunning { process.terminate() }
+            // The handler stops: its step runs again wherever it resumes. No grace for this one.
+            cancelled.withLock { $0 = true }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
         try Task.checkCancellation()
         if reason == .uncaughtSignal {

@@ -45,9 +45,13 @@ struct IsolatedStepCommand: AsyncParsableCommand {
             throw fail(error.message)
         }
         // Dies with the replica that started it: a step of a replica that is gone must not go on.
-        guard CrashReport.dieWithParent() else { throw ExitCode(1) }  // the replica was already gone
-        // The answer goes out on a descriptor of its own; what the step prints goes to stderr.
-        let answerDescriptor = dup(STDOUT_FILENO)
+        let parent =
+            ProcessInfo.processInfo.environment[ChildProcessStepIsolation.parentVariable]
+            .flatMap { Int32($0) } ?? getppid()
+        guard CrashReport.dieWithParent(parent) else { throw ExitCode(1) }  // the replica was already gone
+        // The answer goes out on a descriptor of its own (closed on exec: a process the step
+        // starts must not hold it open); what the step prints goes to stderr.
+        let answerDescriptor = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3)
         dup2(STDERR_FILENO, STDOUT_FILENO)
         let step = try JSONDecoder().decode(IsolatedStep.self, from: FileHandle.standardInput.readDataToEndOfFile())
         let answer: IsolatedStep.Answer
@@ -201,7 +205,7 @@ final class CrashWatcher: Service, Sendable {
             logger.error(
                 "crash watcher exited; starting another",
                 metadata: ["status": "\(status.map(String.init) ?? "?")", "retry_in": "\(delay)"])
-            while true {
+            while !Task.isShuttingDownGracefully {
                 try await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
                 do {

@@ -348,7 +348,7 @@ class Client(threading.Thread):
             if refused:
                 self.handlers.add(refused, workflow="echo", start={"message": message}, acked=False,
                                   run_refused=response.status_code)
-            return
+                return
         acked = response is not None and response.status_code == 200
         uncertain = named and (response is None or response.status_code >= 500)
         if not (acked or uncertain):
@@ -548,9 +548,10 @@ class Nemesis(threading.Thread):
 
     def db_stall(self, r: str):
         postmaster = int((DIR / "pg" / "data" / "postmaster.pid").read_text().split()[0])
-        os.kill(postmaster, signal.SIGSTOP)  # first: it forks no new backend while stopped
-        children = [int(pid) for pid in sh("pgrep", "-P", str(postmaster), check=False).split()]
+        children: list[int] = []
         try:
+            os.kill(postmaster, signal.SIGSTOP)  # first: it forks no new backend while stopped
+            children = [int(pid) for pid in sh("pgrep", "-P", str(postmaster), check=False).split()]
             for pid in children:
                 os.kill(pid, signal.SIGSTOP)
             time.sleep(self.rng.uniform(1.0, 6.0))
@@ -623,6 +624,14 @@ def restore():
     healthy), r4's link up."""
     if (DIR / "pg-ha").exists():
         sh(PG_HA, "wait-healthy", DIR / "pg-ha", timeout=180)
+    postmaster = DIR / "pg" / "data" / "postmaster.pid"
+    if postmaster.exists():  # a database stall that did not end (its fault raised midway)
+        pid = int(postmaster.read_text().split()[0])
+        for stopped in [pid, *[int(p) for p in sh("pgrep", "-P", str(pid), check=False).split()]]:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
     if (DIR / "pg" / "clock").exists():
         sh(ROOT / "scripts" / "pg", "clock", DIR / "pg", "0", timeout=60)
     if PARTITIONED is not None:

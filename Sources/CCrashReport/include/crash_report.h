@@ -10,8 +10,9 @@
 
 /// Installs the handler for SIGILL, SIGTRAP, SIGABRT, SIGSEGV, SIGBUS and SIGFPE. On such a
 /// signal it writes "crash <signal>\n" then "step <handler id>\n" per occupied slot (or "all\n"
-/// when a step could not get a slot) and "end\n" to `report_fd`; closes every descriptor from 3
-/// up but `acknowledgement_fd` (the listening socket and the database sessions go at once, and
+/// when a step could not get a slot) and "end\n" to `report_fd`; releases every descriptor from 3
+/// up but `acknowledgement_fd` (pointed at /dev/null: the listening socket and the database
+/// sessions go at once, the numbers stay taken, and
 /// nothing the runtime's backtracer spawns next inherits them); waits, at most 10 s, until the
 /// watcher answers on `acknowledgement_fd` (or closes it) that the report is recorded — a process
 /// that is a container's PID 1 takes the watcher with it when it ends; then hands the signal to
@@ -33,7 +34,7 @@ void lh_step_ended(int slot);
 int lh_steps_running(void);
 
 /// This process gets SIGKILL when the thread that started it ends (an isolated step dies with its
-/// replica). Returns -1 when the parent is already gone (adopted by init), else 0.
-int lh_die_with_parent(void);
+/// replica). Returns -1 when its parent is no longer `parent` (gone already), else 0.
+int lh_die_with_parent(int parent);
 
 #endif
