@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import time
 
 import httpx
 import pytest
 
-from conftest import psql, wait_until
+from conftest import BIN, psql, wait_until
 from leasehold_kit.cluster import lease, start, status, wait_all_finished
 from test_cluster import assert_counters_intact, owned_counters
 
@@ -106,6 +107,15 @@ def test_a_trapping_step_costs_one_process_and_is_quarantined(cluster, database_
     wait_until(lambda: metric(r2.url, "leasehold_quarantines_total") + metric(r3.url, "leasehold_quarantines_total") == 2,
                timeout=60, what="the released handler quarantined again")
     assert status(r2.url, poison) == "failed"
+    # The operator's command does the same as the route.
+    done = subprocess.run([BIN, "release", poison, "--database-url", database_url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"released {poison}" in done.stdout, done.stderr[-2000:]
+    wait_until(lambda: metric(r2.url, "leasehold_quarantines_total") + metric(r3.url, "leasehold_quarantines_total") == 3,
+               timeout=60, what="released by the command, quarantined again")
+    refused = subprocess.run([BIN, "release", "no-such-handler", "--database-url", database_url],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "is not quarantined" in refused.stderr, refused.stderr[-2000:]
     for replica in (r2, r3):
         assert replica.proc.poll() is None, replica.log_tail()
     print(f"port and sessions free {freed:.2f} s after the poison run was sent")
