@@ -72,6 +72,7 @@ public final class Coordinator: Service, Sendable {
     ///   id after this one (this one's handlers are stopped by then).
     public func run() async throws {
         try await keeper.register()
+        signals.passed(.registration)
         logger.info("replica registered", metadata: [LogKeys.address: "\(configuration.address)"])
         await withTaskGroup(of: Void.self) { loops in
             loops.addTask { await self.keeper.runRenewals(host: self.host) }

@@ -6,7 +6,7 @@ import Synchronization
 public final class CoordinatorSignals: Sendable {
     /// A loop whose passes can be awaited.
     public enum Pass: Sendable, Hashable, CaseIterable {
-        case renewal, claim, reconcile, idleSweep
+        case registration, renewal, claim, reconcile, idleSweep
     }
 
     private struct Waiter {
