@@ -63,34 +63,13 @@ extension Coordinator {
         return true
     }
 
+    static let preventedReason = "not started: its creation's outcome was unknown and it was prevented"
+
     /// Makes the unknown outcome of a creation certain (`HandlerStore.preventCreation`), retrying
     /// while the database does not answer, for up to three lease TTLs (a failover or a stall);
     /// past that the outcome stays unknown and the run says so.
     /// - Parameter serverChosenID: leave a failed record under the id (no client will reuse it).
     /// - Returns: the record when the creation committed; nil when it never will.
-    /// Whether this replica can prove its leases, waiting for its registration or next renewal
-    /// until `limit` passes.
-    private func leasesProvable(within limit: Duration) async -> Bool {
-        let deadline = clock.now + limit
-        while !keeper.leasesProvable {
-            let left = deadline - clock.now
-            guard left > .zero else { return false }
-            let registrations = signals.count(.registration)
-            let renewals = signals.count(.renewal)
-            if keeper.leasesProvable { return true }
-            await withTaskGroup(of: Void.self) { race in
-                race.addTask { await self.signals.wait(.registration, after: registrations) }
-                race.addTask { await self.signals.wait(.renewal, after: renewals) }
-                race.addTask { try? await self.clock.sleep(for: left) }  // (cancelled: the race is over)
-                await race.next()
-                race.cancelAll()
-            }
-        }
-        return true
-    }
-
-    static let preventedReason = "not started: its creation's outcome was unknown and it was prevented"
-
     private func settle(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord? {
         let id = new.id
         let deadline = clock.now + configuration.leaseTTL * 3
@@ -142,7 +121,9 @@ extension Coordinator {
         // A lease this replica could not prove would be fenced before its first write. Waited
         // for, at most one TTL (a replica still registering, a renewal a loaded machine
         // delayed); past that nothing is sent, so the answer is certain.
-        guard await leasesProvable(within: configuration.leaseTTL) else { throw CoordinatorError.runNotStarted(new.id) }
+        guard await keeper.awaitProvableLeases(within: configuration.leaseTTL) else {
+            throw CoordinatorError.runNotStarted(new.id)
+        }
         let created: ClaimedHandler
         do {
             created = try await store.create(new, owner: replicaID)

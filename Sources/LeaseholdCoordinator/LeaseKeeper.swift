@@ -145,6 +145,27 @@ final class LeaseKeeper: Sendable {
         }
     }
 
+    /// Whether this replica can prove its leases, waiting for its registration or next renewal
+    /// until `limit` passes.
+    func awaitProvableLeases(within limit: Duration) async -> Bool {
+        let deadline = clock.now + limit
+        while !leasesProvable {
+            let left = deadline - clock.now
+            guard left > .zero else { return false }
+            let registrations = signals.count(.registration)
+            let renewals = signals.count(.renewal)
+            if leasesProvable { return true }
+            await withTaskGroup(of: Void.self) { race in
+                race.addTask { await self.signals.wait(.registration, after: registrations) }
+                race.addTask { await self.signals.wait(.renewal, after: renewals) }
+                race.addTask { try? await self.clock.sleep(for: left) }  // (cancelled: the race is over)
+                await race.next()
+                race.cancelAll()
+            }
+        }
+        return true
+    }
+
     /// Whether a write for `lease` may be attempted now. The store still checks the token.
     func mayWrite(_ lease: Lease) -> Bool {
         leasesProvable && !state.withLock { $0.excluded.contains(lease) }
