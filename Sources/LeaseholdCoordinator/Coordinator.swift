@@ -77,6 +77,7 @@ public final class Coordinator: Service, Sendable {
         await withTaskGroup(of: Void.self) { loops in
             loops.addTask { await self.keeper.runRenewals(host: self.host) }
             loops.addTask { await self.keeper.runSelfFencing(host: self.host) }
+            loops.addTask { await self.keeper.runDatabaseMoveChecks(host: self.host) }
             loops.addTask { await self.keeper.runOrphanReleases() }
             loops.addTask { await self.claimer.run(host: self.host) }
             loops.addTask { await self.host.runWakeups() }

@@ -28,6 +28,8 @@ struct CoordinatorMetrics: Sendable {
     let databaseFailovers = Counter(label: "leasehold_database_failovers_total")
     let databaseRegressions = Counter(label: "leasehold_database_regressions_total")
     let databaseReplaced = Counter(label: "leasehold_database_replaced_total")
+    /// Audits of an unchanged database node after a refused write (`LeaseKeeper+Database`).
+    let databaseAudits = Counter(label: "leasehold_database_audits_total")
     /// Handlers launched with their steps isolated: a replica died of a fault during one of their steps.
     let suspectsLaunched = Counter(label: "leasehold_suspects_launched_total")
     /// Handlers set aside: a step of theirs ended its isolated process too.

@@ -7,6 +7,8 @@ public final class CoordinatorSignals: Sendable {
     /// A loop whose passes can be awaited.
     public enum Pass: Sendable, Hashable, CaseIterable {
         case registration, renewal, claim, reconcile, idleSweep
+        /// A check of the database's history (a failover, or a suspicion) ended.
+        case databaseCheck
     }
 
     private struct Waiter {

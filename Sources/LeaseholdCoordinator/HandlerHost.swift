@@ -235,15 +235,17 @@ final class HandlerHost: Sendable {
                     log.info("stopped", metadata: [LogKeys.reason: "lease lost"])
                 }
             }
-        } catch StoreError.leaseLost {
-            keeper.forget(handler.lease)
+        } catch let error as StoreError where error.isRefusedWrite {
             // Counted once: a lease already found lost by the renewal was counted there.
             if handler.stopReason.withLock({ $0 }) != .leaseLost { keeper.recordRejectedWrites() }
             log.warning(
                 "lease lost",
                 metadata: [
-                    LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected",
+                    LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected: \(error)",
                 ])
+            // A refusal may also be a database that lost what it acknowledged: forgotten only once
+            // an audit after it found nothing missing (`LeaseKeeper+Database`).
+            keeper.forgetAfterAudit([handler.lease])
         } catch {
             log.error("handler stopped by an error", metadata: [LogKeys.error: "\(error)"])
         }

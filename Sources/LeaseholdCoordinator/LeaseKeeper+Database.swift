@@ -27,6 +27,20 @@ import Synchronization
 /// While a check cannot be made (the audit fails, or runs on another node than the one it
 /// checks), the replica sends no renewal: its leases lapse and other replicas take its handlers,
 /// rather than this replica keeping them alive without acting on what it hears.
+/// Evidence that the database lost writes can also come without another node answering: a write
+/// refused (its lease gone, its log not continuing the row's), or a reserved token the sequence is
+/// not past. Each makes the database a suspect: the next renewal is sent at once and audits the
+/// node it meets as if it were a new one, and what a refused write concerned is forgotten only
+/// after an audit that started after the refusal passed (`forgetAfterAudit`). Suspicions raised
+/// together share one audit (one runs at a time; one pending covers every suspicion raised
+/// before it starts). What an audit costs: one statement over every remembered position
+/// (`acknowledgementLimit`, 100,000 at most; measured in `PostgresStoreTests.auditOfManyPositions`).
+///
+/// Until a node is checked, nothing is written there: the store runs no operation on a connection
+/// to a node this replica has not trusted (`HandlerStore.trust`, the Postgres store's
+/// `NodeGate`) and signals it, which sends a renewal at once (`runDatabaseMoveChecks`). And a
+/// checkpoint only writes over the last sequence its writer saw durable, so even a write that a
+/// gate cannot stop (a node that does not tell its identity) cannot paper over a lost one.
 extension LeaseKeeper {
     /// Called with the node that answered a renewal.
     /// - Returns: true when that renewal must not be acted on.
@@ -39,14 +53,17 @@ extension LeaseKeeper {
             state.node = node
             guard let verified = state.verifiedNode else {
                 state.verifiedNode = node
+                store.trust(node)
                 return .same
             }
             // One check at a time; renewals answered meanwhile prove nothing.
             if state.checkingDatabase { return .busy }
             if verified.systemIdentifier == node.systemIdentifier && verified.timeline == node.timeline {
-                return .same
+                guard state.suspected else { return .same }
+                Self.beginCheck(&state)
+                return .check(verified)
             }
-            state.checkingDatabase = true
+            Self.beginCheck(&state)
             state.pendingNode = node
             // Tokens reserved from the node before are not used on this one, whatever the check finds.
             Self.discardReservedTokens(&state)
@@ -58,8 +75,7 @@ extension LeaseKeeper {
         case .same: return false
         case .busy: return true
         case .check(let verified):
-            defer { state.withLock { $0.checkingDatabase = false } }
-            return await check(node, against: verified, host: host)
+            return await checkAndRecord(node, against: verified, host: host)
         }
     }
 
@@ -70,12 +86,80 @@ extension LeaseKeeper {
             guard let node = state.pendingNode, let verified = state.verifiedNode, !state.checkingDatabase else {
                 return nil
             }
-            state.checkingDatabase = true
+            Self.beginCheck(&state)
             return (node, verified)
         }
         guard let (node, verified) = pending else { return state.withLock { $0.checkingDatabase } }
-        defer { state.withLock { $0.checkingDatabase = false } }
-        return await check(node, against: verified, host: host)
+        return await checkAndRecord(node, against: verified, host: host)
+    }
+
+    /// The database may have lost writes (see above): the next renewal audits it, and is sent now.
+    func suspectDatabase() {
+        state.withLock { $0.suspected = true }
+        store.signals.databaseMoved()
+    }
+
+    /// What this replica was told of the handlers of `leases`, whose writes were refused, is
+    /// forgotten once an audit that started after this call passed (never, if one finds the
+    /// database went back in time: then everything is). Raises the suspicion that starts one.
+    func forgetAfterAudit(_ leases: [Lease]) {
+        guard !leases.isEmpty else { return }
+        let audited = state.withLock { state -> Bool in
+            // A database that does not tell its node (the in-memory store, a managed service
+            // refusing the functions) is never audited: forgotten now, as before any audit.
+            guard state.verifiedNode != nil else {
+                for lease in leases { state.acknowledged.forget(lease.handlerID, upTo: lease.token) }
+                return false
+            }
+            let audit = state.auditsStarted + 1
+            state.forgetAfterAudit.append(contentsOf: leases.map { ($0, audit) })
+            // Bounded: a forget dropped only keeps a position longer (the database only moves
+            // a handler forward from what it acknowledged; a kept one costs a few bytes).
+            let excess = state.forgetAfterAudit.count - CoordinatorConfiguration.acknowledgementLimit
+            if excess > 0 { state.forgetAfterAudit.removeFirst(excess) }
+            state.suspected = true
+            return true
+        }
+        if audited { store.signals.databaseMoved() }
+    }
+
+    /// Runs the renewal that checks a node an operation met before any renewal did (see `NodeGate`),
+    /// or a suspected database, at once rather than at the next heartbeat.
+    func runDatabaseMoveChecks(host: HandlerHost) async {
+        for await _ in store.signals.databaseMoves {
+            if Task.isCancelled || isSuperseded { return }
+            await renewOnce(host: host)
+        }
+    }
+
+    private static func beginCheck(_ state: inout State) {
+        state.checkingDatabase = true
+        state.suspected = false
+        state.auditsStarted += 1
+    }
+
+    /// `check`, then the bookkeeping every check shares: one at a time, numbered, awaited.
+    private func checkAndRecord(_ node: DatabaseNode, against verified: DatabaseNode, host: HandlerHost) async
+        -> Bool
+    {
+        let number = state.withLock { $0.auditsStarted }
+        let refused = await check(node, against: verified, host: host)
+        state.withLock { state in
+            state.checkingDatabase = false
+            guard !refused else { return }
+            // It found nothing lost: the refusals raised before it started were what they seemed.
+            var kept: [(Lease, Int)] = []
+            for (lease, audit) in state.forgetAfterAudit {
+                if audit <= number {
+                    state.acknowledged.forget(lease.handlerID, upTo: lease.token)
+                } else {
+                    kept.append((lease, audit))
+                }
+            }
+            state.forgetAfterAudit = kept
+        }
+        signals.passed(.databaseCheck)
+        return refused
     }
 
     /// - Returns: true when what the node said must not be acted on (checked and started over,
@@ -95,10 +179,12 @@ extension LeaseKeeper {
             // Nothing this replica was told concerns that database.
             state.withLock { state in
                 state.acknowledged.removeAll(at: clock.now)
+                state.forgetAfterAudit.removeAll()
                 state.highestToken = FencingToken(0)
                 state.verifiedNode = node
                 state.pendingNode = nil
             }
+            store.trust(node)
             return true
         }
         let (acknowledged, highest) = state.withLock { state in
@@ -152,17 +238,33 @@ extension LeaseKeeper {
                         + "(had token \(mine.token), sequence \(mine.lastSequence))")
             }
         }
-        state.withLock { $0.databaseFailovers += 1 }
-        metrics.databaseFailovers.increment()
-        let moved = "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)"
+        let failover = node.timeline != verified.timeline
+        if failover {
+            state.withLock { $0.databaseFailovers += 1 }
+            metrics.databaseFailovers.increment()
+        } else {
+            state.withLock { $0.databaseAudits += 1 }
+            metrics.databaseAudits.increment()
+        }
+        let moved =
+            failover
+            ? "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)"
+            : "timeline \(node.timeline) at \(node.address), audited after a refused write"
         guard !missing.isEmpty else {
-            logger.notice(
-                "the database failed over and kept everything this replica had acknowledged",
-                metadata: [LogKeys.database: "\(moved)", LogKeys.count: "\(acknowledged.count)"])
+            if failover {
+                logger.notice(
+                    "the database failed over and kept everything this replica had acknowledged",
+                    metadata: [LogKeys.database: "\(moved)", LogKeys.count: "\(acknowledged.count)"])
+            } else {
+                logger.info(
+                    "the database kept everything this replica had acknowledged",
+                    metadata: [LogKeys.database: "\(moved)", LogKeys.count: "\(acknowledged.count)"])
+            }
             state.withLock { state in
                 state.verifiedNode = node
                 state.pendingNode = nil
             }
+            store.trust(node)
             return false
         }
         stopEverything(host: host, reason: "database went back in time")
@@ -179,9 +281,11 @@ extension LeaseKeeper {
         // this database acknowledges from now on.
         state.withLock { state in
             state.acknowledged.removeAll(at: clock.now)
+            state.forgetAfterAudit.removeAll()
             state.verifiedNode = node
             state.pendingNode = nil
         }
+        store.trust(node)
         return true
     }
 
@@ -267,4 +371,7 @@ extension LeaseKeeper {
     var database: (node: DatabaseNode?, failovers: Int, regressions: Int) {
         state.withLock { ($0.node, $0.databaseFailovers, $0.databaseRegressions) }
     }
+
+    /// Audits of an unchanged node after a refused write (or a reserved token it was not past).
+    var databaseAudits: Int { state.withLock { $0.databaseAudits } }
 }

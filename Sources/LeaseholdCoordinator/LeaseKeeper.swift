@@ -62,6 +62,14 @@ final class LeaseKeeper: Sendable {
         var startingOver = false
         /// Set while a database check runs: other renewals' answers are not acted on.
         var checkingDatabase = false
+        /// A write was refused (or a reserved token found ahead): the next renewal audits the node.
+        var suspected = false
+        /// Checks started (one at a time, numbered from 1).
+        var auditsStarted = 0
+        var databaseAudits = 0
+        /// Leases whose refused writes wait for the audit numbered with them to pass before what
+        /// was acknowledged of them is forgotten.
+        var forgetAfterAudit: [(Lease, Int)] = []
         var databaseRegressions = 0
         var databaseFailovers = 0
     }
@@ -338,8 +346,9 @@ final class LeaseKeeper: Sendable {
                     ])
             }
             host.fence(lost, reason: "lease lost")
-            // Another replica (or a cancel, a purge) moved these on: their history is not ours to check.
-            for handler in lost { forget(handler.lease) }
+            // Another replica (or a cancel, a purge) moved these on: their history is not ours to
+            // check, once an audit found that the database did not lose it instead.
+            forgetAfterAudit(lost.map(\.lease))
         }
         pruneAcknowledged()
         if !orphans.isEmpty {

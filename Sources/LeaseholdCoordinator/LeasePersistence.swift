@@ -59,6 +59,7 @@ struct LeasePersistence: HandlerPersistence {
                 // The database's token sequence is behind the reserve (it went back in time, or
                 // is another database): none of the reserved tokens may be used. Nothing was written.
                 keeper.discardReservedTokens()
+                keeper.suspectDatabase()
                 logger.warning(
                     "reserved token ahead of the database",
                     metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.fencingToken: "\(token)"])
@@ -70,11 +71,15 @@ struct LeasePersistence: HandlerPersistence {
                     return
                 }
                 throw StoreError.sequenceConflict(lease.handlerID, checkpoint.state.nextSequence - 1)
-            } catch StoreError.leaseLost where uncertain && checkpoint.state.status.isFinished {
-                // The same for a final checkpoint: once it committed, the handler has no owner,
-                // so its retry no longer matches the lease. (Found by the [pg-ha] test of a lost
-                // answer: the finished handler was counted as a rejected write.)
-                if try await landedEarlier(checkpoint) { return }
+            } catch StoreError.leaseLost where uncertain {
+                // The same when the retry no longer matches the row: a final checkpoint that
+                // committed left the handler without owner (found by the [pg-ha] test of a lost
+                // answer: the finished handler was counted as a rejected write), and any that
+                // committed moved the row past the last sequence the retry expects.
+                if try await landedEarlier(checkpoint) {
+                    keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
+                    return
+                }
                 throw StoreError.leaseLost(lease.handlerID)
             } catch StoreError.unavailable(let reason) {
                 uncertain = true

@@ -120,4 +120,7 @@ public struct Checkpoint: Sendable {
         self.log = log
         self.consumedInbox = consumedInbox
     }
+    /// The last sequence durable before this checkpoint: its log continues right after it (a
+    /// store writes the checkpoint only over a handler that holds exactly that).
+    public var expectedLastSequence: Int64 { (log.first?.sequence ?? state.nextSequence) - 1 }
 }

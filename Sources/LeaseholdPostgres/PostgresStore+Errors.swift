@@ -7,13 +7,18 @@ import PostgresNIO
 extension PostgresStore {
     /// Runs a store operation on one pooled connection, turning connection failures into
     /// `StoreError.unavailable`. Its statements are watched: one that waits longer than
-    /// `requestTimeout` has its connection closed (see `RequestWatchdog`).
-    func guarded<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    /// `requestTimeout` has its connection closed (see `RequestWatchdog`). Unless `gated` is false
+    /// (reads, and what checks the database: renewals, the audit), nothing runs on a node the
+    /// replica has not checked (see `NodeGate`).
+    func guarded<T: Sendable>(gated: Bool = true, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { connection in
                 let request = watchdog.start(on: connection)
                 defer { watchdog.finish(request) }
-                return try await InFlightRequest.$current.withValue(request) { try await body(connection) }
+                return try await InFlightRequest.$current.withValue(request) {
+                    if gated { try await nodeGate.admit(connection, logger: logger) { signals.databaseMoved() } }
+                    return try await body(connection)
+                }
             }
         } catch let error as StoreError {
             throw error
@@ -30,8 +35,10 @@ extension PostgresStore {
     /// back (found by the randomized fault run: a checkpoint "written" but absent, then a
     /// hibernation whose snapshot claimed its records). Every write whose success is acted on
     /// runs through here.
-    func committed<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await guarded { connection in try await connection.checkedTransaction(logger: logger, body) }
+    func committed<T: Sendable>(gated: Bool = true, _ body: (PostgresConnection) async throws -> T) async throws
+        -> T
+    {
+        try await guarded(gated: gated) { connection in try await connection.checkedTransaction(logger: logger, body) }
     }
 
     private func map(_ error: any Error) -> any Error {

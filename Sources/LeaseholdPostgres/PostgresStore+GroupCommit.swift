@@ -16,6 +16,8 @@ extension PostgresStore {
         var status: String
         var error: String?
         var result: String?
+        /// The last sequence the row must hold for the write to go in (see `Statements.checkpoint`).
+        var expected: Int64
         var lastSequence: Int64
         var sequences: [Int64]
         var records: [String]
@@ -28,7 +30,8 @@ extension PostgresStore {
         return CheckpointRow(
             id: lease.handlerID.rawValue, token: lease.token.rawValue, replica: lease.replicaID.rawValue,
             snapshot: try encoder.encode(state), status: state.status.rawValue, error: state.error,
-            result: try terminal.map { try json($0) }, lastSequence: state.nextSequence - 1,
+            result: try terminal.map { try json($0) }, expected: checkpoint.expectedLastSequence,
+            lastSequence: state.nextSequence - 1,
             sequences: checkpoint.log.map(\.sequence), records: try checkpoint.log.map { try json($0) },
             consumed: checkpoint.consumedInbox)
     }
@@ -299,12 +302,14 @@ extension PostgresStore.Statements {
         let results = rows.map { $0.result ?? "" }
         let hasResult = rows.map { $0.result != nil }
         let lastSequences = rows.map(\.lastSequence)
+        let expected = rows.map(\.expected)
         return """
             WITH input AS (
                 SELECT * FROM unnest(\(ids)::text[], \(tokens)::bigint[], \(replicas)::text[], \(snapshots)::bytea[],
                     \(statuses)::text[], \(errors)::text[], \(hasError)::bool[], \(results)::text[],
-                    \(hasResult)::bool[], \(lastSequences)::bigint[])
-                    AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence)
+                    \(hasResult)::bool[], \(lastSequences)::bigint[], \(expected)::bigint[])
+                    AS i(id, token, replica, snapshot, status, error, has_error, result, has_result, last_sequence,
+                        expected)
                 WHERE (SELECT set_config('lock_timeout', COALESCE(\(lockTimeout)::text, current_setting('lock_timeout')), true))
                     IS NOT NULL),
             locked AS (
@@ -320,7 +325,7 @@ extension PostgresStore.Statements {
                     owner_replica = CASE WHEN i.status = 'running' THEN handlers.owner_replica ELSE NULL END,
                     lease_expires_at = CASE WHEN i.status = 'running' THEN handlers.lease_expires_at ELSE NULL END
                 FROM input i
-                WHERE handlers.id = i.id AND (SELECT count(*) FROM locked) >= 0
+                WHERE handlers.id = i.id AND (SELECT count(*) FROM locked) >= 0 AND handlers.last_sequence = i.expected
                     AND \(unescaped: PostgresStore.Statements.leaseIsCurrent(row: "handlers", token: "i.token", writer: "i.replica"))
                 RETURNING \(unescaped: PostgresStore.Statements.writtenColumns), i.token, i.replica),
             logged AS (

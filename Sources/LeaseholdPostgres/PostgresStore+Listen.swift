@@ -103,7 +103,7 @@ extension PostgresStore {
             let payload = Notification.probe + instance + ":\(session):\(number)"
             do {
                 try await withTimeout(period) {
-                    try await self.guarded { connection -> Void in
+                    try await self.guarded(gated: false) { connection -> Void in
                         try await connection.checkedQuery(Statements.notify(payload), logger: self.logger)
                     }
                 }

@@ -29,7 +29,7 @@ extension PostgresStore {
     }
 
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var found: HandlerRecord?
             let query = Statements.handler(id: handlerID.rawValue)
             for try await row in try await connection.checkedExecute(
@@ -42,7 +42,7 @@ extension PostgresStore {
     }
 
     public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var records: [HandlerRecord] = []
             for try await row in try await connection.checkedQuery(
                 Statements.handlers(
@@ -56,7 +56,7 @@ extension PostgresStore {
     }
 
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var records: [LogRecord] = []
             let query = Statements.events(id: handlerID.rawValue, after: sequence, limit: limit)
             for try await row in try await connection.checkedExecute(
@@ -69,7 +69,7 @@ extension PostgresStore {
     }
 
     public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var replicas: [ReplicaRecord] = []
             for try await (id, address, startedAt, heartbeatAt, owned, alive) in try await connection.checkedQuery(
                 Statements.replicas(ttlSeconds: Self.seconds(ttl)), logger: logger
@@ -84,7 +84,7 @@ extension PostgresStore {
     }
 
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             let ids = handlerIDs.map(\.rawValue)
             do {
                 return try await audit(ids, tombstones: true, on: connection)
@@ -119,7 +119,7 @@ extension PostgresStore {
     }
 
     public func advanceTokens(past token: FencingToken) async throws {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             // A million tokens a statement (about a second); a regression loses seconds of them.
             for _ in 0..<100 {
                 var missing: Int64 = 0
@@ -135,7 +135,7 @@ extension PostgresStore {
     }
 
     public func counts() async throws -> HandlerCounts {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var counts = HandlerCounts()
             for try await (status, hibernated, count, expired) in try await connection.checkedQuery(
                 Statements.counts(), logger: logger
@@ -173,7 +173,7 @@ extension PostgresStore {
 
     /// Lease history rows as the two history statements select them.
     private func changes(_ query: PostgresQuery) async throws -> [LeaseChange] {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var changes: [LeaseChange] = []
             for try await row in try await connection.checkedQuery(query, logger: logger)
                 .decode((String, Date, String, String?, Int64).self)

@@ -304,9 +304,13 @@ extension PostgresStore {
         /// checkpoint that finishes a handler consumes what is left of its inbox (nothing can apply
         /// it any more, and unconsumed rows would keep showing up as claim candidates) — unless
         /// it quarantines it (`quarantinedError`): a release runs it on, with those events.
+        /// It writes only over the row's `expected` last sequence (the one its writer last saw
+        /// durable): over a database that lost a checkpoint it is refused rather than masking the
+        /// loss (a failover the replica has not checked yet; `LeaseKeeper+Database`).
         static func checkpoint(
             id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
-            result: String?, lastSequence: Int64, sequences: [Int64], records: [String], consumed: [String]
+            result: String?, expected: Int64, lastSequence: Int64, sequences: [Int64], records: [String],
+            consumed: [String]
         ) throws -> PostgresQuery {
             try """
             WITH h AS (
@@ -316,7 +320,8 @@ extension PostgresStore {
                     owner_replica = CASE WHEN \(status) = 'running' THEN handlers.owner_replica ELSE NULL END,
                     lease_expires_at = CASE WHEN \(status) = 'running' THEN handlers.lease_expires_at ELSE NULL END
                 FROM (SELECT \(token)::bigint AS token, \(replica)::text AS writer) w
-                WHERE handlers.id = \(id) AND \(unescaped: leaseIsCurrent(row: "handlers", token: "w.token", writer: "w.writer"))
+                WHERE handlers.id = \(id) AND handlers.last_sequence = \(expected)
+                    AND \(unescaped: leaseIsCurrent(row: "handlers", token: "w.token", writer: "w.writer"))
                 RETURNING \(unescaped: writtenColumns)),
             logged AS (
                 INSERT INTO event_log (handler_id, sequence, record)

@@ -8,7 +8,8 @@ extension PostgresStore {
     private func checkpointQuery(_ row: CheckpointRow) throws -> PostgresQuery {
         try Statements.checkpoint(
             id: row.id, token: row.token, replica: row.replica, snapshot: row.snapshot, status: row.status,
-            error: row.error, result: row.result, lastSequence: row.lastSequence, sequences: row.sequences,
+            error: row.error, result: row.result, expected: row.expected, lastSequence: row.lastSequence,
+            sequences: row.sequences,
             records: row.records, consumed: row.consumed)
     }
 
@@ -175,7 +176,7 @@ extension PostgresStore {
 
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
         guard !handlerIDs.isEmpty else { return [:] }
-        return try await guarded { connection in
+        return try await guarded(gated: false) { connection in
             var events: [HandlerID: [InboxEvent]] = [:]
             let query = Statements.pendingInboxOf(ids: handlerIDs.map(\.rawValue))
             for try await (handlerID, eventID, text) in try await connection.checkedQuery(query, logger: logger).decode(
@@ -189,7 +190,7 @@ extension PostgresStore {
     }
 
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             var events: [InboxEvent] = []
             let query = Statements.pendingInbox(id: handlerID.rawValue)
             for try await row in try await connection.checkedExecute(

@@ -15,6 +15,7 @@ import Synchronization
 public final class PostgresStore: HandlerStore, Service {
     public let client: PostgresClient
     public let signals = StoreSignals()
+    let nodeGate = NodeGate()
     /// This process's registration instance: two processes with one replica id never share a
     /// registration (the newest wins; see migration 0004).
     let instance = UUID().uuidString.lowercased()
@@ -72,7 +73,7 @@ public final class PostgresStore: HandlerStore, Service {
     private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)
         async throws -> Renewal
     {
-        try await committed { connection in
+        try await committed(gated: false) { connection in
             let query = Statements.renewal(
                 replica: replica.rawValue, instance: instance, address: address, ttlSeconds: Self.seconds(ttl),
                 excluding: excluding.map(\.rawValue), fresh: fresh)
@@ -98,8 +99,12 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    public func trust(_ node: DatabaseNode) {
+        nodeGate.trust(NodeGate.Identity(systemIdentifier: node.systemIdentifier, timeline: node.timeline))
+    }
+
     public func deregister(_ replica: ReplicaID) async throws {
-        try await guarded { connection in
+        try await guarded(gated: false) { connection in
             _ = try await connection.checkedQuery(
                 Statements.deregister(replica: replica.rawValue, instance: instance), logger: logger)
         }

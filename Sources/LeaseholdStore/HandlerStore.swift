@@ -165,9 +165,18 @@ public protocol HandlerStore: Sendable {
     /// (never back): after the database went back in time, no token a replica has seen is issued
     /// again.
     func advanceTokens(past token: FencingToken) async throws
+
+    /// The replica checked `node` (its failover check passed, or it is the first node it met):
+    /// operations may run there. Until then a store that can tell nodes apart (Postgres) runs
+    /// nothing on a node other than the last one trusted (see `NodeGate`), failing retryably and
+    /// signalling `StoreSignals.databaseMoves` instead.
+    func trust(_ node: DatabaseNode)
 }
 
 extension HandlerStore {
+    /// A store with one node (the in-memory store) has nothing to gate.
+    public func trust(_ node: DatabaseNode) {}
+
     /// Appends an external event for a handler of any workflow, claiming nothing.
     public func appendInbox(_ handlerID: HandlerID, _ event: InboxEvent) async throws -> InboxReceipt {
         try await appendInbox(handlerID, event, accepting: nil, from: nil, claim: false)

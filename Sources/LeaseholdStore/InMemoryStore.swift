@@ -246,8 +246,9 @@ public actor InMemoryStore: HandlerStore {
 
     func apply(_ checkpoint: Checkpoint, to entry: inout Entry) throws {
         let id = entry.record.id
-        if let first = checkpoint.log.first, first.sequence != Int64(entry.log.count) {
-            throw StoreError.sequenceConflict(id, first.sequence)
+        // The log continues the one held, and a checkpoint without records holds as many.
+        if checkpoint.expectedLastSequence != Int64(entry.log.count) - 1 {
+            throw StoreError.sequenceConflict(id, checkpoint.expectedLastSequence + 1)
         }
         let time = now()
         entry.state = checkpoint.state

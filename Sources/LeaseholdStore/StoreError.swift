@@ -22,6 +22,15 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// written, and the replica's reserved tokens are not to be used.
     case tokenAhead(FencingToken)
 
+    /// A fenced write the store refused for what it holds (the lease gone, the log not continuing
+    /// the row's): nothing was written.
+    public var isRefusedWrite: Bool {
+        switch self {
+        case .leaseLost, .sequenceConflict: return true
+        default: return false
+        }
+    }
+
     public var description: String {
         switch self {
         case .leaseLost(let id): return "lease on handler \(id) lost"

@@ -41,7 +41,15 @@ public final class StoreSignals: Sendable {
 
     public let resubscriptions: AsyncStream<Void>
 
+    private let databaseMoveContinuation: AsyncStream<Void>.Continuation
+    /// One element (coalesced) whenever an operation met a database node the replica has not
+    /// checked yet (see `HandlerStore.trust`): the replica checks it now rather than at its next
+    /// renewal. One consumer.
+    public let databaseMoves: AsyncStream<Void>
+
     public init() {
+        (databaseMoves, databaseMoveContinuation) = AsyncStream.makeStream(
+            of: Void.self, bufferingPolicy: .bufferingNewest(1))
         (inboxWakeups, inboxContinuation) = AsyncStream.makeStream(
             of: String.self, bufferingPolicy: .bufferingNewest(4096))
         (resubscriptions, resubscriptionContinuation) = AsyncStream.makeStream(
@@ -54,6 +62,9 @@ public final class StoreSignals: Sendable {
         allLogsChanged()
         resubscriptionContinuation.yield()
     }
+
+    /// An operation met a database node not checked yet.
+    public func databaseMoved() { databaseMoveContinuation.yield() }
 
     /// The current version of a handler's log; pass it to `waitForLogChange`.
     public func logVersion(_ handlerID: String) -> UInt64 {

@@ -68,6 +68,41 @@ public enum TestDatabase {
         return result
     }
 
+    /// Makes the database at `url` answer as another node, as a failover does: from now on
+    /// `leasehold_database_node()` reports its timeline `timelines` later than the server's (and
+    /// `systemIdentifier`, when given, instead of its own), and every other session to it is
+    /// ended, as a failover ends them (the pools reconnect, to "the new node"). Renewals, the
+    /// audit and the store's node gate all read that function, so they all see the move.
+    public static func moveNode(_ url: DatabaseURL, timelines: Int, systemIdentifier: String? = nil) async throws {
+        let system = systemIdentifier.map { "'\($0.replacingOccurrences(of: "'", with: "''"))'" } ?? "NULL"
+        try await withClient(url) { client in
+            for statement in [
+                """
+                DO $$ BEGIN
+                    IF to_regproc('leasehold_database_node_real') IS NULL THEN
+                        ALTER FUNCTION leasehold_database_node() RENAME TO leasehold_database_node_real;
+                    END IF;
+                END $$
+                """,
+                """
+                CREATE OR REPLACE FUNCTION leasehold_database_node(
+                    OUT system_identifier text, OUT timeline integer, OUT node text, OUT synchronous_standbys integer)
+                LANGUAGE sql VOLATILE AS $$
+                    SELECT COALESCE(\(system), r.system_identifier), r.timeline + \(timelines), r.node,
+                        r.synchronous_standbys
+                    FROM leasehold_database_node_real() r
+                $$
+                """,
+                """
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                """,
+            ] {
+                try await client.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+            }
+        }
+    }
+
     /// Runs `body` with a running `PostgresClient` for `url`.
     public static func withClient<T: Sendable>(
         _ url: DatabaseURL, _ body: @Sendable (PostgresClient) async throws -> T

@@ -140,6 +140,125 @@ struct DatabaseHistoryTests {
         }
     }
 
+    // MARK: - Traffic during the check (N5)
+
+    /// A checkpoint that reaches the new node before the replica's check would write over a lost
+    /// one: here the node lost the handler's last checkpoint (its snapshot, its log rows, the
+    /// consumption of the event it applied), and the traffic is a hand-off, whose checkpoint
+    /// carries no records (the event log's contiguity check cannot see it): written, its last
+    /// sequence would hide the loss from the check. It writes only over the sequence it expects,
+    /// and the node gate holds it until the check, which finds the loss; the handler then runs
+    /// again from what the database kept: every event applied once, a log without a gap.
+    @Test(.timeLimit(.minutes(2))) func aCheckpointDuringTheCheckCannotMaskALoss() async throws {
+        try await TestDatabase.withStore { postgres, url in
+            try await Harness.withCoordinators([postgres], idle: nil, ttl: .seconds(4)) { coordinators in
+                let coordinator = coordinators[0]
+                let id = try await coordinator.start(
+                    workflow: "accumulate", startEvent: ["count": 3], handlerID: "masked"
+                ).id
+                try await coordinator.send(Self.add(1), to: id, eventID: "add-1")
+                try await Self.consumed(url, "add-1")
+                // What a lagging standby will hold: the checkpoint that consumed add-1 (or a later
+                // one before add-2), snapshot and last sequence together.
+                try await Self.sql(
+                    url, "CREATE TABLE kept AS SELECT id, snapshot, last_sequence FROM handlers WHERE id = 'masked'")
+                try await coordinator.send(Self.add(2), to: id, eventID: "add-2")
+                try await Self.consumed(url, "add-2")
+                await coordinator.heartbeatOnce()  // the node is checked and trusted
+
+                try await Self.sql(
+                    url,
+                    """
+                    UPDATE handlers h SET snapshot = k.snapshot, last_sequence = k.last_sequence FROM kept k
+                    WHERE h.id = k.id
+                    """)
+                try await Self.sql(
+                    url,
+                    """
+                    DELETE FROM event_log WHERE handler_id = 'masked'
+                        AND sequence > (SELECT last_sequence FROM kept)
+                    """)
+                try await Self.sql(url, "UPDATE inbox SET consumed = false WHERE event_id = 'add-2'")
+                let checks = coordinator.signals.count(.databaseCheck)
+                try await TestDatabase.moveNode(url, timelines: 1)
+                coordinator.host.handler(id)?.stop(.handoff)
+
+                try await Self.awaitCheck(coordinator, after: checks)
+                #expect(coordinator.database.regressions == 1)
+                try await Self.appendElsewhere(url, id, Self.add(3), eventID: "add-3")
+                let finished = try #require(try await Harness.waitFinished(postgres, id, timeout: .seconds(60)))
+                #expect(finished.status == .completed)
+                let log = try await postgres.events(id, after: -1, limit: 100)
+                #expect(log.map(\.sequence) == Array(0..<Int64(log.count)), "\(log.map(\.sequence))")
+                #expect(finished.lastSequence == Int64(log.count) - 1)
+                let added = log.filter { $0.type == "Add" }.compactMap { $0.value["value"]?.intValue }
+                #expect(added.sorted() == [1, 2, 3], "\(log.map(\.type))")
+            }
+        }
+    }
+
+    /// A write that reaches the new node before the check and is refused there (the node lost the
+    /// lease this replica holds: the handler's row is back at an older token) would make the
+    /// replica forget what it was told of that handler, and the check would then find nothing
+    /// missing. The gate holds the write until the check; the check finds the loss.
+    @Test(.timeLimit(.minutes(2))) func aRefusedWriteDuringTheCheckCannotEraseALoss() async throws {
+        try await Self.withWaitingApproval("erased", ttl: .seconds(4)) { postgres, url, store, coordinator, record in
+            let granted = record.fencingToken
+            try await Self.takeBack(url, record.id, to: granted.rawValue - 1, sequenceToo: false)
+            let checks = coordinator.signals.count(.databaseCheck)
+            try await TestDatabase.moveNode(url, timelines: 1)
+            try await Self.appendElsewhere(
+                url, record.id, AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), eventID: "answer")
+
+            try await Self.awaitCheck(coordinator, after: checks)
+            #expect(coordinator.database.regressions == 1)
+            let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(60)))
+            #expect(finished.status == .completed)
+            #expect(finished.fencingToken > granted)
+        }
+    }
+
+    static func add(_ value: Int) -> AnyEvent { AnyEvent(type: "Add", value: ["value": .int(value)]) }
+
+    static func sql(_ url: DatabaseURL, _ statement: String) async throws {
+        try await TestDatabase.withClient(url) { client in
+            _ = try await client.query(PostgresQuery(unsafeSQL: statement), logger: Harness.logger)
+        }
+    }
+
+    /// Returns once the inbox event `eventID` is consumed (a database row: polled).
+    static func consumed(_ url: DatabaseURL, _ eventID: String) async throws {
+        let done = try await TestDatabase.withClient(url) { client in
+            try await eventually(timeout: .seconds(30)) {
+                let rows = try await client.query(
+                    "SELECT consumed FROM inbox WHERE event_id = \(eventID)", logger: Harness.logger)
+                for try await consumed in rows.decode(Bool.self) where consumed { return true }
+                return false
+            }
+        }
+        try #require(done, "\(eventID) was never consumed")
+    }
+
+    /// An event appended through another replica's store (one that trusted no node: not gated).
+    static func appendElsewhere(_ url: DatabaseURL, _ id: HandlerID, _ event: AnyEvent, eventID: String)
+        async throws
+    {
+        try await TestDatabase.withClient(url) { client in
+            let other = PostgresStore(client: client, logger: Harness.logger)
+            _ = try await other.appendInbox(id, InboxEvent(id: eventID, event: event))
+        }
+    }
+
+    /// Awaits the first check of the database's history after `count` to reach a verdict.
+    static func awaitCheck(_ coordinator: Coordinator, after count: Int) async throws {
+        var seen = count
+        while coordinator.database.failovers == 0 && coordinator.database.regressions == 0 {
+            await coordinator.signals.wait(.databaseCheck, after: seen)
+            try Task.checkCancellation()
+            seen = coordinator.signals.count(.databaseCheck)
+        }
+    }
+
     /// A coordinator (one replica) over the Postgres store wrapped to report database moves, with
     /// one approval handler live and waiting for its answer, and one renewal done.
     static func withWaitingApproval(
@@ -149,7 +268,7 @@ struct DatabaseHistoryTests {
             -> Void
     ) async throws {
         try await TestDatabase.withStore { postgres, url in
-            let store = DelayedRenewalStore(postgres)
+            let store = DelayedRenewalStore(postgres, url: url)
             try await Harness.withCoordinators([store], idle: nil, ttl: ttl) { coordinators in
                 let coordinator = coordinators[0]
                 let record = try await coordinator.start(

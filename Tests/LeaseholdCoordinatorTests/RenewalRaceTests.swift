@@ -95,20 +95,21 @@ final class DelayedRenewalStore: HandlerStore {
 
     func stepDatabaseClock(by seconds: TimeInterval) { clockStep.withLock { $0 += seconds } }
 
-    /// Renewals answer as if the database had failed over (a timeline later) or been replaced by
-    /// another one (another system identifier). What the database holds is the real one's.
-    /// With `losing`, the failover also takes writes back (run by the next renewal before it
-    /// renews, and only then the timeline moves: no answer shows the new timeline without the loss).
-    private let databaseMoves = Mutex((timelines: 0, systemIdentifier: String?.none))
+    /// The database fails over (a timeline later) or is replaced by another one (another system
+    /// identifier), at the next renewal, before it is sent: `TestDatabase.moveNode` (every reader
+    /// of the node sees it, and every session ends). With `losing`, the failover also takes
+    /// writes back first (no answer shows the new node without the loss).
+    private let url: DatabaseURL?
+    private let pendingMove = Mutex<(timelines: Int, systemIdentifier: String?)?>(nil)
+    private let timelinesMoved = Mutex(0)
     private let pendingLoss = Mutex<(@Sendable () async throws -> Void)?>(nil)
     func failOverDatabase(losing loss: (@Sendable () async throws -> Void)? = nil) {
-        if let loss {
-            pendingLoss.withLock { $0 = loss }
-        } else {
-            databaseMoves.withLock { $0.timelines += 1 }
-        }
+        pendingLoss.withLock { $0 = loss }
+        pendingMove.withLock { $0 = (($0?.timelines ?? 0) + 1, $0?.systemIdentifier) }
     }
-    func replaceDatabase(systemIdentifier: String) { databaseMoves.withLock { $0.systemIdentifier = systemIdentifier } }
+    func replaceDatabase(systemIdentifier: String) {
+        pendingMove.withLock { $0 = ($0?.timelines ?? 0, systemIdentifier) }
+    }
 
     /// Claims fail (as with the database briefly unreachable) this many times.
     private let failingClaims = Mutex(0)
@@ -133,7 +134,11 @@ final class DelayedRenewalStore: HandlerStore {
     }
     private let gate = Mutex(Gate())
 
-    init(_ base: PostgresStore) { self.base = base }
+    /// - Parameter url: the database's, for `failOverDatabase` and `replaceDatabase`.
+    init(_ base: PostgresStore, url: DatabaseURL? = nil) {
+        self.base = base
+        self.url = url
+    }
 
     func holdNextAnswer() { gate.withLock { $0 = Gate(holding: true) } }
 
@@ -152,6 +157,7 @@ final class DelayedRenewalStore: HandlerStore {
     }
 
     var signals: StoreSignals { base.signals }
+    func trust(_ node: DatabaseNode) { base.trust(node) }
 
     /// The next renewals never return (requests on connections a partition killed) until the
     /// calling task is cancelled; nothing is written.
@@ -167,23 +173,22 @@ final class DelayedRenewalStore: HandlerStore {
         if hang {
             try await Task.sleep(for: .seconds(3600))
         }
-        if let loss = pendingLoss.withLock({ pending in
+        if let move = pendingMove.withLock({ pending in
             defer { pending = nil }
             return pending
         }) {
-            try await loss()
-            databaseMoves.withLock { $0.timelines += 1 }
+            guard let url else { throw RenewalNeverRan() }
+            if let loss = pendingLoss.withLock({ $0 }) { try await loss() }
+            pendingLoss.withLock { $0 = nil }
+            let timelines = timelinesMoved.withLock { moved in
+                moved += move.timelines
+                return moved
+            }
+            try await TestDatabase.moveNode(url, timelines: timelines, systemIdentifier: move.systemIdentifier)
         }
         var answer = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
         let step = clockStep.withLock { $0 }
         answer.databaseTime = answer.databaseTime.map { $0.addingTimeInterval(step) }
-        let moved = databaseMoves.withLock { $0 }
-        answer.database = answer.database.map { node in
-            var node = node
-            node.timeline += moved.timelines
-            if let system = moved.systemIdentifier { node.systemIdentifier = system }
-            return node
-        }
         guard gate.withLock({ $0.holding && !$0.held }) else { return answer }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = gate.withLock { gate -> Bool in
@@ -328,15 +333,7 @@ final class DelayedRenewalStore: HandlerStore {
         try await base.replicas(aliveWithin: ttl)
     }
     func counts() async throws -> HandlerCounts { try await base.counts() }
-    /// Reports the node as the renewals do (a failover or another database the wrapper reports).
-    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
-        var audit = try await base.audit(handlerIDs)
-        let moved = databaseMoves.withLock { $0 }
-        audit.node = audit.node.map { node in
-            (moved.systemIdentifier ?? node.systemIdentifier, node.timeline + moved.timelines)
-        }
-        return audit
-    }
+    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit { try await base.audit(handlerIDs) }
     func advanceTokens(past token: FencingToken) async throws { try await base.advanceTokens(past: token) }
     func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
         -> [HandlerID]

@@ -171,9 +171,11 @@ struct GroupCommitTests {
         try await TestDatabase.withStore(groupCommit: Self.held) { store, _ in
             try await store.register("r1", address: "test://r1", ttl: Self.ttl)
             let leases = try await Self.create(store, 8)
-            // The first skips sequence 0: the event log refuses it, and with it the whole batch.
+            // The first skips sequence 1 within its records: the event log refuses it, and with it
+            // the whole batch. (A checkpoint that does not continue the row's last sequence is
+            // refused before its records are written: `checkpointExpectsTheLastSequence`.)
             let writes = leases.enumerated().map { index, lease in
-                (lease, index == 0 ? Self.checkpoint(2, log: [1]) : Self.checkpoint(1, log: [0]))
+                (lease, index == 0 ? Self.checkpoint(3, log: [0, 2]) : Self.checkpoint(1, log: [0]))
             }
             let outcomes = await Self.checkpointAll(store, writes)
             #expect(store.groupCommitStats?.splits == 1)
@@ -183,7 +185,7 @@ struct GroupCommitTests {
                 Issue.record("expected the log's refusal, got \(String(describing: outcomes[leases[0].handlerID]))")
                 return
             }
-            #expect(reason.contains("event log of handler \(leases[0].handlerID) would skip sequence 0"))
+            #expect(reason.contains("event log of handler \(leases[0].handlerID) would skip sequence 1"), "\(reason)")
             #expect(try await store.events(leases[0].handlerID, after: -1, limit: 10).isEmpty)
             for lease in leases.dropFirst() {
                 #expect(throws: Never.self) { try outcomes[lease.handlerID]?.get() }

@@ -296,6 +296,33 @@ struct StoreConformanceTests {
         }
     }
 
+    /// A checkpoint writes only over the last sequence its writer saw durable: over a row that
+    /// holds less (a database that lost a checkpoint, not yet found out), a checkpoint with
+    /// records or without is refused and writes nothing, rather than papering over the loss.
+    @Test("a checkpoint over a row that lost its last checkpoint is refused", arguments: StoreFactory.all)
+    func checkpointExpectsTheLastSequence(factory: StoreFactory) async throws {
+        try await factory.run { store in
+            let lease = try await store.create(Self.new("h"), owner: Self.r1).lease
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(1), log: [Self.record(0)], consumedInbox: []), lease: lease)
+            // The writer believes sequences 0-2 durable; the row holds 0 only.
+            for checkpoint in [
+                Checkpoint(state: Self.state(4), log: [Self.record(3)], consumedInbox: []),
+                Checkpoint(state: Self.state(3), log: [], consumedInbox: []),
+            ] {
+                #expect(checkpoint.expectedLastSequence == 2)
+                await #expect(throws: StoreError.self) { try await store.checkpoint(checkpoint, lease: lease) }
+            }
+            let record = try #require(try await store.handler("h"))
+            #expect(record.lastSequence == 0)
+            #expect(try await store.events("h", after: -1, limit: 10).map(\.sequence) == [0])
+            // The writer that saw what the row holds goes on.
+            try await store.checkpoint(
+                Checkpoint(state: Self.state(2), log: [Self.record(1)], consumedInbox: []), lease: lease)
+            #expect(try await store.handler("h")?.lastSequence == 1)
+        }
+    }
+
     @Test("heartbeat registers replicas; list, filters and counts", arguments: StoreFactory.all)
     func listing(factory: StoreFactory) async throws {
         try await factory.run { store in
