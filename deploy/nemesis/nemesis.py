@@ -161,6 +161,9 @@ class Handlers:
         with self.lock:
             previous = self.by_id.get(handler_id)
             spec["generation"] = (previous["generation"] + 1) if previous else 0
+            # A poison id stays counted when the workload purges it and re-creates the id as
+            # another workflow: the process its step ended is still its cost (seed 2302).
+            spec["ever_poison"] = spec.get("workflow") == "poison" or bool(previous and previous.get("ever_poison"))
             spec.setdefault("answers", [])
             spec.setdefault("cancel_acked", False)
             spec.setdefault("purged", False)
@@ -873,7 +876,7 @@ def run_seed(seed: int, seconds: float, faults: list[str], clients: int) -> dict
     found, stats = check(handlers, claims_since(offsets), tag)
     violations += found
     # A poison costs at most the one process where its step first ran.
-    poisons = sum(1 for spec in handlers.all().values() if spec["workflow"] == "poison")
+    poisons = sum(1 for spec in handlers.all().values() if spec["ever_poison"])
     deaths = crashes_since(offsets)
     stats["poison_handlers"], stats["replica_deaths_by_fault"] = poisons, deaths
     if deaths > poisons:
