@@ -56,9 +56,12 @@ extension LeaseKeeper {
                 store.trust(node)
                 return .same
             }
-            // One check at a time; renewals answered meanwhile prove nothing.
-            if state.checkingDatabase { return .busy }
-            if verified.systemIdentifier == node.systemIdentifier && verified.timeline == node.timeline {
+            let same = verified.systemIdentifier == node.systemIdentifier && verified.timeline == node.timeline
+            // One check at a time. While a node change is checked, renewals answered meanwhile
+            // prove nothing; while the verified node is audited on a suspicion (which takes
+            // seconds at 100,000 positions), its renewals count as before the suspicion.
+            if state.checkingDatabase { return same && state.pendingNode == nil ? .same : .busy }
+            if same {
                 guard state.suspected else { return .same }
                 Self.beginCheck(&state)
                 return .check(verified)
@@ -89,7 +92,11 @@ extension LeaseKeeper {
             Self.beginCheck(&state)
             return (node, verified)
         }
-        guard let (node, verified) = pending else { return state.withLock { $0.checkingDatabase } }
+        // A check of a node change in flight: no renewal meanwhile. (An audit of the verified node
+        // on a suspicion does not hold renewals up.)
+        guard let (node, verified) = pending else {
+            return state.withLock { $0.checkingDatabase && $0.pendingNode != nil }
+        }
         return await checkAndRecord(node, against: verified, host: host)
     }
 

@@ -563,6 +563,33 @@ struct PostgresStoreTests {
         }
     }
 
+    /// The failover check's audit at the limit of remembered positions (100,000,
+    /// `CoordinatorConfiguration.acknowledgementLimit`): one statement; the figure it prints is
+    /// the cost docs/design.md states. What it asserts is that every position comes back.
+    @Test("an audit of 100,000 positions answers every one")
+    func auditOfManyPositions() async throws {
+        try await TestDatabase.withStore { store, url in
+            let count = 100_000
+            try await TestDatabase.withClient(url) { client in
+                _ = try await client.query(
+                    """
+                    INSERT INTO handlers (id, workflow_name, run_id, fencing_token, last_sequence)
+                    SELECT 'a' || n, 'approval', 'run', n, n % 50 FROM generate_series(1, \(count)) n
+                    """, logger: Self.logger)
+            }
+            let ids = (1...count).map { HandlerID("a\($0)") }
+            var fastest = Duration.seconds(3600)
+            for _ in 0..<3 {
+                let started = ContinuousClock.now
+                let audit = try await store.audit(ids)
+                fastest = min(fastest, ContinuousClock.now - started)
+                #expect(audit.handlers.count == count)
+                #expect(audit.handlers["a77"] == StoreAudit.Position(token: FencingToken(77), lastSequence: 27))
+            }
+            print("audit of \(count) positions: fastest of 3 took \(fastest)")
+        }
+    }
+
     @Test("a bad URL is rejected without showing the password")
     func badURL() throws {
         #expect(throws: DatabaseURLError.self) { try DatabaseURL("mysql://x@y/z") }
