@@ -132,10 +132,14 @@ extension LeaseKeeper {
 
     /// Runs the renewal that checks a node an operation met before any renewal did (see `NodeGate`),
     /// or a suspected database, at once rather than at the next heartbeat.
+    /// At most one such renewal per tenth of the heartbeat: writes refused by the gate keep
+    /// signalling while a check cannot be made (the audit failing), and each would otherwise send
+    /// an audit at once after the last.
     func runDatabaseMoveChecks(host: HandlerHost) async {
         for await _ in store.signals.databaseMoves {
             if Task.isCancelled || isSuperseded { return }
             await renewOnce(host: host)
+            do { try await clock.sleep(for: configuration.heartbeatInterval / 10) } catch { return }
         }
     }
 
