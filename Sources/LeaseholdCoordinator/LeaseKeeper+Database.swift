@@ -82,6 +82,24 @@ extension LeaseKeeper {
         }
     }
 
+    /// A registration answered by `node`. The first node this replica meets is trusted at once
+    /// (it was told nothing yet, and claims start after the registration); another node than the
+    /// verified one is checked before the next renewal, as one a renewal met.
+    func registered(on node: DatabaseNode) {
+        state.withLock { state in
+            state.node = node
+            guard let verified = state.verifiedNode else {
+                state.verifiedNode = node
+                store.trust(node)
+                return
+            }
+            if verified.systemIdentifier != node.systemIdentifier || verified.timeline != node.timeline {
+                state.pendingNode = node
+                Self.discardReservedTokens(&state)
+            }
+        }
+    }
+
     /// Checks a node whose earlier check failed, before the next renewal is sent.
     /// - Returns: true when no renewal may be sent now.
     func recheckPendingDatabase(host: HandlerHost) async -> Bool {

@@ -121,8 +121,10 @@ final class LeaseKeeper: Sendable {
         while true {
             let sent = clock.now
             do {
-                try await store.register(replicaID, address: configuration.address, ttl: configuration.leaseTTL)
+                let node = try await store.register(
+                    replicaID, address: configuration.address, ttl: configuration.leaseTTL)
                 state.withLock { $0.lastRenewal = sent }
+                if let node { registered(on: node) }
                 return
             } catch {
                 logger.warning("registration failed, retrying", metadata: [LogKeys.error: "\(error)"])

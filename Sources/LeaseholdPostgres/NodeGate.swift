@@ -76,9 +76,11 @@ final class NodeGate: Sendable {
                 answer = .identity(Identity(systemIdentifier: system, timeline: Int(timeline)))
             }
         }
-        // A standby answers nothing about the node it will be once promoted (and refuses writes
-        // meanwhile): asked again at the next use.
-        if inRecovery { return }
+        // A standby tells nothing of the node it will be once promoted, and its session survives
+        // the promotion: refused (it would refuse a write anyway), and asked again at the next use.
+        if inRecovery {
+            throw StoreError.unavailable("the database node is a standby (in recovery)")
+        }
         let refusal = state.withLock { state -> (Identity, Identity, Bool)? in
             if state.connections.count >= Self.connectionLimit { state.connections.removeAll() }
             guard let trusted = state.trusted, case .identity(let identity) = answer, identity != trusted else {

@@ -66,8 +66,9 @@ public final class PostgresStore: HandlerStore, Service {
         try await renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false)
     }
 
-    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
-        _ = try await renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
+    @discardableResult
+    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
+        try await renew(replica, address: address, ttl: ttl, excluding: [], fresh: true).database
     }
 
     private func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID], fresh: Bool)

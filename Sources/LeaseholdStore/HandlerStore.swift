@@ -14,7 +14,9 @@ public protocol HandlerStore: Sendable {
     /// Starts a new registration of the replica (a replica process starting), valid for `ttl`.
     /// Every lease held under this replica id before is void: released, so that those handlers
     /// move at once.
-    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws
+    /// - Returns: the database node that answered (nil for a store with one node).
+    @discardableResult
+    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode?
 
     /// Renews the replica's registration for `ttl`. Leases are anchored to it: renewing it renews
     /// every lease the replica holds, at the cost of one row. A registration that has lapsed is

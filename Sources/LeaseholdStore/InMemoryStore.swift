@@ -107,8 +107,10 @@ public actor InMemoryStore: HandlerStore {
         replicaTable[replica] = row
     }
 
-    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+    @discardableResult
+    public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
         _ = renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
+        return nil
     }
 
     /// The in-memory store shares the replica's clock (one process): it reports no time of its own.

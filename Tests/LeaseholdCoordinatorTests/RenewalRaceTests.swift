@@ -202,7 +202,7 @@ final class DelayedRenewalStore: HandlerStore {
         return answer
     }
 
-    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws {
+    func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
         try await base.register(replica, address: address, ttl: ttl)
     }
     func deregister(_ replica: ReplicaID) async throws { try await base.deregister(replica) }
