@@ -13,20 +13,28 @@ import Testing
 struct ClaimInboxTests {
     static let ttl = Duration.seconds(30)
 
-    /// The claim statement exactly as the store sends it, with a pause joined into its candidate
-    /// scan: the snapshot is taken, then the pause, then the row lock.
+    /// The claim statement exactly as the store sends it, with a gate joined into its candidate
+    /// scan: the snapshot is taken, then the gate, then the row lock.
     static func pausedClaim(_ store: PostgresStore, replica: String) throws -> PostgresQuery {
         try paused(store.claimStatement(replica: replica, limit: 10), scan: "FROM handlers h\n")
     }
 
-    /// `query` with a pause joined into its scan `scan` (`FROM handlers h…`) of the handlers row.
-    static func paused(_ query: PostgresQuery, scan: String, seconds: Int = 1) throws -> PostgresQuery {
+    /// The advisory lock a paused statement waits for (shared) while `inboxAfterChangeDuring`
+    /// holds it (exclusive): the pause lasts exactly until the change committed, however loaded
+    /// the machine. (A fixed `pg_sleep(1)` did not: beside a CPU hog and a fault run the change
+    /// once committed after the sleep, and the claim read the old inbox, 2026-12-07.)
+    static let gate = 4_242
+
+    /// `query` with the gate joined into its scan `scan` (`FROM handlers h…`) of the handlers row.
+    static func paused(_ query: PostgresQuery, scan: String) throws -> PostgresQuery {
         let range = try #require(query.sql.range(of: scan), "the statement no longer scans '\(scan)'")
         var sql = query.sql
         let table = "FROM handlers h"
         try #require(scan.hasPrefix(table))
         sql.replaceSubrange(
-            range, with: "\(table), (SELECT pg_sleep(\(seconds))) AS pause\(scan.dropFirst(table.count))")
+            range,
+            with:
+                "\(table), (SELECT pg_advisory_xact_lock_shared(\(gate))) AS pause\(scan.dropFirst(table.count))")
         return PostgresQuery(unsafeSQL: sql, binds: query.binds)
     }
 
@@ -45,17 +53,32 @@ struct ClaimInboxTests {
     static func inboxAfterChangeDuring(_ store: PostgresStore, _ query: PostgresQuery, index: Int? = nil)
         async throws -> String??
     {
-        try await withThrowingTaskGroup(of: String??.self) { group in
-            group.addTask { try await Self.inboxColumn(store, query, index: index) }
-            try #require(try await PostgresStoreTests.oneSessionSleeps(store))
-            _ = try await PostgresStoreTests.count(
-                store,
-                """
-                WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
-                advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
-                SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
-                """)
-            return try #require(try await group.next())
+        try await store.client.withConnection { holder in
+            _ = try await holder.query("SELECT pg_advisory_lock(\(Self.gate))", logger: PostgresStoreTests.logger)
+            return try await withThrowingTaskGroup(of: String??.self) { group in
+                group.addTask { try await Self.inboxColumn(store, query, index: index) }
+                do {
+                    // The statement took its snapshot and waits at the gate.
+                    try #require(
+                        try await eventually(timeout: .seconds(60)) {
+                            try await PostgresStoreTests.count(
+                                store, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 1
+                        })
+                    _ = try await PostgresStoreTests.count(
+                        store,
+                        """
+                        WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
+                        advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
+                        SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
+                        """)
+                } catch {
+                    _ = try? await holder.query(
+                        "SELECT pg_advisory_unlock(\(Self.gate))", logger: PostgresStoreTests.logger)
+                    throw error
+                }
+                _ = try await holder.query("SELECT pg_advisory_unlock(\(Self.gate))", logger: PostgresStoreTests.logger)
+                return try #require(try await group.next())
+            }
         }
     }
 
@@ -96,8 +119,7 @@ struct ClaimInboxTests {
             let quiet = try await Self.inboxColumn(
                 store,
                 try Self.paused(
-                    store.appendClaimStatement(id: "h", eventID: "e2", event: event, replica: "r2"), scan: scan,
-                    seconds: 0),
+                    store.appendClaimStatement(id: "h", eventID: "e2", event: event, replica: "r2"), scan: scan),
                 index: 17)
             #expect((quiet ?? nil)?.contains("\"e1\"") == true)
             #expect((quiet ?? nil)?.contains("\"e2\"") == true)
