@@ -19,11 +19,27 @@ struct ClaimInboxTests {
         try paused(store.claimStatement(replica: replica, limit: 10), scan: "FROM handlers h\n")
     }
 
-    /// The advisory lock a paused statement waits for (shared) while `inboxAfterChangeDuring`
-    /// holds it (exclusive): the pause lasts exactly until the change committed, however loaded
-    /// the machine. (A fixed `pg_sleep(1)` did not: beside a CPU hog and a fault run the change
-    /// once committed after the sleep, and the claim read the old inbox, 2026-12-07.)
-    static let gate = 4_242
+    /// The gate a paused statement waits at (made by `claimable`): a function that sleeps in
+    /// 10 ms steps while `paused_gate` holds no row (a volatile function's queries see what committed after its
+    /// statement's snapshot; the statement's own scans do not). `inboxAfterChangeDuring` opens it
+    /// once its change committed, so the pause lasts exactly until then, however loaded the
+    /// machine. (A fixed `pg_sleep(1)` did not: beside a CPU hog and a fault run the change once
+    /// committed after the second, 2026-12-07; an advisory lock fell under the append's
+    /// `lock_timeout`.) Bounded: it gives up after 60 s.
+    static let gateSetUp = [
+        "CREATE TABLE paused_gate (opened boolean)",
+        """
+        CREATE FUNCTION paused_gate_wait() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            FOR i IN 1..6000 LOOP
+                IF EXISTS (SELECT 1 FROM paused_gate) THEN RETURN 1; END IF;
+                PERFORM pg_sleep(0.01);
+            END LOOP;
+            RETURN 0;
+        END $$
+        """,
+        "INSERT INTO paused_gate VALUES (true)",  // open unless a change is to come in between
+    ]
 
     /// `query` with the gate joined into its scan `scan` (`FROM handlers h…`) of the handlers row.
     static func paused(_ query: PostgresQuery, scan: String) throws -> PostgresQuery {
@@ -32,15 +48,16 @@ struct ClaimInboxTests {
         let table = "FROM handlers h"
         try #require(scan.hasPrefix(table))
         sql.replaceSubrange(
-            range,
-            with:
-                "\(table), (SELECT pg_advisory_xact_lock_shared(\(gate))) AS pause\(scan.dropFirst(table.count))")
+            range, with: "\(table), (SELECT paused_gate_wait()) AS pause\(scan.dropFirst(table.count))")
         return PostgresQuery(unsafeSQL: sql, binds: query.binds)
     }
 
     /// A registered r1 and r2, and handler "h" created by r1 and released: claimable, its start
     /// event pending.
     static func claimable(_ store: PostgresStore) async throws {
+        for statement in gateSetUp {
+            _ = try await store.client.query(PostgresQuery(unsafeSQL: statement), logger: PostgresStoreTests.logger)
+        }
         try await store.register("r1", address: "test://r1", ttl: Self.ttl)
         try await store.register("r2", address: "test://r2", ttl: Self.ttl)
         let lease = try await store.create(StoreConformanceTests.new("h"), owner: "r1").lease
@@ -53,32 +70,22 @@ struct ClaimInboxTests {
     static func inboxAfterChangeDuring(_ store: PostgresStore, _ query: PostgresQuery, index: Int? = nil)
         async throws -> String??
     {
-        try await store.client.withConnection { holder in
-            _ = try await holder.query("SELECT pg_advisory_lock(\(Self.gate))", logger: PostgresStoreTests.logger)
-            return try await withThrowingTaskGroup(of: String??.self) { group in
-                group.addTask { try await Self.inboxColumn(store, query, index: index) }
-                do {
-                    // The statement took its snapshot and waits at the gate.
-                    try #require(
-                        try await eventually(timeout: .seconds(60)) {
-                            try await PostgresStoreTests.count(
-                                store, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") == 1
-                        })
-                    _ = try await PostgresStoreTests.count(
-                        store,
-                        """
-                        WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
-                        advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
-                        SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
-                        """)
-                } catch {
-                    _ = try? await holder.query(
-                        "SELECT pg_advisory_unlock(\(Self.gate))", logger: PostgresStoreTests.logger)
-                    throw error
-                }
-                _ = try await holder.query("SELECT pg_advisory_unlock(\(Self.gate))", logger: PostgresStoreTests.logger)
-                return try #require(try await group.next())
-            }
+        _ = try await PostgresStoreTests.count(
+            store, "WITH closed AS (DELETE FROM paused_gate RETURNING 1) SELECT count(*) FROM closed")
+        return try await withThrowingTaskGroup(of: String??.self) { group in
+            group.addTask { try await Self.inboxColumn(store, query, index: index) }
+            // The statement took its snapshot and waits at the gate.
+            try #require(try await PostgresStoreTests.oneSessionSleeps(store))
+            _ = try await PostgresStoreTests.count(
+                store,
+                """
+                WITH consumed AS (UPDATE inbox SET consumed = true WHERE handler_id = 'h' RETURNING 1),
+                advanced AS (UPDATE handlers SET last_sequence = 0 WHERE id = 'h' RETURNING 1)
+                SELECT (SELECT count(*) FROM consumed) + (SELECT count(*) FROM advanced)
+                """)
+            _ = try await PostgresStoreTests.count(
+                store, "WITH opened AS (INSERT INTO paused_gate VALUES (true) RETURNING 1) SELECT count(*) FROM opened")
+            return try #require(try await group.next())
         }
     }
 
