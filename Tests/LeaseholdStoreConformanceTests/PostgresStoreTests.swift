@@ -563,13 +563,15 @@ struct PostgresStoreTests {
         }
     }
 
-    /// The failover check's audit at the limit of remembered positions (100,000,
-    /// `CoordinatorConfiguration.acknowledgementLimit`): one statement; the figure it prints is
-    /// the cost docs/design.md states. What it asserts is that every position comes back.
-    @Test("an audit of 100,000 positions answers every one")
+    /// The failover check's audit of many remembered positions: one statement; what it asserts is
+    /// that every position comes back. At the limit (100,000,
+    /// `CoordinatorConfiguration.acknowledgementLimit`; `LEASEHOLD_AUDIT_POSITIONS=100000`) the
+    /// figure it prints is the cost docs/design.md states; CI runs 10,000 (the debug build decodes
+    /// 100,000 rows for seconds on a loaded machine, beside every other suite).
+    @Test("an audit of many positions answers every one")
     func auditOfManyPositions() async throws {
         try await TestDatabase.withStore { store, url in
-            let count = 100_000
+            let count = ProcessInfo.processInfo.environment["LEASEHOLD_AUDIT_POSITIONS"].flatMap { Int($0) } ?? 10_000
             try await TestDatabase.withClient(url) { client in
                 _ = try await client.query(
                     """
