@@ -191,6 +191,9 @@ extension LeaseKeeper {
         return refused
     }
 
+    /// Long (about 100 lines) because it is one decision read top to bottom: another database,
+    /// an audit that failed or ran elsewhere, nothing lost, or a regression, each with its state
+    /// change, log line and metric; what is lost is computed apart (`losses`).
     /// - Returns: true when what the node said must not be acted on (checked and started over,
     ///   or not checked yet).
     private func check(_ node: DatabaseNode, against verified: DatabaseNode, host: HandlerHost) async -> Bool {
@@ -247,26 +250,7 @@ extension LeaseKeeper {
             }
             return true
         }
-        var missing: [String] = []
-        if audit.highestToken < highest {
-            missing.append("token sequence at \(audit.highestToken), this replica was granted \(highest)")
-        }
-        for (id, mine) in acknowledged.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-            guard let theirs = audit.handlers[id] else {
-                // Purged since, by any replica, from a position at or past ours: gone on purpose,
-                // not lost.
-                if let purged = audit.purged[id], !purged.isBehind(mine) { continue }
-                missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
-                continue
-            }
-            // A higher token is another replica's newer claim; a lower one, or the same token with
-            // fewer events, is history this replica saw acknowledged and the database lost.
-            if theirs.isBehind(mine) {
-                missing.append(
-                    "\(id): token \(theirs.token), sequence \(theirs.lastSequence) "
-                        + "(had token \(mine.token), sequence \(mine.lastSequence))")
-            }
-        }
+        let missing = Self.losses(of: acknowledged, highest: highest, in: audit)
         let failover = node.timeline != verified.timeline
         if failover {
             state.withLock { $0.databaseFailovers += 1 }
@@ -316,6 +300,34 @@ extension LeaseKeeper {
         }
         store.trust(node)
         return true
+    }
+
+    /// What `audit` shows the database lost of what this replica was told: each entry names a
+    /// position (or the token sequence) behind what was acknowledged. Empty: nothing lost.
+    static func losses(
+        of acknowledged: [HandlerID: StoreAudit.Position], highest: FencingToken, in audit: StoreAudit
+    ) -> [String] {
+        var missing: [String] = []
+        if audit.highestToken < highest {
+            missing.append("token sequence at \(audit.highestToken), this replica was granted \(highest)")
+        }
+        for (id, mine) in acknowledged.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            guard let theirs = audit.handlers[id] else {
+                // Purged since, by any replica, from a position at or past ours: gone on purpose,
+                // not lost.
+                if let purged = audit.purged[id], !purged.isBehind(mine) { continue }
+                missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
+                continue
+            }
+            // A higher token is another replica's newer claim; a lower one, or the same token with
+            // fewer events, is history this replica saw acknowledged and the database lost.
+            if theirs.isBehind(mine) {
+                missing.append(
+                    "\(id): token \(theirs.token), sequence \(theirs.lastSequence) "
+                        + "(had token \(mine.token), sequence \(mine.lastSequence))")
+            }
+        }
+        return missing
     }
 
     /// Refuses claims, writes and renewals, then stops every handler here (nothing launched now

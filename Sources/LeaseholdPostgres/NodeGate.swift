@@ -53,8 +53,6 @@ final class NodeGate: Sendable {
         }
     }
 
-    var trusted: Identity? { state.withLock { $0.trusted } }
-
     /// Returns when `connection` may be used; throws `StoreError.unavailable` when it reached a
     /// node the replica has not checked yet (after calling `moved`).
     func admit(_ connection: PostgresConnection, logger: Logger, moved: () -> Void) async throws {
