@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "leasehold-bench", targets: ["leasehold-bench"]),
         .library(name: "LeaseholdEngine", targets: ["LeaseholdEngine"]),
         .library(name: "LeaseholdServer", targets: ["LeaseholdServer"]),
+        .library(name: "LeaseholdApp", targets: ["LeaseholdApp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -74,11 +75,14 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(
-            name: "leasehold",
+        // The command line of every Leasehold application: an application's `main` hands its
+        // workflows to `LeaseholdApplication`, which gives it serve, migrate, status and run.
+        .target(
+            name: "LeaseholdApp",
             dependencies: [
-                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdRuntime", "LeaseholdStore",
-                "LeaseholdEngine",
+                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdRuntime", "LeaseholdStore", "LeaseholdEngine",
+                "LeaseholdCoordinator",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -86,6 +90,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // `leasehold`: the application over the samples.
+        .executableTarget(
+            name: "leasehold",
+            dependencies: ["LeaseholdApp", "LeaseholdEngine", "LeaseholdPostgres", "LeaseholdSamples"],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -119,6 +129,12 @@ let package = Package(
                 "LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LeaseholdAppTests",
+            dependencies: ["LeaseholdApp", "LeaseholdSamples", "LeaseholdPostgres"],
+            resources: [.copy("Golden")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -276,3 +276,8 @@ extension JSONValue {
         return fields
     }
 }
+
+extension JSONValue: CustomStringConvertible {
+    /// The value as compact JSON text (`jsonString`).
+    public var description: String { jsonString }
+}

@@ -6,7 +6,12 @@ public enum Samples {
     /// - Parameter ledger: where the `ledger` sample posts (the cluster passes its database's
     ///   `PostgresLedger`; a single process keeps postings in memory).
     public static func registry(ledger: any FencedLedger = InMemoryLedger()) throws -> WorkflowRegistry {
-        try WorkflowRegistry([echo(), counter(), approval(), fanout(), timer(), flaky(), Samples.ledger(ledger)])
+        try WorkflowRegistry(all(ledger: ledger))
+    }
+
+    /// Every sample, in the order `registry(ledger:)` registers them.
+    public static func all(ledger: any FencedLedger = InMemoryLedger()) throws -> [Workflow] {
+        [try echo(), try counter(), try approval(), try fanout(), try timer(), try flaky(), try Samples.ledger(ledger)]
     }
 
     /// `{"message": str}` → stops at once with `message`.

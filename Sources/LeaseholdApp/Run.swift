@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import LeaseholdCoordinator
 import LeaseholdEngine
-import LeaseholdSamples
 import LeaseholdServer
 import LeaseholdStore
 import Logging
@@ -12,12 +11,22 @@ struct Run: AsyncParsableCommand {
         abstract: "Run one workflow in this process (in-memory store) and print its events and result.",
         discussion: "Example: leasehold run counter --start '{\"count_to\": 5}'")
 
-    @Argument(help: "Workflow name (echo, counter, approval, fanout, timer, flaky)") var workflow: String
+    @Argument(help: ArgumentHelp("Workflow name (\(Run.workflowNames))")) var workflow: String
     @Option(help: "Start event fields as JSON") var start: String = "{}"
     @Flag(name: .customLong("include-internal"), help: "Also print internal step events") var includeInternal = false
 
+    /// The application's workflows' names, for the help (from its in-memory set-up).
+    static var workflowNames: String {
+        let resources = ApplicationResources(databaseURL: nil, environment: [:], logger: Logger(label: "help"))
+        return ((try? LeaseholdApplication.current?.registry(resources).names) ?? []).joined(separator: ", ")
+    }
+
     func run() async throws {
-        let registry = try Samples.registry()
+        var logger = Logger(label: "leasehold")
+        logger.logLevel = .error
+        let resources = ApplicationResources(
+            databaseURL: nil, environment: ProcessInfo.processInfo.environment, logger: logger)
+        let registry = try LeaseholdApplication.running.registry(resources)
         guard registry.names.contains(workflow) else {
             throw fail("unknown workflow '\(workflow)'; known: \(registry.names.joined(separator: ", "))")
         }
@@ -27,14 +36,30 @@ struct Run: AsyncParsableCommand {
         } catch {
             throw fail("--start: \(error)")
         }
-        var logger = Logger(label: "leasehold")
-        logger.logLevel = .error
         let store = InMemoryStore()
         let coordinator = Coordinator(
             store: store, registry: registry,
             configuration: CoordinatorConfiguration(replicaID: "local", address: "in-process", idleTimeout: nil),
             logger: logger)
-        let outcome: HandlerRecord = try await withThrowingTaskGroup(of: HandlerRecord?.self) { group in
+        let outcome: HandlerRecord = try await resources.withPoolsRunning {
+            try await run(workflow: workflow, start: startValue, coordinator: coordinator, store: store)
+        }
+        switch outcome.status {
+        case .completed:
+            print((["result": outcome.result?.value["result"] ?? .null] as JSONValue).jsonString)
+        default:
+            print(
+                (["status": .string(outcome.status.rawValue), "error": outcome.error.map(JSONValue.string) ?? .null]
+                    as JSONValue).jsonString)
+            throw ExitCode(1)
+        }
+    }
+
+    /// Runs the coordinator until the handler's terminal record is printed.
+    private func run(workflow: String, start: JSONValue, coordinator: Coordinator, store: InMemoryStore)
+        async throws -> HandlerRecord
+    {
+        try await withThrowingTaskGroup(of: HandlerRecord?.self) { group in
             group.addTask {
                 try await coordinator.run()
                 return nil
@@ -42,7 +67,7 @@ struct Run: AsyncParsableCommand {
             defer { group.cancelAll() }
             let record: HandlerRecord
             do {
-                record = try await coordinator.start(workflow: workflow, startEvent: startValue, handlerID: nil)
+                record = try await coordinator.start(workflow: workflow, startEvent: start, handlerID: nil)
             } catch let error as EngineError {
                 throw fail("\(error)")
             }
@@ -56,18 +81,5 @@ struct Run: AsyncParsableCommand {
             }
             return try await store.handler(record.id) ?? record
         }
-        switch outcome.status {
-        case .completed:
-            print((["result": outcome.result?.value["result"] ?? .null] as JSONValue).jsonString)
-        default:
-            print(
-                (["status": .string(outcome.status.rawValue), "error": outcome.error.map(JSONValue.string) ?? .null]
-                    as JSONValue).jsonString)
-            throw ExitCode(1)
-        }
     }
-}
-
-extension JSONValue: CustomStringConvertible {
-    public var description: String { jsonString }
 }

@@ -3,7 +3,6 @@ import Foundation
 import LeaseholdEngine
 import LeaseholdPostgres
 import LeaseholdRuntime
-import LeaseholdSamples
 import LeaseholdStore
 import Logging
 import ServiceLifecycle
@@ -12,17 +11,6 @@ import Synchronization
 // Crash containment (docs/design.md, "A step that ends its process"): the commands a replica
 // starts as child processes — its crash watcher and its isolated steps — and the operator's
 // release of a quarantined handler.
-
-/// The workflows this executable offers, with the ledger sample on `database` when there is one.
-/// In debug builds also `poison`, a workflow whose step traps on every attempt (the containment
-/// tests'); the shipped (release) binary does not have it.
-func workflows(ledger: any FencedLedger) throws -> WorkflowRegistry {
-    var registry = try Samples.registry(ledger: ledger)
-    #if DEBUG
-        try registry.register(Samples.poison())
-    #endif
-    return registry
-}
 
 /// `leasehold step`: runs one step run read from standard input (`IsolatedStep`) and writes its
 /// `IsolatedStep.Answer` to standard output. A replica starts it for each step of a suspect
@@ -55,14 +43,13 @@ struct IsolatedStepCommand: AsyncParsableCommand {
         dup2(STDERR_FILENO, STDOUT_FILENO)
         let step = try JSONDecoder().decode(IsolatedStep.self, from: FileHandle.standardInput.readDataToEndOfFile())
         let answer: IsolatedStep.Answer
-        if let url {
-            // The pool connects on the first statement only: a step that posts nothing costs no session.
-            answer = try await withDatabase(url, logger: logger, limit: .seconds(Bounds.longestDelay)) { database in
-                await step.perform(in: try workflows(ledger: database.ledger(logger: logger)))
-            }
-        } else {
-            answer = await step.perform(in: try workflows(ledger: InMemoryLedger()))
-        }
+        // The application's pools connect on their first statement only: a step that posts
+        // nothing costs no session.
+        let resources = ApplicationResources(
+            databaseURL: url == nil ? nil : database.text, environment: ProcessInfo.processInfo.environment,
+            logger: logger)
+        let registry = try LeaseholdApplication.running.registry(resources)
+        answer = try await resources.withPoolsRunning { await step.perform(in: registry) }
         FileHandle(fileDescriptor: answerDescriptor, closeOnDealloc: true).write(try JSONEncoder().encode(answer))
     }
 }

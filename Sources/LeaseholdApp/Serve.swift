@@ -5,7 +5,6 @@ import LeaseholdCoordinator
 import LeaseholdEngine
 import LeaseholdPostgres
 import LeaseholdRuntime
-import LeaseholdSamples
 import LeaseholdServer
 import LeaseholdStore
 import Logging
@@ -20,60 +19,23 @@ struct Serve: AsyncParsableCommand {
         abstract: "Run a replica: the HTTP API plus the coordinator.",
         discussion: "Every flag can also be set by its environment variable; the flag wins.")
 
-    @Option(help: "Address to listen on (env LEASEHOLD_HOST; default 127.0.0.1)") var host: String?
-    @Option(help: "Port to listen on (env LEASEHOLD_PORT; default 8080)") var port: String?
+    @Option(name: Settings.host.name, help: Settings.host.help) var host: String?
+    @Option(name: Settings.port.name, help: Settings.port.help) var port: String?
     @OptionGroup var database: DatabaseOptions
-    @Option(name: .customLong("replica-id"), help: "This replica's id (env LEASEHOLD_REPLICA_ID; default hostname-pid)")
-    var replicaID: String?
-    @Option(
-        name: .customLong("advertise-address"),
-        help: "Address shown in the cluster view (env LEASEHOLD_ADVERTISE_ADDRESS)")
-    var advertiseAddress: String?
-    @Option(name: .customLong("lease-ttl"), help: "Lease TTL, e.g. 5s (env LEASEHOLD_LEASE_TTL; default 5s)")
-    var leaseTTL: String?
-    @Option(
-        name: .customLong("idle-timeout"),
-        help: "Hibernate after this idle time; 'off' disables (env LEASEHOLD_IDLE_TIMEOUT; default 60s)")
-    var idleTimeout: String?
-    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer <key>' (env LEASEHOLD_API_KEY)")
-    var apiKey: String?
-    @Option(name: .customLong("api-key-file"), help: "File with one API key per line (env LEASEHOLD_API_KEY_FILE)")
-    var apiKeyFile: String?
-    @Option(
-        name: .customLong("max-body"), help: "Largest request body in bytes (env LEASEHOLD_MAX_BODY; default 1048576)")
-    var maxBody: String?
-    @Option(
-        name: .customLong("max-streams"),
-        help: "Concurrent event streams per replica (env LEASEHOLD_MAX_STREAMS; default 1000)")
-    var maxStreams: String?
-    @Option(
-        name: .customLong("stream-stall-timeout"),
-        help:
-            "End an event stream whose client has not taken a write for this long (env LEASEHOLD_STREAM_STALL_TIMEOUT; default 30s)"
-    )
+    @Option(name: Settings.replicaID.name, help: Settings.replicaID.help) var replicaID: String?
+    @Option(name: Settings.advertiseAddress.name, help: Settings.advertiseAddress.help) var advertiseAddress: String?
+    @Option(name: Settings.leaseTTL.name, help: Settings.leaseTTL.help) var leaseTTL: String?
+    @Option(name: Settings.idleTimeout.name, help: Settings.idleTimeout.help) var idleTimeout: String?
+    @Option(name: Settings.apiKey.name, help: Settings.apiKey.help) var apiKey: String?
+    @Option(name: Settings.apiKeyFile.name, help: Settings.apiKeyFile.help) var apiKeyFile: String?
+    @Option(name: Settings.maxBody.name, help: Settings.maxBody.help) var maxBody: String?
+    @Option(name: Settings.maxStreams.name, help: Settings.maxStreams.help) var maxStreams: String?
+    @Option(name: Settings.streamStallTimeout.name, help: Settings.streamStallTimeout.help)
     var streamStallTimeout: String?
-    @Option(
-        name: .customLong("retention"),
-        help:
-            "Delete finished handlers this long after they finished; 'off' keeps them (env LEASEHOLD_RETENTION; default 7d)"
-    )
-    var retention: String?
-    @Option(
-        name: .customLong("batch-max"),
-        help:
-            "Most writes (creations, checkpoints) sharing one commit; 'off' commits each alone (env LEASEHOLD_BATCH_MAX; default 128)"
-    )
-    var batchMax: String?
-    @Option(
-        name: .customLong("batch-linger"),
-        help:
-            "How long a commit waits for more writes; 0 flushes as soon as a writer is free (env LEASEHOLD_BATCH_LINGER; default 0)"
-    )
-    var batchLinger: String?
-    @Option(
-        name: .customLong("batch-writers"),
-        help: "Group commits in flight at once (env LEASEHOLD_BATCH_WRITERS; default 2)")
-    var batchWriters: String?
+    @Option(name: Settings.retention.name, help: Settings.retention.help) var retention: String?
+    @Option(name: Settings.batchMax.name, help: Settings.batchMax.help) var batchMax: String?
+    @Option(name: Settings.batchLinger.name, help: Settings.batchLinger.help) var batchLinger: String?
+    @Option(name: Settings.batchWriters.name, help: Settings.batchWriters.help) var batchWriters: String?
     @OptionGroup var logging: LogOptions
 
     @Flag(
@@ -82,11 +44,11 @@ struct Serve: AsyncParsableCommand {
     var unsafeDisableSelfFencing = false
 
     func run() async throws {
-        let settings: Settings
+        let settings: ServeSettings
         let logger: Logger
         do {
             logger = try logging.bootstrap()
-            settings = try Settings(self)
+            settings = try ServeSettings(self, ProcessInfo.processInfo.environment)
         } catch let error as BadSetting {
             throw fail(error.message)
         }
@@ -124,9 +86,13 @@ struct Serve: AsyncParsableCommand {
                 arguments: ["step"], environment: ["LEASEHOLD_DATABASE_URL": url, "SWIFT_BACKTRACE": "enable=no"])
         }
         let migrated = OnceFlag()
+        // The application's own pools (an external system's) close after the coordinator, like
+        // the cluster's: they are services started before it.
+        let resources = ApplicationResources(
+            databaseURL: self.database.text, environment: ProcessInfo.processInfo.environment, logger: logger)
         let coordinator = Coordinator(
             store: database?.store ?? InMemoryStore(),
-            registry: try workflows(ledger: database?.ledger(logger: logger) ?? InMemoryLedger()),
+            registry: try LeaseholdApplication.running.registry(resources),
             configuration: CoordinatorConfiguration(
                 replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
                 idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing,
@@ -152,7 +118,7 @@ struct Serve: AsyncParsableCommand {
             // calling finish()", swift-nio#2637; seen in the randomized fault run when a
             // superseded replica stopped under load).
             let services =
-                (watcher.map { [$0] } ?? []) + (database?.services ?? []) + [
+                (watcher.map { [$0] } ?? []) + (database?.services ?? []) + resources.services + [
                     startCoordinator, api.application(logger: logger),
                 ]
             try await ServiceGroup(
@@ -192,8 +158,8 @@ final class OnceFlag: Sendable {
     var isSet: Bool { value.withLock { $0 } }
 }
 
-/// Every serve setting, resolved from flag or environment and checked.
-struct Settings {
+/// Every serve setting, resolved from flag, environment or default (`Settings`) and checked.
+struct ServeSettings {
     var host: String
     var port: Int
     var database: DatabaseURL?
@@ -208,27 +174,27 @@ struct Settings {
     var retention: Duration?
     var groupCommit: GroupCommitSettings?
 
-    init(_ serve: Serve) throws {
-        host = setting(serve.host, "LEASEHOLD_HOST") ?? "127.0.0.1"
-        let portText = setting(serve.port, "LEASEHOLD_PORT") ?? "8080"
+    init(_ serve: Serve, _ environment: Environment) throws {
+        host = Settings.host.value(serve.host, environment)!
+        let portText = Settings.port.value(serve.port, environment)!
         guard let port = Int(portText), (1...65535).contains(port) else {
             throw BadSetting(message: "--port: '\(portText)' is not a port number (1-65535)")
         }
         self.port = port
-        database = try serve.database.url(required: false)
+        database = try serve.database.url(required: false, environment)
         replicaID =
-            setting(serve.replicaID, "LEASEHOLD_REPLICA_ID")
+            Settings.replicaID.value(serve.replicaID, environment)
             ?? "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
-        advertise = setting(serve.advertiseAddress, "LEASEHOLD_ADVERTISE_ADDRESS") ?? "http://\(host):\(port)"
-        leaseTTL = try parseDuration(setting(serve.leaseTTL, "LEASEHOLD_LEASE_TTL") ?? "5s", flag: "--lease-ttl")
+        advertise = Settings.advertiseAddress.value(serve.advertiseAddress, environment) ?? "http://\(host):\(port)"
+        leaseTTL = try parseDuration(Settings.leaseTTL.value(serve.leaseTTL, environment)!, flag: "--lease-ttl")
         // Under a second the margins do not hold: renewals every TTL/3, self-fencing 200 ms
         // before expiry, and a loaded machine's statement latency eat the whole lease.
         guard leaseTTL >= .seconds(1) else { throw BadSetting(message: "--lease-ttl: must be at least 1s") }
-        let idleText = setting(serve.idleTimeout, "LEASEHOLD_IDLE_TIMEOUT") ?? "60s"
+        let idleText = Settings.idleTimeout.value(serve.idleTimeout, environment)!
         idleTimeout = idleText.lowercased() == "off" ? nil : try parseDuration(idleText, flag: "--idle-timeout")
         var keys: [String] = []
-        if let key = setting(serve.apiKey, "LEASEHOLD_API_KEY") { keys.append(key) }
-        if let file = setting(serve.apiKeyFile, "LEASEHOLD_API_KEY_FILE") {
+        if let key = Settings.apiKey.value(serve.apiKey, environment) { keys.append(key) }
+        if let file = Settings.apiKeyFile.value(serve.apiKeyFile, environment) {
             let text: String
             do {
                 text = try String(contentsOfFile: file, encoding: .utf8)
@@ -240,20 +206,20 @@ struct Settings {
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         }
         apiKeys = keys
-        let bodyText = setting(serve.maxBody, "LEASEHOLD_MAX_BODY") ?? "1048576"
+        let bodyText = Settings.maxBody.value(serve.maxBody, environment)!
         guard let maxBody = Int(bodyText), maxBody >= 1024 else {
             throw BadSetting(message: "--max-body: '\(bodyText)' must be a byte count ≥ 1024")
         }
         self.maxBody = maxBody
-        let streamsText = setting(serve.maxStreams, "LEASEHOLD_MAX_STREAMS") ?? "1000"
+        let streamsText = Settings.maxStreams.value(serve.maxStreams, environment)!
         guard let maxStreams = Int(streamsText), maxStreams >= 1 else {
             throw BadSetting(message: "--max-streams: '\(streamsText)' must be a positive integer")
         }
         self.maxStreams = maxStreams
         streamStallTimeout = try parseDuration(
-            setting(serve.streamStallTimeout, "LEASEHOLD_STREAM_STALL_TIMEOUT") ?? "30s", flag: "--stream-stall-timeout"
+            Settings.streamStallTimeout.value(serve.streamStallTimeout, environment)!, flag: "--stream-stall-timeout"
         )
-        let retentionText = setting(serve.retention, "LEASEHOLD_RETENTION") ?? "7d"
+        let retentionText = Settings.retention.value(serve.retention, environment)!
         retention = retentionText.lowercased() == "off" ? nil : try parseDuration(retentionText, flag: "--retention")
         // Shorter would let a finished run vanish before `POST /run` has read its result.
         if let retention, retention < .seconds(1) {
@@ -262,7 +228,7 @@ struct Settings {
         guard streamStallTimeout >= .milliseconds(100) else {
             throw BadSetting(message: "--stream-stall-timeout: must be at least 100ms")
         }
-        groupCommit = try Self.groupCommit(serve)
+        groupCommit = try Self.groupCommit(serve, environment)
         // A write that has not returned within half a TTL counts as stuck (LeaseKeeper): a commit
         // that lingers must stay far from that, or waiting for company fences handlers.
         if let linger = groupCommit?.linger, linger > leaseTTL / 10 {
@@ -270,18 +236,18 @@ struct Settings {
         }
     }
 
-    private static func groupCommit(_ serve: Serve) throws -> GroupCommitSettings? {
-        let maxText = setting(serve.batchMax, "LEASEHOLD_BATCH_MAX") ?? "128"
+    private static func groupCommit(_ serve: Serve, _ environment: Environment) throws -> GroupCommitSettings? {
+        let maxText = Settings.batchMax.value(serve.batchMax, environment)!
         if maxText.lowercased() == "off" { return nil }
         guard let maxBatch = Int(maxText), (1...10_000).contains(maxBatch) else {
             throw BadSetting(message: "--batch-max: '\(maxText)' must be 1-10000, or off")
         }
-        let lingerText = setting(serve.batchLinger, "LEASEHOLD_BATCH_LINGER") ?? "0"
+        let lingerText = Settings.batchLinger.value(serve.batchLinger, environment)!
         let linger =
             ["0", "0s", "0ms"].contains(lingerText.trimmingCharacters(in: .whitespaces))
             ? Duration.zero : try parseDuration(lingerText, flag: "--batch-linger")
         guard linger <= .seconds(1) else { throw BadSetting(message: "--batch-linger: must be at most 1s") }
-        let writersText = setting(serve.batchWriters, "LEASEHOLD_BATCH_WRITERS") ?? "2"
+        let writersText = Settings.batchWriters.value(serve.batchWriters, environment)!
         guard let writers = Int(writersText), (1...64).contains(writers) else {
             throw BadSetting(message: "--batch-writers: '\(writersText)' must be 1-64")
         }
