@@ -52,6 +52,7 @@ class Replica:
     args: list[str]
     env: dict[str, str]
     log_path: Path
+    binary: str = BIN
     proc: subprocess.Popen | None = None
     stopped: bool = field(default=False)
 
@@ -61,7 +62,7 @@ class Replica:
 
     def start(self, wait_ready: bool = True) -> "Replica":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([BIN, "serve", *self.args], stdout=log, stderr=log, env=self.env)
+        self.proc = subprocess.Popen([self.binary, "serve", *self.args], stdout=log, stderr=log, env=self.env)
         self.stopped = False
         if wait_ready:
             self.wait_ready()
@@ -112,7 +113,8 @@ def spawn(tmp_path):
     replicas: list[Replica] = []
 
     def start(database_url: str | None = None, replica_id: str | None = None, extra: list[str] | None = None,
-              env: dict[str, str] | None = None, wait_ready: bool = True, port: int | None = None) -> Replica:
+              env: dict[str, str] | None = None, wait_ready: bool = True, port: int | None = None,
+              binary: str = BIN) -> Replica:
         port = port or free_port()
         rid = replica_id or f"r{len(replicas) + 1}"
         args = ["--port", str(port), "--replica-id", rid, *(extra or [])]
@@ -120,7 +122,7 @@ def spawn(tmp_path):
             args += ["--database-url", database_url]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
         environment.update(env or {})
-        replica = Replica(port, rid, args, environment, tmp_path / f"{rid}-{port}.log")
+        replica = Replica(port, rid, args, environment, tmp_path / f"{rid}-{port}.log", binary)
         replicas.append(replica)
         return replica.start(wait_ready)
 

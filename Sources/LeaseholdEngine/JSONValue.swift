@@ -75,6 +75,12 @@ extension JSONValue {
         return nil
     }
 
+    /// The value of a JSON `true` or `false`; nil for anything else.
+    public var boolValue: Bool? {
+        if case .bool(let value) = self { return value }
+        return nil
+    }
+
     public var arrayValue: [JSONValue]? {
         if case .array(let value) = self { return value }
         return nil
