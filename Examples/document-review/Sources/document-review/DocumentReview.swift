@@ -12,7 +12,8 @@ enum DocumentReview {
     static let classified = EventType(
         "Classified", fields: [FieldSpec("label", .string)])
     static let decided = EventType(
-        "Decided", fields: [FieldSpec("label", .string), FieldSpec("approved", .boolean), FieldSpec("reviewer", .string)])
+        "Decided",
+        fields: [FieldSpec("label", .string), FieldSpec("approved", .boolean), FieldSpec("reviewer", .string)])
     /// Streamed when the review waits for a person: what they are asked.
     static let reviewRequested = EventType(
         "ReviewRequested", fields: [FieldSpec("document", .string), FieldSpec("label", .string)])
