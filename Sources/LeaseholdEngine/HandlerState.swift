@@ -16,12 +16,25 @@ public struct StepRun: Sendable, Hashable, Codable {
     public var attempt: Int
     /// The external event a `waitForEvent` in this run returns.
     public var received: AnyEvent?
+
+    public init(id: Int, step: String, event: AnyEvent, attempt: Int, received: AnyEvent?) {
+        self.id = id
+        self.step = step
+        self.event = event
+        self.attempt = attempt
+        self.received = received
+    }
 }
 
 /// A step run that ended waiting for an external event; it is repeated when one arrives.
 public struct Waiter: Sendable, Hashable, Codable {
     public var run: StepRun
     public var eventType: String
+
+    public init(run: StepRun, eventType: String) {
+        self.run = run
+        self.eventType = eventType
+    }
 }
 
 /// A timer kept in the state, so it survives snapshots, hibernation and failover.
@@ -36,6 +49,12 @@ public struct DurableTimer: Sendable, Hashable, Codable {
     /// Seconds since 1970 (wall clock: a deadline must mean the same on every replica).
     public var deadline: Double
     public var action: Action
+
+    public init(id: Int, deadline: Double, action: Action) {
+        self.id = id
+        self.deadline = deadline
+        self.action = action
+    }
 }
 
 /// The whole of a handler's state. A snapshot is this value encoded; nothing else is needed to
