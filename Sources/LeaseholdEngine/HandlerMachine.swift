@@ -4,7 +4,7 @@ public struct Tick: Sendable, Hashable {
         case start(AnyEvent)
         case external(AnyEvent)
         case stepFinished(runID: Int, output: StepOutput)
-        case stepFailed(runID: Int, error: String)
+        case stepFailed(runID: Int, error: StepError)
         case timerFired(timerID: Int)
         case cancel
         case timeout
@@ -77,7 +77,7 @@ private struct Reduction {
                 var run = waiter.run
                 run.received = event
                 run.attempt = 1
-                start(step: run.step, event: run.event, attempt: 1, received: event)
+                start(step: run.step, event: run.event, attempt: 1, received: event, recoveries: run.recoveries)
             } else if workflow.steps.contains(where: {
                 $0.accepts.contains(event.type) || $0.fanIn?.eventType == event.type
             }) {
@@ -91,25 +91,13 @@ private struct Reduction {
         case .stepFailed(let runID, let error):
             guard let run = takeRun(runID) else { return }
             log(stepState(run, running: false, output: nil))
-            let policy = workflow.step(named: run.step)?.retry ?? .none
-            if run.attempt < policy.maxAttempts {
-                var next = run
-                next.attempt += 1
-                arm(.retry(next), after: policy.delay(after: run.attempt))
-            } else {
-                let tries = run.attempt == 1 ? "" : " after \(run.attempt) attempts"
-                finish(
-                    .failed,
-                    terminal: AnyEvent(
-                        type: EventType.failed.name,
-                        value: ["error": .string("step '\(run.step)' failed\(tries): \(error)")]))
-            }
+            stepFailed(run, error: error)
         case .timerFired(let timerID):
             guard let index = state.timers.firstIndex(where: { $0.id == timerID }) else { return }
             let timer = state.timers.remove(at: index)
             switch timer.action {
             case .deliver(let event): dispatch(event)
-            case .retry(let run): start(step: run.step, event: run.event, attempt: run.attempt, received: run.received)
+            case .retry(let run): start(retry: run)
             case .workflowTimeout: timeOut()
             }
         case .cancel:
@@ -133,6 +121,48 @@ private struct Reduction {
         case .release:
             break  // handled above: it applies to a finished (quarantined) handler
         }
+    }
+
+    /// A failed try: retried while its policy allows; then handed to its `catch_error` step
+    /// while that step's recovery budget for this chain of events lasts; else the workflow fails.
+    mutating func stepFailed(_ run: StepRun, error: StepError) {
+        let policy = workflow.step(named: run.step)?.retry ?? .none
+        if run.attempt < policy.maxAttempts {
+            var next = run
+            next.attempt += 1
+            next.lastError = error
+            next.lastFailedAt = now
+            arm(.retry(next), after: policy.delay(after: run.attempt))
+            return
+        }
+        let elapsed = max(0, now - (run.firstAttemptAt ?? run.startedAt ?? now))
+        if let catcher = workflow.catcher(of: run.step), let scope = catcher.catches {
+            var recoveries = run.recoveries ?? [:]
+            let count = recoveries[catcher.name, default: 0] + 1
+            if count <= scope.maxRecoveries {
+                recoveries[catcher.name] = count
+                let failed = AnyEvent(
+                    type: EventType.stepFailed.name,
+                    value: [
+                        "step_name": .string(run.step),
+                        "input_event": ["type": .string(run.event.type), "value": run.event.value],
+                        "exception": error.json, "attempts": .int(run.attempt),
+                        "elapsed_seconds": .double(elapsed),
+                        "failed_at": .string(iso8601(now)),
+                    ])
+                start(step: catcher.name, event: failed, attempt: 1, received: nil, recoveries: recoveries)
+                return
+            }
+        }
+        let tries = run.attempt == 1 ? "" : " after \(run.attempt) attempts"
+        finish(
+            .failed,
+            terminal: AnyEvent(
+                type: EventType.failed.name,
+                value: [
+                    "error": .string("step '\(run.step)' failed\(tries): \(error)"), "step_name": .string(run.step),
+                    "exception": error.json, "attempts": .int(run.attempt), "elapsed_seconds": .double(elapsed),
+                ]))
     }
 
     mutating func resume() {
@@ -172,7 +202,7 @@ private struct Reduction {
             if let index = state.pendingExternal.firstIndex(where: { $0.type == wait.eventType }) {
                 // The answer came before the question: run again with it at once.
                 let event = state.pendingExternal.remove(at: index)
-                start(step: run.step, event: run.event, attempt: 1, received: event)
+                start(step: run.step, event: run.event, attempt: 1, received: event, recoveries: run.recoveries)
             } else {
                 state.waiters.append(Waiter(run: run, eventType: wait.eventType))
             }
@@ -186,11 +216,13 @@ private struct Reduction {
         for timer in output.timers { arm(.deliver(timer.event), after: timer.seconds) }
         for event in output.sent {
             if state.status.isFinished { break }
-            dispatch(event)
+            dispatch(event, recoveries: run.recoveries)
         }
     }
 
-    mutating func dispatch(_ event: AnyEvent) {
+    /// Starts the steps `event` triggers; `recoveries` is the lineage's recovery count, carried
+    /// by every run the event starts.
+    mutating func dispatch(_ event: AnyEvent, recoveries: [String: Int]? = nil) {
         if workflow.isStop(event.type) {
             if event.type == EventType.failed.name {
                 finish(.failed, terminal: event)
@@ -213,18 +245,36 @@ private struct Reduction {
                 if buffer.count >= needed {
                     state.collected[step.name] = nil
                     let collected = AnyEvent(type: FanIn.collectedEventName, value: ["events": .array(buffer)])
-                    start(step: step.name, event: collected, attempt: 1, received: nil)
+                    start(step: step.name, event: collected, attempt: 1, received: nil, recoveries: recoveries)
                 } else {
                     state.collected[step.name] = buffer
                 }
             } else if step.accepts.contains(event.type) {
-                start(step: step.name, event: event, attempt: 1, received: nil)
+                start(step: step.name, event: event, attempt: 1, received: nil, recoveries: recoveries)
             }
         }
     }
 
-    mutating func start(step: String, event: AnyEvent, attempt: Int, received: AnyEvent?) {
-        let run = StepRun(id: state.nextRunID, step: step, event: event, attempt: attempt, received: received)
+    mutating func start(
+        step: String, event: AnyEvent, attempt: Int, received: AnyEvent?, recoveries: [String: Int]? = nil
+    ) {
+        var run = StepRun(id: state.nextRunID, step: step, event: event, attempt: attempt, received: received)
+        run.startedAt = now
+        run.firstAttemptAt = now
+        run.recoveries = recoveries
+        launch(run)
+    }
+
+    /// A retry: the same run's record (first try, last error, lineage) under a new run id.
+    mutating func start(retry: StepRun) {
+        var run = retry
+        run.id = state.nextRunID
+        run.startedAt = now
+        if run.firstAttemptAt == nil { run.firstAttemptAt = now }
+        launch(run)
+    }
+
+    private mutating func launch(_ run: StepRun) {
         state.nextRunID += 1
         state.inFlight.append(run)
         log(stepState(run, running: true, output: nil))

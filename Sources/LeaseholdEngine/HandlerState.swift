@@ -16,6 +16,17 @@ public struct StepRun: Sendable, Hashable, Codable {
     public var attempt: Int
     /// The external event a `waitForEvent` in this run returns.
     public var received: AnyEvent?
+    // Retries and recoveries (added after 0.1.0: optional, so older snapshots load).
+    /// When this try started (seconds since 1970).
+    public var startedAt: Double?
+    /// When the first try of this run started.
+    public var firstAttemptAt: Double?
+    /// The previous try's error and when it failed.
+    public var lastError: StepError?
+    public var lastFailedAt: Double?
+    /// Recoveries by `catch_error` step in the chain of events this run descends from (Python's
+    /// `recovery_counts`): what bounds `maxRecoveries`.
+    public var recoveries: [String: Int]?
 
     public init(id: Int, step: String, event: AnyEvent, attempt: Int, received: AnyEvent?) {
         self.id = id

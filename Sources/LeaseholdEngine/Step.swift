@@ -60,6 +60,8 @@ public struct Step: Sendable {
     /// How many runs of this step may execute at once (nil: only the handler's limit). With 1,
     /// each run sees the context state its predecessor wrote.
     public var maxConcurrency: Int?
+    /// Set on a `catch_error` step (`Step.catchError`): the failed steps it handles.
+    public var catches: CatchErrorScope?
     public var body: Body
 
     /// - Parameters:
@@ -88,6 +90,29 @@ public struct Step: Sendable {
         self.waitsFor = waitsFor
         self.maxConcurrency = maxConcurrency.map { max(1, $0) }
         self.body = body
+    }
+
+    /// A `catch_error` step (Python's `@catch_error`): it runs when a step it handles has failed
+    /// for good (its retries used up), with a `StepFailedEvent`, and decides what follows: it may
+    /// `stop` the workflow with a result (it completes), `send` events that carry on, or throw
+    /// (the workflow fails). While it runs, the workflow goes on.
+    ///
+    /// - Parameters:
+    ///   - steps: the steps it handles; nil (a wildcard, at most one per workflow) for every step
+    ///     no scoped handler claims. A handler's own failure is never caught.
+    ///   - maxRecoveries: how often it may recover one chain of events (at least 1): a step that
+    ///     fails again in events descended from a recovery counts against the same budget, and
+    ///     past it the workflow fails.
+    ///   - emits: event types it may send (`StopEvent` to end the workflow).
+    ///   - streams: event types it may write to the stream.
+    public static func catchError(
+        _ name: String, for steps: [String]? = nil, maxRecoveries: Int = 1, emits: [String] = ["StopEvent"],
+        streams: [String] = [], body: @escaping Body
+    ) -> Step {
+        var step = Step(
+            name, accepts: [EventType.stepFailed.name], emits: emits, streams: streams, maxConcurrency: 1, body: body)
+        step.catches = CatchErrorScope(steps: steps, maxRecoveries: max(1, maxRecoveries))
+        return step
     }
 }
 
@@ -148,16 +173,29 @@ public final class StepContext: Sendable {
     private let received: AnyEvent?
     private let output = Mutex(StepOutput())
 
+    /// Where this run is in its retries (Python's `ctx.retry_info()`).
+    public let retryInfo: RetryInfo
+
     public init(
         stepName: String, attempt: Int, state: [String: JSONValue], received: AnyEvent?, fencingToken: Int64 = 0,
-        handlerID: String = ""
+        handlerID: String = "", retryInfo: RetryInfo? = nil
     ) {
         self.handlerID = handlerID
         self.stepName = stepName
         self.attempt = attempt
+        self.retryInfo = retryInfo ?? RetryInfo(retryNumber: max(0, attempt - 1))
         self.fencingToken = fencingToken
         self.initialState = state
         self.received = received
+    }
+
+    /// The context of one run of a step, as a runtime makes it.
+    public convenience init(
+        run: StepRun, state: [String: JSONValue], fencingToken: Int64 = 0, handlerID: String = ""
+    ) {
+        self.init(
+            stepName: run.step, attempt: run.attempt, state: state, received: run.received,
+            fencingToken: fencingToken, handlerID: handlerID, retryInfo: RetryInfo(run))
     }
 
     /// Reads a context-state key, seeing this run's own writes.

@@ -30,7 +30,7 @@ public struct Workflow: Sendable {
         self.steps = steps
         self.timeout = timeout
         var types: [String: EventType] = [:]
-        for type in [startEvent, stop, .stop, .failed, .cancelled, .stepStateChanged] + events + external {
+        for type in [startEvent, stop, .stop, .failed, .cancelled, .stepStateChanged, .stepFailed] + events + external {
             types[type.name] = type
         }
         types[FanIn.collectedEventName] = EventType(
@@ -52,8 +52,10 @@ public struct Workflow: Sendable {
                 throw fail("step '\(step.name)' collects '\(fanIn.eventType)', which is not declared")
             }
         }
-        // Reachability from the start event (external events and timers count as produced).
-        var produced: Set<String> = [EventType.startEventName]
+        try validateCatchers()
+        // Reachability from the start event (external events and timers count as produced; a
+        // step's failure produces `StepFailedEvent`).
+        var produced: Set<String> = [EventType.startEventName, EventType.stepFailed.name]
         produced.formUnion(externalEvents.map(\.name))
         var reached = Set<String>()
         var changed = true
@@ -81,6 +83,38 @@ public struct Workflow: Sendable {
         for type in externalEvents where !accepted.contains(type.name) && !waitsFor(type.name) {
             throw fail("external event '\(type.name)' is accepted by no step")
         }
+    }
+
+    /// Python's rules: at most one wildcard handler; a scoped handler names existing steps that
+    /// are not handlers; no step is claimed by two scoped handlers.
+    private func validateCatchers() throws {
+        func fail(_ reason: String) -> EngineError { .invalidWorkflow(workflow: name, reason: reason) }
+        let catchers = steps.filter { $0.catches != nil }
+        if catchers.filter({ $0.catches?.steps == nil }).count > 1 {
+            throw fail("more than one catch_error step handles every step")
+        }
+        var claimed: [String: String] = [:]
+        for catcher in catchers {
+            for target in catcher.catches?.steps ?? [] {
+                guard let step = step(named: target) else {
+                    throw fail("catch_error step '\(catcher.name)' handles '\(target)', which is not a step")
+                }
+                if step.catches != nil {
+                    throw fail("catch_error step '\(catcher.name)' handles '\(target)', which is a catch_error step")
+                }
+                if let other = claimed.updateValue(catcher.name, forKey: target) {
+                    throw fail("step '\(target)' is handled by both '\(other)' and '\(catcher.name)'")
+                }
+            }
+        }
+    }
+
+    /// The `catch_error` step that handles `step`'s failures, if any: a scoped one naming it,
+    /// else the wildcard (never for a handler itself).
+    public func catcher(of step: String) -> Step? {
+        guard self.step(named: step)?.catches == nil else { return nil }
+        return steps.first { $0.catches?.steps?.contains(step) == true }
+            ?? steps.first { $0.catches != nil && $0.catches?.steps == nil }
     }
 
     private func waitsFor(_ type: String) -> Bool {

@@ -310,7 +310,7 @@ public final class HandlerRuntime: Sendable {
 
     private func launch(_ run: StepRun, context: [String: JSONValue], in tasks: inout TaskGroup<Void>) {
         guard let step = machine.workflow.step(named: run.step) else {
-            inputContinuation.yield(.tick(.stepFailed(runID: run.id, error: "unknown step '\(run.step)'")))
+            inputContinuation.yield(.tick(.stepFailed(runID: run.id, error: .engine("unknown step '\(run.step)'"))))
             return
         }
         let isolated = shared.withLock { shared -> Bool in
@@ -327,7 +327,7 @@ public final class HandlerRuntime: Sendable {
                         try await self.perform(step, run, context: context, isolation: isolation)
                     }
                     if let problem = output.boundsProblem {
-                        kind = .stepFailed(runID: run.id, error: "step output cannot be kept: \(problem)")
+                        kind = .stepFailed(runID: run.id, error: .engine("step output cannot be kept: \(problem)"))
                     } else {
                         kind = .stepFinished(runID: run.id, output: output)
                     }
@@ -340,7 +340,7 @@ public final class HandlerRuntime: Sendable {
                     kind = .quarantine(runID: run.id, reason: crashed.description)
                 } catch {
                     if Task.isCancelled { return }
-                    kind = .stepFailed(runID: run.id, error: "\(error)")
+                    kind = .stepFailed(runID: run.id, error: StepError(error))
                 }
                 self.inputContinuation.yield(.tick(kind))
             }
@@ -357,9 +357,7 @@ public final class HandlerRuntime: Sendable {
                     workflow: machine.workflow.name, run: run, context: context, fencingToken: fencingToken,
                     handlerID: handlerID))
         }
-        let stepContext = StepContext(
-            stepName: run.step, attempt: run.attempt, state: context, received: run.received,
-            fencingToken: fencingToken, handlerID: handlerID)
+        let stepContext = StepContext(run: run, state: context, fencingToken: fencingToken, handlerID: handlerID)
         try await CrashReport.duringStep(of: handlerID) {
             try await step.body(run.event, stepContext)
         }

@@ -36,7 +36,7 @@ public struct IsolatedStep: Sendable, Codable {
     public enum Answer: Sendable, Codable {
         case finished(StepOutput)
         case waiting(WaitRequest)
-        case failed(String)
+        case failed(StepError)
     }
 
     /// Runs the step in this process (the child's side): what `HandlerRuntime` would run
@@ -46,24 +46,22 @@ public struct IsolatedStep: Sendable, Codable {
         let step: Step
         do {
             guard let found = try registry.workflow(workflow).step(named: run.step) else {
-                return .failed("unknown step '\(run.step)' of workflow '\(workflow)'")
+                return .failed(.engine("unknown step '\(run.step)' of workflow '\(workflow)'"))
             }
             step = found
         } catch {
-            return .failed("\(error)")
+            return .failed(StepError(error))
         }
-        let context = StepContext(
-            stepName: run.step, attempt: run.attempt, state: self.context, received: run.received,
-            fencingToken: fencingToken, handlerID: handlerID)
+        let context = StepContext(run: run, state: self.context, fencingToken: fencingToken, handlerID: handlerID)
         do {
             try await step.body(run.event, context)
             let output = context.collectedOutput
-            if let problem = output.boundsProblem { return .failed("step output cannot be kept: \(problem)") }
+            if let problem = output.boundsProblem { return .failed(.engine("step output cannot be kept: \(problem)")) }
             return .finished(output)
         } catch let waiting as WaitingForEvent {
             return .waiting(waiting.request)
         } catch {
-            return .failed("\(error)")
+            return .failed(StepError(error))
         }
     }
 }
@@ -181,7 +179,7 @@ public struct ChildProcessStepIsolation: StepIsolation {
         switch answer {
         case .finished(let output): return output
         case .waiting(let request): throw WaitingForEvent(request: request)
-        case .failed(let error): throw IsolatedStepFailed(description: error)
+        case .failed(let error): throw error  // the step's own error, as in-process
         }
     }
 }

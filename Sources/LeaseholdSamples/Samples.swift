@@ -11,7 +11,11 @@ public enum Samples {
 
     /// Every sample, in the order `registry(ledger:)` registers them.
     public static func all(ledger: any FencedLedger = InMemoryLedger()) throws -> [Workflow] {
-        [try echo(), try counter(), try approval(), try fanout(), try timer(), try flaky(), try Samples.ledger(ledger)]
+        [
+            try echo(), try counter(), try approval(), try fanout(), try timer(), try flaky(),
+            try Samples.ledger(ledger),
+            try recovering(),
+        ]
     }
 
     /// `{"message": str}` → stops at once with `message`.

@@ -58,9 +58,9 @@ struct EngineDriver {
 
     static func execute(_ run: StepRun, workflow: Workflow, context: [String: JSONValue]) async -> Tick.Kind {
         guard let step = workflow.step(named: run.step) else {
-            return .stepFailed(runID: run.id, error: "no step")
+            return .stepFailed(runID: run.id, error: .engine("no step"))
         }
-        let stepContext = StepContext(stepName: run.step, attempt: run.attempt, state: context, received: run.received)
+        let stepContext = StepContext(run: run, state: context)
         do {
             try await step.body(run.event, stepContext)
             return .stepFinished(runID: run.id, output: stepContext.collectedOutput)
@@ -69,7 +69,7 @@ struct EngineDriver {
             output.wait = waiting.request
             return .stepFinished(runID: run.id, output: output)
         } catch {
-            return .stepFailed(runID: run.id, error: "\(error)")
+            return .stepFailed(runID: run.id, error: StepError(error))
         }
     }
 

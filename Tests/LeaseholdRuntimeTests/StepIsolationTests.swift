@@ -23,7 +23,7 @@ final class CountingIsolation: StepIsolation {
         switch await step.perform(in: registry) {
         case .finished(let output): return output
         case .waiting(let request): throw WaitingForEvent(request: request)
-        case .failed(let error): throw IsolatedStepFailed(description: error)
+        case .failed(let error): throw error
         }
     }
 }
