@@ -109,6 +109,10 @@ extension Coordinator {
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
         let workflow = try registry.workflow(name)
         try workflow.validateStart(startEvent)
+        if startEvent[ParentLink.startField] != nil {
+            // Only the coordinator links a child to its parent (`startChild`).
+            throw EngineError.invalidEvent(type: "StartEvent", reason: "'\(ParentLink.startField)' is reserved")
+        }
         if let handlerID, !HandlerID.isValid(handlerID) { throw CoordinatorError.invalidHandlerID(handlerID) }
         return NewHandler(
             id: handlerID.map { HandlerID($0) } ?? HandlerID.random(), workflowName: name,
@@ -116,7 +120,7 @@ extension Coordinator {
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
     }
 
-    private func create(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord {
+    func create(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord {
         guard !host.isShuttingDown else { throw CoordinatorError.shuttingDown }
         // A lease this replica could not prove would be fenced before its first write. Waited
         // for, at most one TTL (a replica still registering, a renewal a loaded machine
@@ -193,6 +197,7 @@ extension Coordinator {
         if case .cancelled = outcome, let handler = host.handler(id) {
             host.fence([handler], reason: "cancelled")
         }
+        if case .cancelled = outcome { await cancelChildren(of: id) }
         if purge {
             // Only the run just cancelled (or found finished): the id may have been purged and
             // created again meanwhile, and that new run must not be deleted with it.
@@ -205,6 +210,25 @@ extension Coordinator {
             _ = try await store.delete(id, run: run.runID)
         }
         return true
+    }
+
+    /// Cancels the running descendants of a cancelled handler (their ids extend its id with `~`).
+    /// After the parent's cancel is durable; should this replica stop in between, they run to
+    /// their end and their ends find the parent finished (nothing is delivered).
+    private func cancelChildren(of id: HandlerID) async {
+        do {
+            let children = try await store.handlers(
+                HandlerFilter(statuses: [.running], idPrefix: "\(id.rawValue)~"))
+            for child in children {
+                if case .cancelled = try await store.cancel(child.id), let handler = host.handler(child.id) {
+                    host.fence([handler], reason: "parent cancelled")
+                }
+            }
+        } catch {
+            logger.warning(
+                "children of a cancelled handler not all cancelled",
+                metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
+        }
     }
 
     /// Waits until the handler finishes, reading the store (works for handlers on any replica).

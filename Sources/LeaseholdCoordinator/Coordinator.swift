@@ -62,6 +62,10 @@ public final class Coordinator: Service, Sendable {
                 retention: $0, store: store, configuration: configuration, clock: clock, logger: logger,
                 metrics: metrics)
         }
+        host.children.bind { [weak self] request, parent in
+            guard let self else { throw CoordinatorError.shuttingDown }
+            try await self.startChild(request, parent: parent)
+        }
     }
 
     public var replicaID: ReplicaID { configuration.replicaID }

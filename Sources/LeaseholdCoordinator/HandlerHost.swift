@@ -27,6 +27,8 @@ final class HandlerHost: Sendable {
     let metrics: CoordinatorMetrics
     let signals: CoordinatorSignals
     let keeper: LeaseKeeper
+    /// Creates the children the runtimes' steps ask for (bound by the coordinator).
+    let children = ChildStarts()
     let state = Mutex(State())
     let completions = Mutex(Completions())
     private let jobs: AsyncStream<LiveHandler>
@@ -126,7 +128,7 @@ final class HandlerHost: Sendable {
         }
         let persistence = LeasePersistence(
             store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock,
-            finished: { [self] record in finished(record) }, creation: creation)
+            finished: { [self] record in finished(record) }, creation: creation, children: children)
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,

@@ -21,6 +21,13 @@ struct LeasePersistence: HandlerPersistence {
     let finished: @Sendable (HandlerRecord) -> Void
     /// Set when the handler is not yet written: the first checkpoint creates it.
     var creation: PendingCreation? = nil
+    /// Creates the children its steps ask for.
+    var children: ChildStarts? = nil
+
+    func startChild(_ request: ChildRequest) async throws {
+        guard let children else { throw StepError.engine("nested workflows need a coordinator") }
+        try await children(request, parent: lease.handlerID)
+    }
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
         var delay = Duration.milliseconds(20)

@@ -32,6 +32,8 @@ public enum Command: Sendable, Hashable {
     case log(LogRecord)
     case armTimer(id: Int, deadline: Double)
     case cancelTimer(id: Int)
+    /// Create this child handler (idempotent by its id: a child asked for again is not started twice).
+    case startChild(ChildRequest)
     case finished
 }
 
@@ -69,15 +71,21 @@ private struct Reduction {
             if let timeout = workflow.timeout {
                 arm(DurableTimer.Action.workflowTimeout, after: timeout)
             }
-            dispatch(AnyEvent(type: EventType.startEventName, value: event.value))
+            var value = event.value
+            if case .object(var fields) = value, let link = fields.removeValue(forKey: ParentLink.startField) {
+                if let parent = link["handler_id"]?.stringValue, let child = link["child_id"]?.stringValue {
+                    state.parent = ParentLink(handlerID: parent, childID: child)
+                }
+                value = .object(fields)
+            }
+            dispatch(AnyEvent(type: EventType.startEventName, value: value))
+        case .external(let event) where event.type == EventType.childFinished.name:
+            guard state.started else { return }
+            childFinished(event)
         case .external(let event):
             guard state.started else { return }
-            if let index = state.waiters.firstIndex(where: { $0.eventType == event.type }) {
-                let waiter = state.waiters.remove(at: index)
-                var run = waiter.run
-                run.received = event
-                run.attempt = 1
-                start(step: run.step, event: run.event, attempt: 1, received: event, recoveries: run.recoveries)
+            if let index = state.waiters.firstIndex(where: { $0.eventType == event.type && $0.child == nil }) {
+                rerun(state.waiters.remove(at: index).run, received: event)
             } else if workflow.steps.contains(where: {
                 $0.accepts.contains(event.type) || $0.fanIn?.eventType == event.type
             }) {
@@ -165,7 +173,29 @@ private struct Reduction {
                 ]))
     }
 
+    /// A child ended: the run waiting for it runs again with its end; an end nobody waits for
+    /// yet (the wait was lost with a checkpoint a failover undid, and its run is asking again) is
+    /// kept for the wait.
+    mutating func childFinished(_ event: AnyEvent) {
+        let childID = event.value["child_id"]?.stringValue
+        guard let index = state.waiters.firstIndex(where: { $0.child?.id == childID }) else {
+            if !state.pendingExternal.contains(event) { state.pendingExternal.append(event) }
+            return
+        }
+        rerun(state.waiters.remove(at: index).run, childID: childID, end: event)
+    }
+
+    /// A waiting run again, as the same chain (origin), with what it waited for.
+    mutating func rerun(_ run: StepRun, received: AnyEvent? = nil, childID: String? = nil, end: AnyEvent? = nil) {
+        var children = run.children ?? [:]
+        if let childID, let end { children[childID] = end }
+        start(
+            step: run.step, event: run.event, attempt: 1, received: received ?? run.received,
+            recoveries: run.recoveries, origin: run.origin ?? run.id, children: children.isEmpty ? nil : children)
+    }
+
     mutating func resume() {
+        for waiter in state.waiters { if let child = waiter.child { commands.append(.startChild(child)) } }
         for run in state.inFlight { commands.append(.runStep(run)) }
         for timer in state.timers { commands.append(.armTimer(id: timer.id, deadline: timer.deadline)) }
     }
@@ -198,11 +228,14 @@ private struct Reduction {
             log(stepState(run, running: false, output: nil))
             let alreadyWaiting = state.waiters.contains { $0.run.step == run.step && $0.run.event == run.event }
             if alreadyWaiting { return }
+            if let child = wait.child {
+                waitForChild(run, child)
+                return
+            }
             if let prompt = wait.prompt { log(prompt) }
             if let index = state.pendingExternal.firstIndex(where: { $0.type == wait.eventType }) {
                 // The answer came before the question: run again with it at once.
-                let event = state.pendingExternal.remove(at: index)
-                start(step: run.step, event: run.event, attempt: 1, received: event, recoveries: run.recoveries)
+                rerun(run, received: state.pendingExternal.remove(at: index))
             } else {
                 state.waiters.append(Waiter(run: run, eventType: wait.eventType))
             }
@@ -222,6 +255,20 @@ private struct Reduction {
 
     /// Starts the steps `event` triggers; `recoveries` is the lineage's recovery count, carried
     /// by every run the event starts.
+    /// A run asked for a child: start it (again: idempotent), unless its end is already here.
+    mutating func waitForChild(_ run: StepRun, _ child: ChildRequest) {
+        if let index = state.pendingExternal.firstIndex(where: {
+            $0.type == EventType.childFinished.name && $0.value["child_id"]?.stringValue == child.id
+        }) {
+            rerun(run, childID: child.id, end: state.pendingExternal.remove(at: index))
+            return
+        }
+        var waiter = Waiter(run: run, eventType: EventType.childFinished.name)
+        waiter.child = child
+        state.waiters.append(waiter)
+        commands.append(.startChild(child))
+    }
+
     mutating func dispatch(_ event: AnyEvent, recoveries: [String: Int]? = nil) {
         if workflow.isStop(event.type) {
             if event.type == EventType.failed.name {
@@ -256,12 +303,15 @@ private struct Reduction {
     }
 
     mutating func start(
-        step: String, event: AnyEvent, attempt: Int, received: AnyEvent?, recoveries: [String: Int]? = nil
+        step: String, event: AnyEvent, attempt: Int, received: AnyEvent?, recoveries: [String: Int]? = nil,
+        origin: Int? = nil, children: [String: AnyEvent]? = nil
     ) {
         var run = StepRun(id: state.nextRunID, step: step, event: event, attempt: attempt, received: received)
         run.startedAt = now
         run.firstAttemptAt = now
         run.recoveries = recoveries
+        run.origin = origin
+        run.children = children
         launch(run)
     }
 
@@ -270,6 +320,8 @@ private struct Reduction {
         var run = retry
         run.id = state.nextRunID
         run.startedAt = now
+        run.origin = nil  // a retry asks for new children
+        run.children = nil
         if run.firstAttemptAt == nil { run.firstAttemptAt = now }
         launch(run)
     }

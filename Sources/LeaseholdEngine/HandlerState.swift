@@ -27,6 +27,11 @@ public struct StepRun: Sendable, Hashable, Codable {
     /// Recoveries by `catch_error` step in the chain of events this run descends from (Python's
     /// `recovery_counts`): what bounds `maxRecoveries`.
     public var recoveries: [String: Int]?
+    /// The id of the first run in a chain of re-runs of one step (after waits): the same across
+    /// them, so the children a run asks for keep their ids (`StepContext.runWorkflow`).
+    public var origin: Int?
+    /// The ends of the children this run (or an earlier run of its chain) asked for, by child id.
+    public var children: [String: AnyEvent]?
 
     public init(id: Int, step: String, event: AnyEvent, attempt: Int, received: AnyEvent?) {
         self.id = id
@@ -41,6 +46,8 @@ public struct StepRun: Sendable, Hashable, Codable {
 public struct Waiter: Sendable, Hashable, Codable {
     public var run: StepRun
     public var eventType: String
+    /// For a wait on a child workflow: the child (re-created on resume, idempotently).
+    public var child: ChildRequest?
 
     public init(run: StepRun, eventType: String) {
         self.run = run
@@ -93,6 +100,8 @@ public struct HandlerState: Sendable, Hashable, Codable {
     /// handler is `failed` to clients; everything else (the run that crashed included) is kept as
     /// it was, so an operator's release resumes it where it stopped.
     public var quarantine: String?
+    /// For a child workflow's handler: its parent, told when it ends.
+    public var parent: ParentLink?
 
     public init(workflowName: String) {
         self.workflowName = workflowName

@@ -142,6 +142,14 @@ public struct TimerRequest: Sendable, Hashable, Codable {
 public struct WaitRequest: Sendable, Hashable, Codable {
     public var eventType: String
     public var prompt: AnyEvent?
+    /// For a wait on a child workflow (`StepContext.runWorkflow`): the child to start.
+    public var child: ChildRequest?
+
+    public init(eventType: String, prompt: AnyEvent? = nil, child: ChildRequest? = nil) {
+        self.eventType = eventType
+        self.prompt = prompt
+        self.child = child
+    }
 }
 
 /// Thrown inside a step body by `waitForEvent` when the awaited event has not arrived yet.
@@ -171,6 +179,10 @@ public final class StepContext: Sendable {
     public let handlerID: String
     private let initialState: [String: JSONValue]
     private let received: AnyEvent?
+    /// The origin of this run's chain and the ends of its children so far (`runWorkflow`).
+    private let origin: Int
+    private let children: [String: AnyEvent]
+    private let childCalls = Mutex(0)
     private let output = Mutex(StepOutput())
 
     /// Where this run is in its retries (Python's `ctx.retry_info()`).
@@ -184,18 +196,24 @@ public final class StepContext: Sendable {
         self.stepName = stepName
         self.attempt = attempt
         self.retryInfo = retryInfo ?? RetryInfo(retryNumber: max(0, attempt - 1))
+        self.origin = 0
+        self.children = [:]
         self.fencingToken = fencingToken
         self.initialState = state
         self.received = received
     }
 
     /// The context of one run of a step, as a runtime makes it.
-    public convenience init(
-        run: StepRun, state: [String: JSONValue], fencingToken: Int64 = 0, handlerID: String = ""
-    ) {
-        self.init(
-            stepName: run.step, attempt: run.attempt, state: state, received: run.received,
-            fencingToken: fencingToken, handlerID: handlerID, retryInfo: RetryInfo(run))
+    public init(run: StepRun, state: [String: JSONValue], fencingToken: Int64 = 0, handlerID: String = "") {
+        self.handlerID = handlerID
+        self.stepName = run.step
+        self.attempt = run.attempt
+        self.fencingToken = fencingToken
+        self.initialState = state
+        self.received = run.received
+        self.retryInfo = RetryInfo(run)
+        self.origin = run.origin ?? run.id
+        self.children = run.children ?? [:]
     }
 
     /// Reads a context-state key, seeing this run's own writes.
@@ -244,6 +262,39 @@ public final class StepContext: Sendable {
     public func waitForEvent(_ eventType: String, prompt: AnyEvent? = nil) throws -> AnyEvent {
         if let received, received.type == eventType { return received }
         throw WaitingForEvent(request: WaitRequest(eventType: eventType, prompt: prompt))
+    }
+
+    /// Runs workflow `name` as a child handler and returns its result (the bare result of its
+    /// `StopEvent`), or ends this run until the child has ended (let the error propagate, as with
+    /// `waitForEvent`); the step then runs again with the same input and this call returns.
+    ///
+    /// The child is a handler of its own, on any replica, with the id `<this handler>~<key>`
+    /// (`key` defaults to this run's chain and the call's position in it), so a step run again
+    /// (after a failover, or for the next of several children) asks for the same child and it
+    /// starts once. Cancelling this handler cancels its children. A retry of the step (after it
+    /// threw) starts new children.
+    /// - Throws: `ChildWorkflowFailed` when the child failed or was cancelled; `WaitingForEvent`
+    ///   while it runs; `EngineError.invalidEvent` when the child's id would be longer than 128.
+    public func runWorkflow(_ name: String, start: JSONValue = [:], key: String? = nil) throws -> JSONValue {
+        let call = childCalls.withLock { calls in
+            calls += 1
+            return calls
+        }
+        let id = "\(handlerID)~\(key ?? "\(origin).\(call)")"
+        guard id.count <= 128 else {
+            throw EngineError.invalidEvent(
+                type: "child workflow", reason: "its id '\(id)' is longer than 128 characters (nested too deep)")
+        }
+        if let end = children[id] {
+            let status = end.value["status"]?.stringValue ?? "failed"
+            guard status == HandlerStatus.completed.rawValue else {
+                throw ChildWorkflowFailed(childID: id, status: status, error: end.value["error"]?.stringValue)
+            }
+            return end.value["result"] ?? .null
+        }
+        throw WaitingForEvent(
+            request: WaitRequest(
+                eventType: EventType.childFinished.name, child: ChildRequest(id: id, workflow: name, start: start)))
     }
 
     /// What the run produced so far.

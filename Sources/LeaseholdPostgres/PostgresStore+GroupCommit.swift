@@ -22,6 +22,8 @@ extension PostgresStore {
         var sequences: [Int64]
         var records: [String]
         var consumed: [String]
+        /// A finished child's end, for its parent's inbox (`HandlerState.parentNotice`).
+        var notice: (parent: String, id: String, event: String)?
     }
 
     func checkpointRow(_ checkpoint: Checkpoint, lease: Lease) throws -> CheckpointRow {
@@ -33,7 +35,8 @@ extension PostgresStore {
             result: try terminal.map { try json($0) }, expected: checkpoint.expectedLastSequence,
             lastSequence: state.nextSequence - 1,
             sequences: checkpoint.log.map(\.sequence), records: try checkpoint.log.map { try json($0) },
-            consumed: checkpoint.consumedInbox)
+            consumed: checkpoint.consumedInbox,
+            notice: try state.parentNotice.map { ($0.parent, $0.inboxID, try json($0.event)) })
     }
 
     /// Writes one batch in one transaction; on a refusal by the server (the whole transaction
@@ -285,7 +288,17 @@ extension PostgresStore.Statements {
         var logRecords: [String] = []
         var consumedIDs: [String] = []
         var consumedEvents: [String] = []
+        var noticeChildren: [String] = []
+        var noticeParents: [String] = []
+        var noticeIDs: [String] = []
+        var notices: [String] = []
         for row in rows {
+            if let notice = row.notice {
+                noticeChildren.append(row.id)
+                noticeParents.append(notice.parent)
+                noticeIDs.append(notice.id)
+                notices.append(notice.event)
+            }
             logIDs += Array(repeating: row.id, count: row.sequences.count)
             logSequences += row.sequences
             logRecords += row.records
@@ -347,10 +360,22 @@ extension PostgresStore.Statements {
             finished AS (
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', h.replica, h.token FROM h WHERE h.status <> 'running'
-                RETURNING 1)
+                RETURNING 1),
+            told AS (
+                INSERT INTO inbox (handler_id, event_id, event)
+                SELECT p.id, n.notice_id, n.notice::jsonb
+                FROM unnest(\(noticeChildren)::text[], \(noticeParents)::text[], \(noticeIDs)::text[], \(notices)::text[])
+                    AS n(child, parent, notice_id, notice)
+                JOIN h ON h.id = n.child JOIN handlers p ON p.id = n.parent
+                WHERE p.status = 'running'
+                ON CONFLICT (handler_id, event_id) DO NOTHING
+                RETURNING handler_id),
+            woken AS (
+                SELECT pg_notify('\(unescaped: PostgresStore.Notification.channel)', '\(unescaped: PostgresStore.Notification.inbox)' || told.handler_id)
+                FROM told)
             SELECT \(unescaped: PostgresStore.Statements.checkpointAnswer) FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
-                + (SELECT count(*) FROM finished) >= 0
+                + (SELECT count(*) FROM finished) + (SELECT count(*) FROM woken) >= 0
             """
     }
 }

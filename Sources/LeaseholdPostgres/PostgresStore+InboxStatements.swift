@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdEngine
 import PostgresNIO
 
 /// The statements of the inbox (appends, the pending events), of cancellation and of the
@@ -116,9 +117,25 @@ extension PostgresStore.Statements {
         "INSERT INTO event_log (handler_id, sequence, record) VALUES (\(id), \(sequence), \(record)::jsonb)"
     }
 
+    /// A cancelled child's parent learns of it from the child's start event (which every child
+    /// has, even one that never ran): `ChildWorkflowFinished` with status `cancelled`.
     static func markCancelled(id: String, sequence: Int64, result: String) -> PostgresQuery {
         """
-        WITH leftover AS (UPDATE inbox SET consumed = true WHERE handler_id = \(id) AND NOT consumed),
+        WITH link AS (
+            SELECT event->'value'->'\(unescaped: ParentLink.startField)'->>'handler_id' AS parent,
+                event->'value'->'\(unescaped: ParentLink.startField)'->>'child_id' AS child
+            FROM inbox WHERE handler_id = \(id) AND event_id = 'start'),
+        told AS (
+            INSERT INTO inbox (handler_id, event_id, event)
+            SELECT p.id, 'child:' || link.child, jsonb_build_object('type', '\(unescaped: EventType.childFinished.name)',
+                'value', jsonb_build_object('child_id', link.child, 'status', 'cancelled'))
+            FROM link JOIN handlers p ON p.id = link.parent WHERE p.status = 'running'
+            ON CONFLICT (handler_id, event_id) DO NOTHING
+            RETURNING handler_id),
+        woken AS (
+            SELECT pg_notify('\(unescaped: PostgresStore.Notification.channel)', '\(unescaped: PostgresStore.Notification.inbox)' || told.handler_id)
+            FROM told),
+        leftover AS (UPDATE inbox SET consumed = true WHERE handler_id = \(id) AND NOT consumed),
         cancelled AS (
             UPDATE handlers SET status = 'cancelled', result = \(result)::jsonb, last_sequence = \(sequence),
                 fencing_token = nextval('leasehold_fencing_tokens'), owner_replica = NULL, lease_expires_at = NULL, hibernated = false,
@@ -126,7 +143,7 @@ extension PostgresStore.Statements {
             WHERE id = \(id)
             RETURNING id, fencing_token)
         INSERT INTO lease_history (handler_id, change, replica, token)
-        SELECT id, 'cancelled', NULL, fencing_token FROM cancelled
+        SELECT id, 'cancelled', NULL, fencing_token FROM cancelled WHERE (SELECT count(*) FROM woken) >= 0
         """
     }
 

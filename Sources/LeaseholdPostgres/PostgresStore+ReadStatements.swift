@@ -40,12 +40,14 @@ extension PostgresStore.Statements {
         """
     }
 
-    static func handlers(statuses: [String], workflows: [String], limit: Int) -> PostgresQuery {
+    /// `idPrefix` compares with `starts_with` (no LIKE pattern: an id may hold `_`).
+    static func handlers(statuses: [String], workflows: [String], idPrefix: String?, limit: Int) -> PostgresQuery {
         """
         SELECT \(unescaped: recordColumns)
         FROM handlers h
         WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
             AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))
+            AND (\(idPrefix)::text IS NULL OR starts_with(h.id, \(idPrefix)::text))
         ORDER BY h.started_at, h.id
         LIMIT \(limit)
         """

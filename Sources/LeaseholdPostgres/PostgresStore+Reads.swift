@@ -46,7 +46,8 @@ extension PostgresStore {
             var records: [HandlerRecord] = []
             for try await row in try await connection.checkedQuery(
                 Statements.handlers(
-                    statuses: filter.statuses.map(\.rawValue), workflows: filter.workflows, limit: 10_000),
+                    statuses: filter.statuses.map(\.rawValue), workflows: filter.workflows, idPrefix: filter.idPrefix,
+                    limit: 10_000),
                 logger: logger)
             {
                 records.append(try Self.record(row))

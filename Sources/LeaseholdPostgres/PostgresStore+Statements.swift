@@ -310,7 +310,7 @@ extension PostgresStore {
         static func checkpoint(
             id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
             result: String?, expected: Int64, lastSequence: Int64, sequences: [Int64], records: [String],
-            consumed: [String]
+            consumed: [String], parent: String?, noticeID: String?, notice: String?
         ) throws -> PostgresQuery {
             try """
             WITH h AS (
@@ -338,11 +338,20 @@ extension PostgresStore {
             finished AS (
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', \(replica), \(token) FROM h WHERE \(status) <> 'running'
-                RETURNING 1)
+                RETURNING 1),
+            told AS (
+                INSERT INTO inbox (handler_id, event_id, event)
+                SELECT p.id, \(noticeID)::text, \(notice)::jsonb FROM h JOIN handlers p ON p.id = \(parent)::text
+                WHERE p.status = 'running'
+                ON CONFLICT (handler_id, event_id) DO NOTHING
+                RETURNING handler_id),
+            woken AS (
+                SELECT pg_notify('\(unescaped: Notification.channel)', '\(unescaped: Notification.inbox)' || told.handler_id)
+                FROM told)
             SELECT \(unescaped: checkpointAnswer)
             FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
-                + (SELECT count(*) FROM finished) >= 0
+                + (SELECT count(*) FROM finished) + (SELECT count(*) FROM woken) >= 0
             """
         }
 

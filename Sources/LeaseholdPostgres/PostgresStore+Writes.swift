@@ -10,7 +10,8 @@ extension PostgresStore {
             id: row.id, token: row.token, replica: row.replica, snapshot: row.snapshot, status: row.status,
             error: row.error, result: row.result, expected: row.expected, lastSequence: row.lastSequence,
             sequences: row.sequences,
-            records: row.records, consumed: row.consumed)
+            records: row.records, consumed: row.consumed, parent: row.notice?.parent, noticeID: row.notice?.id,
+            notice: row.notice?.event)
     }
 
     /// - Returns: the record when the checkpoint finished the handler.

@@ -4,6 +4,18 @@ import LeaseholdEngine
 /// handler's lease; a write that is no longer allowed throws, and the runtime stops at once.
 public protocol HandlerPersistence: Sendable {
     func checkpoint(_ checkpoint: Checkpoint) async throws
+
+    /// Creates the child handler a step asked for (`StepContext.runWorkflow`), with this handler
+    /// as its parent; a child that exists already is left as it is (the same request again after
+    /// a failover). Throws when it could not be created (the runtime tries again).
+    func startChild(_ request: ChildRequest) async throws
+}
+
+extension HandlerPersistence {
+    /// Where no coordinator creates children (a bare runtime in a test): nested workflows fail.
+    public func startChild(_ request: ChildRequest) async throws {
+        throw StepError.engine("nested workflows need a coordinator")
+    }
 }
 
 /// An external event handed to a runtime, with the inbox id its checkpoint will consume.

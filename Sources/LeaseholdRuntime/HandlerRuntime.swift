@@ -237,6 +237,8 @@ public final class HandlerRuntime: Sendable {
                                 self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
                             }
                         }
+                    case .startChild(let request):
+                        tasks.addTask { await self.tracked { await self.startChild(request) } }
                     case .log, .cancelTimer, .finished:
                         break
                     }
@@ -343,6 +345,21 @@ public final class HandlerRuntime: Sendable {
                     kind = .stepFailed(runID: run.id, error: StepError(error))
                 }
                 self.inputContinuation.yield(.tick(kind))
+            }
+        }
+    }
+
+    /// Creates a child handler, trying again (backing off to 5 s) until it is created or this
+    /// runtime stops: the parent's step waits for it, and a restore asks again anyway.
+    private func startChild(_ request: ChildRequest) async {
+        var delay = Duration.milliseconds(50)
+        while !Task.isCancelled {
+            do {
+                try await persistence.startChild(request)
+                return
+            } catch {
+                do { try await clock.sleep(for: delay) } catch { return }
+                delay = min(delay * 2, .seconds(5))
             }
         }
     }

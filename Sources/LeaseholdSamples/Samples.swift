@@ -14,7 +14,7 @@ public enum Samples {
         [
             try echo(), try counter(), try approval(), try fanout(), try timer(), try flaky(),
             try Samples.ledger(ledger),
-            try recovering(),
+            try recovering(), try nested(),
         ]
     }
 

@@ -56,6 +56,14 @@ extension InMemoryStore {
         entries[handlerID] = entry
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)
+        // A child's parent learns of its end from its start event (which every child has, even
+        // one that never ran).
+        if let link = entry.inbox.first(where: { $0.event.id == "start" })?.event.event.value[ParentLink.startField],
+            let parent = link["handler_id"]?.stringValue, let child = link["child_id"]?.stringValue
+        {
+            let link = ParentLink(handlerID: parent, childID: child)
+            tellParent(HandlerID(parent), InboxEvent(id: link.noticeID, event: link.notice(status: .cancelled)))
+        }
         return .cancelled(entry.record)
     }
 

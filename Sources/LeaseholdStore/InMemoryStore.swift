@@ -278,6 +278,20 @@ public actor InMemoryStore: HandlerStore {
 
     func finishWrite(_ id: HandlerID, _ checkpoint: Checkpoint) {
         if !checkpoint.log.isEmpty { signals.logChanged(id.rawValue) }
+        if let notice = checkpoint.state.parentNotice {
+            tellParent(HandlerID(notice.parent), InboxEvent(id: notice.inboxID, event: notice.event))
+        }
+    }
+
+    /// A child's end into its parent's inbox (in the same step as the child's final write, as in
+    /// one transaction); a parent that has finished takes nothing.
+    func tellParent(_ parent: HandlerID, _ event: InboxEvent) {
+        guard var entry = entries[parent], entry.record.status == .running,
+            !entry.inbox.contains(where: { $0.event.id == event.id })
+        else { return }
+        entry.inbox.append((event, false))
+        entries[parent] = entry
+        signals.inboxChanged(parent.rawValue)
     }
 
     @discardableResult

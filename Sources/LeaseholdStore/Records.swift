@@ -173,15 +173,19 @@ public struct ReplicaRecord: Sendable, Hashable, Codable {
 public struct HandlerFilter: Sendable, Hashable {
     public var statuses: [HandlerStatus]
     public var workflows: [String]
+    /// Only ids that start with this (a handler's children: `<id>~`).
+    public var idPrefix: String?
 
-    public init(statuses: [HandlerStatus] = [], workflows: [String] = []) {
+    public init(statuses: [HandlerStatus] = [], workflows: [String] = [], idPrefix: String? = nil) {
         self.statuses = statuses
         self.workflows = workflows
+        self.idPrefix = idPrefix
     }
 
     public func matches(_ record: HandlerRecord) -> Bool {
         (statuses.isEmpty || statuses.contains(record.status))
             && (workflows.isEmpty || workflows.contains(record.workflowName))
+            && (idPrefix.map { record.id.rawValue.hasPrefix($0) } ?? true)
     }
 }
 

@@ -11,6 +11,8 @@ struct EngineDriver {
     var now: Double = 1_000
     var external: [AnyEvent]
     var ticks = 0
+    /// The child handlers the reducer asked for, in order (each request, repeats included).
+    var childRequests: [ChildRequest] = []
 
     init(_ workflow: Workflow, state: HandlerState? = nil, external: [AnyEvent] = []) {
         self.machine = HandlerMachine(workflow: workflow)
@@ -26,6 +28,7 @@ struct EngineDriver {
             switch command {
             case .runStep(let run): pending.append(run)
             case .log(let record): log.append(record)
+            case .startChild(let request): childRequests.append(request)
             case .armTimer, .cancelTimer, .finished: break
             }
         }
