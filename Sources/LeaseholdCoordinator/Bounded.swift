@@ -4,6 +4,7 @@ import Metrics
 
 /// An operation ran past its time limit.
 public struct OperationTimedOut: Error, CustomStringConvertible {
+    /// Says that the operation timed out.
     public var description: String { "timed out" }
 }
 

@@ -18,8 +18,11 @@ import ServiceLifecycle
 /// (others take it at once), then the registration is removed. The renewal loop outlives the
 /// hand-off, so leases stay valid while their last checkpoints are written.
 public final class Coordinator: Service, Sendable {
+    /// Where handlers, leases and this replica's registration are kept.
     public let store: any HandlerStore
+    /// The workflows this replica can run.
     public let registry: WorkflowRegistry
+    /// How this replica behaves.
     public let configuration: CoordinatorConfiguration
     /// Awaitable passes of the replica's loops (for tests).
     public let signals: CoordinatorSignals
@@ -68,6 +71,7 @@ public final class Coordinator: Service, Sendable {
         }
     }
 
+    /// This replica's id (`configuration.replicaID`).
     public var replicaID: ReplicaID { configuration.replicaID }
 
     // MARK: - Service
@@ -131,6 +135,7 @@ public final class Coordinator: Service, Sendable {
     /// database this replica checked and the ones that had gone back in time.
     public var database: (node: DatabaseNode?, failovers: Int, regressions: Int) { keeper.database }
 
+    /// The handlers live in memory on this replica now, in no particular order.
     public var liveHandlerIDs: [HandlerID] { host.liveHandlers.map(\.id) }
 
     /// Hibernates a live handler now, as the idle sweep would, and returns once it has left memory.

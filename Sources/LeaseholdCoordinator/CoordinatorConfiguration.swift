@@ -3,6 +3,7 @@ import LeaseholdStore
 
 /// How a replica's coordinator behaves.
 public struct CoordinatorConfiguration: Sendable {
+    /// This replica's id, unique in the cluster.
     public var replicaID: ReplicaID
     /// How other replicas and operators reach this replica (shown in the cluster view).
     public var address: String
@@ -12,7 +13,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var idleTimeout: Duration?
     /// How often the claim loop looks for orphaned and due handlers.
     public var claimInterval: Duration
+    /// At most this many handlers taken by one claim.
     public var claimBatch: Int
+    /// How many step runs of one handler may execute at once; more wait in order.
     public var maxConcurrentSteps: Int
     /// How long a handler's checkpoint of a change no client sees may wait, while steps run, for
     /// the next change (see `HandlerRuntime`); zero writes every change at once.
@@ -27,6 +30,7 @@ public struct CoordinatorConfiguration: Sendable {
     /// store, where there is no next replica to protect).
     public var stepIsolation: (any StepIsolation)?
 
+    /// A configuration; `claimInterval` defaults to a tenth of `leaseTTL`, at most 250 ms.
     public init(
         replicaID: ReplicaID,
         address: String,

@@ -17,6 +17,7 @@ public enum CoordinatorError: Error, Sendable, Hashable, CustomStringConvertible
     /// have happened. Not "retry": a retry runs them again.
     case runNotKept(HandlerID)
 
+    /// A message for people; the API sends it as the error's `detail`.
     public var description: String {
         switch self {
         case .shuttingDown: return "this replica is shutting down"

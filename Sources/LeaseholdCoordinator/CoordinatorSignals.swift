@@ -26,6 +26,7 @@ public final class CoordinatorSignals: Sendable {
 
     private let state = Mutex(State())
 
+    /// Signals with every count at zero.
     public init() {}
 
     /// How many passes of `pass` have completed.

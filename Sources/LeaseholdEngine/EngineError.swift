@@ -7,6 +7,7 @@ public enum EngineError: Error, Sendable, Hashable, CustomStringConvertible {
     case invalidWorkflow(workflow: String, reason: String)
     case duplicateWorkflow(String)
 
+    /// A message for people, naming what is wrong.
     public var description: String {
         switch self {
         case .invalidJSON(let reason): return "invalid JSON: \(reason)"

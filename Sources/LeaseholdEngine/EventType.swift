@@ -11,7 +11,9 @@ public indirect enum FieldKind: Sendable, Hashable {
     case object
     case any
 
+    /// An integer with no minimum.
     public static var integer: FieldKind { .integer(minimum: nil) }
+    /// A number with no bounds.
     public static var number: FieldKind { .number(minimum: nil, maximum: nil) }
 
     var schema: JSONValue {
@@ -72,10 +74,14 @@ public indirect enum FieldKind: Sendable, Hashable {
 
 /// One field of an event type.
 public struct FieldSpec: Sendable, Hashable {
+    /// The field's key in the event's JSON object.
     public var name: String
+    /// The JSON kind its value must have.
     public var kind: FieldKind
+    /// Whether the field must be present and not null.
     public var required: Bool
 
+    /// A field named `name` of kind `kind`, required unless said otherwise.
     public init(_ name: String, _ kind: FieldKind, required: Bool = true) {
         self.name = name
         self.kind = kind
@@ -87,12 +93,18 @@ public struct FieldSpec: Sendable, Hashable {
 ///
 /// Two types with the same name in one workflow are the same type.
 public struct EventType: Sendable, Hashable {
+    /// The type's name, as events carry it in `type`.
     public var name: String
+    /// The names of the types it derives from, nearest first.
     public var parents: [String]
+    /// The fields its value has.
     public var fields: [FieldSpec]
+    /// The module part of its qualified name (Python's module path).
     public var module: String
+    /// Whether a value may have fields beyond `fields`.
     public var allowsExtraFields: Bool
 
+    /// Describes an event type.
     public init(
         _ name: String,
         parents: [String] = [],
@@ -107,6 +119,7 @@ public struct EventType: Sendable, Hashable {
         self.allowsExtraFields = allowsExtraFields
     }
 
+    /// The name qualified by the module: `<module>.<name>`.
     public var qualifiedName: String { "\(module).\(name)" }
 
     /// Whether this type is `other` or derives from it.
@@ -154,33 +167,45 @@ public struct EventType: Sendable, Hashable {
 }
 
 extension EventType {
+    /// The type name of the event that starts a handler.
     public static let startEventName = "StartEvent"
+    /// The type name of the event that ends a handler with a result.
     public static let stopEventName = "StopEvent"
 
+    /// The event that completes a handler; its `result` is the handler's result.
     public static let stop = EventType(
         "StopEvent", fields: [FieldSpec("result", .any, required: false)], module: "workflows.events")
+    /// The terminal event of a failed handler, with its `error`.
     public static let failed = EventType(
         "WorkflowFailedEvent", parents: ["StopEvent"], fields: [FieldSpec("error", .string)], module: "workflows.events"
     )
+    /// The terminal event of a cancelled handler.
     public static let cancelled = EventType(
         "WorkflowCancelledEvent", parents: ["StopEvent"], module: "workflows.events")
+    /// Logged when a step run starts or ends (internal: not a workflow event).
     public static let stepStateChanged = EventType(
         "StepStateChanged", parents: ["InternalDispatchEvent"],
         fields: [FieldSpec("name", .string), FieldSpec("step_state", .string)], module: "workflows.events")
+    /// The built-in event a step writes to ask a human for input.
     public static let inputRequired = EventType("InputRequiredEvent", module: "workflows.events")
+    /// The built-in external event that carries a human's answer.
     public static let humanResponse = EventType("HumanResponseEvent", module: "workflows.events")
 }
 
 /// An event as data: a type name plus its JSON value.
 public struct AnyEvent: Sendable, Hashable, Codable {
+    /// The event's type name.
     public var type: String
+    /// The event's fields (a JSON object).
     public var value: JSONValue
 
+    /// An event of `type` with `value`.
     public init(type: String, value: JSONValue = [:]) {
         self.type = type
         self.value = value
     }
 
+    /// Encodes a typed event.
     public init<E: Event>(_ event: E) throws {
         self.type = E.eventType.name
         self.value = try JSONValue.encoding(event)
@@ -198,11 +223,13 @@ public protocol Event: Codable, Sendable {
 }
 
 extension JSONValue {
+    /// Encodes `value` as a JSON value (through `JSONEncoder`).
     public static func encoding<T: Encodable>(_ value: T) throws -> JSONValue {
         let data = try JSONEncoder().encode(value)
         return try JSONDecoder().decode(JSONValue.self, from: data)
     }
 
+    /// Decodes this JSON value as a `T` (through `JSONDecoder`).
     public func decoding<T: Decodable>(_ type: T.Type) throws -> T {
         let data = try JSONEncoder().encode(self)
         return try JSONDecoder().decode(T.self, from: data)

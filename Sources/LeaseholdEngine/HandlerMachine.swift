@@ -1,5 +1,6 @@
 /// An input to the handler's reducer. `now` is wall-clock seconds since 1970.
 public struct Tick: Sendable, Hashable {
+    /// What happened.
     public enum Kind: Sendable, Hashable {
         case start(AnyEvent)
         case external(AnyEvent)
@@ -17,9 +18,12 @@ public struct Tick: Sendable, Hashable {
         case release
     }
 
+    /// When it happened: wall-clock seconds since 1970.
     public var now: Double
+    /// What happened.
     public var kind: Kind
 
+    /// An input of `kind` at `now`.
     public init(now: Double, _ kind: Kind) {
         self.now = now
         self.kind = kind
@@ -39,12 +43,15 @@ public enum Command: Sendable, Hashable {
 
 /// The handler as a pure reducer `(State, Tick) -> (State, [Command])`. No I/O, no clock.
 public struct HandlerMachine: Sendable {
+    /// The workflow whose steps and events the reducer routes by.
     public let workflow: Workflow
 
+    /// The reducer of `workflow`.
     public init(workflow: Workflow) {
         self.workflow = workflow
     }
 
+    /// Applies `tick` to `state`: the new state and the commands for the runtime, in order.
     public func reduce(_ state: HandlerState, _ tick: Tick) -> (HandlerState, [Command]) {
         var reduction = Reduction(workflow: workflow, state: state, now: tick.now)
         reduction.apply(tick.kind)

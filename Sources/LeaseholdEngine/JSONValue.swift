@@ -12,6 +12,7 @@ public enum JSONValue: Sendable, Hashable {
 }
 
 extension JSONValue: Codable {
+    /// Decodes any JSON value; a number comes out as `.int` when it decodes as an `Int`.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         /// "Is it this kind?": a failure only means try the next one (`Decoder` has no way to
@@ -34,6 +35,7 @@ extension JSONValue: Codable {
         }
     }
 
+    /// Encodes the value as the JSON it stands for.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         switch self {
@@ -49,11 +51,13 @@ extension JSONValue: Codable {
 }
 
 extension JSONValue {
+    /// An object's field; nil when there is no such field or this is not an object.
     public subscript(key: String) -> JSONValue? {
         if case .object(let fields) = self { return fields[key] }
         return nil
     }
 
+    /// An integer, or a double with an integral value below 10^15; nil for anything else.
     public var intValue: Int? {
         switch self {
         case .int(let value): return value
@@ -62,6 +66,7 @@ extension JSONValue {
         }
     }
 
+    /// A number (integer or double) as a `Double`; nil for anything else.
     public var doubleValue: Double? {
         switch self {
         case .int(let value): return Double(value)
@@ -70,6 +75,7 @@ extension JSONValue {
         }
     }
 
+    /// The text of a JSON string; nil for anything else.
     public var stringValue: String? {
         if case .string(let value) = self { return value }
         return nil
@@ -81,11 +87,13 @@ extension JSONValue {
         return nil
     }
 
+    /// The elements of a JSON array; nil for anything else.
     public var arrayValue: [JSONValue]? {
         if case .array(let value) = self { return value }
         return nil
     }
 
+    /// The fields of a JSON object; nil for anything else.
     public var objectValue: [String: JSONValue]? {
         if case .object(let value) = self { return value }
         return nil
@@ -97,6 +105,8 @@ extension JSONValue {
         try parse(bytes: Array(data))
     }
 
+    /// Parses JSON text.
+    /// - Throws: `EngineError.invalidJSON` naming what was wrong and where.
     public static func parse(_ text: String) throws -> JSONValue {
         try parse(bytes: Array(text.utf8))
     }
@@ -128,6 +138,7 @@ extension JSONValue {
         return out
     }
 
+    /// Appends the compact JSON text of the value to `out` (NaN and infinity as null).
     public func write(to out: inout String) {
         switch self {
         case .null: out += "null"
@@ -168,6 +179,7 @@ extension JSONValue {
         }
     }
 
+    /// Appends `value` to `out` as a JSON string literal, quoted and escaped.
     public static func writeString(_ value: String, to out: inout String) {
         out += "\""
         // Most strings need no escape: appended whole (per scalar it was 3 % of a replica's CPU).
@@ -196,12 +208,19 @@ extension JSONValue {
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
     ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral, ExpressibleByFloatLiteral
 {
+    /// A JSON string.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// A JSON integer.
     public init(integerLiteral value: Int) { self = .int(value) }
+    /// A JSON `true` or `false`.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// A JSON number with a fraction.
     public init(floatLiteral value: Double) { self = .double(value) }
+    /// A JSON array.
     public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    /// JSON `null`.
     public init(nilLiteral: ()) { self = .null }
+    /// A JSON object; of repeated keys the last wins.
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
         self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
     }

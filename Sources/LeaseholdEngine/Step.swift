@@ -3,11 +3,16 @@ import Synchronization
 
 /// How often a failing step is tried and how long to wait between tries.
 public struct RetryPolicy: Sendable, Hashable {
+    /// Tries in all, the first included (at least 1).
     public var maxAttempts: Int
+    /// Seconds to wait before the first retry.
     public var initialDelay: Double
+    /// The factor each further delay grows by.
     public var multiplier: Double
+    /// The longest delay between tries, in seconds.
     public var maxDelay: Double
 
+    /// A policy of `maxAttempts` tries (at least 1) with exponential backoff between them.
     public init(maxAttempts: Int, initialDelay: Double = 0.05, multiplier: Double = 2, maxDelay: Double = 5) {
         self.maxAttempts = max(1, maxAttempts)
         self.initialDelay = initialDelay
@@ -15,6 +20,7 @@ public struct RetryPolicy: Sendable, Hashable {
         self.maxDelay = maxDelay
     }
 
+    /// One try, no retries.
     public static let none = RetryPolicy(maxAttempts: 1)
 
     /// The delay before attempt `attempt + 1`, after attempt `attempt` (1-based) failed.
@@ -26,34 +32,46 @@ public struct RetryPolicy: Sendable, Hashable {
 /// Fan-in: the step runs once when `count` events of `eventType` have arrived; it receives one
 /// `Collected` event whose value is `{"events": [values…]}`.
 public struct FanIn: Sendable, Hashable {
+    /// How many events the step waits for.
     public enum Count: Sendable, Hashable {
         case fixed(Int)
         /// The count is read from a context-state key (an integer) when each event arrives.
         case stateKey(String)
     }
 
+    /// The type of the events collected.
     public var eventType: String
+    /// How many events make a batch.
     public var count: Count
 
+    /// Collects `count` events of `eventType`.
     public init(_ eventType: String, count: Count) {
         self.eventType = eventType
         self.count = count
     }
 
+    /// The type name of the event a fan-in step receives.
     public static let collectedEventName = "Collected"
 }
 
 /// One step of a workflow: the event types it accepts, what it may emit, and its body.
 public struct Step: Sendable {
+    /// The code of a step: it gets the input event and its run's context.
     public typealias Body = @Sendable (AnyEvent, StepContext) async throws -> Void
 
+    /// The step's name, unique in its workflow.
     public var name: String
+    /// The event type names that trigger the step.
     public var accepts: [String]
+    /// The event types the step may `send`.
     public var emits: [String]
+    /// The event types the step may write to the stream.
     public var streams: [String]
+    /// How a failing run is retried.
     public var retry: RetryPolicy
     /// Seconds a single run may take before it counts as failed.
     public var timeout: Double?
+    /// Set for a fan-in step: it runs once per batch of collected events instead of once per event.
     public var fanIn: FanIn?
     /// External event types this step waits for with `StepContext.waitForEvent`.
     public var waitsFor: [String]
@@ -62,6 +80,7 @@ public struct Step: Sendable {
     public var maxConcurrency: Int?
     /// Set on a `catch_error` step (`Step.catchError`): the failed steps it handles.
     public var catches: CatchErrorScope?
+    /// The step's code.
     public var body: Body
 
     /// - Parameters:
@@ -118,20 +137,29 @@ public struct Step: Sendable {
 
 /// What a step asked for while it ran. The reducer applies it when the run finishes.
 public struct StepOutput: Sendable, Hashable, Codable {
+    /// Events to route to other steps, in order.
     public var sent: [AnyEvent] = []
+    /// Events written to the stream, in order.
     public var streamed: [AnyEvent] = []
+    /// Context-state keys written, with their new values.
     public var stateChanges: [String: JSONValue] = [:]
+    /// Durable timers to arm.
     public var timers: [TimerRequest] = []
+    /// Set when the run ended waiting for an external event or a child; the rest is then ignored.
     public var wait: WaitRequest?
 
+    /// An output that asks for nothing.
     public init() {}
 }
 
 /// A durable timer that delivers `event` after `seconds`.
 public struct TimerRequest: Sendable, Hashable, Codable {
+    /// The delay, in seconds.
     public var seconds: Double
+    /// The event delivered when it fires.
     public var event: AnyEvent
 
+    /// A timer delivering `event` after `seconds`.
     public init(seconds: Double, event: AnyEvent) {
         self.seconds = seconds
         self.event = event
@@ -140,11 +168,14 @@ public struct TimerRequest: Sendable, Hashable, Codable {
 
 /// A step asked to wait for an external event; it is re-run with the same input when it arrives.
 public struct WaitRequest: Sendable, Hashable, Codable {
+    /// The type of the event awaited.
     public var eventType: String
+    /// Written to the stream when the wait begins (nil: nothing is written).
     public var prompt: AnyEvent?
     /// For a wait on a child workflow (`StepContext.runWorkflow`): the child to start.
     public var child: ChildRequest?
 
+    /// A wait for an event of `eventType`.
     public init(eventType: String, prompt: AnyEvent? = nil, child: ChildRequest? = nil) {
         self.eventType = eventType
         self.prompt = prompt
@@ -155,8 +186,10 @@ public struct WaitRequest: Sendable, Hashable, Codable {
 /// Thrown inside a step body by `waitForEvent` when the awaited event has not arrived yet.
 /// The run ends without effects and is re-run once the event arrives.
 public struct WaitingForEvent: Error, Sendable {
+    /// What the run waits for.
     public var request: WaitRequest
 
+    /// The error for a run that waits as `request` says.
     public init(request: WaitRequest) {
         self.request = request
     }
@@ -167,6 +200,7 @@ public struct WaitingForEvent: Error, Sendable {
 /// A context belongs to one step run. It is a class so the body can mutate through a shared
 /// reference; the mutable part sits in a `Mutex`, so concurrent use from child tasks is safe.
 public final class StepContext: Sendable {
+    /// The name of the step this run executes.
     public let stepName: String
     /// 1 for the first try, 2 for the first retry, …
     public let attempt: Int
@@ -188,6 +222,7 @@ public final class StepContext: Sendable {
     /// Where this run is in its retries (Python's `ctx.retry_info()`).
     public let retryInfo: RetryInfo
 
+    /// A context for a run of `stepName`, outside a runtime (tests, direct calls).
     public init(
         stepName: String, attempt: Int, state: [String: JSONValue], received: AnyEvent?, fencingToken: Int64 = 0,
         handlerID: String = "", retryInfo: RetryInfo? = nil
@@ -221,6 +256,7 @@ public final class StepContext: Sendable {
         output.withLock { $0.stateChanges[key] } ?? initialState[key]
     }
 
+    /// Writes a context-state key; the handler sees it when the run finishes.
     public func set(_ key: String, _ value: JSONValue) {
         output.withLock { $0.stateChanges[key] = value }
     }
@@ -230,6 +266,7 @@ public final class StepContext: Sendable {
         output.withLock { $0.sent.append(event) }
     }
 
+    /// Routes a typed event to the steps that accept it.
     public func send<E: Event>(_ event: E) throws {
         send(try AnyEvent(event))
     }
@@ -244,6 +281,7 @@ public final class StepContext: Sendable {
         output.withLock { $0.streamed.append(event) }
     }
 
+    /// Writes a typed event to the handler's stream.
     public func write<E: Event>(_ event: E) throws {
         write(try AnyEvent(event))
     }

@@ -1,12 +1,16 @@
 /// A workflow definition: its event types and steps. Validated when created.
 public struct Workflow: Sendable {
+    /// The workflow's name, unique in a registry; clients run it by this name.
     public let name: String
+    /// The start event's type: `StartEvent` with the declared start fields.
     public let startEvent: EventType
+    /// The type of the event that completes a run (`StopEvent` or a subtype).
     public let stopEvent: EventType
     /// Types a client may send into a running handler.
     public let externalEvents: [EventType]
     /// Every event type of this workflow by name (start, stop, routed, streamed, external, built-ins).
     public let eventTypes: [String: EventType]
+    /// The steps, in the order events are dispatched to them.
     public let steps: [Step]
     /// Seconds after which the whole run fails; nil = no limit.
     public let timeout: Double?
@@ -127,6 +131,7 @@ public struct Workflow: Sendable {
             || (eventTypes[type]?.isA(EventType.stopEventName) ?? false)
     }
 
+    /// The step called `name`; nil when there is none.
     public func step(named name: String) -> Step? { steps.first { $0.name == name } }
 
     /// The envelope metadata of an event type: parents (nil when none) and qualified name.

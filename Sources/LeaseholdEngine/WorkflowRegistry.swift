@@ -1,7 +1,10 @@
 /// The workflows a server offers, by name.
 public struct WorkflowRegistry: Sendable {
+    /// The registered workflows by name.
     public private(set) var workflows: [String: Workflow] = [:]
 
+    /// A registry of `workflows`.
+    /// - Throws: `EngineError.duplicateWorkflow` when two share a name.
     public init(_ workflows: [Workflow] = []) throws {
         for workflow in workflows { try register(workflow) }
     }
@@ -12,6 +15,7 @@ public struct WorkflowRegistry: Sendable {
         workflows[workflow.name] = workflow
     }
 
+    /// The registered names, sorted.
     public var names: [String] { workflows.keys.sorted() }
 
     /// - Throws: `EngineError.unknownWorkflow`.

@@ -11,8 +11,11 @@ import ServiceLifecycle
 /// and, since graceful shutdown runs in reverse, closes last, after the coordinator has handed its
 /// handlers off.
 public struct Database: Sendable {
+    /// Where the database is.
     public let url: DatabaseURL
+    /// The connection pool (a service: see `services`).
     public let client: PostgresClient
+    /// The store on the pool.
     public let store: PostgresStore
 
     /// - Parameters:
@@ -131,7 +134,9 @@ public struct Database: Sendable {
 
 /// The database cannot be used; the message names host and port, never the password.
 public struct DatabaseError: Error, CustomStringConvertible, Sendable {
+    /// What is wrong (host and port, never the password).
     public var message: String
+    /// The message.
     public var description: String { message }
 }
 

@@ -3,11 +3,17 @@ import PostgresNIO
 
 /// A parsed `postgres://user:password@host:port/database` URL. Its description never shows the password.
 public struct DatabaseURL: Sendable, CustomStringConvertible {
+    /// The server's host name or address.
     public var host: String
+    /// The server's port; 5432 when the URL names none.
     public var port: Int
+    /// The role to connect as; `postgres` when the URL names none.
     public var username: String
+    /// The password (percent-decoded); nil when the URL has none.
     public var password: String?
+    /// The database name; the user name when the URL has no path.
     public var database: String
+    /// Whether connections must use TLS (`?sslmode=require` or `verify-full`).
     public var requireTLS: Bool
     /// Sent as a session start-up parameter on every connection: `on` (the default),
     /// `remote_write` or `remote_apply` (`?synchronous_commit=` in the URL). Never `off` or
@@ -43,6 +49,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         self.synchronousCommit = commit
     }
 
+    /// The URL without its password.
     public var description: String { "postgres://\(username)@\(host):\(port)/\(database)" }
 
     /// The pool's configuration. With `sessionTimeout` (a replica passes its lease TTL), the
@@ -74,7 +81,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
     }
 }
 
+/// A database URL that cannot be used.
 public struct DatabaseURLError: Error, CustomStringConvertible, Sendable {
+    /// What is wrong (never containing the password).
     public var message: String
+    /// The message.
     public var description: String { message }
 }

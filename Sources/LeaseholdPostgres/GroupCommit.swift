@@ -13,6 +13,7 @@ public struct GroupCommitSettings: Sendable, Equatable {
     /// Flushes in flight at once, each on its own pooled connection.
     public var writers: Int
 
+    /// Settings, clamped: at least one write per flush and one writer, no negative linger.
     public init(maxBatch: Int = 128, linger: Duration = .zero, writers: Int = 2) {
         self.maxBatch = max(1, maxBatch)
         self.linger = max(.zero, linger)

@@ -6,17 +6,23 @@ import Synchronization
 /// Applies `sql/NNNN_name.sql` in order, each file in one transaction, recorded in
 /// `schema_migrations`. Runs under an advisory lock, so replicas starting together migrate once.
 public struct Migrator: Sendable {
+    /// One migration file.
     public struct Migration: Sendable {
+        /// The number its file name starts with; migrations apply in this order.
         public var version: Int
+        /// Its file name, recorded in `schema_migrations`.
         public var name: String
+        /// Its statements, sent one at a time in one transaction.
         public var statements: [String]
     }
 
     /// Taken with `pg_advisory_lock` while migrating.
     package static let lockKey: Int64 = 0x4c65_6173_6568_6f6c
 
+    /// The migrations this migrator applies.
     public let migrations: [Migration]
 
+    /// A migrator of `migrations`; nil: the bundled ones.
     public init(migrations: [Migration]? = nil) throws {
         self.migrations = try migrations ?? Migrator.bundled()
     }
@@ -69,10 +75,10 @@ public struct Migrator: Sendable {
     /// died under it (a replica started while the database failed over) would otherwise wait
     /// forever, and so would start-up (found by the fault run on deploy/pg-ha: a replica restarted
     /// during a failover never became ready). Closing the connection fails that statement.
-    /// - Returns: the versions applied by this call (empty when the schema was current).
-    @discardableResult
     /// - Parameter check: run on the same connection after the migrations, within the same limit
     ///   (the start-up's check of the server's settings).
+    /// - Returns: the versions applied by this call (empty when the schema was current).
+    @discardableResult
     public func migrate(
         _ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20),
         then check: (@Sendable (PostgresConnection) async throws -> Void)? = nil
@@ -151,13 +157,17 @@ public struct Migrator: Sendable {
     }
 }
 
+/// The migrations shipped with the binary cannot be read.
 public struct MigrationError: Error, CustomStringConvertible, Sendable {
+    /// What is wrong.
     public var message: String
+    /// The message.
     public var description: String { message }
 }
 
 /// Migrations did not finish within their limit (their connection was closed).
 public struct MigrationTimedOut: Error, CustomStringConvertible {
+    /// Says that the migrations timed out.
     public var description: String { "migrations did not finish in time (their connection was closed)" }
 }
 

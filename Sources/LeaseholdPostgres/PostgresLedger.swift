@@ -9,6 +9,7 @@ public struct PostgresLedger: FencedLedger {
     let client: PostgresClient
     let logger: Logger
 
+    /// The ledger in the database `client` connects to.
     public init(client: PostgresClient, logger: Logger) {
         self.client = client
         self.logger = logger

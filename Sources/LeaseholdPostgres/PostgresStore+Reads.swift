@@ -28,6 +28,7 @@ extension PostgresStore {
             lastSequence: lastSequence, wakeAt: wakeAt)
     }
 
+    /// The handler's record; nil when there is no handler with this id.
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
         try await guarded(gated: false) { connection in
             var found: HandlerRecord?
@@ -41,6 +42,7 @@ extension PostgresStore {
         }
     }
 
+    /// The handlers matching `filter`, oldest first (by start), at most 10,000.
     public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
         try await guarded(gated: false) { connection in
             var records: [HandlerRecord] = []
@@ -56,6 +58,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.events(_:after:limit:)`.
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
         try await guarded(gated: false) { connection in
             var records: [LogRecord] = []
@@ -69,6 +72,7 @@ extension PostgresStore {
         }
     }
 
+    /// Every registered replica, by id; `alive` when it renewed within `ttl`.
     public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
         try await guarded(gated: false) { connection in
             var replicas: [ReplicaRecord] = []
@@ -84,6 +88,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.audit(_:)`.
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
         try await guarded(gated: false) { connection in
             let ids = handlerIDs.map(\.rawValue)
@@ -119,6 +124,7 @@ extension PostgresStore {
         return audit
     }
 
+    /// See `HandlerStore.advanceTokens(past:)`.
     public func advanceTokens(past token: FencingToken) async throws {
         try await guarded(gated: false) { connection in
             // A million tokens a statement (about a second); a regression loses seconds of them.
@@ -135,6 +141,7 @@ extension PostgresStore {
         }
     }
 
+    /// Counts of all handlers by status (see `HandlerCounts`).
     public func counts() async throws -> HandlerCounts {
         try await guarded(gated: false) { connection in
             var counts = HandlerCounts()
@@ -164,10 +171,12 @@ extension PostgresStore {
             replica: replica.map { ReplicaID($0) }, token: FencingToken(token))
     }
 
+    /// See `HandlerStore.leaseHistory(_:)`.
     public func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] {
         try await changes(Statements.leaseHistory(id: handlerID.rawValue))
     }
 
+    /// See `HandlerStore.recentLeaseChanges(limit:)`.
     public func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
         try await changes(Statements.recentLeaseChanges(limit: limit))
     }

@@ -48,6 +48,7 @@ extension PostgresStore {
         return finished
     }
 
+    /// See `HandlerStore.hibernate(_:wakeAt:lease:)`.
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
         let row = try checkpointRow(checkpoint, lease: lease)
         let id = lease.handlerID.rawValue
@@ -93,6 +94,7 @@ extension PostgresStore {
         if !released { throw StoreError.leaseLost(lease.handlerID) }
     }
 
+    /// See `HandlerStore.release(_:lease:)`.
     public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         let row = try checkpoint.map { try checkpointRow($0, lease: lease) }
         try await guarded { connection in
@@ -107,6 +109,7 @@ extension PostgresStore {
 
     // MARK: - Inbox
 
+    /// See `HandlerStore.appendInbox(_:_:accepting:from:claim:)`.
     public func appendInbox(
         _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
     ) async throws -> InboxReceipt {
@@ -175,6 +178,7 @@ extension PostgresStore {
         return receipt
     }
 
+    /// See `HandlerStore.pendingInbox(of:)`.
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
         guard !handlerIDs.isEmpty else { return [:] }
         return try await guarded(gated: false) { connection in
@@ -190,6 +194,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.pendingInbox(_:)`.
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
         try await guarded(gated: false) { connection in
             var events: [InboxEvent] = []
@@ -206,6 +211,7 @@ extension PostgresStore {
 
     // MARK: - Cancel and delete
 
+    /// See `HandlerStore.cancel(_:)`.
     public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
         let id = handlerID.rawValue
         let cancelled = try await guarded { connection in
@@ -235,6 +241,7 @@ extension PostgresStore {
         return cancelled ? .cancelled(record) : .alreadyFinished(record)
     }
 
+    /// See `HandlerStore.delete(_:run:)`.
     public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
         try await committed { connection in
             var deleted = false
@@ -254,6 +261,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.recordCrash(of:handlers:all:signal:)`.
     public func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
         -> [HandlerID]
     {
@@ -268,6 +276,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.preventCreation(_:reason:)`.
     public func preventCreation(_ new: NewHandler, reason: String?) async throws -> HandlerRecord? {
         let blocked = try await committed { connection in
             let query = Statements.preventCreation(
@@ -293,6 +302,7 @@ extension PostgresStore {
         return record
     }
 
+    /// See `HandlerStore.releaseQuarantine(_:)`.
     public func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool {
         try await committed { connection in
             var released = false
@@ -309,6 +319,7 @@ extension PostgresStore {
         }
     }
 
+    /// See `HandlerStore.purgeFinished(olderThan:limit:)`.
     public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
         try await guarded { connection in
             var deleted: [HandlerID] = []

@@ -13,7 +13,9 @@ import Synchronization
 /// `Service` it runs the LISTEN connection that turns other replicas' NOTIFYs into local
 /// `signals`; the pool itself must run in the same service group.
 public final class PostgresStore: HandlerStore, Service {
+    /// The connection pool every statement runs on (it must run in the same service group).
     public let client: PostgresClient
+    /// See `HandlerStore.signals`: fed by this process and, through LISTEN, by other replicas.
     public let signals = StoreSignals()
     let nodeGate = NodeGate()
     /// This process's registration instance: two processes with one replica id never share a
@@ -60,12 +62,14 @@ public final class PostgresStore: HandlerStore, Service {
 
     // MARK: - Replicas and leases
 
+    /// See `HandlerStore.renew(_:address:ttl:excluding:)`.
     public func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> Renewal
     {
         try await renew(replica, address: address, ttl: ttl, excluding: excluding, fresh: false)
     }
 
+    /// See `HandlerStore.register(_:address:ttl:)`.
     @discardableResult
     public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
         try await renew(replica, address: address, ttl: ttl, excluding: [], fresh: true).database
@@ -100,10 +104,12 @@ public final class PostgresStore: HandlerStore, Service {
         }
     }
 
+    /// See `HandlerStore.trust(_:)`.
     public func trust(_ node: DatabaseNode) {
         nodeGate.trust(NodeGate.Identity(systemIdentifier: node.systemIdentifier, timeline: node.timeline))
     }
 
+    /// See `HandlerStore.deregister(_:)`.
     public func deregister(_ replica: ReplicaID) async throws {
         try await guarded(gated: false) { connection in
             _ = try await connection.checkedQuery(
@@ -177,6 +183,7 @@ public final class PostgresStore: HandlerStore, Service {
         return Self.claimed(created, handler: handler, owner: owner)
     }
 
+    /// See `HandlerStore.claim(_:limit:only:)`.
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         try await guarded { connection in
             let query = Statements.claim(

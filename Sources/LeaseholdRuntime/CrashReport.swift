@@ -36,7 +36,9 @@ public enum CrashReport {
     /// "end". A report cut short (no "end") names every handler the process owned: which ones
     /// had a step running is not known.
     public struct Report: Sendable, Hashable {
+        /// The fatal signal the process died of.
         public var signal: Int32
+        /// The handlers that had a step running in the process.
         public var handlerIDs: [String]
         /// A step could not be marked (every slot taken): every handler the process owned is a suspect.
         public var all: Bool
@@ -66,6 +68,8 @@ public enum CrashReport {
     }
 }
 
+/// Crash reporting could not be installed.
 public struct CrashReportError: Error, CustomStringConvertible {
+    /// Why (the failed call and its errno).
     public var description: String
 }

@@ -20,9 +20,12 @@ extension HandlerPersistence {
 
 /// An external event handed to a runtime, with the inbox id its checkpoint will consume.
 public struct Delivery: Sendable, Hashable {
+    /// The inbox event's id, consumed by the checkpoint that applies it.
     public var inboxID: String
+    /// The event.
     public var event: AnyEvent
 
+    /// The delivery of `event` from inbox entry `inboxID`.
     public init(inboxID: String, event: AnyEvent) {
         self.inboxID = inboxID
         self.event = event

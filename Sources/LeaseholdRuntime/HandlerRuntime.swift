@@ -45,6 +45,7 @@ public final class HandlerRuntime: Sendable {
         var isolatedRunsLeft = 0
     }
 
+    /// The handler this runtime runs.
     public let handlerID: String
     private let machine: HandlerMachine
     let persistence: any HandlerPersistence

@@ -18,12 +18,18 @@ public protocol StepIsolation: Sendable {
 
 /// One step run handed to another process: everything `Step.body` sees.
 public struct IsolatedStep: Sendable, Codable {
+    /// The name of the step's workflow, looked up in the child's registry.
     public var workflow: String
+    /// The run to execute.
     public var run: StepRun
+    /// The handler's context state as the run sees it.
     public var context: [String: JSONValue]
+    /// The token of the handler's lease (`StepContext.fencingToken`).
     public var fencingToken: Int64
+    /// The handler the step runs for.
     public var handlerID: String
 
+    /// A run of a step of `workflow`, with what its context holds.
     public init(workflow: String, run: StepRun, context: [String: JSONValue], fencingToken: Int64, handlerID: String) {
         self.workflow = workflow
         self.run = run
@@ -72,6 +78,7 @@ public struct StepCrashed: Error, CustomStringConvertible, Sendable {
     /// The signal that ended it.
     public var signal: Int32
 
+    /// The process ended with `signal`.
     public init(signal: Int32) {
         self.signal = signal
     }
@@ -79,14 +86,17 @@ public struct StepCrashed: Error, CustomStringConvertible, Sendable {
     /// The signals of a fault (what a trap, an abort or a bad access end a process with).
     public static let faults: Set<Int32> = [SIGILL, SIGTRAP, SIGABRT, SIGSEGV, SIGBUS, SIGFPE]
 
+    /// Says which signal ended the process.
     public var description: String { "ended its process with signal \(signal)" }
 }
 
-/// The step threw in the isolated process, or the process ended otherwise than by a fault
+/// The isolated process ended otherwise than by a fault
 /// (killed, out of memory, no answer): a failure of this run, retried as the step's policy says.
 public struct IsolatedStepFailed: Error, CustomStringConvertible, Sendable {
+    /// What went wrong (the failure's message).
     public var description: String
 
+    /// A failure described by `description`.
     public init(description: String) {
         self.description = description
     }
@@ -95,8 +105,11 @@ public struct IsolatedStepFailed: Error, CustomStringConvertible, Sendable {
 /// Runs each step in a new process of an executable that answers `IsolatedStep` on its standard
 /// input with an `IsolatedStep.Answer` on its standard output (`leasehold step`).
 public struct ChildProcessStepIsolation: StepIsolation {
+    /// The program started for each step.
     public let executable: URL
+    /// Its arguments.
     public let arguments: [String]
+    /// Variables added to this process's environment for it.
     public let environment: [String: String]
 
     /// - Parameters:
@@ -123,6 +136,7 @@ public struct ChildProcessStepIsolation: StepIsolation {
     /// dies with that replica, and refuses to start when its parent is already another).
     public static let parentVariable = "LEASEHOLD_PARENT_PID"
 
+    /// See `StepIsolation.run(_:)`: one new process per call, killed when the task is cancelled.
     public func run(_ step: IsolatedStep) async throws -> StepOutput {
         let input = try JSONEncoder().encode(step)
         let process = Process()

@@ -19,8 +19,10 @@ public final class InMemoryLedger: FencedLedger {
     }
     private let books = Mutex<[String: Book]>([:])
 
+    /// An empty ledger.
     public init() {}
 
+    /// See `FencedLedger.post(handler:posting:amount:token:)`.
     public func post(handler: String, posting: Int, amount: Int, token: Int64) async throws -> Bool {
         books.withLock { books in
             var book = books[handler] ?? Book()
@@ -40,13 +42,18 @@ public final class InMemoryLedger: FencedLedger {
 
 /// A step's write was refused by the external system: a newer lease has posted.
 public struct LedgerFenced: Error, CustomStringConvertible {
+    /// The token the refused posting was made under.
     public var token: Int64
+    /// Says which token was refused and why.
     public var description: String { "ledger refused a posting under fencing token \(token): a newer owner has posted" }
 }
 
 extension Samples {
+    /// The `ledger` sample's event for one posting made, streamed and sent on to the next.
     public struct Posted: Event {
+        /// Its type: `Posted` with an integer `posting`.
         public static let eventType = EventType("Posted", fields: [FieldSpec("posting", .integer)])
+        /// The number of the posting made, from 1.
         public var posting: Int
     }
 

@@ -30,8 +30,11 @@ public enum Samples {
             ])
     }
 
+    /// The `counter` sample's tick, streamed and sent once per count.
     public struct Tick: Event {
+        /// Its type: `Tick` with an integer `n`.
         public static let eventType = EventType("Tick", fields: [FieldSpec("n", .integer)])
+        /// The count reached, from 1.
         public var n: Int
     }
 
@@ -72,8 +75,10 @@ public enum Samples {
             ])
     }
 
+    /// The prompt the `approval` sample streams, with the text to show in `prefix`.
     public static let inputRequired = EventType(
         "InputRequiredEvent", fields: [FieldSpec("prefix", .string)], module: "workflows.events")
+    /// The answer the `approval` sample waits for, in `response`.
     public static let humanResponse = EventType(
         "HumanResponseEvent", fields: [FieldSpec("response", .string)], module: "workflows.events")
 
@@ -157,12 +162,17 @@ public enum Samples {
     /// A sample's arithmetic that would overflow: the step fails (and with it the handler), where
     /// unchecked Swift arithmetic would trap and end the replica.
     public struct ArithmeticOverflow: Error, CustomStringConvertible {
+        /// The computation that overflowed.
         public var what: String
+        /// Names the computation that overflowed.
         public var description: String { "arithmetic overflow in \(what)" }
     }
 
+    /// The error the `flaky` sample throws on each try it is told to fail.
     public struct FlakyFailure: Error, CustomStringConvertible {
+        /// The try that failed, from 1.
         public var attempt: Int
+        /// Says which try failed.
         public var description: String { "flaky failure on attempt \(attempt)" }
     }
 

@@ -7,12 +7,16 @@ import LeaseholdStore
 /// A caller's mistake (or the server's own failure) as the wire sees it: a status and a
 /// `{"detail": "..."}` body.
 public struct APIError: Error, HTTPResponseError, Sendable {
+    /// The response's HTTP status.
     public var status: HTTPResponse.Status
+    /// The message, sent as the body's `detail`.
     public var detail: String
+    /// Extra response headers (`Retry-After` on a retryable failure).
     public var headers: HTTPFields
     /// More fields of the body (a run's `handler_id`).
     public var fields: [String: JSONValue]
 
+    /// An error answered with `status` and `detail`.
     public init(
         _ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:], fields: [String: JSONValue] = [:]
     ) {
@@ -22,6 +26,7 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         self.fields = fields
     }
 
+    /// The JSON response: `fields` plus `detail`, with `status` and `headers`.
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var body = fields
         body["detail"] = .string(detail)

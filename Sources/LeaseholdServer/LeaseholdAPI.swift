@@ -10,10 +10,13 @@ import Synchronization
 
 /// The HTTP API of one replica: the LlamaIndex workflows server's routes plus Leasehold's own.
 public struct LeaseholdAPI: Sendable {
+    /// The replica's coordinator, which every route goes through.
     public let coordinator: Coordinator
+    /// How the HTTP side behaves.
     public let configuration: ServerConfiguration
     let streams: StreamGate
 
+    /// The API of `coordinator`'s replica, configured by `configuration`.
     public init(coordinator: Coordinator, configuration: ServerConfiguration) {
         self.coordinator = coordinator
         self.configuration = configuration

@@ -1,6 +1,8 @@
 /// How the HTTP side of a replica behaves.
 public struct ServerConfiguration: Sendable {
+    /// The address the HTTP server binds to.
     public var host: String
+    /// The TCP port it listens on.
     public var port: Int
     /// Largest accepted request body; larger → 413.
     public var maxBodyBytes: Int
@@ -20,6 +22,7 @@ public struct ServerConfiguration: Sendable {
     /// Whether the schema is migrated (for `/ready`); the in-memory store always is.
     public var migrated: @Sendable () -> Bool
 
+    /// A configuration; the defaults serve on 127.0.0.1:8080 without authentication.
     public init(
         host: String = "127.0.0.1",
         port: Int = 8080,

@@ -202,6 +202,7 @@ public struct Renewal: Sendable, Equatable {
     /// The database node that answered (nil for the in-memory store).
     public var database: DatabaseNode?
 
+    /// A renewal's answer.
     public init(held: [HandlerID: FencingToken], databaseTime: Date?, database: DatabaseNode? = nil) {
         self.held = held
         self.databaseTime = databaseTime
@@ -222,6 +223,7 @@ public struct DatabaseNode: Sendable, Equatable {
     /// replication state (it needs `pg_monitor`).
     public var synchronousStandbys: Int?
 
+    /// A node as the database describes itself.
     public init(systemIdentifier: String, timeline: Int, address: String, synchronousStandbys: Int?) {
         self.systemIdentifier = systemIdentifier
         self.timeline = timeline
@@ -243,10 +245,14 @@ public struct StoreAudit: Sendable {
     /// The node that answered (system identifier, timeline), where the store can tell.
     public var node: (systemIdentifier: String, timeline: Int)?
 
+    /// Where a handler stood: the token of its latest lease and its last logged sequence.
     public struct Position: Sendable, Equatable {
+        /// The fencing token of its latest lease.
         public var token: FencingToken
+        /// The sequence of its last logged event; -1 when none.
         public var lastSequence: Int64
 
+        /// The position at `token` and `lastSequence`.
         public init(token: FencingToken, lastSequence: Int64) {
             self.token = token
             self.lastSequence = lastSequence
@@ -259,6 +265,7 @@ public struct StoreAudit: Sendable {
         }
     }
 
+    /// An audit of `handlers` with no purged handlers and no node.
     public init(highestToken: FencingToken, handlers: [HandlerID: Position]) {
         self.highestToken = highestToken
         self.handlers = handlers

@@ -5,6 +5,7 @@ import LeaseholdEngine
 /// trap to reach, so nothing calls `recordCrash` on it in production; it keeps the contract so
 /// that both stores pass the same conformance suite, and releases quarantined handlers.
 extension InMemoryStore {
+    /// See `HandlerStore.recordCrash(of:handlers:all:signal:)`.
     public func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
         -> [HandlerID]
     {
@@ -35,6 +36,7 @@ extension InMemoryStore {
         return nil
     }
 
+    /// See `HandlerStore.releaseQuarantine(_:)`.
     public func releaseQuarantine(_ handlerID: HandlerID) async throws -> Bool {
         guard var entry = entries[handlerID], entry.record.status == .failed, entry.state.quarantine != nil else {
             return false

@@ -3,6 +3,7 @@ import LeaseholdEngine
 
 /// The inbox, cancellation and retention of the in-memory store.
 extension InMemoryStore {
+    /// See `HandlerStore.appendInbox(_:_:accepting:from:claim:)`.
     public func appendInbox(
         _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
     ) async throws -> InboxReceipt {
@@ -36,6 +37,7 @@ extension InMemoryStore {
         return receipt
     }
 
+    /// See `HandlerStore.cancel(_:)`.
     public func cancel(_ handlerID: HandlerID) async throws -> CancelOutcome {
         guard var entry = entries[handlerID] else { throw StoreError.handlerNotFound(handlerID) }
         guard entry.record.status == .running else { return .alreadyFinished(entry.record) }
@@ -67,6 +69,7 @@ extension InMemoryStore {
         return .cancelled(entry.record)
     }
 
+    /// See `HandlerStore.purgeFinished(olderThan:limit:)`.
     public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
         let cutoff = now().addingTimeInterval(
             -Double(age.components.seconds) - Double(age.components.attoseconds) * 1e-18)
@@ -84,6 +87,7 @@ extension InMemoryStore {
         return Array(doomed)
     }
 
+    /// See `HandlerStore.delete(_:run:)`.
     public func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool {
         guard let record = entries[handlerID]?.record, record.runID == runID else { return false }
         entries[handlerID] = nil

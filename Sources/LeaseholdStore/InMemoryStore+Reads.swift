@@ -3,6 +3,7 @@ import LeaseholdEngine
 
 /// Reads of the in-memory store: inboxes, records, logs, lease history, replicas and counts.
 extension InMemoryStore {
+    /// See `HandlerStore.pendingInbox(of:)`.
     public func pendingInbox(of handlerIDs: [HandlerID]) async throws -> [HandlerID: [InboxEvent]] {
         var events: [HandlerID: [InboxEvent]] = [:]
         for id in handlerIDs {
@@ -12,18 +13,22 @@ extension InMemoryStore {
         return events
     }
 
+    /// See `HandlerStore.pendingInbox(_:)`.
     public func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
         entries[handlerID]?.inbox.filter { !$0.consumed }.map(\.event) ?? []
     }
 
+    /// The handler's record; nil when there is no handler with this id.
     public func handler(_ handlerID: HandlerID) async throws -> HandlerRecord? {
         entries[handlerID].map { published($0.record) }
     }
 
+    /// The handlers matching `filter`, oldest first (by start).
     public func handlers(_ filter: HandlerFilter) async throws -> [HandlerRecord] {
         entries.values.map { published($0.record) }.filter(filter.matches).sorted { $0.startedAt < $1.startedAt }
     }
 
+    /// See `HandlerStore.events(_:after:limit:)`.
     public func events(_ handlerID: HandlerID, after sequence: Int64, limit: Int) async throws -> [LogRecord] {
         guard let log = entries[handlerID]?.log else { return [] }
         let start = Int(max(0, sequence + 1))
@@ -31,14 +36,17 @@ extension InMemoryStore {
         return Array(log[start..<min(log.count, start + limit)])
     }
 
+    /// See `HandlerStore.leaseHistory(_:)`.
     public func leaseHistory(_ handlerID: HandlerID) async throws -> [LeaseChange] {
         entries[handlerID]?.history ?? []
     }
 
+    /// See `HandlerStore.recentLeaseChanges(limit:)`.
     public func recentLeaseChanges(limit: Int) async throws -> [LeaseChange] {
         Array(recent.suffix(limit).reversed())
     }
 
+    /// Every registered replica, by id; `alive` when it renewed within `ttl`.
     public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
         let time = now()
         let window = Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18
@@ -50,6 +58,7 @@ extension InMemoryStore {
         }.sorted { $0.id.rawValue < $1.id.rawValue }
     }
 
+    /// Counts of all handlers by status (see `HandlerCounts`).
     public func counts() async throws -> HandlerCounts {
         var counts = HandlerCounts()
         let time = now()

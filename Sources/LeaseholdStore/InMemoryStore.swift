@@ -26,6 +26,7 @@ public actor InMemoryStore: HandlerStore {
         var leaseExpiresAt: Date
     }
 
+    /// See `HandlerStore.signals`.
     public nonisolated let signals = StoreSignals()
     var entries: [HandlerID: Entry] = [:]
     var replicaTable: [ReplicaID: Replica] = [:]
@@ -41,6 +42,7 @@ public actor InMemoryStore: HandlerStore {
     static let tombstoneLife: TimeInterval = 3600
     let now: @Sendable () -> Date
 
+    /// An empty store whose clock is `now` (tests pass their own).
     public init(now: @escaping @Sendable () -> Date = { Date() }) {
         self.now = now
     }
@@ -50,6 +52,7 @@ public actor InMemoryStore: HandlerStore {
         return FencingToken(lastToken)
     }
 
+    /// See `HandlerStore.audit(_:)`.
     public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
         var found: [HandlerID: StoreAudit.Position] = [:]
         for id in handlerIDs {
@@ -64,6 +67,7 @@ public actor InMemoryStore: HandlerStore {
         return audit
     }
 
+    /// See `HandlerStore.advanceTokens(past:)`.
     public func advanceTokens(past token: FencingToken) async throws {
         lastToken = max(lastToken, token.rawValue)
     }
@@ -107,6 +111,7 @@ public actor InMemoryStore: HandlerStore {
         replicaTable[replica] = row
     }
 
+    /// See `HandlerStore.register(_:address:ttl:)`.
     @discardableResult
     public func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
         _ = renew(replica, address: address, ttl: ttl, excluding: [], fresh: true)
@@ -144,6 +149,7 @@ public actor InMemoryStore: HandlerStore {
         return held
     }
 
+    /// See `HandlerStore.deregister(_:)`.
     public func deregister(_ replica: ReplicaID) async throws {
         void(replica, at: now())
         replicaTable[replica] = nil
@@ -159,10 +165,12 @@ public actor InMemoryStore: HandlerStore {
         return record
     }
 
+    /// See `HandlerStore.create(_:owner:)`.
     public func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         try insert(handler, owner: owner, token: nil)
     }
 
+    /// See `HandlerStore.create(_:owner:token:first:)`.
     @discardableResult
     public func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
         -> HandlerRecord?
@@ -176,6 +184,7 @@ public actor InMemoryStore: HandlerStore {
         return try await checkpoint(first, lease: claimed.lease)
     }
 
+    /// See `HandlerStore.reserveTokens(_:)`.
     public func reserveTokens(_ count: Int) async throws -> [FencingToken] {
         (0..<max(0, count)).map { _ in nextToken() }
     }
@@ -210,6 +219,7 @@ public actor InMemoryStore: HandlerStore {
         return false
     }
 
+    /// See `HandlerStore.claim(_:limit:only:)`.
     public func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
         let time = now()
         guard isCurrent(replica, at: time) else { return [] }
@@ -294,6 +304,7 @@ public actor InMemoryStore: HandlerStore {
         signals.inboxChanged(parent.rawValue)
     }
 
+    /// See `HandlerStore.checkpoint(_:lease:)`.
     @discardableResult
     public func checkpoint(_ checkpoint: Checkpoint, lease: Lease) async throws -> HandlerRecord? {
         var entry = try fencedEntry(lease)
@@ -303,6 +314,7 @@ public actor InMemoryStore: HandlerStore {
         return entry.record.status.isFinished ? entry.record : nil
     }
 
+    /// See `HandlerStore.hibernate(_:wakeAt:lease:)`.
     public func hibernate(_ checkpoint: Checkpoint, wakeAt: Date?, lease: Lease) async throws -> Bool {
         var entry = try fencedEntry(lease)
         if entry.inbox.contains(where: { !$0.consumed && !checkpoint.consumedInbox.contains($0.event.id) }) {
@@ -321,6 +333,7 @@ public actor InMemoryStore: HandlerStore {
         return true
     }
 
+    /// See `HandlerStore.release(_:lease:)`.
     public func release(_ checkpoint: Checkpoint?, lease: Lease) async throws {
         var entry = try fencedEntry(lease)
         if let checkpoint { try apply(checkpoint, to: &entry) }

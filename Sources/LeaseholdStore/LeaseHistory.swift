@@ -2,6 +2,7 @@ import Foundation
 
 /// One change of a handler's ownership, as the store recorded it in the statement that made it.
 public struct LeaseChange: Sendable, Hashable, Codable {
+    /// What changed.
     public enum Kind: String, Sendable, Codable, CaseIterable {
         /// Created, owned by the creating replica.
         case created
@@ -23,8 +24,11 @@ public struct LeaseChange: Sendable, Hashable, Codable {
         case cancelled
     }
 
+    /// The handler whose ownership changed.
     public var handlerID: HandlerID
+    /// When it changed, by the store's clock.
     public var at: Date
+    /// What changed.
     public var kind: Kind
     /// The replica that owns the handler after the change (nil when nobody does), or, for
     /// `released`, `hibernated`, `voided` and `finished`, the one that owned it.
@@ -32,6 +36,7 @@ public struct LeaseChange: Sendable, Hashable, Codable {
     /// The fencing token after the change.
     public var token: FencingToken
 
+    /// A change of `kind` to `handlerID`'s ownership at `at`.
     public init(handlerID: HandlerID, at: Date, kind: Kind, replica: ReplicaID?, token: FencingToken) {
         self.handlerID = handlerID
         self.at = at

@@ -9,6 +9,7 @@ import LeaseholdEngine
 /// by the store's signals and bounded by `poll`, so a lost notification delays but never loses
 /// a record.
 public struct LogTail: AsyncSequence, Sendable {
+    /// A batch of records in sequence order; empty when a wait passed without any.
     public typealias Element = [LogRecord]
 
     let store: any HandlerStore
@@ -35,10 +36,12 @@ public struct LogTail: AsyncSequence, Sendable {
         self.existenceCheck = existenceCheck
     }
 
+    /// An iterator starting after `after`.
     public func makeAsyncIterator() -> Iterator {
         Iterator(tail: self, cursor: after, lastCheck: .now)
     }
 
+    /// Reads the tail batch by batch.
     public struct Iterator: AsyncIteratorProtocol {
         let tail: LogTail
         /// The sequence of the last record returned.
@@ -46,6 +49,8 @@ public struct LogTail: AsyncSequence, Sendable {
         var lastCheck: ContinuousClock.Instant
         var finished = false
 
+        /// The next batch, or an empty one after a wait of at most `poll`; nil once the terminal
+        /// record was returned or the handler is gone.
         public mutating func next() async throws -> [LogRecord]? {
             guard !finished else { return nil }
             let key = tail.id.rawValue

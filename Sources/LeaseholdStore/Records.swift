@@ -3,25 +3,40 @@ import LeaseholdEngine
 
 /// A handler as the store keeps it (without its snapshot).
 public struct HandlerRecord: Sendable, Hashable, Codable {
+    /// The handler's id.
     public var id: HandlerID
+    /// The workflow the handler runs.
     public var workflowName: String
+    /// Names this creation of the handler (a fresh UUID each time): tells it from a handler created
+    /// under the same id before or since.
     public var runID: String
+    /// Where the handler is in its life.
     public var status: HandlerStatus
+    /// Why the handler failed (quarantined included); nil unless it failed.
     public var error: String?
     /// The terminal event once finished.
     public var result: LogRecord?
+    /// When the handler was created.
     public var startedAt: Date
+    /// When the record last changed.
     public var updatedAt: Date
+    /// When the handler finished; nil while it is running.
     public var completedAt: Date?
+    /// The replica holding its lease; nil when nobody does (hibernated, released or finished).
     public var owner: ReplicaID?
+    /// When the owner's lease expires unless renewed; nil when there is no owner.
     public var leaseExpiresAt: Date?
+    /// The token of its latest lease (raised by every claim and by a cancel).
     public var fencingToken: FencingToken
+    /// Whether the handler is hibernated: running, but held by no replica until an event or a
+    /// timer wakes it.
     public var hibernated: Bool
     /// The highest logged sequence; -1 when nothing is logged yet.
     public var lastSequence: Int64
     /// When a hibernated handler's next durable timer is due.
     public var wakeAt: Date?
 
+    /// Creates a record from its stored fields.
     public init(
         id: HandlerID, workflowName: String, runID: String, status: HandlerStatus, error: String?,
         result: LogRecord?, startedAt: Date, updatedAt: Date, completedAt: Date?, owner: ReplicaID?,
@@ -47,11 +62,16 @@ public struct HandlerRecord: Sendable, Hashable, Codable {
 
 /// A handler to create: it starts owned by its creator, with its start event in its inbox.
 public struct NewHandler: Sendable, Hashable {
+    /// The handler's id.
     public var id: HandlerID
+    /// The workflow it runs.
     public var workflowName: String
+    /// Names this creation of the handler (see `HandlerRecord.runID`).
     public var runID: String
+    /// The start event, put in its inbox with the creation.
     public var startEvent: InboxEvent
 
+    /// Describes a handler to create.
     public init(id: HandlerID, workflowName: String, runID: String, startEvent: InboxEvent) {
         self.id = id
         self.workflowName = workflowName
@@ -64,8 +84,10 @@ public struct NewHandler: Sendable, Hashable {
 public struct InboxEvent: Sendable, Hashable, Codable {
     /// Unique per handler; appending the same id twice is a no-op (retries are safe).
     public var id: String
+    /// The event itself.
     public var event: AnyEvent
 
+    /// An inbox event with its idempotency id.
     public init(id: String, event: AnyEvent) {
         self.id = id
         self.event = event
@@ -77,8 +99,11 @@ public struct InboxEvent: Sendable, Hashable, Codable {
 
 /// A handler a replica has just claimed, with the state to resume it from.
 public struct ClaimedHandler: Sendable {
+    /// The handler's record as the claim left it.
     public var record: HandlerRecord
+    /// The lease the replica now holds on it.
     public var lease: Lease
+    /// The state to resume it from (its last checkpoint).
     public var state: HandlerState
     /// How the lease was acquired (`created`, `claimed`, `reloaded` or `failedOver`), as the lease
     /// history records it.
@@ -91,6 +116,7 @@ public struct ClaimedHandler: Sendable {
     /// steps run isolated until it has got past them.
     public var suspect: Bool
 
+    /// A claimed handler with its lease and state.
     public init(
         record: HandlerRecord, lease: Lease, state: HandlerState, acquired: LeaseChange.Kind = .claimed,
         pendingInbox: [InboxEvent]? = nil, suspect: Bool = false
@@ -124,6 +150,7 @@ public struct InboxReceipt: Sendable {
     /// appending replica owns it and the store read the inbox with the append.
     public var pending: PendingInbox?
 
+    /// What an append did.
     public init(
         owner: ReplicaID?, hibernated: Bool, inserted: Bool, accepted: Bool = true, workflowName: String? = nil,
         claimed: ClaimedHandler? = nil, pending: PendingInbox? = nil
@@ -142,8 +169,10 @@ public struct InboxReceipt: Sendable {
 public struct PendingInbox: Sendable, Equatable {
     /// The token of the lease the handler was held under when the inbox was read.
     public var token: FencingToken
+    /// The unconsumed events, oldest first.
     public var events: [InboxEvent]
 
+    /// An inbox read under the lease with `token`.
     public init(token: FencingToken, events: [InboxEvent]) {
         self.token = token
         self.events = events
@@ -152,13 +181,20 @@ public struct PendingInbox: Sendable, Equatable {
 
 /// A replica as registered in the store.
 public struct ReplicaRecord: Sendable, Hashable, Codable {
+    /// The replica's id.
     public var id: ReplicaID
+    /// How other replicas and operators reach it.
     public var address: String
+    /// When its current registration began (the process started).
     public var startedAt: Date
+    /// When it last renewed its registration.
     public var heartbeatAt: Date
+    /// How many handlers it holds leases on.
     public var handlersOwned: Int
+    /// Whether it renewed within the window the listing asked about.
     public var alive: Bool
 
+    /// A replica record from its stored fields.
     public init(id: ReplicaID, address: String, startedAt: Date, heartbeatAt: Date, handlersOwned: Int, alive: Bool) {
         self.id = id
         self.address = address
@@ -171,17 +207,21 @@ public struct ReplicaRecord: Sendable, Hashable, Codable {
 
 /// Filters for listing handlers; an empty list means no filter.
 public struct HandlerFilter: Sendable, Hashable {
+    /// Only handlers with one of these statuses.
     public var statuses: [HandlerStatus]
+    /// Only handlers of one of these workflows.
     public var workflows: [String]
     /// Only ids that start with this (a handler's children: `<id>~`).
     public var idPrefix: String?
 
+    /// A filter; the defaults match every handler.
     public init(statuses: [HandlerStatus] = [], workflows: [String] = [], idPrefix: String? = nil) {
         self.statuses = statuses
         self.workflows = workflows
         self.idPrefix = idPrefix
     }
 
+    /// Whether `record` passes every filter.
     public func matches(_ record: HandlerRecord) -> Bool {
         (statuses.isEmpty || statuses.contains(record.status))
             && (workflows.isEmpty || workflows.contains(record.workflowName))
@@ -191,14 +231,20 @@ public struct HandlerFilter: Sendable, Hashable {
 
 /// Handler counts for the cluster view; `running` excludes hibernated handlers.
 public struct HandlerCounts: Sendable, Hashable, Codable {
+    /// Running handlers that are not hibernated.
     public var running = 0
+    /// Running handlers that are hibernated.
     public var hibernated = 0
+    /// Handlers that completed.
     public var completed = 0
+    /// Handlers that failed (quarantined included).
     public var failed = 0
+    /// Handlers that were cancelled.
     public var cancelled = 0
     /// Running handlers whose owner's lease has expired by the store's clock (failover pending).
     public var expiredLeases = 0
 
+    /// All counts zero.
     public init() {}
 }
 

@@ -31,6 +31,7 @@ public enum StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// A message for people saying what went wrong.
     public var description: String {
         switch self {
         case .leaseLost(let id): return "lease on handler \(id) lost"

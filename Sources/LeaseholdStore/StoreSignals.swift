@@ -34,11 +34,11 @@ public final class StoreSignals: Sendable {
     private let state = Mutex(State())
     private let inboxContinuation: AsyncStream<String>.Continuation
     private let resubscriptionContinuation: AsyncStream<Void>.Continuation
-    /// One element per (re)subscription of the store's notifications, when some may have been
-    /// missed: the coordinator then reconciles every live handler's inbox. One consumer.
     /// Handler ids whose inbox got an event (or whose lease was taken away). One consumer: the coordinator.
     public let inboxWakeups: AsyncStream<String>
 
+    /// One element per (re)subscription of the store's notifications, when some may have been
+    /// missed: the coordinator then reconciles every live handler's inbox. One consumer.
     public let resubscriptions: AsyncStream<Void>
 
     private let databaseMoveContinuation: AsyncStream<Void>.Continuation
@@ -47,6 +47,7 @@ public final class StoreSignals: Sendable {
     /// renewal. One consumer.
     public let databaseMoves: AsyncStream<Void>
 
+    /// Signals with no waiters and empty streams.
     public init() {
         (databaseMoves, databaseMoveContinuation) = AsyncStream.makeStream(
             of: Void.self, bufferingPolicy: .bufferingNewest(1))
@@ -71,6 +72,7 @@ public final class StoreSignals: Sendable {
         state.withLock { $0.versions[Self.bucket(handlerID)] }
     }
 
+    /// A handler's log grew (or it was cancelled or purged): wakes its log readers.
     public func logChanged(_ handlerID: String) {
         let woken = state.withLock { state -> [Waiter] in
             state.versions[Self.bucket(handlerID)] &+= 1
@@ -90,6 +92,8 @@ public final class StoreSignals: Sendable {
         for waiter in woken { waiter.continuation.resume() }
     }
 
+    /// A handler's inbox got an event (or its lease was taken away): tells the coordinator
+    /// (`inboxWakeups`).
     public func inboxChanged(_ handlerID: String) {
         inboxContinuation.yield(handlerID)
     }

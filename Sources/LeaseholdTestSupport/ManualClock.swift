@@ -4,10 +4,15 @@ import Synchronization
 /// wake when `advance(by:)` passes their deadline, or with `CancellationError` when cancelled.
 /// Lets tests of leases, idle sweeps and self-fencing run deterministically, without real sleeps.
 public final class ManualClock: Clock, Sendable {
+    /// A point on the clock: the time advanced since it was made.
     public struct Instant: InstantProtocol {
+        /// How far the clock had been advanced at this instant.
         public var offset: Duration
+        /// The instant `duration` later.
         public func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        /// The time from this instant to `other`.
         public func duration(to other: Instant) -> Duration { other.offset - offset }
+        /// Whether `lhs` comes before `rhs`.
         public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
     }
 
@@ -25,14 +30,19 @@ public final class ManualClock: Clock, Sendable {
 
     private let state = Mutex(State())
 
+    /// A clock at offset zero, with nobody sleeping.
     public init() {}
 
+    /// The current instant; it moves only with `advance(by:)`.
     public var now: Instant { state.withLock { $0.now } }
+    /// Zero: the clock is exact.
     public var minimumResolution: Duration { .zero }
 
     /// How many tasks sleep on this clock right now.
     public var sleepers: Int { state.withLock { $0.sleepers.count } }
 
+    /// Suspends until `advance(by:)` reaches `deadline` (at once if it has passed); throws
+    /// `CancellationError` when the task is cancelled. `tolerance` is ignored.
     public func sleep(until deadline: Instant, tolerance: Duration? = nil) async throws {
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1

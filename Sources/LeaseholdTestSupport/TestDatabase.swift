@@ -10,13 +10,19 @@ import PostgresNIO
 /// When they are missing, Postgres suites are skipped, unless `LEASEHOLD_REQUIRE_POSTGRES=1`
 /// (set by `.ci/run` and `scripts/test`), which turns the skip into a failure.
 public enum TestDatabase {
+    /// This process's environment, where the `POSTGRES_*` variables are read.
     public static var environment: [String: String] { ProcessInfo.processInfo.environment }
 
+    /// Whether Postgres suites run: `POSTGRES_PORT` is set, or Postgres is required (then a
+    /// missing server fails them instead of skipping them).
     public static var isConfigured: Bool {
         if environment["POSTGRES_PORT"] != nil { return true }
         return environment["LEASEHOLD_REQUIRE_POSTGRES"] == "1"
     }
 
+    /// The URL of the server's admin database, from `POSTGRES_HOSTNAME/PORT/USER/DB` (defaults:
+    /// 127.0.0.1, user and database `postgres`); the password variable is not read.
+    /// - Throws: `TestDatabaseError` when `POSTGRES_PORT` is not set.
     public static func adminURL() throws -> DatabaseURL {
         guard let port = environment["POSTGRES_PORT"] else {
             throw TestDatabaseError(message: "POSTGRES_PORT is not set: run the tests through scripts/test")
@@ -119,8 +125,11 @@ public enum TestDatabase {
     }
 }
 
+/// The test database cannot be reached as configured.
 public struct TestDatabaseError: Error, CustomStringConvertible {
+    /// What is wrong.
     public var message: String
+    /// The message.
     public var description: String { message }
 }
 

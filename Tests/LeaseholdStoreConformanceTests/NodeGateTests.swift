@@ -67,14 +67,15 @@ struct NodeGateTests {
         }
     }
 
-    /// `body`, again while it fails as unavailable on a session the move ended: each such failure
-    /// takes one ended connection out of the pool (16 at most), so 20 tries are bounded.
+    /// `body`, again while it fails as unavailable on a session the move ended, backing off as a
+    /// replica's callers do: the pool hands out an ended connection until it has seen it close
+    /// (under load, for seconds), and says nothing when it has. At most 20 tries, about 10 s.
     static func retryingEndedSessions(_ body: () async throws -> Void) async throws {
         for attempt in 1...20 {
             do {
                 return try await body()
             } catch StoreError.unavailable(let reason) where attempt < 20 && reason.lowercased().contains("closed") {
-                continue
+                try await Task.sleep(for: .milliseconds(min(1_000, 25 * attempt * attempt)))
             }
         }
     }
