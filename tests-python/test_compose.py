@@ -231,3 +231,37 @@ def test_compose_ha_stack_survives_a_database_switchover(ha_stack):
     assert echo.status_code == 200 and echo.json()["status"] == "completed", echo.text
     log = check_log(full_log(lb, "ha-approval"))
     assert log["contiguous"] and log["terminals"] == 1, log
+
+
+def test_compose_runs_another_application():
+    """deploy/compose-up with an application other than the samples (Examples/document-review's
+    binary, built by scripts/test): the stack comes up healthy and serves that application's
+    workflow. Its external systems are not in the stack, so a review's classifier calls fail and
+    the run ends failed after its retries, naming the step: the application's own code ran there.
+    Runs after the samples' stack (the image tag is shared: leasehold:latest is this one's after)."""
+    example = ROOT / "Examples" / "document-review" / ".build" / "debug" / "document-review"
+    if os.environ.get("LEASEHOLD_COMPOSE_TEST", "0") not in ("1", "binary"):
+        pytest.skip("needs a Docker engine: LEASEHOLD_COMPOSE_TEST=binary or =1 (scripts/test)")
+    if not example.exists():
+        if os.environ.get("LEASEHOLD_REQUIRE_EXAMPLE") == "1":
+            pytest.fail(f"{example} is missing: scripts/test builds it")
+        pytest.skip("the example is not built")
+    project = "lh-compose-example"
+    port = free_port()
+    env = dict(os.environ, LEASEHOLD_COMPOSE_PROJECT=project, LEASEHOLD_LB_PORT=str(port),
+               LEASEHOLD_LEASE_TTL=f"{TTL}s", LEASEHOLD_IDLE_TIMEOUT="60s")
+    lb = f"http://127.0.0.1:{port}"
+    try:
+        print(sh(ROOT / "deploy" / "compose-up", "--binary", example, env=env, timeout=1800))
+        names = httpx.get(f"{lb}/workflows", timeout=10).json()["workflows"]
+        assert names == ["review"], names
+        r = httpx.post(f"{lb}/workflows/review/run-nowait", timeout=10,
+                       json={"start_event": {"document": "d1", "text": "agreement"}, "handler_id": "d1"})
+        assert r.status_code == 200, r.text
+        done = wait_until(lambda: (v := httpx.get(f"{lb}/handlers/d1", timeout=5).json())["status"] != "running" and v,
+                          120, "the review ended")
+        assert done["status"] == "failed" and "step 'classify' failed after 8 attempts" in done["error"], done
+    finally:
+        down = subprocess.run([str(ROOT / "deploy" / "compose-down")], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert down.returncode == 0, down.stderr

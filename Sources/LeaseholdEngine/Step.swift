@@ -83,10 +83,19 @@ public struct Step: Sendable {
     /// The step's code.
     public var body: Body
 
+    /// A step.
+    ///
     /// - Parameters:
+    ///   - name: unique in its workflow.
     ///   - accepts: event type names that trigger this step (`StartEvent` for the start event).
     ///   - emits: event types the step may `send` (routed to other steps; `StopEvent` ends the run).
     ///   - streams: event types the step may write to the stream (clients see them; not routed).
+    ///   - retry: how often a run that throws is tried, and the back-off between tries.
+    ///   - timeout: seconds one try may take before it counts as failed (nil: no limit).
+    ///   - fanIn: run once when this many events of one type have arrived, with all of them.
+    ///   - waitsFor: the external event types the body waits for with `StepContext.waitForEvent`.
+    ///   - maxConcurrency: how many runs of this step execute at once (nil: the handler's limit).
+    ///   - body: the step's code: the input event and the run's context.
     public init(
         _ name: String,
         accepts: [String],
@@ -122,8 +131,10 @@ public struct Step: Sendable {
     ///   - maxRecoveries: how often it may recover one chain of events (at least 1): a step that
     ///     fails again in events descended from a recovery counts against the same budget, and
     ///     past it the workflow fails.
+    ///   - name: the handler step's name.
     ///   - emits: event types it may send (`StopEvent` to end the workflow).
     ///   - streams: event types it may write to the stream.
+    ///   - body: receives the `StepFailedEvent` and the run's context.
     public static func catchError(
         _ name: String, for steps: [String]? = nil, maxRecoveries: Int = 1, emits: [String] = ["StopEvent"],
         streams: [String] = [], body: @escaping Body

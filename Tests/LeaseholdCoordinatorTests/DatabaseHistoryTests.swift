@@ -13,7 +13,9 @@ import Testing
 /// The renewals' answers name another timeline (or another database); what the database holds is
 /// the real one's, taken back by SQL where a test needs a database that lost writes. The same
 /// detection against a real promoted asynchronous standby is `tests-python/test_database_history.py`.
-@Suite("Database history", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+@Suite(
+    "Database history", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
+    .timeLimit(.minutes(2)))
 struct DatabaseHistoryTests {
     /// A failover that kept every acknowledged write (a synchronous standby): checked, counted,
     /// and nothing stops.
