@@ -74,6 +74,26 @@ public enum TestDatabase {
         return result
     }
 
+    /// Creates a new, empty database (no schema), runs `body` with its URL, then drops it: for a
+    /// test that applies migrations itself (an upgrade from an older schema).
+    public static func withEmptyDatabase<T: Sendable>(_ body: @Sendable (DatabaseURL) async throws -> T)
+        async throws -> T
+    {
+        let admin = try adminURL()
+        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        _ = try await withClient(admin) { client in
+            try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
+        }
+        var database = admin
+        database.database = name
+        let result = try await body(database)
+        _ = try? await withClient(admin) { client in
+            try await client.query(
+                PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
+        }
+        return result
+    }
+
     /// Makes the database at `url` answer as another node, as a failover does: from now on
     /// `leasehold_database_node()` reports its timeline `timelines` later than the server's (and
     /// `systemIdentifier`, when given, instead of its own), and every other session to it is
