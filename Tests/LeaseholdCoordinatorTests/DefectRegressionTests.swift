@@ -11,7 +11,9 @@ import Testing
 @testable import LeaseholdCoordinator
 
 /// One regression test per defect of the reviewed single-process design (docs/design.md's table).
-@Suite("Defect regressions", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+@Suite(
+    "Defect regressions", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
+    .timeLimit(.minutes(3)))
 struct DefectRegressionTests {
     /// #1: hibernation must stop every task and timer of the handler and free its memory.
     /// Hibernation is triggered exactly as the idle sweep does it (`hibernateNow`), once the timer's
@@ -305,7 +307,12 @@ struct ClockStepTests {
 }
 
 /// D4 and D6: what happens around a write whose outcome is slow or unknown.
-@Suite("Writes in doubt", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
+// A time limit (cancellation) turns a hang into a failure that names its test: in one session's
+// loops a run of these suites with the database-history tests stalled twice (2026-12-07), and
+// buffered output could not say which test it was.
+@Suite(
+    "Writes in doubt", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
+    .timeLimit(.minutes(3)))
 struct WritesInDoubtTests {
     /// D4: once the event is durable in the inbox, `send` succeeds whatever happens next; here the
     /// reload of the hibernated handler fails (its claim throws), and the claim sweep applies the
