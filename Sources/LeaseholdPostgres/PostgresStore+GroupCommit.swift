@@ -188,6 +188,7 @@ extension PostgresStore {
             }
             for (number, row) in checkpoints {
                 if let finished = matched[row.id] {
+                    try await tellParent(row, on: connection)
                     results[number] = .success(.written(finished))
                 } else if firsts[number] != nil {
                     // A creation stands only with its first checkpoint: refuse the flush, and its
@@ -288,17 +289,7 @@ extension PostgresStore.Statements {
         var logRecords: [String] = []
         var consumedIDs: [String] = []
         var consumedEvents: [String] = []
-        var noticeChildren: [String] = []
-        var noticeParents: [String] = []
-        var noticeIDs: [String] = []
-        var notices: [String] = []
         for row in rows {
-            if let notice = row.notice {
-                noticeChildren.append(row.id)
-                noticeParents.append(notice.parent)
-                noticeIDs.append(notice.id)
-                notices.append(notice.event)
-            }
             logIDs += Array(repeating: row.id, count: row.sequences.count)
             logSequences += row.sequences
             logRecords += row.records
@@ -360,22 +351,10 @@ extension PostgresStore.Statements {
             finished AS (
                 INSERT INTO lease_history (handler_id, change, replica, token)
                 SELECT h.id, 'finished', h.replica, h.token FROM h WHERE h.status <> 'running'
-                RETURNING 1),
-            told AS (
-                INSERT INTO inbox (handler_id, event_id, event)
-                SELECT p.id, n.notice_id, n.notice::jsonb
-                FROM unnest(\(noticeChildren)::text[], \(noticeParents)::text[], \(noticeIDs)::text[], \(notices)::text[])
-                    AS n(child, parent, notice_id, notice)
-                JOIN h ON h.id = n.child JOIN handlers p ON p.id = n.parent
-                WHERE p.status = 'running'
-                ON CONFLICT (handler_id, event_id) DO NOTHING
-                RETURNING handler_id),
-            woken AS (
-                SELECT pg_notify('\(unescaped: PostgresStore.Notification.channel)', '\(unescaped: PostgresStore.Notification.inbox)' || told.handler_id)
-                FROM told)
+                RETURNING 1)
             SELECT \(unescaped: PostgresStore.Statements.checkpointAnswer) FROM h
             WHERE (SELECT count(*) FROM logged) + (SELECT count(*) FROM consumed) + (SELECT count(*) FROM notified)
-                + (SELECT count(*) FROM finished) + (SELECT count(*) FROM woken) >= 0
+                + (SELECT count(*) FROM finished) >= 0
             """
     }
 }

@@ -42,8 +42,7 @@ extension PostgresStore {
                 // Cannot throw for these empty values (it throws only on unencodable records).
                 (try? Statements.checkpoint(
                     id: "", token: 0, replica: "", snapshot: Data(), status: "", error: nil, result: nil,
-                    expected: 0, lastSequence: 0, sequences: [], records: [], consumed: [], parent: nil,
-                    noticeID: nil, notice: nil))?.sql ?? ""
+                    expected: 0, lastSequence: 0, sequences: [], records: [], consumed: []))?.sql ?? ""
         }
         enum CreateBatch: PreparedShape {
             static let sql = Statements.createBatch(

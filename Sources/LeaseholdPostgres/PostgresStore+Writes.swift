@@ -10,8 +10,7 @@ extension PostgresStore {
             id: row.id, token: row.token, replica: row.replica, snapshot: row.snapshot, status: row.status,
             error: row.error, result: row.result, expected: row.expected, lastSequence: row.lastSequence,
             sequences: row.sequences,
-            records: row.records, consumed: row.consumed, parent: row.notice?.parent, noticeID: row.notice?.id,
-            notice: row.notice?.event)
+            records: row.records, consumed: row.consumed)
     }
 
     /// - Returns: the record when the checkpoint finished the handler.
@@ -33,7 +32,16 @@ extension PostgresStore {
             throw StoreError.sequenceConflict(HandlerID(row.id), -1)
         }
         if !written { throw StoreError.leaseLost(HandlerID(row.id)) }
+        try await tellParent(row, on: connection)
         return finished
+    }
+
+    /// In the transaction of a written checkpoint that finished a child: its end into its
+    /// parent's inbox (`Statements.tellParent`).
+    func tellParent(_ row: CheckpointRow, on connection: PostgresConnection) async throws {
+        guard let notice = row.notice else { return }
+        try await connection.checkedQuery(
+            Statements.tellParent(parent: notice.parent, eventID: notice.id, event: notice.event), logger: logger)
     }
 
     /// Through group commit when the store's service runs it (one commit shared with the writes
