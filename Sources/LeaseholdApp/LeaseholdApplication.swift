@@ -77,8 +77,8 @@ public struct LeaseholdApplication: Sendable {
     /// The application whose command line runs in this task (set by `main`).
     @TaskLocal static var current: LeaseholdApplication?
 
-    /// The application whose command runs: set by `main`; the samples' when a command type is
-    /// used on its own.
+    /// The application whose command runs (set by `main` or `run(arguments:)`; a command run
+    /// outside them is a programming error).
     static var running: LeaseholdApplication {
         guard let current else {
             fatalError("a LeaseholdApp command ran outside LeaseholdApplication.main()")

@@ -43,6 +43,9 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp("Never stop handlers on a lapsed renewal (fencing tests only)", visibility: .private))
     var unsafeDisableSelfFencing = false
 
+    // Long because it is the one composition root: settings, logging and metrics, the database,
+    // crash containment, the application's pools, coordinator and HTTP, and the one service group
+    // whose order decides shutdown. Split, the order would live in several places.
     func run() async throws {
         let settings: ServeSettings
         let logger: Logger

@@ -33,9 +33,7 @@ extension Coordinator {
             try workflow.validateStart(request.start)
             guard HandlerID.isValid(request.id) else { throw CoordinatorError.invalidHandlerID(request.id) }
             var start = request.start.objectValue ?? [:]
-            start[ParentLink.startField] = [
-                "handler_id": .string(link.handlerID), "child_id": .string(link.childID),
-            ]
+            start[ParentLink.startField] = link.json
             new = NewHandler(
                 id: HandlerID(request.id), workflowName: workflow.name, runID: UUID().uuidString.lowercased(),
                 startEvent: InboxEvent(

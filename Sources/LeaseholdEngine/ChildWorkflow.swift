@@ -54,6 +54,17 @@ public struct ParentLink: Sendable, Hashable, Codable {
         return AnyEvent(type: EventType.childFinished.name, value: .object(value))
     }
 
+    /// The link as its start event field carries it (`startField`).
+    public var json: JSONValue { ["handler_id": .string(handlerID), "child_id": .string(childID)] }
+
+    /// The link a child's start event carries, if any.
+    public init?(startEvent value: JSONValue) {
+        guard let link = value[Self.startField], let parent = link["handler_id"]?.stringValue,
+            let child = link["child_id"]?.stringValue
+        else { return nil }
+        self.init(handlerID: parent, childID: child)
+    }
+
     /// The start event field that carries the link into a child (set by the coordinator when it
     /// creates a child; a client's start event cannot carry it).
     public static let startField = "_leasehold_parent"

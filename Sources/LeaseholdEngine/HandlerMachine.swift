@@ -79,10 +79,8 @@ private struct Reduction {
                 arm(DurableTimer.Action.workflowTimeout, after: timeout)
             }
             var value = event.value
-            if case .object(var fields) = value, let link = fields.removeValue(forKey: ParentLink.startField) {
-                if let parent = link["handler_id"]?.stringValue, let child = link["child_id"]?.stringValue {
-                    state.parent = ParentLink(handlerID: parent, childID: child)
-                }
+            state.parent = ParentLink(startEvent: value)
+            if case .object(var fields) = value, fields.removeValue(forKey: ParentLink.startField) != nil {
                 value = .object(fields)
             }
             dispatch(AnyEvent(type: EventType.startEventName, value: value))

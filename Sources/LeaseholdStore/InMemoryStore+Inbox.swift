@@ -60,11 +60,10 @@ extension InMemoryStore {
         signals.inboxChanged(handlerID.rawValue)
         // A child's parent learns of its end from its start event (which every child has, even
         // one that never ran).
-        if let link = entry.inbox.first(where: { $0.event.id == "start" })?.event.event.value[ParentLink.startField],
-            let parent = link["handler_id"]?.stringValue, let child = link["child_id"]?.stringValue
+        if let start = entry.inbox.first(where: { $0.event.id == "start" }),
+            let link = ParentLink(startEvent: start.event.event.value)
         {
-            let link = ParentLink(handlerID: parent, childID: child)
-            tellParent(HandlerID(parent), InboxEvent(id: link.noticeID, event: link.notice(status: .cancelled)))
+            tellParent(HandlerID(link.handlerID), InboxEvent(id: link.noticeID, event: link.notice(status: .cancelled)))
         }
         return .cancelled(entry.record)
     }

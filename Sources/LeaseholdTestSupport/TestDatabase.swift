@@ -46,32 +46,20 @@ public enum TestDatabase {
         groupCommit: GroupCommitSettings? = .standard,
         _ body: @Sendable (PostgresStore, DatabaseURL) async throws -> T
     ) async throws -> T {
-        let admin = try adminURL()
-        let name = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
-        _ = try await withClient(admin) { client in
-            try await client.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: logger)
-        }
-        var database = admin
-        database.database = name
-        let url = database
-        let result = try await withClient(url) { client in
-            try await Migrator().migrate(client, logger: logger)
-            let store = PostgresStore(client: client, logger: logger, groupCommit: groupCommit)
-            return try await withThrowingTaskGroup(of: T?.self) { group in
-                group.addTask {
-                    try await store.run()
-                    return nil
+        try await withEmptyDatabase { url in
+            try await withClient(url) { client in
+                try await Migrator().migrate(client, logger: logger)
+                let store = PostgresStore(client: client, logger: logger, groupCommit: groupCommit)
+                return try await withThrowingTaskGroup(of: T?.self) { group in
+                    group.addTask {
+                        try await store.run()
+                        return nil
+                    }
+                    defer { group.cancelAll() }
+                    return try await body(store, url)
                 }
-                defer { group.cancelAll() }
-                return try await body(store, url)
             }
         }
-        // Cleanup only: a database left behind dies with the test cluster's temp dir.
-        _ = try? await withClient(admin) { client in
-            try await client.query(
-                PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
-        }
-        return result
     }
 
     /// Creates a new, empty database (no schema), runs `body` with its URL, then drops it: for a
@@ -87,6 +75,7 @@ public enum TestDatabase {
         var database = admin
         database.database = name
         let result = try await body(database)
+        // Cleanup only: a database left behind dies with the test cluster's temp dir.
         _ = try? await withClient(admin) { client in
             try await client.query(
                 PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name) WITH (FORCE)"), logger: logger)
