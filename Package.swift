@@ -19,6 +19,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // Already resolved through postgres-nio and Hummingbird; named because the store runs a
+        // statement's check and write on its connection's event loop (NIOCore's EventLoop).
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -41,6 +44,7 @@ let package = Package(
             dependencies: [
                 "LeaseholdStore", "LeaseholdSamples",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -123,7 +127,10 @@ let package = Package(
         ),
         .testTarget(
             name: "LeaseholdStoreConformanceTests",
-            dependencies: ["LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport"],
+            dependencies: [
+                "LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -46,7 +46,7 @@ public struct Database: Sendable {
     /// throwaway (`leasehold.allow_fsync_off = on` in its configuration, as `scripts/pg` sets for
     /// tests).
     static func refuseUnsafeDurability(on connection: PostgresConnection, logger: Logger) async throws {
-        let rows = try await connection.query(
+        let rows = try await connection.checkedQuery(
             "SELECT current_setting('fsync'), COALESCE(current_setting('leasehold.allow_fsync_off', true), 'off')",
             logger: logger)
         for try await (fsync, allowed) in rows.decode((String, String).self) where fsync == "off" {

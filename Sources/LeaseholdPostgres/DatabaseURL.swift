@@ -64,7 +64,11 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
             tls: requireTLS ? .require(.makeClientConfiguration()) : .disable)
         configuration.options.connectTimeout = .seconds(3)
         configuration.options.maximumConnections = 16
-        configuration.options.keepAliveBehavior = .init(frequency: .seconds(5))
+        // No pool keep-alive: postgres-nio writes its query unchecked, and one written just as
+        // the server closes the session is lost and never returns, so the pool's `run()` (and a
+        // replica's shutdown) never ends. A dead session is found by the store's own request
+        // watchdog and LISTEN probe; a closed one the pool sees by itself.
+        configuration.options.keepAliveBehavior = nil
         var parameters = [
             ("application_name", String(applicationName.prefix(63))), ("synchronous_commit", synchronousCommit),
         ]

@@ -113,39 +113,40 @@ public struct Migrator: Sendable {
     }
 
     private func locked(on connection: PostgresConnection, logger: Logger, cut: CutFlag) async throws -> [Int] {
-        try await connection.query("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
+        try await connection.checkedQuery("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
         do {
             let applied = try await apply(on: connection, logger: logger)
-            try await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+            try await connection.checkedQuery("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
             return applied
         } catch {
             // Best effort: the session's end releases the lock anyway.
             if !cut.isSet {
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
+                _ = try? await connection.checkedQuery("SELECT pg_advisory_unlock(\(Self.lockKey))", logger: logger)
             }
             throw error
         }
     }
 
     private func apply(on connection: PostgresConnection, logger: Logger) async throws -> [Int] {
-        try await connection.query(
+        try await connection.checkedQuery(
             """
             CREATE TABLE IF NOT EXISTS schema_migrations (
                 version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
             """, logger: logger)
         var done = Set<Int>()
-        for try await version in try await connection.query("SELECT version FROM schema_migrations", logger: logger)
-            .decode(Int.self)
-        {
+        for try await version in try await connection.checkedQuery(
+            "SELECT version FROM schema_migrations", logger: logger
+        )
+        .decode(Int.self) {
             done.insert(version)
         }
         var applied: [Int] = []
         for migration in migrations where !done.contains(migration.version) {
             try await connection.withTransaction(logger: logger) { connection in
                 for statement in migration.statements {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    try await connection.checkedQuery(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }
-                try await connection.query(
+                try await connection.checkedQuery(
                     "INSERT INTO schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
                     logger: logger)
             }

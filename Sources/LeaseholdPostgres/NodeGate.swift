@@ -65,7 +65,7 @@ final class NodeGate: Sendable {
         if known { return }
         var answer = Answer.silent
         var inRecovery = false
-        let rows = try await connection.query(
+        let rows = try await connection.checkedQuery(
             "SELECT n.system_identifier, n.timeline, pg_is_in_recovery() FROM leasehold_database_node() n",
             logger: logger)
         for try await (system, timeline, recovery) in rows.decode((String?, Int32?, Bool).self) {

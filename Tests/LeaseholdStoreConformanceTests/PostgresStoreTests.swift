@@ -4,6 +4,7 @@ import LeaseholdPostgres
 import LeaseholdStore
 import LeaseholdTestSupport
 import Logging
+import NIOPosix
 import PostgresNIO
 import Synchronization
 import Testing
@@ -388,6 +389,69 @@ struct PostgresStoreTests {
                 }
                 await #expect(throws: PostgresConnection.Closed.self) {
                     try await connection.checkedTransaction(logger: Self.logger) { _ in 1 }
+                }
+            }
+        }
+    }
+
+    /// The window `closedConnectionFails` cannot reach: the session ends after the check found
+    /// the connection open and before the statement is written (a thread preempted there, on a
+    /// loaded machine). The backend is killed inside that window and given until its close is
+    /// complete; checked and written on the connection's event loop, the close cannot complete
+    /// in between, and the statement fails. Checked and written from another thread, it was
+    /// lost and never returned (2026-12-07: full test runs beside a CPU hog stalled in about one
+    /// run of three). The client has an event loop of its own: the window blocks it.
+    @Test("a close between a statement's check and its write fails the statement instead of losing it")
+    func closeAfterTheCheckFails() async throws {
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do {
+            try await Self.closeAfterTheCheck(on: loops)
+        } catch {
+            try? await loops.shutdownGracefully()
+            throw error
+        }
+        try await loops.shutdownGracefully()
+    }
+
+    static func closeAfterTheCheck(on loops: MultiThreadedEventLoopGroup) async throws {
+        try await TestDatabase.withEmptyDatabase { url in
+            let client = PostgresClient(
+                configuration: url.clientConfiguration(), eventLoopGroup: loops, backgroundLogger: Self.logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await client.run() }
+                defer { group.cancelAll() }
+                try await client.withConnection { connection in
+                    var pids: [Int32] = []
+                    for try await pid in try await connection.checkedQuery(
+                        "SELECT pg_backend_pid()", logger: Self.logger
+                    )
+                    .decode(Int32.self) {
+                        pids.append(pid)
+                    }
+                    let pid = try #require(pids.first)
+                    let windows = Atomic(0)
+                    let closed = Atomic(false)
+                    connection.closeFuture.whenComplete { _ in closed.store(true, ordering: .releasing) }
+                    PostgresConnection.checkedOpen.withLock {
+                        $0 = { [target = ObjectIdentifier(connection)] open in
+                            guard ObjectIdentifier(open) == target else { return }
+                            windows.add(1, ordering: .relaxed)
+                            kill(pid_t(pid), SIGTERM)
+                            // Until the close is complete, if it can complete now (bounded).
+                            let deadline = ContinuousClock.now + .seconds(2)
+                            while !closed.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+                                Thread.sleep(forTimeInterval: 0.01)
+                            }
+                        }
+                    }
+                    defer { PostgresConnection.checkedOpen.withLock { $0 = nil } }
+                    let finished = Watchdog(
+                        after: .seconds(60), "a statement whose connection closed after its check never returned")
+                    defer { finished.disarm() }
+                    await #expect(throws: (any Error).self) {
+                        try await connection.checkedQuery("SELECT 1", logger: Self.logger)
+                    }
+                    #expect(windows.load(ordering: .relaxed) == 1)
                 }
             }
         }
