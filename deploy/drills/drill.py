@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import check_log, full_log
+from leasehold_kit.durations import parse_duration
 from leasehold_kit.netns import Namespace, PartitionableReplica
 from leasehold_kit.procs import sh
 from leasehold_kit.waiting import wait_for_cluster as wait_until
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local-cluster"
 DIR = Path(os.environ.get("LH_DIR", ROOT / "deploy" / ".cluster"))
 LB = f"http://127.0.0.1:{os.environ.get('LH_PORT', '8080')}"
-TTL = float(os.environ.get("LH_LEASE_TTL", "5s").rstrip("s"))
+TTL = parse_duration(os.environ.get("LH_LEASE_TTL", "5s"), "LH_LEASE_TTL")
 REPLICAS = ["r1", "r2", "r3"]
 DRILLS = ["kill9", "pause", "rolling-restart", "pg-restart", "conn-drop", "partition"]
 # Drills of PostgreSQL's own failover: the cluster runs on deploy/pg-ha (not part of `all`).

@@ -83,6 +83,7 @@ from pathlib import Path
 
 import httpx
 from leasehold_kit.cluster import sse_log
+from leasehold_kit.durations import parse_duration
 from leasehold_kit.netns import Namespace, PartitionableReplica
 from leasehold_kit.procs import sh
 from leasehold_kit.waiting import wait_for_cluster as wait_until
@@ -97,7 +98,7 @@ os.environ.setdefault("LH_IDLE_TIMEOUT", "1s")
 DIR = Path(os.environ["LH_DIR"])
 LB = f"http://127.0.0.1:{os.environ['LH_PORT']}"
 BASE = int(os.environ["LH_BASE_PORT"])
-TTL = float(os.environ["LH_LEASE_TTL"].rstrip("s"))
+TTL = parse_duration(os.environ["LH_LEASE_TTL"], "LH_LEASE_TTL")
 REPLICAS = ["r1", "r2", "r3"]
 FAULTS = ["kill9", "pause", "sessions", "pg-restart", "duplicate", "partition", "clock-step", "poison", "db-stall"]
 # The partition fault's replica reaches a single server through an address of its namespace's link
