@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from leasehold_kit.procs import free_port  # noqa: F401  (the suites import it from here)
+from leasehold_kit.procs import binary, free_port  # noqa: F401  (the suites import it from here)
 from leasehold_kit.waiting import wait_until  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
+BIN = binary()
 ADMIN_URL = os.environ.get("LEASEHOLD_TEST_DATABASE_URL")
 
 

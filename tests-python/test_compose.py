@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 from leasehold_kit.cluster import check_log, full_log
-from leasehold_kit.procs import free_port, sh
+from leasehold_kit.procs import binary, free_port, sh
 from leasehold_kit.waiting import wait_until
 from llama_agents.client import WorkflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
-BINARY = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
+BINARY = binary()
 PROJECT = "lh-compose-test"
 TTL = 3
 

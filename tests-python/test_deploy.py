@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from leasehold_kit import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -77,8 +78,7 @@ def test_image_runtime_stage_has_what_the_binary_links():
     assert "--static-swift-stdlib" in (ROOT / "scripts" / "build-release").read_text()
     assert "USER leasehold" in dockerfile and "useradd --system" in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile and "STOPSIGNAL SIGTERM" in dockerfile
-    binary = os.environ.get("LEASEHOLD_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
-    linked = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines()
+    linked = subprocess.run(["ldd", procs.binary()], capture_output=True, text=True, check=True).stdout.splitlines()
     base = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libdl.so.2",
             "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libutil.so.1"}
     missing = []

@@ -85,7 +85,7 @@ import httpx
 from leasehold_kit.cluster import sse_log
 from leasehold_kit.durations import parse_duration
 from leasehold_kit.netns import Namespace, PartitionableReplica
-from leasehold_kit.procs import sh
+from leasehold_kit.procs import binary, sh
 from leasehold_kit.waiting import wait_for_cluster as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -596,9 +596,8 @@ class Nemesis(threading.Thread):
         env.update({"LEASEHOLD_PORT": str(port), "LEASEHOLD_REPLICA_ID": r, "LEASEHOLD_DATABASE_URL": sh(CLUSTER, "url"),
                     "LEASEHOLD_LEASE_TTL": f"{TTL}s", "LEASEHOLD_IDLE_TIMEOUT": os.environ["LH_IDLE_TIMEOUT"],
                     "LEASEHOLD_LOG_FORMAT": "json"})
-        binary = os.environ.get("LH_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
         with open(DIR / f"{r}-duplicate.log", "ab") as log:
-            intruder = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=log)
+            intruder = subprocess.Popen([binary(), "serve"], env=env, stdout=log, stderr=log)
         try:
             time.sleep(self.rng.uniform(1.0, 3.0))
         finally:

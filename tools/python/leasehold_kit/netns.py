@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from .procs import sh
+from .procs import binary, sh
 from .waiting import wait_until
 
 
@@ -97,9 +97,8 @@ class PartitionableReplica:
                     "LEASEHOLD_ADVERTISE_ADDRESS": self.url,
                     "LEASEHOLD_DATABASE_URL": f"postgres://postgres@{self.ns.host_ip}:{pg_port}/postgres",
                     "LEASEHOLD_LOG_FORMAT": "json"})
-        binary = os.environ.get("LH_BIN", str(self.root / ".build" / "debug" / "leasehold"))
         with open(self.dir / f"{self.replica_id}.log", "ab") as log:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, binary, "serve"],
+            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, binary(), "serve"],
                                          env=env, stdout=log, stderr=log)
         self.wait_ready()
 

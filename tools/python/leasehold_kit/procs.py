@@ -1,9 +1,18 @@
-"""Running commands and finding loopback ports."""
+"""Running commands, finding loopback ports, and the server binary the harness runs."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def binary() -> str:
+    """The `leasehold` binary every harness runs: `LH_BIN`, else the debug build's (one variable)."""
+    return os.environ.get("LH_BIN", str(ROOT / ".build" / "debug" / "leasehold"))
 
 
 def sh(*args, timeout: float = 120, check: bool = True, **kw) -> str:
