@@ -33,16 +33,29 @@ let package = Package(
     ],
     targets: [
         .target(name: "LeaseholdEngine", swiftSettings: swiftSettings),
-        .target(name: "LeaseholdStore", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+        // The small toolkit every part shares (mirrored by Python's leasehold_kit): the clock,
+        // duration units, the one time-limit race, a once-set flag.
+        .target(name: "LeaseholdKit", swiftSettings: swiftSettings),
+        .target(
+            name: "LeaseholdStore", dependencies: ["LeaseholdEngine", "LeaseholdKit"], swiftSettings: swiftSettings),
         // Signal-handler code must be async-signal-safe: C, not Swift (crash containment).
         .target(name: "CCrashReport"),
         .target(
-            name: "LeaseholdRuntime", dependencies: ["LeaseholdEngine", "CCrashReport"], swiftSettings: swiftSettings),
-        .target(name: "LeaseholdSamples", dependencies: ["LeaseholdEngine"], swiftSettings: swiftSettings),
+            name: "LeaseholdRuntime", dependencies: ["LeaseholdEngine", "LeaseholdKit", "CCrashReport"],
+            swiftSettings: swiftSettings),
+        // The samples' workflows; the ledger sample's PostgreSQL ledger uses the store's checked
+        // statements (LeaseholdPostgres), which never depends on the samples.
+        .target(
+            name: "LeaseholdSamples",
+            dependencies: [
+                "LeaseholdEngine", "LeaseholdPostgres", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings),
         .target(
             name: "LeaseholdPostgres",
             dependencies: [
-                "LeaseholdStore", "LeaseholdSamples",
+                "LeaseholdStore", "LeaseholdKit",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -54,7 +67,7 @@ let package = Package(
         .target(
             name: "LeaseholdCoordinator",
             dependencies: [
-                "LeaseholdRuntime", "LeaseholdStore",
+                "LeaseholdRuntime", "LeaseholdStore", "LeaseholdKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -64,7 +77,7 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "LeaseholdCoordinator", "LeaseholdStore",
+                "LeaseholdCoordinator", "LeaseholdStore", "LeaseholdKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -88,7 +101,7 @@ let package = Package(
             name: "LeaseholdApp",
             dependencies: [
                 "LeaseholdServer", "LeaseholdPostgres", "LeaseholdRuntime", "LeaseholdStore", "LeaseholdEngine",
-                "LeaseholdCoordinator",
+                "LeaseholdCoordinator", "LeaseholdKit",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -108,7 +121,7 @@ let package = Package(
         .executableTarget(
             name: "leasehold-bench",
             dependencies: [
-                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples",
+                "LeaseholdServer", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,13 +135,13 @@ let package = Package(
         ),
         .testTarget(
             name: "LeaseholdRuntimeTests",
-            dependencies: ["LeaseholdRuntime", "LeaseholdSamples", "LeaseholdTestSupport"],
+            dependencies: ["LeaseholdRuntime", "LeaseholdKit", "LeaseholdSamples", "LeaseholdTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "LeaseholdStoreConformanceTests",
             dependencies: [
-                "LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport",
+                "LeaseholdStore", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport", "LeaseholdKit",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
@@ -136,14 +149,14 @@ let package = Package(
         .testTarget(
             name: "LeaseholdCoordinatorTests",
             dependencies: [
-                "LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport",
+                "LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport", "LeaseholdKit",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "LeaseholdAppTests",
-            dependencies: ["LeaseholdApp", "LeaseholdSamples", "LeaseholdPostgres"],
+            dependencies: ["LeaseholdApp", "LeaseholdSamples", "LeaseholdPostgres", "LeaseholdKit"],
             resources: [.copy("Golden")],
             swiftSettings: swiftSettings
         ),

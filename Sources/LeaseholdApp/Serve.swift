@@ -3,6 +3,7 @@ import CoreMetrics
 import Foundation
 import LeaseholdCoordinator
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdPostgres
 import LeaseholdRuntime
 import LeaseholdServer
@@ -152,13 +153,6 @@ struct StartAfter: Service {
         try await prepare()
         try await service.run()
     }
-}
-
-/// A flag set once, read from any thread.
-final class OnceFlag: Sendable {
-    private let value = Mutex(false)
-    func set() { value.withLock { $0 = true } }
-    var isSet: Bool { value.withLock { $0 } }
 }
 
 /// Every serve setting, resolved from flag, environment or default (`Settings`) and checked.

@@ -1,4 +1,5 @@
 import CoreMetrics
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -32,7 +33,7 @@ struct Claimer: Sendable {
             // Bounded, so a claim stuck on a dead connection cannot hold up shutdown or step-down;
             // a claim that committed after all leaves leases without runtimes, which the renewal
             // releases as orphans.
-            let claimed = try await bounded(configuration.leaseTTL, clock: clock) {
+            let claimed = try await withTimeLimit(configuration.leaseTTL, clock: clock) {
                 try await self.store.claim(
                     self.configuration.replicaID, limit: self.configuration.claimBatch, only: nil)
             }

@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -76,7 +77,7 @@ extension Coordinator {
         var delay = Duration.milliseconds(50)
         while true {
             do {
-                let record = try await bounded(configuration.leaseTTL, clock: clock) { [store] in
+                let record = try await withTimeLimit(configuration.leaseTTL, clock: clock) { [store] in
                     try await store.preventCreation(
                         new,
                         reason: serverChosenID ? Self.preventedReason : nil)

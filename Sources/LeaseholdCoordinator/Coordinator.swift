@@ -1,4 +1,5 @@
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging

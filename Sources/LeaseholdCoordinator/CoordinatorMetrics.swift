@@ -1,4 +1,5 @@
 import CoreMetrics
+import LeaseholdKit
 import Metrics
 
 /// The coordinator's metrics (Prometheus names; no per-handler labels).
@@ -36,4 +37,12 @@ struct CoordinatorMetrics: Sendable {
     let quarantines = Counter(label: "leasehold_quarantines_total")
     /// Quarantined handlers an operator released.
     let quarantineReleases = Counter(label: "leasehold_quarantine_releases_total")
+}
+
+extension Metrics.Timer {
+    /// Records the time from `start` to now, both read from `clock`.
+    func recordInterval(since start: Duration, clock: ReplicaClock) {
+        let elapsed = clock.now - start
+        recordNanoseconds(elapsed.wholeNanoseconds)
+    }
 }

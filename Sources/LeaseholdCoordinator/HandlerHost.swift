@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -210,13 +211,13 @@ final class HandlerHost: Sendable {
                     // released, so that another replica runs it and its `run` is still answered.
                     guard keeper.mayWrite(handler.lease) else { throw StoreError.leaseLost(handler.id) }
                     creation.markAttempted()
-                    _ = try await bounded(configuration.leaseTTL, clock: clock) {
+                    _ = try await withTimeLimit(configuration.leaseTTL, clock: clock) {
                         try await self.store.create(
                             creation.handler, owner: handler.lease.replicaID, token: handler.lease.token,
                             first: Checkpoint(state: final, log: [], consumedInbox: []))
                     }
                     keeper.created(creation, lease: handler.lease, lastSequence: final.nextSequence - 1)
-                    try await bounded(configuration.leaseTTL, clock: clock) {
+                    try await withTimeLimit(configuration.leaseTTL, clock: clock) {
                         try await self.store.release(nil, lease: handler.lease)
                     }
                     log.info("written and handed off before its first checkpoint")
@@ -227,7 +228,7 @@ final class HandlerHost: Sendable {
                     try await hibernate(handler, final, log: log)
                 case .handoff:
                     // Bounded: with the database gone, the lease simply expires and another replica resumes.
-                    try await bounded(configuration.leaseTTL, clock: clock) {
+                    try await withTimeLimit(configuration.leaseTTL, clock: clock) {
                         try await self.store.release(
                             Checkpoint(state: final, log: [], consumedInbox: []), lease: handler.lease)
                     }
@@ -299,6 +300,6 @@ final class HandlerHost: Sendable {
     /// lapses and is taken over; its token rejects the write should it land later.
     func storeCall<T: Sendable>(_ body: @escaping @Sendable (any HandlerStore) async throws -> T) async throws -> T {
         let store = self.store
-        return try await bounded(configuration.leaseTTL, clock: clock) { try await body(store) }
+        return try await withTimeLimit(configuration.leaseTTL, clock: clock) { try await body(store) }
     }
 }

@@ -1,4 +1,5 @@
 import CoreMetrics
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging

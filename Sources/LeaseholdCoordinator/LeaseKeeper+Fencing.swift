@@ -1,5 +1,6 @@
 import CoreMetrics
 import Foundation
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -24,7 +25,7 @@ extension LeaseKeeper {
             for (id, token) in pending {
                 let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
                 do {
-                    try await bounded(configuration.leaseTTL / 3, clock: clock) {
+                    try await withTimeLimit(configuration.leaseTTL / 3, clock: clock) {
                         try await self.store.release(nil, lease: lease)
                     }
                     logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])

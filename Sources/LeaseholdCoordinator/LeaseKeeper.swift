@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -137,7 +138,9 @@ final class LeaseKeeper: Sendable {
     /// Removes the registration after hand-off, bounded by one TTL (the database may be gone).
     func deregister() async {
         do {
-            try await bounded(configuration.leaseTTL, clock: clock) { try await self.store.deregister(self.replicaID) }
+            try await withTimeLimit(configuration.leaseTTL, clock: clock) {
+                try await self.store.deregister(self.replicaID)
+            }
         } catch {
             logger.warning("deregister failed", metadata: [LogKeys.error: "\(error)"])
         }

@@ -1,5 +1,6 @@
 import CoreMetrics
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging

@@ -1,3 +1,4 @@
+import LeaseholdKit
 import LeaseholdRuntime
 import Logging
 

@@ -1,4 +1,5 @@
 import CoreMetrics
+import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
@@ -38,7 +39,7 @@ struct RetentionSweeper: Sendable {
         for _ in 0..<Self.maxBatches {
             let deleted: [HandlerID]
             do {
-                deleted = try await bounded(configuration.leaseTTL, clock: clock) {
+                deleted = try await withTimeLimit(configuration.leaseTTL, clock: clock) {
                     try await store.purgeFinished(olderThan: retention, limit: Self.batch)
                 }
             } catch {

@@ -43,10 +43,3 @@ public struct ReplicaClock: Sendable {
         try await sleeper(duration)
     }
 }
-
-extension Duration {
-    /// The duration in seconds, as a `Double` (for wall-clock arithmetic).
-    public var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) * 1e-18
-    }
-}

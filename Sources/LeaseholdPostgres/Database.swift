@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 import LeaseholdStore
 import Logging
 import PostgresNIO
@@ -59,9 +60,6 @@ public struct Database: Sendable {
         }
     }
 
-    /// The `ledger` sample's external system, in this database.
-    public func ledger(logger: Logger) -> PostgresLedger { PostgresLedger(client: client, logger: logger) }
-
     /// The pool, then the store's LISTEN connection.
     public var services: [any Service] { [client, store] }
 
@@ -109,10 +107,10 @@ public struct Database: Sendable {
             }
             defer { group.cancelAll() }
             do {
-                return try await withTimeout(limit) { try await body(database) }
+                return try await withTimeLimit(limit) { try await body(database) }
             } catch let error as MigrationError {
                 throw DatabaseError(message: "migrations: \(error)")
-            } catch is DatabaseTimedOut {
+            } catch is TimeLimitExceeded {
                 throw DatabaseError(message: "cannot reach the database at \(url.host):\(url.port) (timed out)")
             } catch let error as PSQLError {
                 throw DatabaseError(message: "database at \(url.host):\(url.port): \(describe(error))")
@@ -138,20 +136,4 @@ public struct DatabaseError: Error, CustomStringConvertible, Sendable {
     public var message: String
     /// The message.
     public var description: String { message }
-}
-
-struct DatabaseTimedOut: Error {}
-
-/// Runs `body` with a time limit; the body is cancelled when it passes.
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw DatabaseTimedOut() }
-        return value
-    }
 }

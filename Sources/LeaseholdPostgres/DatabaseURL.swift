@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 import PostgresNIO
 
 /// A parsed `postgres://user:password@host:port/database` URL. Its description never shows the password.
@@ -73,10 +74,7 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
             ("application_name", String(applicationName.prefix(63))), ("synchronous_commit", synchronousCommit),
         ]
         if let sessionTimeout {
-            let milliseconds = max(
-                1,
-                sessionTimeout.components.seconds * 1000
-                    + sessionTimeout.components.attoseconds / 1_000_000_000_000_000)
+            let milliseconds = max(1, sessionTimeout.wholeMilliseconds)
             parameters.append(("idle_in_transaction_session_timeout", "\(milliseconds)"))
             parameters.append(("tcp_user_timeout", "\(milliseconds)"))
         }

@@ -142,7 +142,9 @@ public struct Migrator: Sendable {
         }
         var applied: [Int] = []
         for migration in migrations where !done.contains(migration.version) {
-            try await connection.withTransaction(logger: logger) { connection in
+            // Checked, as every statement is: postgres-nio's own `withTransaction` writes its BEGIN
+            // and COMMIT unchecked, and one lost on a session a failover ended holds start-up.
+            try await connection.checkedTransaction(logger: logger) { connection in
                 for statement in migration.statements {
                     try await connection.checkedQuery(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }

@@ -52,6 +52,9 @@ extension PostgresConnection {
     }
 
     private func checkOpen() throws {
+        // What makes the check and the write one turn of the loop; a language mode in which the
+        // closure above stopped hopping to its executor would fail here, not race silently.
+        eventLoop.preconditionInEventLoop()
         guard !isClosed else { throw Closed() }
         Self.checkedOpen.withLock { $0 }?(self)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 import LeaseholdStore
 import Logging
 import PostgresNIO
@@ -102,7 +103,7 @@ extension PostgresStore {
             let sentAt = ContinuousClock.now
             let payload = Notification.probe + instance + ":\(session):\(number)"
             do {
-                try await withTimeout(period) {
+                try await withTimeLimit(period) {
                     try await self.guarded(gated: false) { connection -> Void in
                         try await connection.checkedQuery(Statements.notify(payload), logger: self.logger)
                     }

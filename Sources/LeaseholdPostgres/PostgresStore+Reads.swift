@@ -1,9 +1,11 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import PostgresNIO
 
-/// Reads: records, logs, replicas and counts.
+/// Reads: records, logs, the cluster's replicas, counts and the lease history. None is gated by
+/// the node gate: a read cannot write over anything.
 extension PostgresStore {
     /// A `HandlerRecord` as `Statements.recordColumns` selects it.
     typealias RecordRow = (
@@ -77,7 +79,7 @@ extension PostgresStore {
         try await guarded(gated: false) { connection in
             var replicas: [ReplicaRecord] = []
             for try await (id, address, startedAt, heartbeatAt, owned, alive) in try await connection.checkedQuery(
-                Statements.replicas(ttlSeconds: Self.seconds(ttl)), logger: logger
+                Statements.replicas(ttlSeconds: ttl.seconds), logger: logger
             ).decode((String, String, Date, Date, Int64, Bool).self) {
                 replicas.append(
                     ReplicaRecord(
@@ -85,59 +87,6 @@ extension PostgresStore {
                         handlersOwned: Int(owned), alive: alive))
             }
             return replicas
-        }
-    }
-
-    /// See `HandlerStore.audit(_:)`.
-    public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
-        try await guarded(gated: false) { connection in
-            let ids = handlerIDs.map(\.rawValue)
-            do {
-                return try await audit(ids, tombstones: true, on: connection)
-            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42P01" {
-                // undefined_table: a database from before migration 0013 (a restored backup, a
-                // standby that had not received it) has no tombstones; the check is still made.
-                logger.warning("the database has no purge tombstones (migration 0013), auditing without them")
-                return try await audit(ids, tombstones: false, on: connection)
-            }
-        }
-    }
-
-    private func audit(_ ids: [String], tombstones: Bool, on connection: PostgresConnection) async throws -> StoreAudit
-    {
-        var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
-        for try await (kind, id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
-            Statements.audit(ids: ids, tombstones: tombstones), logger: logger
-        ).decode((String, String?, Int64, Int64?, String?, Int32?).self) {
-            switch (kind, id, lastSequence) {
-            case ("handler", let id?, let lastSequence?):
-                audit.handlers[HandlerID(id)] = StoreAudit.Position(
-                    token: FencingToken(token), lastSequence: lastSequence)
-            case ("purged", let id?, let lastSequence?):
-                audit.purged[HandlerID(id)] = StoreAudit.Position(
-                    token: FencingToken(token), lastSequence: lastSequence)
-            default:
-                audit.highestToken = FencingToken(token)
-                if let system, let timeline { audit.node = (system, Int(timeline)) }
-            }
-        }
-        return audit
-    }
-
-    /// See `HandlerStore.advanceTokens(past:)`.
-    public func advanceTokens(past token: FencingToken) async throws {
-        try await guarded(gated: false) { connection in
-            // A million tokens a statement (about a second); a regression loses seconds of them.
-            for _ in 0..<100 {
-                var missing: Int64 = 0
-                for try await left in try await connection.checkedQuery(
-                    Statements.advanceTokens(past: token.rawValue), logger: logger
-                ).decode(Int64.self) {
-                    missing = left
-                }
-                if missing == 0 { return }
-            }
-            throw StoreError.corrupt("the token sequence is more than 10^8 behind \(token)")
         }
     }
 
@@ -161,9 +110,7 @@ extension PostgresStore {
             return counts
         }
     }
-}
 
-extension PostgresStore {
     static func change(_ row: (String, Date, String, String?, Int64)) -> LeaseChange {
         let (id, at, kind, replica, token) = row
         return LeaseChange(
@@ -192,5 +139,65 @@ extension PostgresStore {
             }
             return changes
         }
+    }
+}
+
+extension PostgresStore.Statements {
+    static func leaseHistory(id: String) -> PostgresQuery {
+        """
+        SELECT handler_id, at, change, replica, token FROM lease_history WHERE handler_id = \(id) ORDER BY seq
+        """
+    }
+
+    static func recentLeaseChanges(limit: Int) -> PostgresQuery {
+        """
+        SELECT handler_id, at, change, replica, token FROM lease_history ORDER BY seq DESC LIMIT \(limit)
+        """
+    }
+
+    static func handler(id: String) -> PostgresQuery {
+        """
+        SELECT \(unescaped: recordColumns)
+        FROM handlers h WHERE h.id = \(id)
+        """
+    }
+
+    /// `idPrefix` compares with `starts_with` (no LIKE pattern: an id may hold `_`).
+    static func handlers(statuses: [String], workflows: [String], idPrefix: String?, limit: Int) -> PostgresQuery {
+        """
+        SELECT \(unescaped: recordColumns)
+        FROM handlers h
+        WHERE (cardinality(\(statuses)::text[]) = 0 OR h.status = ANY(\(statuses)::text[]))
+            AND (cardinality(\(workflows)::text[]) = 0 OR h.workflow_name = ANY(\(workflows)::text[]))
+            AND (\(idPrefix)::text IS NULL OR starts_with(h.id, \(idPrefix)::text))
+        ORDER BY h.started_at, h.id
+        LIMIT \(limit)
+        """
+    }
+
+    static func events(id: String, after: Int64, limit: Int) -> PostgresQuery {
+        """
+        SELECT record::text FROM event_log
+        WHERE handler_id = \(id) AND sequence > \(after)
+        ORDER BY sequence LIMIT \(limit)
+        """
+    }
+
+    static func replicas(ttlSeconds: Double) -> PostgresQuery {
+        """
+        SELECT r.id, r.address, r.started_at, r.heartbeat_at,
+            (SELECT count(*) FROM handlers h WHERE h.owner_replica = r.id),
+            r.heartbeat_at > now() - make_interval(secs => \(ttlSeconds))
+        FROM replicas r ORDER BY r.id
+        """
+    }
+
+    static func counts() -> PostgresQuery {
+        """
+        SELECT status, hibernated, count(*),
+            count(*) FILTER (WHERE owner_replica IS NOT NULL
+                AND \(unescaped: leaseExpiry(owner: "owner_replica", cap: "lease_expires_at")) <= now())
+        FROM handlers GROUP BY status, hibernated
+        """
     }
 }

@@ -1,4 +1,5 @@
 import LeaseholdEngine
+import LeaseholdKit
 import Synchronization
 
 /// The checkpoint side of a runtime: the main loop publishes each change, and the checkpoint

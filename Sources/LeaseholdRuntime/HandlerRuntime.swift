@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import Synchronization
 
 /// Runs one handler in this process: feeds ticks to the reducer, runs steps as child tasks of one
@@ -176,126 +177,45 @@ public final class HandlerRuntime: Sendable {
         return try await body()
     }
 
+    /// What the main loop holds between two inputs.
+    private struct LoopState {
+        var handler: HandlerState
+        var scheduler: StepScheduler
+        /// Deliveries that overtook the start event, kept unconsumed until it comes.
+        var beforeStart: [Delivery] = []
+    }
+
+    /// The handler's one loop: every input (a step's end, a timer, a delivery, a stop) goes
+    /// through the reducer (`apply`), whose commands start step runs, timers and child workflows
+    /// as tasks of one group, cancelled when the handler finishes or stops.
     private func mainLoop() async -> RuntimeOutcome {
-        var state = shared.withLock { $0.state }
+        let scheduler = StepScheduler(limit: maxConcurrentSteps) { [machine] step in
+            machine.workflow.step(named: step)?.maxConcurrency
+        }
+        var current = LoopState(handler: shared.withLock { $0.state }, scheduler: scheduler)
         var outcome: RuntimeOutcome?
         await withTaskGroup(of: Void.self) { tasks in
-            var running = 0
-            var runningPerStep: [String: Int] = [:]
-            var stepOfRun: [Int: String] = [:]
-            var waiting: [StepRun] = []
-
-            func mayStart(_ run: StepRun) -> Bool {
-                guard running < maxConcurrentSteps else { return false }
-                guard let limit = machine.workflow.step(named: run.step)?.maxConcurrency else { return true }
-                return runningPerStep[run.step, default: 0] < limit
-            }
-
-            func begin(_ run: StepRun) {
-                running += 1
-                runningPerStep[run.step, default: 0] += 1
-                stepOfRun[run.id] = run.step
-                launch(run, context: state.context, in: &tasks)
-            }
-
-            func ended(_ runID: Int) {
-                guard let step = stepOfRun.removeValue(forKey: runID) else { return }
-                running -= 1
-                runningPerStep[step, default: 1] -= 1
-            }
-
-            func startWaiting() {
-                var index = 0
-                while index < waiting.count {
-                    if mayStart(waiting[index]) {
-                        begin(waiting.remove(at: index))
-                    } else {
-                        index += 1
-                    }
-                }
-            }
-
-            func execute(_ commands: [Command]) {
-                for command in commands {
-                    switch command {
-                    case .runStep(let run):
-                        if waiting.isEmpty && mayStart(run) {
-                            begin(run)
-                        } else {
-                            waiting.append(run)
-                            startWaiting()
-                        }
-                    case .armTimer(let id, let deadline):
-                        tasks.addTask {
-                            await self.tracked {
-                                // In slices of at most a day: a deadline restored from a
-                                // snapshot written before `Bounds.delay` clamped it may be far
-                                // beyond what `Duration.seconds` holds without trapping.
-                                while case let delay = deadline - self.clock.wallSeconds, delay > 0 {
-                                    let slice = min(delay, Self.longestSleep)
-                                    do { try await self.clock.sleep(for: .seconds(slice)) } catch { return }
-                                }
-                                self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
-                            }
-                        }
-                    case .startChild(let request):
-                        tasks.addTask { await self.tracked { await self.startChild(request) } }
-                    case .log, .cancelTimer, .finished:
-                        break
-                    }
-                }
-            }
-
-            func apply(_ kind: Tick.Kind, consumed: [String]) {
-                let (next, commands) = machine.reduce(state, Tick(now: clock.wallSeconds, kind))
-                state = next
-                let log = commands.compactMap { command -> LogRecord? in
-                    if case .log(let record) = command { return record }
-                    return nil
-                }
-                let starting = commands.count { command in
-                    if case .runStep = command { return true }
-                    return false
-                }
-                publish(state, log: log, consumed: consumed, running: running + waiting.count + starting)
-                execute(commands)
-            }
-
-            var beforeStart: [Delivery] = []
             // A quarantined handler restored here was released by an operator.
-            if state.started { apply(state.quarantine != nil ? .release : .resume, consumed: []) }
+            if current.handler.started {
+                apply(current.handler.quarantine != nil ? .release : .resume, consumed: [], &current, &tasks)
+            }
             loop: for await input in inputs {
                 switch input {
                 case .tick(let kind):
                     switch kind {
-                    case .stepFinished(let runID, _), .stepFailed(let runID, _): ended(runID)
+                    case .stepFinished(let runID, _), .stepFailed(let runID, _): current.scheduler.ended(runID)
                     default: break
                     }
-                    apply(kind, consumed: [])
-                    startWaiting()
+                    apply(kind, consumed: [], &current, &tasks)
+                    launch(current.scheduler.startWaiting(), context: current.handler.context, in: &tasks)
                 case .deliver(let deliveries):
-                    for delivery in deliveries {
-                        if delivery.event.type == EventType.startEventName && !state.started {
-                            apply(.start(delivery.event), consumed: [delivery.inboxID])
-                            // Events that arrived before the start event, in their order.
-                            for early in beforeStart {
-                                apply(.external(early.event), consumed: [early.inboxID])
-                            }
-                            beforeStart = []
-                        } else if !state.started {
-                            // A direct delivery can overtake the start event (a send while the
-                            // launch's inbox read is in flight): keep it, unconsumed, until then.
-                            beforeStart.append(delivery)
-                        } else {
-                            apply(.external(delivery.event), consumed: [delivery.inboxID])
-                        }
-                    }
+                    deliver(deliveries, &current, &tasks)
                 case .stop:
-                    outcome = .stopped(state)
+                    outcome = .stopped(current.handler)
                     break loop
                 }
-                if state.status.isFinished {
-                    outcome = .finished(state)
+                if current.handler.status.isFinished {
+                    outcome = .finished(current.handler)
                     break loop
                 }
             }
@@ -308,7 +228,75 @@ public final class HandlerRuntime: Sendable {
             return shared.coalescing
         }?.resume()
         checkpointContinuation.finish()
-        return outcome ?? .stopped(state)
+        return outcome ?? .stopped(current.handler)
+    }
+
+    /// One tick through the reducer: the new state is published (and checkpointed), and its
+    /// commands are carried out.
+    private func apply(
+        _ kind: Tick.Kind, consumed: [String], _ current: inout LoopState, _ tasks: inout TaskGroup<Void>
+    ) {
+        let (next, commands) = machine.reduce(current.handler, Tick(now: clock.wallSeconds, kind))
+        current.handler = next
+        let log = commands.compactMap { command -> LogRecord? in
+            if case .log(let record) = command { return record }
+            return nil
+        }
+        let starting = commands.count { command in
+            if case .runStep = command { return true }
+            return false
+        }
+        publish(next, log: log, consumed: consumed, running: current.scheduler.count + starting)
+        for command in commands {
+            switch command {
+            case .runStep(let run): launch(current.scheduler.submit(run), context: next.context, in: &tasks)
+            case .armTimer(let id, let deadline): armTimer(id, at: deadline, in: &tasks)
+            case .startChild(let request): tasks.addTask { await self.tracked { await self.startChild(request) } }
+            case .log, .cancelTimer, .finished: break
+            }
+        }
+    }
+
+    /// Inbox events into the reducer, in order; the start event first, whenever it comes.
+    private func deliver(_ deliveries: [Delivery], _ current: inout LoopState, _ tasks: inout TaskGroup<Void>) {
+        for delivery in deliveries {
+            if delivery.event.type == EventType.startEventName && !current.handler.started {
+                apply(.start(delivery.event), consumed: [delivery.inboxID], &current, &tasks)
+                // Events that arrived before the start event, in their order.
+                let early = current.beforeStart
+                current.beforeStart = []
+                for delivery in early {
+                    apply(.external(delivery.event), consumed: [delivery.inboxID], &current, &tasks)
+                }
+            } else if !current.handler.started {
+                // A direct delivery can overtake the start event (a send while the launch's inbox
+                // read is in flight): keep it, unconsumed, until then.
+                current.beforeStart.append(delivery)
+            } else {
+                apply(.external(delivery.event), consumed: [delivery.inboxID], &current, &tasks)
+            }
+        }
+    }
+
+    /// A durable timer as a task of the handler: fires `.timerFired` at `deadline` (wall-clock
+    /// seconds), or never when the handler's tasks are cancelled first.
+    private func armTimer(_ id: Int, at deadline: Double, in tasks: inout TaskGroup<Void>) {
+        tasks.addTask {
+            await self.tracked {
+                // In slices of at most a day: a deadline restored from a snapshot written before
+                // `Bounds.delay` clamped it may be far beyond what `Duration.seconds` holds
+                // without trapping.
+                while case let delay = deadline - self.clock.wallSeconds, delay > 0 {
+                    let slice = min(delay, Self.longestSleep)
+                    do { try await self.clock.sleep(for: .seconds(slice)) } catch { return }
+                }
+                self.inputContinuation.yield(.tick(.timerFired(timerID: id)))
+            }
+        }
+    }
+
+    private func launch(_ runs: [StepRun], context: [String: JSONValue], in tasks: inout TaskGroup<Void>) {
+        for run in runs { launch(run, context: context, in: &tasks) }
     }
 
     private func launch(_ run: StepRun, context: [String: JSONValue], in tasks: inout TaskGroup<Void>) {
@@ -382,7 +370,7 @@ public final class HandlerRuntime: Sendable {
         return stepContext.collectedOutput
     }
 
-    /// The longest single sleep on a timer's deadline (one day); see the timer task in `execute`.
+    /// The longest single sleep on a timer's deadline (one day); see `armTimer`.
     static let longestSleep: Double = 86_400
 
     private static func withTimeout<T: Sendable>(
@@ -390,15 +378,6 @@ public final class HandlerRuntime: Sendable {
     ) async throws -> T {
         guard let seconds else { return try await body() }
         let limit = Bounds.delay(seconds)
-        return try await withThrowingTaskGroup(of: T.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await clock.sleep(for: .seconds(limit))
-                throw StepTimedOut(seconds: limit)
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next() else { throw CancellationError() }
-            return first
-        }
+        return try await withTimeLimit(.seconds(limit), clock: clock, timedOut: { StepTimedOut(seconds: limit) }, body)
     }
 }

@@ -1,13 +1,19 @@
-import LeaseholdSamples
+import LeaseholdPostgres
 import Logging
 import PostgresNIO
+import Synchronization
 
-/// The `ledger` sample's external system in the cluster's database (migration 0007): one
-/// statement raises the handler's fence row only if the posting's token is not lower, and writes
-/// the posting only if it did.
-public struct PostgresLedger: FencedLedger {
+/// The `ledger` sample's external system in a PostgreSQL database: one statement raises the
+/// handler's fence row only if the posting's token is not lower, and writes the posting only if
+/// it did.
+///
+/// The sample owns its tables: it creates them (`IF NOT EXISTS`) before its first posting, as an
+/// application's code would. (Migration 0007 of the store created them once; migrations are
+/// append-only, so a database migrated before has them already, which `IF NOT EXISTS` accepts.)
+public final class PostgresLedger: FencedLedger {
     let client: PostgresClient
     let logger: Logger
+    private let tablesReady = Mutex(false)
 
     /// The ledger in the database `client` connects to.
     public init(client: PostgresClient, logger: Logger) {
@@ -18,10 +24,31 @@ public struct PostgresLedger: FencedLedger {
     /// In an explicit transaction, like the store's writes: a posting counts once COMMIT answered.
     public func post(handler: String, posting: Int, amount: Int, token: Int64) async throws -> Bool {
         try await client.withConnection { connection in
-            try await connection.checkedTransaction(logger: logger) { connection in
+            try await createTables(on: connection)
+            return try await connection.checkedTransaction(logger: logger) { connection in
                 try await post(handler: handler, posting: posting, amount: amount, token: token, on: connection)
             }
         }
+    }
+
+    /// The tables, once per process (concurrent first postings may both run it: `IF NOT EXISTS`).
+    private func createTables(on connection: PostgresConnection) async throws {
+        guard !tablesReady.withLock({ $0 }) else { return }
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS sample_ledger_fence (handler_id text PRIMARY KEY, token bigint NOT NULL)",
+            """
+            CREATE TABLE IF NOT EXISTS sample_ledger (
+                handler_id text NOT NULL, posting integer NOT NULL, amount bigint NOT NULL, token bigint NOT NULL,
+                posted_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (handler_id, posting))
+            """,
+        ] {
+            do {
+                try await connection.checkedQuery(PostgresQuery(unsafeSQL: statement), logger: logger)
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+                // Two first postings racing on the catalog: the other one created it.
+            }
+        }
+        tablesReady.withLock { $0 = true }
     }
 
     private func post(handler: String, posting: Int, amount: Int, token: Int64, on connection: PostgresConnection)

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Hummingbird
+import LeaseholdKit
 import Metrics
 
 /// Counts requests by matched route template, method and status, and times each one until its
@@ -29,8 +30,7 @@ struct RequestMetricsMiddleware: RouterMiddleware {
             defer {
                 let elapsed = ContinuousClock.now - started
                 Metrics.Timer(label: "leasehold_http_request_duration_seconds", dimensions: [("route", label)])
-                    .recordNanoseconds(
-                        elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+                    .recordNanoseconds(elapsed.wholeNanoseconds)
             }
             try await body.write(writer)
         }

@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import ServiceLifecycle
 import Synchronization
@@ -42,7 +43,7 @@ extension LeaseholdAPI {
                 // Held by this closure: released when the response is done with it, also when the
                 // body never runs (the client left before the head was written).
                 _ = slot
-                let stopping = StopFlag()
+                let stopping = OnceFlag()
                 let watch = WriteWatch()
                 // The writer moves to the stream task below and is used by it alone; this task only
                 // waits. The watchdog beside it ends a stream whose client stopped reading (a write
@@ -99,7 +100,7 @@ extension LeaseholdAPI {
     private static func tail(
         _ id: HandlerID, from cursor: inout Int64, store: any HandlerStore, configuration: ServerConfiguration,
         sse: Bool,
-        includeInternal: Bool, qualifiedName: Bool, stopping: StopFlag, watch: WriteWatch,
+        includeInternal: Bool, qualifiedName: Bool, stopping: OnceFlag, watch: WriteWatch,
         writer: inout any ResponseBodyWriter
     ) async throws {
         let heartbeat = Duration.seconds(configuration.heartbeatSeconds)
@@ -157,13 +158,6 @@ final class StreamGate: Sendable {
 
     func leave() { open.withLock { $0 -= 1 } }
     var count: Int { open.withLock { $0 } }
-}
-
-/// A one-way flag shared between a stream and its graceful-shutdown handler.
-final class StopFlag: Sendable {
-    private let value = Mutex(false)
-    func set() { value.withLock { $0 = true } }
-    var isSet: Bool { value.withLock { $0 } }
 }
 
 /// One open stream's place under `--max-streams`, released when the last reference goes.

@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 
 /// The inbox, cancellation and retention of the in-memory store.
 extension InMemoryStore {
@@ -71,7 +72,7 @@ extension InMemoryStore {
     /// See `HandlerStore.purgeFinished(olderThan:limit:)`.
     public func purgeFinished(olderThan age: Duration, limit: Int) async throws -> [HandlerID] {
         let cutoff = now().addingTimeInterval(
-            -Double(age.components.seconds) - Double(age.components.attoseconds) * 1e-18)
+            -age.seconds)
         let doomed = entries.values
             .compactMap { entry -> (HandlerID, Date)? in
                 guard entry.record.status.isFinished, let done = entry.record.completedAt, done < cutoff else {

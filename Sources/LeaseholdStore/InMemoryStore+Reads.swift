@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 
 /// Reads of the in-memory store: inboxes, records, logs, lease history, replicas and counts.
 extension InMemoryStore {
@@ -49,7 +50,7 @@ extension InMemoryStore {
     /// Every registered replica, by id; `alive` when it renewed within `ttl`.
     public func replicas(aliveWithin ttl: Duration) async throws -> [ReplicaRecord] {
         let time = now()
-        let window = Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18
+        let window = ttl.seconds
         return replicaTable.map { id, replica in
             ReplicaRecord(
                 id: id, address: replica.address, startedAt: replica.startedAt, heartbeatAt: replica.heartbeatAt,

@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 
 /// The store of a single process: everything in memory, leases trivially exclusive.
 ///
@@ -81,7 +82,7 @@ public actor InMemoryStore: HandlerStore {
     }
 
     func expiry(_ ttl: Duration) -> Date {
-        now().addingTimeInterval(Double(ttl.components.seconds) + Double(ttl.components.attoseconds) * 1e-18)
+        now().addingTimeInterval(ttl.seconds)
     }
 
     func isCurrent(_ replica: ReplicaID, at time: Date) -> Bool {

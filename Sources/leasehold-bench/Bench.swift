@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdPostgres
 import LeaseholdStore
 import Logging
@@ -67,7 +68,7 @@ struct StoreBench: AsyncParsableCommand {
         }
         let elapsed = ContinuousClock.now - started
         precondition(total == handlers, "claimed \(total) of \(handlers)")
-        return Double(total) / (Double(elapsed.components.attoseconds) * 1e-18 + Double(elapsed.components.seconds))
+        return Double(total) / elapsed.seconds
     }
 
     func measure(store: PostgresStore, client: PostgresClient, logger: Logger) async throws {
@@ -109,7 +110,7 @@ struct StoreBench: AsyncParsableCommand {
             let held = try await store.heartbeat("renewer", address: "bench", ttl: .seconds(3600))
             let elapsed = ContinuousClock.now - started
             precondition(held.count == leases)
-            renewals.append(Double(elapsed.components.attoseconds) * 1e-15 + Double(elapsed.components.seconds) * 1000)
+            renewals.append(elapsed.seconds * 1000)
         }
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         let result: JSONValue = [

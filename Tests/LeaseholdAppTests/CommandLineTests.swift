@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdPostgres
 import LeaseholdSamples
 import Testing
@@ -93,6 +94,35 @@ struct CommandLineTests {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
         }
         #expect(text == (try golden("serve-settings.txt")))
+    }
+
+    /// The duration vectors Python's `leasehold_kit.durations` is checked against too: one
+    /// parser's behaviour, mirrored (tests-python/test_durations.py).
+    @Test func durationsReadAsTheVectorsSay() throws {
+        struct Vectors: Decodable { var vectors: [[DurationVector]] }
+        enum DurationVector: Decodable {
+            case text(String)
+            case milliseconds(Int64?)
+            init(from decoder: any Decoder) throws {
+                let value = try decoder.singleValueContainer()
+                if let text = try? value.decode(String.self) {
+                    self = .text(text)
+                } else {
+                    self = .milliseconds(value.decodeNil() ? nil : try value.decode(Int64.self))
+                }
+            }
+        }
+        let vectors = try JSONDecoder().decode(Vectors.self, from: Data(try golden("durations.json").utf8)).vectors
+        #expect(vectors.count >= 20)
+        for vector in vectors {
+            guard case .text(let text) = vector[0], case .milliseconds(let expected) = vector[1] else {
+                Issue.record("malformed vector \(vector)")
+                continue
+            }
+            let parsed = try? parseDuration(text, flag: "--x")
+            let milliseconds = parsed.map(\.wholeMilliseconds)
+            #expect(milliseconds == expected, "'\(text)'")
+        }
     }
 
     @Test func anApplicationNamesItsOwnCommand() async throws {

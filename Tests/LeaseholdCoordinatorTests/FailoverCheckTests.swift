@@ -14,9 +14,9 @@ import Testing
 /// the real one's, taken back by SQL where a test needs a database that lost writes. The same
 /// detection against a real promoted asynchronous standby is `tests-python/test_database_history.py`.
 @Suite(
-    "Database history", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
+    "Failover check", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
     .timeLimit(.minutes(2)))
-struct DatabaseHistoryTests {
+struct FailoverCheckTests {
     /// A failover that kept every acknowledged write (a synchronous standby): checked, counted,
     /// and nothing stops.
     /// What it asserts — the handler still live here under its token — also needs no renewal to
@@ -279,11 +279,11 @@ struct DatabaseHistoryTests {
     static func withWaitingApproval(
         _ id: HandlerID, ttl: Duration,
         _ body:
-            @Sendable (PostgresStore, DatabaseURL, DelayedRenewalStore, Coordinator, HandlerRecord) async throws
+            @Sendable (PostgresStore, DatabaseURL, FaultyStore, Coordinator, HandlerRecord) async throws
             -> Void
     ) async throws {
         try await TestDatabase.withStore { postgres, url in
-            let store = DelayedRenewalStore(postgres, url: url)
+            let store = FaultyStore(postgres, url: url)
             try await Harness.withCoordinators([store], idle: nil, ttl: ttl) { coordinators in
                 let coordinator = coordinators[0]
                 let record = try await coordinator.start(

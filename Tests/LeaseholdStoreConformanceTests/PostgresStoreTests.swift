@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdPostgres
 import LeaseholdStore
 import LeaseholdTestSupport

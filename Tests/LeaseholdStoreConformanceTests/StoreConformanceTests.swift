@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import LeaseholdTestSupport
 import Testing
