@@ -128,6 +128,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "LeaseholdKitTests", dependencies: ["LeaseholdKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "LeaseholdEngineTests",
             dependencies: ["LeaseholdEngine", "LeaseholdSamples"],

@@ -260,15 +260,7 @@ final class HandlerHost: Sendable {
         // waiting for a wake-up that never comes. Keep it running here instead.
         guard final.isQuiescent else {
             log.debug("hibernation skipped, work in flight")
-            state.withLock { state in
-                if state.live[handler.id] === handler { state.live[handler.id] = nil }
-            }
-            guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
-            await launch(
-                ClaimedHandler(
-                    record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
-                reason: "work in flight")
-            return
+            return try await keepRunning(handler, final, reason: "work in flight")
         }
         let wakeAt = final.nextDeadline.map { Date(timeIntervalSince1970: $0) }
         let done = try await keeper.writing(handler.lease) {
@@ -284,14 +276,19 @@ final class HandlerHost: Sendable {
         }
         // An event reached the inbox between idle and hibernate: keep running, nothing is lost.
         log.debug("hibernation refused, inbox not empty")
+        try await keepRunning(handler, final, reason: "inbox not empty")
+    }
+
+    /// A handler stopped to hibernate that must not: launched again here under the same lease,
+    /// from the state it stopped in.
+    private func keepRunning(_ handler: LiveHandler, _ final: HandlerState, reason: String) async throws {
         state.withLock { state in
             if state.live[handler.id] === handler { state.live[handler.id] = nil }
         }
         guard let record = try await storeCall({ try await $0.handler(handler.id) }) else { return }
         await launch(
-            ClaimedHandler(
-                record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
-            reason: "inbox not empty")
+            ClaimedHandler(record: record, lease: handler.lease, state: final, suspect: handler.runtime.isolating),
+            reason: reason)
     }
 
     /// A store call bounded by one lease TTL, for work done on behalf of a handler: with the

@@ -1,3 +1,4 @@
+import LeaseholdKit
 import Synchronization
 
 /// In-process wake-ups: log readers wait for a handler's log to change; the coordinator hears
@@ -7,21 +8,13 @@ import Synchronization
 /// A wake-up may be spurious or lost (a dropped notification); readers therefore re-query and
 /// wait with a timeout, so a lost signal delays but never loses an event.
 public final class StoreSignals: Sendable {
-    private struct Waiter {
-        var id: UInt64
-        var continuation: CheckedContinuation<Void, Never>
-    }
-
     /// Versions live in a fixed number of buckets (handler ids hash into them), so the memory
     /// this costs does not grow with the number of handlers a replica has ever seen. Two handlers
     /// in one bucket only cause a spurious wake-up, which readers tolerate.
     static let buckets = 4096
 
-    private struct State {
-        var versions = [UInt64](repeating: 0, count: StoreSignals.buckets)
-        var waiters: [String: [Waiter]] = [:]
-        var nextWaiterID: UInt64 = 0
-    }
+    /// The log readers waiting, by handler id.
+    private let logReaders = WaiterRegistry<String>()
 
     private static func bucket(_ handlerID: String) -> Int {
         var hash: UInt32 = 2_166_136_261
@@ -31,7 +24,7 @@ public final class StoreSignals: Sendable {
         return Int(hash % UInt32(buckets))
     }
 
-    private let state = Mutex(State())
+    private let versions = Mutex([UInt64](repeating: 0, count: StoreSignals.buckets))
     private let inboxContinuation: AsyncStream<String>.Continuation
     private let resubscriptionContinuation: AsyncStream<Void>.Continuation
     /// Handler ids whose inbox got an event (or whose lease was taken away). One consumer: the coordinator.
@@ -69,27 +62,21 @@ public final class StoreSignals: Sendable {
 
     /// The current version of a handler's log; pass it to `waitForLogChange`.
     public func logVersion(_ handlerID: String) -> UInt64 {
-        state.withLock { $0.versions[Self.bucket(handlerID)] }
+        versions.withLock { $0[Self.bucket(handlerID)] }
     }
 
     /// A handler's log grew (or it was cancelled or purged): wakes its log readers.
     public func logChanged(_ handlerID: String) {
-        let woken = state.withLock { state -> [Waiter] in
-            state.versions[Self.bucket(handlerID)] &+= 1
-            return state.waiters.removeValue(forKey: handlerID) ?? []
-        }
-        for waiter in woken { waiter.continuation.resume() }
+        versions.withLock { $0[Self.bucket(handlerID)] &+= 1 }
+        logReaders.wake(handlerID)
     }
 
     /// Wakes every log reader (after a reconnect, when notifications may have been missed).
     public func allLogsChanged() {
-        let woken = state.withLock { state -> [Waiter] in
-            for index in state.versions.indices { state.versions[index] &+= 1 }
-            let all = state.waiters.values.flatMap { $0 }
-            state.waiters = [:]
-            return all
+        versions.withLock { versions in
+            for index in versions.indices { versions[index] &+= 1 }
         }
-        for waiter in woken { waiter.continuation.resume() }
+        logReaders.wakeAll()
     }
 
     /// A handler's inbox got an event (or its lease was taken away): tells the coordinator
@@ -109,32 +96,9 @@ public final class StoreSignals: Sendable {
     }
 
     private func waitUntilChanged(_ handlerID: String, since version: UInt64) async {
-        let waiterID = state.withLock { state -> UInt64 in
-            state.nextWaiterID += 1
-            return state.nextWaiterID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state -> Bool in
-                    if Task.isCancelled || state.versions[Self.bucket(handlerID)] != version { return true }
-                    state.waiters[handlerID, default: []].append(Waiter(id: waiterID, continuation: continuation))
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let cancelled = state.withLock { state -> Waiter? in
-                guard var list = state.waiters[handlerID],
-                    let index = list.firstIndex(where: { $0.id == waiterID })
-                else { return nil }
-                let waiter = list.remove(at: index)
-                state.waiters[handlerID] = list.isEmpty ? nil : list
-                return waiter
-            }
-            cancelled?.continuation.resume()
-        }
+        await logReaders.wait(for: handlerID) { self.logVersion(handlerID) != version }
     }
 
     /// How many log readers wait right now (a gauge for metrics and tests).
-    public var waitingReaders: Int { state.withLock { $0.waiters.values.reduce(0) { $0 + $1.count } } }
+    public var waitingReaders: Int { logReaders.count }
 }
