@@ -1,7 +1,7 @@
 import LeaseholdStore
 
 /// What the database acknowledged to this replica lately: each handler's fencing token and last
-/// durable sequence, for the check after a database failover (`LeaseKeeper+Database.swift`).
+/// durable sequence, for the check after a database failover (`LeaseKeeper+FailoverCheck.swift`).
 ///
 /// It outlives the handlers it describes (a hibernated or finished handler is exactly what that
 /// check must cover), so it is built to cost little per handler and nothing to age:

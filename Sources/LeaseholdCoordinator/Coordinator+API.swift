@@ -206,7 +206,7 @@ extension Coordinator {
             switch outcome {
             case .cancelled(let record), .alreadyFinished(let record): run = record
             }
-            // Deleted on purpose: not a handler the database lost (see `LeaseKeeper+Database`).
+            // Deleted on purpose: not a handler the database lost (see `LeaseKeeper+FailoverCheck`).
             keeper.forget(Lease(handlerID: id, replicaID: replicaID, token: run.fencingToken))
             _ = try await store.delete(id, run: run.runID)
         }

@@ -22,14 +22,14 @@ struct CoordinatorMetrics: Sendable {
     let checkpoints = Counter(label: "leasehold_checkpoints_total")
     let handoffs = Counter(label: "leasehold_handoffs_total")
     let handlersPurged = Counter(label: "leasehold_handlers_purged_total")
-    /// The database node of the last renewal (see `LeaseKeeper+Database`).
+    /// The database node of the last renewal (see `LeaseKeeper+FailoverCheck`).
     let databaseTimeline = Gauge(label: "leasehold_database_timeline")
     /// Synchronous standbys of that node; -1 when the role may not see them (needs `pg_monitor`).
     let synchronousStandbys = Gauge(label: "leasehold_database_synchronous_standbys")
     let databaseFailovers = Counter(label: "leasehold_database_failovers_total")
     let databaseRegressions = Counter(label: "leasehold_database_regressions_total")
     let databaseReplaced = Counter(label: "leasehold_database_replaced_total")
-    /// Audits of an unchanged database node after a refused write (`LeaseKeeper+Database`).
+    /// Audits of an unchanged database node after a refused write (`LeaseKeeper+FailoverCheck`).
     let databaseAudits = Counter(label: "leasehold_database_audits_total")
     /// Handlers launched with their steps isolated: a replica died of a fault during one of their steps.
     let suspectsLaunched = Counter(label: "leasehold_suspects_launched_total")

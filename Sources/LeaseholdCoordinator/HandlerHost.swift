@@ -247,7 +247,7 @@ final class HandlerHost: Sendable {
                     LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected: \(error)",
                 ])
             // A refusal may also be a database that lost what it acknowledged: forgotten only once
-            // an audit after it found nothing missing (`LeaseKeeper+Database`).
+            // an audit after it found nothing missing (`LeaseKeeper+FailoverCheck`).
             keeper.forgetAfterAudit([handler.lease])
         } catch {
             log.error("handler stopped by an error", metadata: [LogKeys.error: "\(error)"])

@@ -7,7 +7,7 @@ import Synchronization
 /// Tokens for handlers created by their first checkpoint (a `run`'s first pass runs before its
 /// handler is written, under a token it already has). Reserved from the store's sequence in
 /// blocks; each is handed to one handler only, and counted as granted at once, so that a database
-/// that went back in time is judged against it (`LeaseKeeper+Database.swift`).
+/// that went back in time is judged against it (`LeaseKeeper+FailoverCheck.swift`).
 extension LeaseKeeper {
     static let tokenBlock = 256
 

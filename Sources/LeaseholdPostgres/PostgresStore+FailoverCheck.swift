@@ -3,7 +3,7 @@ import LeaseholdEngine
 import LeaseholdStore
 import PostgresNIO
 
-/// The store's half of the failover check (`LeaseKeeper+Database.swift`): the audit that tells
+/// The store's half of the failover check (`LeaseKeeper+FailoverCheck.swift`): the audit that tells
 /// whether a database node still holds every position this replica was told of, and the move of
 /// the token sequence past every token seen before registering anew.
 extension PostgresStore {

@@ -613,7 +613,7 @@ extension PostgresStore.Statements {
     /// it quarantines it (`quarantinedError`): a release runs it on, with those events.
     /// It writes only over the row's `expected` last sequence (the one its writer last saw
     /// durable): over a database that lost a checkpoint it is refused rather than masking the
-    /// loss (a failover the replica has not checked yet; `LeaseKeeper+Database`).
+    /// loss (a failover the replica has not checked yet; `LeaseKeeper+FailoverCheck`).
     static func checkpoint(
         id: String, token: Int64, replica: String, snapshot: Data, status: String, error: String?,
         result: String?, expected: Int64, lastSequence: Int64, sequences: [Int64], records: [String],

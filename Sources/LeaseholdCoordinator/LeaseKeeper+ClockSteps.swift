@@ -1,45 +1,15 @@
 import CoreMetrics
 import Foundation
+import LeaseholdEngine
 import LeaseholdKit
 import LeaseholdRuntime
 import LeaseholdStore
 import Logging
 import Synchronization
 
-/// The lease keeper's guards against losing leases unnoticed: orphaned leases released in their
-/// own loop, clock steps detected at each renewal, and self-fencing when no renewal proves the
-/// leases any more.
+/// The lease keeper's check, at each renewal, that the database's clock did not step against this
+/// replica's.
 extension LeaseKeeper {
-    // MARK: - Orphaned leases
-
-    /// Releases leases held with no runtime here, in their own loop: a release is a store call,
-    /// and a store call that never returns (a connection that died mid-request) must not stop the
-    /// renewals, or the whole replica would fence itself for good.
-    func runOrphanReleases() async {
-        for await _ in orphanSignals {
-            if Task.isCancelled { return }
-            let pending = state.withLock { state in
-                defer { state.orphans = [:] }
-                return state.orphans
-            }
-            for (id, token) in pending {
-                let lease = Lease(handlerID: id, replicaID: replicaID, token: token)
-                do {
-                    try await withTimeLimit(configuration.leaseTTL / 3, clock: clock) {
-                        try await self.store.release(nil, lease: lease)
-                    }
-                    logger.info("lease released", metadata: [LogKeys.handlerID: "\(id)", LogKeys.reason: "orphaned"])
-                } catch {
-                    // The next renewal sees it again and asks again; meanwhile nobody else can run it.
-                    logger.warning(
-                        "orphan release failed", metadata: [LogKeys.handlerID: "\(id)", LogKeys.error: "\(error)"])
-                }
-            }
-        }
-    }
-
-    // MARK: - Clock steps
-
     /// Compares the database's elapsed time between two renewals with this replica's. Each
     /// database reading lies between its renewal's send and answer, so without a step the two
     /// differ by at most the renewals' round trips. A forward step of the database clock beyond
@@ -94,36 +64,4 @@ extension LeaseKeeper {
     }
 
     var clockSteps: Int { state.withLock { $0.clockSteps } }
-
-    // MARK: - Self-fencing
-
-    /// How often the replica checks that it can still prove its leases.
-    static let selfFencePeriod = Duration.milliseconds(50)
-
-    func runSelfFencing(host: HandlerHost) async {
-        while !Task.isCancelled {
-            do { try await clock.sleep(for: Self.selfFencePeriod) } catch { return }
-            selfFenceIfNeeded(host: host)
-        }
-    }
-
-    /// Stops every running handler when the last renewal is too old to prove their leases: by the
-    /// time anyone else may claim them (one TTL after that renewal was sent), nothing runs here.
-    /// - Returns: true when it fenced something.
-    @discardableResult
-    func selfFenceIfNeeded(host: HandlerHost) -> Bool {
-        guard !leasesProvable else { return false }
-        let handlers = host.liveHandlers.filter { $0.stopReason.withLock { $0 } == nil }
-        guard !handlers.isEmpty else { return false }
-        logger.warning("self-fenced", metadata: [LogKeys.count: "\(handlers.count)"])
-        selfFence(handlers, host: host, reason: "self-fenced")
-        return true
-    }
-
-    /// Stops handlers whose leases this replica cannot prove, counted as one self-fence.
-    func selfFence(_ handlers: [LiveHandler], host: HandlerHost, reason: String) {
-        state.withLock { $0.selfFences += 1 }
-        metrics.selfFences.increment()
-        host.fence(handlers, reason: reason)
-    }
 }
