@@ -48,7 +48,8 @@ let package = Package(
         .target(
             name: "LeaseholdSamples",
             dependencies: [
-                "LeaseholdEngine", "LeaseholdPostgres", .product(name: "PostgresNIO", package: "postgres-nio"),
+                "LeaseholdEngine", "LeaseholdKit", "LeaseholdPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings),

@@ -1,7 +1,7 @@
+import LeaseholdKit
 import LeaseholdPostgres
 import Logging
 import PostgresNIO
-import Synchronization
 
 /// The `ledger` sample's external system in a PostgreSQL database: one statement raises the
 /// handler's fence row only if the posting's token is not lower, and writes the posting only if
@@ -13,7 +13,7 @@ import Synchronization
 public final class PostgresLedger: FencedLedger {
     let client: PostgresClient
     let logger: Logger
-    private let tablesReady = Mutex(false)
+    private let tablesReady = OnceFlag()
 
     /// The ledger in the database `client` connects to.
     public init(client: PostgresClient, logger: Logger) {
@@ -33,7 +33,7 @@ public final class PostgresLedger: FencedLedger {
 
     /// The tables, once per process (concurrent first postings may both run it: `IF NOT EXISTS`).
     private func createTables(on connection: PostgresConnection) async throws {
-        guard !tablesReady.withLock({ $0 }) else { return }
+        guard !tablesReady.isSet else { return }
         for statement in [
             "CREATE TABLE IF NOT EXISTS sample_ledger_fence (handler_id text PRIMARY KEY, token bigint NOT NULL)",
             """
@@ -48,7 +48,7 @@ public final class PostgresLedger: FencedLedger {
                 // Two first postings racing on the catalog: the other one created it.
             }
         }
-        tablesReady.withLock { $0 = true }
+        tablesReady.set()
     }
 
     private func post(handler: String, posting: Int, amount: Int, token: Int64, on connection: PostgresConnection)

@@ -1,17 +1,10 @@
 import LeaseholdKit
-import Synchronization
 import Testing
 
 /// The one waiter registry: no wake-up is missed between a waiter's check and its parking, a
 /// wake for one key leaves the others parked, and cancellation ends a wait.
 @Suite("Waiter registry", .timeLimit(.minutes(1)))
 struct WaiterRegistryTests {
-    /// A flag shared between tasks.
-    final class Flag: Sendable {
-        private let value = Atomic(false)
-        func set() { value.store(true, ordering: .releasing) }
-        var isSet: Bool { value.load(ordering: .acquiring) }
-    }
 
     /// Until `count` tasks are parked (a state the registry cannot signal: yielded for, bounded).
     static func parked(_ registry: WaiterRegistry<String>, _ count: Int) async -> Bool {
@@ -30,7 +23,7 @@ struct WaiterRegistryTests {
 
     @Test func aWakeForAnotherKeyLeavesTheWaiterParked() async throws {
         let registry = WaiterRegistry<String>()
-        let flag = Flag()
+        let flag = OnceFlag()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await registry.wait(for: "a") { flag.isSet } }
             try #require(await Self.parked(registry, 1))
@@ -49,7 +42,7 @@ struct WaiterRegistryTests {
     @Test func noWakeUpIsMissedBetweenTheCheckAndTheWait() async {
         let registry = WaiterRegistry<String>()
         for round in 0..<2_000 {
-            let ready = Flag()
+            let ready = OnceFlag()
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await registry.wait(for: "k") { ready.isSet } }
                 group.addTask {

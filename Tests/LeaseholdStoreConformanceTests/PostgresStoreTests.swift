@@ -431,8 +431,8 @@ struct PostgresStoreTests {
                     }
                     let pid = try #require(pids.first)
                     let windows = Atomic(0)
-                    let closed = Atomic(false)
-                    connection.closeFuture.whenComplete { _ in closed.store(true, ordering: .releasing) }
+                    let closed = OnceFlag()
+                    connection.closeFuture.whenComplete { _ in closed.set() }
                     PostgresConnection.checkedOpen.withLock {
                         $0 = { [target = ObjectIdentifier(connection)] open in
                             guard ObjectIdentifier(open) == target else { return }
@@ -440,7 +440,7 @@ struct PostgresStoreTests {
                             kill(pid_t(pid), SIGTERM)
                             // Until the close is complete, if it can complete now (bounded).
                             let deadline = ContinuousClock.now + .seconds(2)
-                            while !closed.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+                            while !closed.isSet && ContinuousClock.now < deadline {
                                 Thread.sleep(forTimeInterval: 0.01)
                             }
                         }

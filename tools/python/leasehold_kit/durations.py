@@ -19,15 +19,17 @@ class BadDuration(ValueError):
 
 
 def _number(text: str) -> float | None:
+    """`text` as Swift's `Double(_:)` reads it (finite values only), or None."""
+    # Python's float() also reads surrounding spaces and "_" digit separators, which Swift's
+    # Double(_:) refuses; Swift reads hexadecimal floats ("0x1.8p1"), which float() refuses.
+    if not text or text.strip() != text or "_" in text:
+        return None
     try:
-        value = float(text)
+        digits = text.lstrip("+-")
+        value = float.fromhex(text) if digits[:2].lower() == "0x" else float(text)
     except ValueError:
         return None
-    # Swift's Double(_:) reads neither "inf"-style words with signs and spaces nor "_" separators
-    # the way Python does; only plain decimal numbers are durations on both sides.
-    if not text or text.strip() != text or "_" in text or not math.isfinite(value):
-        return None
-    return value
+    return value if math.isfinite(value) else None
 
 
 def parse_duration(text: str, name: str = "duration") -> float:
