@@ -52,6 +52,8 @@ extension LeaseKeeper {
     /// One renewal: renews the registration (and so every lease on it) except leases whose write
     /// is stuck, then stops every handler whose lease the answer no longer shows and gives back
     /// leases this replica holds but runs nothing for.
+    /// Long for now: the decisions of one renewal interleaved with their awaits; [simulate]
+    /// (#31) turns them into a pure state machine with a small executor.
     func renewOnce(host: HandlerHost) async {
         defer { signals.passed(.renewal) }
         guard !state.withLock({ $0.startingOver }) else { return }

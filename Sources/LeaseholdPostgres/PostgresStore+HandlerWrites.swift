@@ -171,6 +171,9 @@ extension PostgresStore {
         }
     }
 
+    // Long because it is one transaction whose statements must run in this order (the
+    // creations, then every checkpoint, the first ones of handlers created just before
+    // included), each answer matched back to its waiter.
     private func writeBatch(_ batch: [GroupCommit.Queued], on connection: PostgresConnection) async throws
         -> [UInt64: Result<GroupCommit.Outcome, any Error>]
     {
@@ -467,6 +470,7 @@ extension PostgresStore.Statements {
     /// the ids whose lease held (only those wrote anything). The rows whose lease is current are
     /// locked first, in id order, so that batches which share rows cannot deadlock; a stale row is
     /// never locked (it would hold up its current owner's writes for nothing).
+    /// Long because it is one SQL statement, built as the text it sends.
     static func checkpointBatch(_ rows: [PostgresStore.CheckpointRow], lockTimeout: String?) -> PostgresQuery {
         var logIDs: [String] = []
         var logSequences: [Int64] = []
