@@ -133,6 +133,7 @@ let package = Package(
         .testTarget(
             name: "LeaseholdEngineTests",
             dependencies: ["LeaseholdEngine", "LeaseholdSamples"],
+            exclude: ["Fixtures"],  // read from the source tree (#filePath): they stay where they are
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -154,6 +155,7 @@ let package = Package(
                 "LeaseholdCoordinator", "LeaseholdPostgres", "LeaseholdSamples", "LeaseholdTestSupport", "LeaseholdKit",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
+            exclude: ["Fixtures"],  // read from the source tree (#filePath)
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdPostgres
 import LeaseholdRuntime
 import LeaseholdStore
@@ -80,7 +81,9 @@ struct CrashWatch: AsyncParsableCommand {
             ])
         // Tries for up to 10 s, as long as the dying replica waits for the answer below (where it
         // is a container's PID 1 its end ends this process too): the database may be failing over.
-        let deadline = ContinuousClock.now + .seconds(10)
+        let clock = ReplicaClock.system
+        let deadline = clock.now + .seconds(10)
+        var backoff = Backoff(.waitedOn)
         // The answer (or this process's end) lets the dying replica go on to its end.
         defer { FileHandle.standardOutput.write(Data("recorded\n".utf8)) }
         while true {
@@ -94,11 +97,11 @@ struct CrashWatch: AsyncParsableCommand {
                     "suspects recorded", metadata: ["replica_id": "\(replicaID)", "handlers": "\(marked.count)"])
                 return
             } catch {
-                guard ContinuousClock.now < deadline else {
+                guard clock.now < deadline else {
                     logger.critical("the crash could not be recorded", metadata: ["error": "\(error)"])
                     throw ExitCode(1)
                 }
-                try await Task.sleep(for: .milliseconds(500))
+                try await clock.sleep(for: backoff.next())
             }
         }
     }
@@ -131,6 +134,7 @@ final class CrashWatcher: Service, Sendable {
     let environment: [String: String]
     let arguments: [String]
     let logger: Logger
+    private let clock = ReplicaClock.system
     /// The current watcher and its pipes (the report, and its answer that the report is
     /// recorded), whose ends here must stay open for the life of this process (a `Pipe` closes
     /// its descriptors when it goes).
@@ -169,9 +173,9 @@ final class CrashWatcher: Service, Sendable {
     /// until shutdown. A watcher that cannot be started is logged and tried again: the replica
     /// runs on without containment meanwhile rather than stop.
     func run() async throws {
-        var delay = Duration.milliseconds(100)
+        var backoff = Backoff(.background)
         while true {
-            let startedAt = ContinuousClock.now
+            let startedAt = clock.now
             let ended = AsyncStream<Int32> { continuation in
                 current.withLock { current in
                     guard let process = current?.process else { return continuation.finish() }
@@ -188,13 +192,12 @@ final class CrashWatcher: Service, Sendable {
                 return status
             }
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
-            if ContinuousClock.now - startedAt > .seconds(60) { delay = .milliseconds(100) }
+            if clock.now - startedAt > .seconds(60) { backoff.reset() }
             logger.error(
                 "crash watcher exited; starting another",
-                metadata: ["status": "\(status.map(String.init) ?? "?")", "retry_in": "\(delay)"])
+                metadata: ["status": "\(status.map(String.init) ?? "?")"])
             while !Task.isShuttingDownGracefully {
-                try await Task.sleep(for: delay)
-                delay = min(delay * 2, .seconds(5))
+                try await clock.sleep(for: backoff.next())
                 do {
                     try start()
                     break

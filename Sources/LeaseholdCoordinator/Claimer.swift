@@ -6,13 +6,9 @@ import Logging
 
 /// Claims what no live replica runs: handlers whose owner's lease lapsed (failover), released
 /// ones, hibernated ones with inbox work or a due timer. Each claim raises the handler's token.
-struct Claimer: Sendable {
+struct Claimer: ReplicaPart, Sendable {
     let store: any HandlerStore
-    let configuration: CoordinatorConfiguration
-    let clock: ReplicaClock
-    let logger: Logger
-    let metrics: CoordinatorMetrics
-    let signals: CoordinatorSignals
+    let context: ReplicaContext
 
     func run(host: HandlerHost) async {
         var failing = false

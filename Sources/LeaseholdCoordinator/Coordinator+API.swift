@@ -39,19 +39,7 @@ extension Coordinator {
             return try await awaitCompletion(
                 try await create(new, serverChosenID: handlerID == nil).id, runID: new.runID)
         }
-        let creation = PendingCreation(new)
-        let claimed = ClaimedHandler(
-            record: HandlerRecord(
-                id: new.id, workflowName: new.workflowName, runID: new.runID, status: .running, error: nil,
-                result: nil, startedAt: clock.wall, updatedAt: clock.wall, completedAt: nil, owner: replicaID,
-                leaseExpiresAt: nil, fencingToken: token, hibernated: false, lastSequence: -1, wakeAt: nil),
-            lease: Lease(handlerID: new.id, replicaID: replicaID, token: token),
-            state: HandlerState(workflowName: new.workflowName), acquired: .created,
-            pendingInbox: [new.startEvent])
-        guard await host.launch(claimed, reason: "created", creation: creation) else {
-            throw CoordinatorError.shuttingDown
-        }
-        return try await awaitCompletion(new.id, runID: new.runID, creation: creation)
+        return try await runUnwritten(new, token: token)
     }
 
     /// Releases a quarantined handler (`HandlerStore.releaseQuarantine`): it runs again, its
@@ -62,49 +50,6 @@ extension Coordinator {
         metrics.quarantineReleases.increment()
         logger.warning("quarantined handler released by an operator", metadata: [LogKeys.handlerID: "\(id)"])
         return true
-    }
-
-    static let preventedReason = "not started: its creation's outcome was unknown and it was prevented"
-
-    /// Makes the unknown outcome of a creation certain (`HandlerStore.preventCreation`), retrying
-    /// while the database does not answer, for up to three lease TTLs (a failover or a stall);
-    /// past that the outcome stays unknown and the run says so.
-    /// - Parameter serverChosenID: leave a failed record under the id (no client will reuse it).
-    /// - Returns: the record when the creation committed; nil when it never will.
-    private func settle(_ new: NewHandler, serverChosenID: Bool) async throws -> HandlerRecord? {
-        let id = new.id
-        let deadline = clock.now + configuration.leaseTTL * 3
-        var delay = Duration.milliseconds(50)
-        while true {
-            do {
-                let record = try await withTimeLimit(configuration.leaseTTL, clock: clock) { [store] in
-                    try await store.preventCreation(
-                        new,
-                        reason: serverChosenID ? Self.preventedReason : nil)
-                }
-                logger.warning(
-                    "a run's creation had an unknown outcome; settled",
-                    metadata: [LogKeys.handlerID: "\(id)", "written": "\(record != nil)"])
-                // Another run of a client's id (kept from before): this creation did not land.
-                if let record, record.runID != new.runID { throw CoordinatorError.handlerRunning(id) }
-                // This settle's own earlier attempt, committed after it timed out: prevented.
-                if let record, record.status == .failed, record.lastSequence == -1,
-                    record.error?.hasPrefix(Self.preventedReason) == true
-                {
-                    return nil
-                }
-                return record
-            } catch StoreError.handlerNotFound {
-                // The creation landed, ran, finished and was purged before this read: it ran.
-                throw CoordinatorError.runOutcomeUnknown(id)
-            } catch let error as CoordinatorError {
-                throw error
-            } catch let error where !(error is CancellationError) {
-                guard clock.now + delay < deadline else { throw CoordinatorError.runOutcomeUnknown(id) }
-                try await clock.sleep(for: delay)
-                delay = min(delay * 2, .seconds(1))
-            }
-        }
     }
 
     private func newHandler(workflow name: String, startEvent: JSONValue, handlerID: String?) throws -> NewHandler {
@@ -236,12 +181,12 @@ extension Coordinator {
     /// With the `runID` of a run registered by `run`, takes the record its final checkpoint
     /// committed here, when there is one, instead of reading it.
     public func awaitCompletion(_ id: HandlerID, runID: String? = nil) async throws -> HandlerRecord {
-        try await awaitCompletion(id, runID: runID, creation: nil)
+        try await awaitCompletion(id, runID: runID, unwritten: nil)
     }
 
     /// - Parameter creation: the run's handler was launched unwritten; if it left memory still
     ///   unwritten (its lease could not be proven, the store refused or failed), the run failed.
-    func awaitCompletion(_ id: HandlerID, runID: String?, creation: PendingCreation?) async throws -> HandlerRecord {
+    func awaitCompletion(_ id: HandlerID, runID: String?, unwritten: UnwrittenRun?) async throws -> HandlerRecord {
         var settled = false
         while true {
             let version = store.signals.logVersion(id.rawValue)
@@ -249,13 +194,13 @@ extension Coordinator {
             // after its final checkpoint), so there is nothing to read; leaving memory signals.
             if host.handler(id) == nil {
                 if let runID, let finished = host.completion(id, runID: runID) { return finished }
-                if let creation, !creation.isWritten, !settled {
+                if let unwritten, !unwritten.isWritten, !settled {
                     // Its steps began before its first checkpoint was to create it. Never sent:
                     // nothing was written and it will not go on. Sent with an unknown outcome (the
                     // write may still be in flight in a stalled database): settled first. Either
                     // way what its steps did may have happened: not a 503 ("it will not happen").
-                    guard creation.wasAttempted else { throw CoordinatorError.runNotKept(id) }
-                    guard let record = try await settle(creation.handler, serverChosenID: true) else {
+                    guard unwritten.wasAttempted else { throw CoordinatorError.runNotKept(id) }
+                    guard let record = try await settle(unwritten.handler, serverChosenID: true) else {
                         throw CoordinatorError.runNotKept(id)
                     }
                     settled = true

@@ -27,14 +27,17 @@ public final class Coordinator: Service, Sendable {
     public let configuration: CoordinatorConfiguration
     /// Awaitable passes of the replica's loops (for tests).
     public let signals: CoordinatorSignals
-    let clock: ReplicaClock
-    let logger: Logger
-    let metrics = CoordinatorMetrics()
+    /// What every part shares: configuration, clock, logger, metrics, signals.
+    let context: ReplicaContext
     let keeper: LeaseKeeper
     let host: HandlerHost
     let claimer: Claimer
     let sweeper: IdleSweeper?
     let retention: RetentionSweeper?
+
+    var clock: ReplicaClock { context.clock }
+    var logger: Logger { context.logger }
+    var metrics: CoordinatorMetrics { context.metrics }
 
     /// - Parameter clock: monotonic and wall time for leases, idleness, timers (a manual clock in tests).
     public init(
@@ -44,28 +47,18 @@ public final class Coordinator: Service, Sendable {
         self.store = store
         self.registry = registry
         self.configuration = configuration
-        self.clock = clock
         var logger = logger
         logger[metadataKey: LogKeys.replicaID] = "\(configuration.replicaID)"
-        self.logger = logger
         let signals = CoordinatorSignals()
         self.signals = signals
-        keeper = LeaseKeeper(
-            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals
-        )
-        host = HandlerHost(
-            store: store, registry: registry, configuration: configuration, clock: clock, logger: logger,
-            metrics: metrics, signals: signals, keeper: keeper)
-        claimer = Claimer(
-            store: store, configuration: configuration, clock: clock, logger: logger, metrics: metrics, signals: signals
-        )
-        sweeper = configuration.idleTimeout.map { IdleSweeper(idleTimeout: $0, clock: clock, signals: signals) }
-        let metrics = self.metrics
-        retention = configuration.retention.map {
-            RetentionSweeper(
-                retention: $0, store: store, configuration: configuration, clock: clock, logger: logger,
-                metrics: metrics)
-        }
+        let context = ReplicaContext(
+            configuration: configuration, clock: clock, logger: logger, metrics: CoordinatorMetrics(), signals: signals)
+        self.context = context
+        keeper = LeaseKeeper(store: store, context: context)
+        host = HandlerHost(store: store, registry: registry, context: context, keeper: keeper)
+        claimer = Claimer(store: store, context: context)
+        sweeper = configuration.idleTimeout.map { IdleSweeper(idleTimeout: $0, context: context) }
+        retention = configuration.retention.map { RetentionSweeper(retention: $0, store: store, context: context) }
         host.children.bind { [weak self] request, parent in
             guard let self else { throw CoordinatorError.shuttingDown }
             try await self.startChild(request, parent: parent)
@@ -134,7 +127,7 @@ public final class Coordinator: Service, Sendable {
 
     /// The database node of the last renewal (nil on the in-memory store), the failovers of the
     /// database this replica checked and the ones that had gone back in time.
-    public var database: (node: DatabaseNode?, failovers: Int, regressions: Int) { keeper.database }
+    public var database: (node: DatabaseNode?, failovers: Int, failedChecks: Int) { keeper.database }
 
     /// The handlers live in memory on this replica now, in no particular order.
     public var liveHandlerIDs: [HandlerID] { host.liveHandlers.map(\.id) }

@@ -27,10 +27,10 @@ struct CoordinatorMetrics: Sendable {
     /// Synchronous standbys of that node; -1 when the role may not see them (needs `pg_monitor`).
     let synchronousStandbys = Gauge(label: "leasehold_database_synchronous_standbys")
     let databaseFailovers = Counter(label: "leasehold_database_failovers_total")
-    let databaseRegressions = Counter(label: "leasehold_database_regressions_total")
+    let failedChecks = Counter(label: "leasehold_failover_checks_failed_total")
     let databaseReplaced = Counter(label: "leasehold_database_replaced_total")
-    /// Audits of an unchanged database node after a refused write (`LeaseKeeper+FailoverCheck`).
-    let databaseAudits = Counter(label: "leasehold_database_audits_total")
+    /// Failover checks of an unchanged database node after a refused write (`LeaseKeeper+FailoverCheck`).
+    let checksOnSuspicion = Counter(label: "leasehold_failover_checks_on_suspicion_total")
     /// Handlers launched with their steps isolated: a replica died of a fault during one of their steps.
     let suspectsLaunched = Counter(label: "leasehold_suspects_launched_total")
     /// Handlers set aside: a step of theirs ended its isolated process too.

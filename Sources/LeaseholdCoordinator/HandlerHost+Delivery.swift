@@ -18,7 +18,7 @@ extension HandlerHost {
     /// never sits live here without its start event.
     func deliverPending(_ handler: LiveHandler) async {
         let deadline = clock.now + configuration.leaseTTL
-        var delay = Duration.milliseconds(20)
+        var backoff = Backoff(.waitedOn)
         while self.handler(handler.id) === handler, handler.isActive {
             do {
                 let id = handler.id
@@ -28,12 +28,12 @@ extension HandlerHost {
             } catch {
                 logger.warning(
                     "inbox read failed", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.error: "\(error)"])
+                let delay = backoff.next()
                 guard clock.now + delay < deadline else {
                     handler.stop(.handoff)
                     return
                 }
                 do { try await clock.sleep(for: delay) } catch { return }
-                delay = min(delay * 2, .milliseconds(500))
             }
         }
     }
@@ -171,14 +171,8 @@ extension HandlerHost {
         case .live:
             return .live
         case .follower:
-            await withCheckedContinuation { continuation in
-                let appended = state.withLock { state -> Bool in
-                    guard state.loading[id] != nil else { return false }
-                    state.loading[id]!.append(continuation)
-                    return true
-                }
-                if !appended { continuation.resume() }
-            }
+            // (A cancelled follower returns at once: what it answers is then only a guess.)
+            await loadFollowers.wait(for: id) { state.withLock { !$0.loading.contains(id) } }
             return handler(id) != nil ? .live : .notHere
         case .leader:
             defer { endLoad(id) }
@@ -208,15 +202,15 @@ extension HandlerHost {
     private func beginLoad(_ id: HandlerID) -> LoadRole {
         state.withLock { state -> LoadRole in
             if state.live[id] != nil { return .live }
-            if state.loading[id] != nil { return .follower }
-            state.loading[id] = []
+            if state.loading.contains(id) { return .follower }
+            state.loading.insert(id)
             return .leader
         }
     }
 
     private func endLoad(_ id: HandlerID) {
-        let waiters = state.withLock { $0.loading.removeValue(forKey: id) ?? [] }
-        for waiter in waiters { waiter.resume() }
+        _ = state.withLock { $0.loading.remove(id) }
+        loadFollowers.wake(id)
     }
 
     private func launchReloaded(_ claimed: ClaimedHandler, since started: Duration) async {

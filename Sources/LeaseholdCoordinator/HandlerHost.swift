@@ -11,10 +11,11 @@ import Synchronization
 /// acquired, running it to its end, and what happens after (finished, hibernated, handed off, or
 /// stopped because the lease is gone). Delivery of events and single-flight reloads are in
 /// `HandlerHost+Delivery.swift`.
-final class HandlerHost: Sendable {
+final class HandlerHost: ReplicaPart, Sendable {
     struct State {
         var live: [HandlerID: LiveHandler] = [:]
-        var loading: [HandlerID: [CheckedContinuation<Void, Never>]] = [:]
+        /// Handlers being loaded here (single-flight: see `reload`).
+        var loading: Set<HandlerID> = []
         var shuttingDown = false
         /// How many handlers have left memory here (finished, hibernated, handed off or lost).
         var departed = 0
@@ -22,36 +23,24 @@ final class HandlerHost: Sendable {
 
     let store: any HandlerStore
     let registry: WorkflowRegistry
-    let configuration: CoordinatorConfiguration
-    let clock: ReplicaClock
-    let logger: Logger
-    let metrics: CoordinatorMetrics
-    let signals: CoordinatorSignals
+    let context: ReplicaContext
     let keeper: LeaseKeeper
     /// Creates the children the runtimes' steps ask for (bound by the coordinator).
     let children = ChildStarts()
     let state = Mutex(State())
+    /// Reloads waiting for another reload of the same handler to end.
+    let loadFollowers = WaiterRegistry<HandlerID>()
     let completions = Mutex(Completions())
     private let jobs: AsyncStream<LiveHandler>
     private let jobContinuation: AsyncStream<LiveHandler>.Continuation
 
-    init(
-        store: any HandlerStore, registry: WorkflowRegistry, configuration: CoordinatorConfiguration,
-        clock: ReplicaClock, logger: Logger, metrics: CoordinatorMetrics, signals: CoordinatorSignals,
-        keeper: LeaseKeeper
-    ) {
+    init(store: any HandlerStore, registry: WorkflowRegistry, context: ReplicaContext, keeper: LeaseKeeper) {
         self.store = store
         self.registry = registry
-        self.configuration = configuration
-        self.clock = clock
-        self.logger = logger
-        self.metrics = metrics
-        self.signals = signals
+        self.context = context
         self.keeper = keeper
         (jobs, jobContinuation) = AsyncStream.makeStream(of: LiveHandler.self)
     }
-
-    var replicaID: ReplicaID { configuration.replicaID }
 
     // MARK: - The table
 
@@ -60,7 +49,7 @@ final class HandlerHost: Sendable {
     var liveHandlers: [LiveHandler] { state.withLock { Array($0.live.values) } }
 
     /// Live here or being loaded here.
-    func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading[id] != nil } }
+    func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading.contains(id) } }
 
     var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
@@ -111,10 +100,10 @@ final class HandlerHost: Sendable {
     /// - Parameter creation: the handler is not written yet; its first checkpoint creates it.
     /// - Returns: whether it was launched (not when shutting down, or already live here).
     @discardableResult
-    func launch(_ claimed: ClaimedHandler, reason: String, creation: PendingCreation? = nil) async -> Bool {
+    func launch(_ claimed: ClaimedHandler, reason: String, unwritten: UnwrittenRun? = nil) async -> Bool {
         let id = claimed.record.id
         // A handler not yet written is granted when its first checkpoint writes it.
-        if creation == nil { keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence) }
+        if unwritten == nil { keeper.granted(claimed.lease, lastSequence: claimed.record.lastSequence) }
         let workflow: Workflow
         do {
             workflow = try registry.workflow(claimed.record.workflowName)
@@ -124,12 +113,12 @@ final class HandlerHost: Sendable {
                 metadata: [
                     LogKeys.handlerID: "\(id)", LogKeys.workflow: "\(claimed.record.workflowName)",
                 ])
-            if creation == nil { await giveBack(claimed.lease, why: "unknown workflow") }
+            if unwritten == nil { await giveBack(claimed.lease, why: "unknown workflow") }
             return false
         }
         let persistence = LeasePersistence(
-            store: store, keeper: keeper, metrics: metrics, logger: logger, lease: claimed.lease, clock: clock,
-            finished: { [self] record in finished(record) }, creation: creation, children: children)
+            store: store, keeper: keeper, context: context, lease: claimed.lease,
+            finished: { [self] record in finished(record) }, unwritten: unwritten, children: children)
         let runtime = HandlerRuntime(
             handlerID: id.rawValue, workflow: workflow, state: claimed.state, persistence: persistence,
             maxConcurrentSteps: configuration.maxConcurrentSteps, clock: clock,
@@ -144,7 +133,7 @@ final class HandlerHost: Sendable {
         }
         let handler = LiveHandler(
             id: id, lease: claimed.lease, runtime: runtime, workflow: workflow, claimedAt: clock.now,
-            creation: creation)
+            unwritten: unwritten)
         // Enter the table and the run queue in one step: hand-off either sees the handler (and
         // stops it) or this launch sees the shutdown (and gives the lease back).
         let accepted = state.withLock { state -> Bool in
@@ -154,7 +143,7 @@ final class HandlerHost: Sendable {
             return true
         }
         guard accepted else {
-            if creation == nil { await giveBack(claimed.lease, why: "not accepted") }
+            if unwritten == nil { await giveBack(claimed.lease, why: "not accepted") }
             return false
         }
         metrics.claims.increment()
@@ -204,22 +193,10 @@ final class HandlerHost: Sendable {
                 metrics.handlersFinished.increment()
                 log.info("finished", metadata: [LogKeys.status: "\(final.status.rawValue)"])
             case .stopped(let final):
-                if let creation = handler.creation, !creation.isWritten,
+                if let unwritten = handler.unwritten, !unwritten.isWritten,
                     handler.stopReason.withLock({ $0 }) != .leaseLost
                 {
-                    // Stopped (shutting down) before its first checkpoint: written now and
-                    // released, so that another replica runs it and its `run` is still answered.
-                    guard keeper.mayWrite(handler.lease) else { throw StoreError.leaseLost(handler.id) }
-                    creation.markAttempted()
-                    _ = try await withTimeLimit(configuration.leaseTTL, clock: clock) {
-                        try await self.store.create(
-                            creation.handler, owner: handler.lease.replicaID, token: handler.lease.token,
-                            first: Checkpoint(state: final, log: [], consumedInbox: []))
-                    }
-                    keeper.created(creation, lease: handler.lease, lastSequence: final.nextSequence - 1)
-                    try await withTimeLimit(configuration.leaseTTL, clock: clock) {
-                        try await self.store.release(nil, lease: handler.lease)
-                    }
+                    try await writeAndHandOff(handler, unwritten, final: final)
                     log.info("written and handed off before its first checkpoint")
                     return
                 }
@@ -247,8 +224,8 @@ final class HandlerHost: Sendable {
                     LogKeys.fencingToken: "\(handler.lease.token)", LogKeys.reason: "write rejected: \(error)",
                 ])
             // A refusal may also be a database that lost what it acknowledged: forgotten only once
-            // an audit after it found nothing missing (`LeaseKeeper+FailoverCheck`).
-            keeper.forgetAfterAudit([handler.lease])
+            // a failover check after it found nothing missing (`LeaseKeeper+FailoverCheck`).
+            keeper.forgetAfterCheck([handler.lease])
         } catch {
             log.error("handler stopped by an error", metadata: [LogKeys.error: "\(error)"])
         }

@@ -7,10 +7,9 @@ import LeaseholdStore
 /// further away than the idle timeout) for `idleTimeout` is hibernated — its runtime stops and
 /// `HandlerHost` writes its snapshot and releases its lease in one fenced transaction, refused
 /// while its inbox holds an event.
-struct IdleSweeper: Sendable {
+struct IdleSweeper: ReplicaPart, Sendable {
     let idleTimeout: Duration
-    let clock: ReplicaClock
-    let signals: CoordinatorSignals
+    let context: ReplicaContext
 
     /// How often the sweep looks: a quarter of the timeout, at most once a second.
     var period: Duration { min(idleTimeout / 4, .seconds(1)) }

@@ -23,19 +23,19 @@ import Synchronization
 ///   handler here stops, the token sequence is moved past every token this replica saw, the
 ///   replica renews nothing for one TTL (its leases lapse, and every other replica checks at its
 ///   next renewal), then registers anew; logged as critical, counted in
-///   `leasehold_database_regressions_total`.
+///   `leasehold_failover_checks_failed_total`.
 ///
-/// While a check cannot be made (the audit fails, or runs on another node than the one it
+/// While a check cannot be made (the failover check fails, or runs on another node than the one it
 /// checks), the replica sends no renewal: its leases lapse and other replicas take its handlers,
 /// rather than this replica keeping them alive without acting on what it hears.
 /// Evidence that the database lost writes can also come without another node answering: a write
 /// refused (its lease gone, its log not continuing the row's), or a reserved token the sequence is
-/// not past. Each makes the database a suspect: the next renewal is sent at once and audits the
+/// not past. Each makes the database a suspect: the next renewal is sent at once and checks the
 /// node it meets as if it were a new one, and what a refused write concerned is forgotten only
-/// after an audit that started after the refusal passed (`forgetAfterAudit`). Suspicions raised
-/// together share one audit (one runs at a time; one pending covers every suspicion raised
-/// before it starts). What an audit costs: one statement over every remembered position
-/// (`acknowledgementLimit`, 100,000 at most; measured in `PostgresStoreTests.auditOfManyPositions`).
+/// after a failover check that started after the refusal passed (`forgetAfterCheck`). Suspicions raised
+/// together share one failover check (one runs at a time; one pending covers every suspicion raised
+/// before it starts). What a failover check costs: one statement over every remembered position
+/// (`acknowledgementLimit`, 100,000 at most; measured in `PostgresStoreTests.failoverCheckOfManyPositions`).
 ///
 /// Until a node is checked, nothing is written there: the store runs no operation on a connection
 /// to a node this replica has not trusted (`HandlerStore.trust`, the Postgres store's
@@ -59,7 +59,7 @@ extension LeaseKeeper {
             }
             let same = verified.systemIdentifier == node.systemIdentifier && verified.timeline == node.timeline
             // One check at a time. While a node change is checked, renewals answered meanwhile
-            // prove nothing; while the verified node is audited on a suspicion (which takes
+            // prove nothing; while the verified node is checked on a suspicion (which takes
             // seconds at 100,000 positions), its renewals count as before the suspicion.
             if state.checkingDatabase { return same && state.pendingNode == nil ? .same : .busy }
             if same {
@@ -111,7 +111,7 @@ extension LeaseKeeper {
             Self.beginCheck(&state)
             return (node, verified)
         }
-        // A check of a node change in flight: no renewal meanwhile. (An audit of the verified node
+        // A check of a node change in flight: no renewal meanwhile. (A failover check of the verified node
         // on a suspicion does not hold renewals up.)
         guard let (node, verified) = pending else {
             return state.withLock { $0.checkingDatabase && $0.pendingNode != nil }
@@ -119,41 +119,41 @@ extension LeaseKeeper {
         return await checkAndRecord(node, against: verified, host: host)
     }
 
-    /// The database may have lost writes (see above): the next renewal audits it, and is sent now.
+    /// The database may have lost writes (see above): the next renewal checks it, and is sent now.
     func suspectDatabase() {
         state.withLock { $0.suspected = true }
         store.signals.databaseMoved()
     }
 
     /// What this replica was told of the handlers of `leases`, whose writes were refused, is
-    /// forgotten once an audit that started after this call passed (never, if one finds the
+    /// forgotten once a failover check that started after this call passed (never, if one finds the
     /// database went back in time: then everything is). Raises the suspicion that starts one.
-    func forgetAfterAudit(_ leases: [Lease]) {
+    func forgetAfterCheck(_ leases: [Lease]) {
         guard !leases.isEmpty else { return }
-        let audited = state.withLock { state -> Bool in
+        let checked = state.withLock { state -> Bool in
             // A database that does not tell its node (the in-memory store, a managed service
-            // refusing the functions) is never audited: forgotten now, as before any audit.
+            // refusing the functions) is never checked: forgotten now, as before any failover check.
             guard state.verifiedNode != nil else {
                 for lease in leases { state.acknowledged.forget(lease.handlerID, upTo: lease.token) }
                 return false
             }
-            let audit = state.auditsStarted + 1
-            state.forgetAfterAudit.append(contentsOf: leases.map { ($0, audit) })
+            let check = state.checksStarted + 1
+            state.forgetAfterCheck.append(contentsOf: leases.map { ($0, check) })
             // Bounded: a forget dropped only keeps a position longer (the database only moves
             // a handler forward from what it acknowledged; a kept one costs a few bytes).
-            let excess = state.forgetAfterAudit.count - CoordinatorConfiguration.acknowledgementLimit
-            if excess > 0 { state.forgetAfterAudit.removeFirst(excess) }
+            let excess = state.forgetAfterCheck.count - CoordinatorConfiguration.acknowledgementLimit
+            if excess > 0 { state.forgetAfterCheck.removeFirst(excess) }
             state.suspected = true
             return true
         }
-        if audited { store.signals.databaseMoved() }
+        if checked { store.signals.databaseMoved() }
     }
 
     /// Runs the renewal that checks a node an operation met before any renewal did (see `NodeGate`),
     /// or a suspected database, at once rather than at the next heartbeat.
     /// At most one such renewal per tenth of the heartbeat: writes refused by the gate keep
-    /// signalling while a check cannot be made (the audit failing), and each would otherwise send
-    /// an audit at once after the last.
+    /// signalling while a check cannot be made (the failover check failing), and each would otherwise send
+    /// a failover check at once after the last.
     func runDatabaseMoveChecks(host: HandlerHost) async {
         for await _ in store.signals.databaseMoves {
             if Task.isCancelled || isSuperseded { return }
@@ -165,35 +165,35 @@ extension LeaseKeeper {
     private static func beginCheck(_ state: inout State) {
         state.checkingDatabase = true
         state.suspected = false
-        state.auditsStarted += 1
+        state.checksStarted += 1
     }
 
     /// `check`, then the bookkeeping every check shares: one at a time, numbered, awaited.
     private func checkAndRecord(_ node: DatabaseNode, against verified: DatabaseNode, host: HandlerHost) async
         -> Bool
     {
-        let number = state.withLock { $0.auditsStarted }
+        let number = state.withLock { $0.checksStarted }
         let refused = await check(node, against: verified, host: host)
         state.withLock { state in
             state.checkingDatabase = false
             guard !refused else { return }
             // It found nothing lost: the refusals raised before it started were what they seemed.
             var kept: [(Lease, Int)] = []
-            for (lease, audit) in state.forgetAfterAudit {
-                if audit <= number {
+            for (lease, check) in state.forgetAfterCheck {
+                if check <= number {
                     state.acknowledged.forget(lease.handlerID, upTo: lease.token)
                 } else {
-                    kept.append((lease, audit))
+                    kept.append((lease, check))
                 }
             }
-            state.forgetAfterAudit = kept
+            state.forgetAfterCheck = kept
         }
         signals.passed(.databaseCheck)
         return refused
     }
 
     /// Long (about 100 lines) because it is one decision read top to bottom: another database,
-    /// an audit that failed or ran elsewhere, nothing lost, or a regression, each with its state
+    /// a failover check that failed or ran elsewhere, nothing lost, or a regression, each with its state
     /// change, log line and metric; what is lost is computed apart (`losses`).
     /// - Returns: true when what the node said must not be acted on (checked and started over,
     ///   or not checked yet).
@@ -212,7 +212,7 @@ extension LeaseKeeper {
             // Nothing this replica was told concerns that database.
             state.withLock { state in
                 state.acknowledged.removeAll(at: clock.now)
-                state.forgetAfterAudit.removeAll()
+                state.forgetAfterCheck.removeAll()
                 state.highestToken = FencingToken(0)
                 state.verifiedNode = node
                 state.pendingNode = nil
@@ -226,19 +226,19 @@ extension LeaseKeeper {
             state.acknowledged.prune(at: clock.now)
             return (state.acknowledged.all, state.highestToken)
         }
-        let audit: StoreAudit
+        let answer: FailoverCheckAnswer
         do {
-            audit = try await store.audit(Array(acknowledged.keys))
+            answer = try await store.failoverCheck(Array(acknowledged.keys))
         } catch {
             logger.warning(
                 "the database failed over; checking what it kept failed, renewing nothing until it succeeds",
                 metadata: [LogKeys.error: "\(error)"])
             return true
         }
-        if let answered = audit.node,
+        if let answered = answer.node,
             answered.systemIdentifier != node.systemIdentifier || answered.timeline != node.timeline
         {
-            // The audit ran on another node than the one to check: a pool still holding a
+            // The failover check ran on another node than the one to check: a pool still holding a
             // connection to the old primary (retry: no renewal until the two agree), or yet
             // another failover since (check that newer node next).
             logger.warning(
@@ -251,19 +251,19 @@ extension LeaseKeeper {
             }
             return true
         }
-        let missing = Self.losses(of: acknowledged, highest: highest, in: audit)
+        let missing = Self.losses(of: acknowledged, highest: highest, in: answer)
         let failover = node.timeline != verified.timeline
         if failover {
             state.withLock { $0.databaseFailovers += 1 }
             metrics.databaseFailovers.increment()
         } else {
-            state.withLock { $0.databaseAudits += 1 }
-            metrics.databaseAudits.increment()
+            state.withLock { $0.checksOnSuspicion += 1 }
+            metrics.checksOnSuspicion.increment()
         }
         let moved =
             failover
             ? "timeline \(verified.timeline) -> \(node.timeline) at \(node.address)"
-            : "timeline \(node.timeline) at \(node.address), audited after a refused write"
+            : "timeline \(node.timeline) at \(node.address), checked after a refused write"
         guard !missing.isEmpty else {
             if failover {
                 logger.notice(
@@ -281,21 +281,21 @@ extension LeaseKeeper {
             store.trust(node)
             return false
         }
-        stopEverything(host: host, reason: "database went back in time")
-        state.withLock { $0.databaseRegressions += 1 }
-        metrics.databaseRegressions.increment()
+        stopEverything(host: host, reason: "failover check failed: the database lost acknowledged writes")
+        state.withLock { $0.failedChecks += 1 }
+        metrics.failedChecks.increment()
         logger.critical(
-            "the database went back in time: it lost writes it had acknowledged; voiding every lease here, waiting one lease TTL and registering anew",
+            "failover check failed: the database lost writes it had acknowledged (it went back in time); voiding every lease here, waiting one lease TTL and registering anew",
             metadata: [
                 LogKeys.database: "\(moved)", LogKeys.count: "\(missing.count)",
                 LogKeys.detail: "\(missing.prefix(20).joined(separator: "; "))",
             ])
-        await startOver(host: host, reason: "database went back in time", waitOneTTL: true, tokensPast: highest)
+        await startOver(host: host, reason: "failover check failed", waitOneTTL: true, tokensPast: highest)
         // Reported once: what was lost is gone, and the next failover is checked against what
         // this database acknowledges from now on.
         state.withLock { state in
             state.acknowledged.removeAll(at: clock.now)
-            state.forgetAfterAudit.removeAll()
+            state.forgetAfterCheck.removeAll()
             state.verifiedNode = node
             state.pendingNode = nil
         }
@@ -303,20 +303,21 @@ extension LeaseKeeper {
         return true
     }
 
-    /// What `audit` shows the database lost of what this replica was told: each entry names a
+    /// What `answer` shows the database lost of what this replica was told: each entry names a
     /// position (or the token sequence) behind what was acknowledged. Empty: nothing lost.
     static func losses(
-        of acknowledged: [HandlerID: StoreAudit.Position], highest: FencingToken, in audit: StoreAudit
+        of acknowledged: [HandlerID: FailoverCheckAnswer.Position], highest: FencingToken,
+        in answer: FailoverCheckAnswer
     ) -> [String] {
         var missing: [String] = []
-        if audit.highestToken < highest {
-            missing.append("token sequence at \(audit.highestToken), this replica was granted \(highest)")
+        if answer.highestToken < highest {
+            missing.append("token sequence at \(answer.highestToken), this replica was granted \(highest)")
         }
         for (id, mine) in acknowledged.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-            guard let theirs = audit.handlers[id] else {
+            guard let theirs = answer.handlers[id] else {
                 // Purged since, by any replica, from a position at or past ours: gone on purpose,
                 // not lost.
-                if let purged = audit.purged[id], !purged.isBehind(mine) { continue }
+                if let purged = answer.purged[id], !purged.isBehind(mine) { continue }
                 missing.append("\(id): gone (had token \(mine.token), sequence \(mine.lastSequence))")
                 continue
             }
@@ -349,7 +350,7 @@ extension LeaseKeeper {
         defer { state.withLock { $0.startingOver = false } }
         do {
             // Bounded: a role that may not move the sequence must not keep the replica out for good.
-            var delay = Duration.milliseconds(100)
+            var backoff = Backoff(.background)
             for attempt in 1...8 {
                 do {
                     try await store.advanceTokens(past: token)
@@ -360,8 +361,7 @@ extension LeaseKeeper {
                     logger.error(
                         "moving the token sequence failed",
                         metadata: [LogKeys.error: "\(error)", LogKeys.count: "\(attempt)"])
-                    try await clock.sleep(for: delay)
-                    delay = min(delay * 2, .seconds(2))
+                    try await clock.sleep(for: backoff.next())
                 }
             }
             if waitOneTTL { try await clock.sleep(for: configuration.leaseTTL) }
@@ -406,14 +406,15 @@ extension LeaseKeeper {
 
     private func acknowledge(_ state: inout State, _ lease: Lease, lastSequence: Int64) {
         state.acknowledged.record(
-            lease.handlerID, StoreAudit.Position(token: lease.token, lastSequence: lastSequence), at: clock.now)
+            lease.handlerID, FailoverCheckAnswer.Position(token: lease.token, lastSequence: lastSequence), at: clock.now
+        )
     }
 
     /// The database node of the last renewal, and how often its history was checked.
-    var database: (node: DatabaseNode?, failovers: Int, regressions: Int) {
-        state.withLock { ($0.node, $0.databaseFailovers, $0.databaseRegressions) }
+    var database: (node: DatabaseNode?, failovers: Int, failedChecks: Int) {
+        state.withLock { ($0.node, $0.databaseFailovers, $0.failedChecks) }
     }
 
-    /// Audits of an unchanged node after a refused write (or a reserved token it was not past).
-    var databaseAudits: Int { state.withLock { $0.databaseAudits } }
+    /// Failover checks of an unchanged node after a refused write (or a reserved token it was not past).
+    var checksOnSuspicion: Int { state.withLock { $0.checksOnSuspicion } }
 }

@@ -151,8 +151,8 @@ extension LeaseKeeper {
             }
             host.fence(lost, reason: "lease lost")
             // Another replica (or a cancel, a purge) moved these on: their history is not ours to
-            // check, once an audit found that the database did not lose it instead.
-            forgetAfterAudit(lost.map(\.lease))
+            // check, once a failover check found that the database did not lose it instead.
+            forgetAfterCheck(lost.map(\.lease))
         }
         pruneAcknowledged()
         if !orphans.isEmpty {

@@ -53,12 +53,4 @@ extension LeaseKeeper {
         state.reservedTokens = []
         state.tokenEpoch += 1
     }
-
-    /// A handler launched unwritten was written (by its first checkpoint, or at hand-off): from
-    /// now on its lease is one like any other.
-    func created(_ creation: PendingCreation, lease: Lease, lastSequence: Int64) {
-        creation.markWritten(at: clock.now)
-        granted(lease, lastSequence: lastSequence)
-        metrics.handlersStarted.increment()
-    }
 }

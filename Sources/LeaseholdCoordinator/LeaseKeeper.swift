@@ -22,7 +22,7 @@ import Synchronization
 /// compares the two; a step beyond `clockStepMargin` fences every handler here and registers anew.
 /// Each renewal also names the database node that answered: a failover of the database itself is
 /// checked against what this replica had acknowledged (`LeaseKeeper+FailoverCheck.swift`).
-final class LeaseKeeper: Sendable {
+final class LeaseKeeper: ReplicaPart, Sendable {
     struct State {
         /// Monotonic time at which the last successful renewal was *sent*.
         var lastRenewal: Duration?
@@ -53,7 +53,7 @@ final class LeaseKeeper: Sendable {
         var pendingNode: DatabaseNode?
         /// What the database acknowledged to this replica within `acknowledgementWindow`: each
         /// handler's token and last durable sequence; and the highest token it ever granted here.
-        var acknowledged: AcknowledgedPositions
+        var acknowledged: FailoverCheckMemory
         var highestToken = FencingToken(0)
         /// Tokens reserved for handlers created by their first checkpoint (`takeToken`), and the
         /// epoch they belong to: starting over discards them.
@@ -63,15 +63,15 @@ final class LeaseKeeper: Sendable {
         var startingOver = false
         /// Set while a database check runs: other renewals' answers are not acted on.
         var checkingDatabase = false
-        /// A write was refused (or a reserved token found ahead): the next renewal audits the node.
+        /// A write was refused (or a reserved token found ahead): the next renewal checks the node.
         var suspected = false
         /// Checks started (one at a time, numbered from 1).
-        var auditsStarted = 0
-        var databaseAudits = 0
-        /// Leases whose refused writes wait for the audit numbered with them to pass before what
+        var checksStarted = 0
+        var checksOnSuspicion = 0
+        /// Leases whose refused writes wait for the failover check numbered with them to pass before what
         /// was acknowledged of them is forgotten.
-        var forgetAfterAudit: [(Lease, Int)] = []
-        var databaseRegressions = 0
+        var forgetAfterCheck: [(Lease, Int)] = []
+        var failedChecks = 0
         var databaseFailovers = 0
     }
 
@@ -83,42 +83,29 @@ final class LeaseKeeper: Sendable {
     }
 
     let store: any HandlerStore
-    let configuration: CoordinatorConfiguration
-    let clock: ReplicaClock
-    let logger: Logger
-    let metrics: CoordinatorMetrics
-    let signals: CoordinatorSignals
+    let context: ReplicaContext
     let state: Mutex<State>
     /// Wakes `runOrphanReleases` (at most one pending wake-up: it takes every orphan at once).
     let orphanSignals: AsyncStream<Void>
     let orphanSignal: AsyncStream<Void>.Continuation
 
-    init(
-        store: any HandlerStore, configuration: CoordinatorConfiguration, clock: ReplicaClock, logger: Logger,
-        metrics: CoordinatorMetrics, signals: CoordinatorSignals
-    ) {
+    init(store: any HandlerStore, context: ReplicaContext) {
         self.store = store
-        self.configuration = configuration
-        self.clock = clock
-        self.logger = logger
-        self.metrics = metrics
-        self.signals = signals
+        self.context = context
         state = Mutex(
             State(
-                acknowledged: AcknowledgedPositions(
-                    window: configuration.acknowledgementWindow, limit: CoordinatorConfiguration.acknowledgementLimit,
-                    now: clock.now)))
+                acknowledged: FailoverCheckMemory(
+                    window: context.configuration.acknowledgementWindow,
+                    limit: CoordinatorConfiguration.acknowledgementLimit, now: context.clock.now)))
         (orphanSignals, orphanSignal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
-
-    var replicaID: ReplicaID { configuration.replicaID }
 
     // MARK: - Registration
 
     /// Registers this process anew (voiding any lease an earlier process under this id held),
     /// retrying until it succeeds. - Throws: `CancellationError` on shutdown.
     func register() async throws {
-        var delay = Duration.milliseconds(100)
+        var backoff = Backoff(.background)
         while true {
             let sent = clock.now
             do {
@@ -129,8 +116,7 @@ final class LeaseKeeper: Sendable {
                 return
             } catch {
                 logger.warning("registration failed, retrying", metadata: [LogKeys.error: "\(error)"])
-                try await clock.sleep(for: delay)
-                delay = min(delay * 2, .seconds(2))
+                try await clock.sleep(for: backoff.next())
             }
         }
     }
@@ -168,12 +154,14 @@ final class LeaseKeeper: Sendable {
             let registrations = signals.count(.registration)
             let renewals = signals.count(.renewal)
             if leasesProvable { return true }
-            await withTaskGroup(of: Void.self) { race in
-                race.addTask { await self.signals.wait(.registration, after: registrations) }
-                race.addTask { await self.signals.wait(.renewal, after: renewals) }
-                race.addTask { try? await self.clock.sleep(for: left) }  // (cancelled: the race is over)
-                await race.next()
-                race.cancelAll()
+            // The limit passing is an answer here (the loop returns false), not an error.
+            _ = try? await withTimeLimit(left, clock: clock) {
+                await withTaskGroup(of: Void.self) { either in
+                    either.addTask { await self.signals.wait(.registration, after: registrations) }
+                    either.addTask { await self.signals.wait(.renewal, after: renewals) }
+                    await either.next()
+                    either.cancelAll()
+                }
             }
         }
         return true

@@ -11,17 +11,15 @@ import Logging
 /// tried (self-fencing, stuck-write exclusion); a store that is briefly unavailable is retried
 /// while that holds, so a runtime whose lease was abandoned stops retrying. A write the store
 /// rejects (`leaseLost`) is final: the runtime stops.
-struct LeasePersistence: HandlerPersistence {
+struct LeasePersistence: HandlerPersistence, ReplicaPart {
     let store: any HandlerStore
     let keeper: LeaseKeeper
-    let metrics: CoordinatorMetrics
-    let logger: Logger
+    let context: ReplicaContext
     let lease: Lease
-    let clock: ReplicaClock
     /// Told the handler's record when a checkpoint finished it (see `HandlerHost.finished`).
     let finished: @Sendable (HandlerRecord) -> Void
     /// Set when the handler is not yet written: the first checkpoint creates it.
-    var creation: PendingCreation? = nil
+    var unwritten: UnwrittenRun? = nil
     /// Creates the children its steps ask for.
     var children: ChildStarts? = nil
 
@@ -31,17 +29,15 @@ struct LeasePersistence: HandlerPersistence {
     }
 
     func checkpoint(_ checkpoint: Checkpoint) async throws {
-        var delay = Duration.milliseconds(20)
+        var backoff = Backoff(.waitedOn)
         var uncertain = false
         while true {
             guard keeper.mayWrite(lease) else { throw StoreError.leaseLost(lease.handlerID) }
-            let creating = creation.map { !$0.isWritten } ?? false
+            let creating = unwritten.map { !$0.isWritten } ?? false
             do {
                 let record = try await keeper.writing(lease) {
-                    guard creating, let creation else { return try await store.checkpoint(checkpoint, lease: lease) }
-                    creation.markAttempted()
-                    return try await store.create(
-                        creation.handler, owner: lease.replicaID, token: lease.token, first: checkpoint)
+                    guard creating, let unwritten else { return try await store.checkpoint(checkpoint, lease: lease) }
+                    return try await unwritten.create(first: checkpoint, lease: lease, in: store)
                 }
                 if creating { created(checkpoint) }
                 keeper.acknowledged(lease, lastSequence: checkpoint.state.nextSequence - 1)
@@ -93,8 +89,7 @@ struct LeasePersistence: HandlerPersistence {
                 uncertain = true
                 logger.warning(
                     "checkpoint retry", metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.error: "\(reason)"])
-                try await clock.sleep(for: delay)
-                delay = min(delay * 2, .milliseconds(500))
+                try await clock.sleep(for: backoff.next())
             }
         }
     }
@@ -107,8 +102,8 @@ struct LeasePersistence: HandlerPersistence {
     }
 
     private func created(_ checkpoint: Checkpoint) {
-        guard let creation else { return }
-        keeper.created(creation, lease: lease, lastSequence: checkpoint.state.nextSequence - 1)
+        guard let unwritten else { return }
+        keeper.written(unwritten, lease: lease, lastSequence: checkpoint.state.nextSequence - 1)
     }
 
     /// Whether an earlier attempt of `checkpoint` committed: the handler's row carries this lease's

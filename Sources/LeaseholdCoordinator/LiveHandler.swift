@@ -13,34 +13,6 @@ enum StopReason: Sendable {
     case leaseLost
 }
 
-/// A handler launched before it was written to the store (a `run` with a server-chosen id): its
-/// first checkpoint creates it, in the same commit (`HandlerStore.create(_:owner:token:first:)`).
-/// Until then no other replica can see it, and no renewal can show its lease.
-final class PendingCreation: Sendable {
-    private struct State {
-        /// Monotonic time at which the write that created it was answered.
-        var writtenAt: Duration?
-        /// A write that may create it was sent (its outcome may be unknown).
-        var attempted = false
-    }
-
-    let handler: NewHandler
-    private let state = Mutex(State())
-
-    init(_ handler: NewHandler) { self.handler = handler }
-
-    var isWritten: Bool { state.withLock { $0.writtenAt != nil } }
-    var writtenAt: Duration? { state.withLock { $0.writtenAt } }
-    var wasAttempted: Bool { state.withLock { $0.attempted } }
-    func markAttempted() { state.withLock { $0.attempted = true } }
-    func markWritten(at time: Duration) {
-        state.withLock { state in
-            state.attempted = true
-            if state.writtenAt == nil { state.writtenAt = time }
-        }
-    }
-}
-
 /// One handler running on this replica under one lease.
 final class LiveHandler: Sendable {
     let id: HandlerID
@@ -51,17 +23,17 @@ final class LiveHandler: Sendable {
     let claimedAt: Duration
     let stopReason = Mutex<StopReason?>(nil)
     /// Set while the handler is not yet written to the store (see `PendingCreation`).
-    let creation: PendingCreation?
+    let unwritten: UnwrittenRun?
     /// Finishes when the handler's task has ended (after hibernate / release).
     let ended: AsyncStream<Void>
     let endedContinuation: AsyncStream<Void>.Continuation
 
     init(
         id: HandlerID, lease: Lease, runtime: HandlerRuntime, workflow: Workflow, claimedAt: Duration,
-        creation: PendingCreation? = nil
+        unwritten: UnwrittenRun? = nil
     ) {
         self.id = id
-        self.creation = creation
+        self.unwritten = unwritten
         self.lease = lease
         self.runtime = runtime
         self.workflow = workflow
@@ -85,13 +57,13 @@ final class LiveHandler: Sendable {
     }
 
     /// Written to the store: its lease is one a renewal can show.
-    var isCreated: Bool { creation?.isWritten ?? true }
+    var isCreated: Bool { unwritten?.isWritten ?? true }
 
     /// Since when (monotonic) the store holds its lease: when it was claimed, or when the write
     /// that created it was answered (nil until then). A renewal sent earlier may not show it.
     var heldSince: Duration? {
-        guard let creation else { return claimedAt }
-        return creation.writtenAt
+        guard let unwritten else { return claimedAt }
+        return unwritten.writtenAt
     }
 
     /// Running, not finished and not asked to stop: its lease should be renewed.

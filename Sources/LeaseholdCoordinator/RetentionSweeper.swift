@@ -11,13 +11,10 @@ import Logging
 /// takes the oldest finished rows `FOR UPDATE SKIP LOCKED`, so concurrent sweeps split the work
 /// instead of contending. A pass deletes at most `batch × maxBatches` handlers, then yields until
 /// the next period.
-struct RetentionSweeper: Sendable {
+struct RetentionSweeper: ReplicaPart, Sendable {
     let retention: Duration
     let store: any HandlerStore
-    let configuration: CoordinatorConfiguration
-    let clock: ReplicaClock
-    let logger: Logger
-    let metrics: CoordinatorMetrics
+    let context: ReplicaContext
 
     static let batch = 500
     static let maxBatches = 20

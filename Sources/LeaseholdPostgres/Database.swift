@@ -18,6 +18,8 @@ public struct Database: Sendable {
     public let client: PostgresClient
     /// The store on the pool.
     public let store: PostgresStore
+    /// The replica's clock (the store's too).
+    public let clock: ReplicaClock
 
     /// - Parameters:
     ///   - applicationName: shown in `pg_stat_activity` (a replica passes "leasehold <replica id>").
@@ -27,11 +29,14 @@ public struct Database: Sendable {
     ///     period).
     ///   - groupCommit: how writes share commits (nil: each commits alone).
     ///   - logger: for the store; the pool logs at warning and above only.
+    ///   - clock: the replica's clock.
     public init(
         url: DatabaseURL, applicationName: String = "leasehold", sessionTimeout: Duration? = nil,
-        listenProbe: Duration? = .seconds(1), groupCommit: GroupCommitSettings? = .standard, logger: Logger
+        listenProbe: Duration? = .seconds(1), groupCommit: GroupCommitSettings? = .standard, logger: Logger,
+        clock: ReplicaClock = .system
     ) {
         self.url = url
+        self.clock = clock
         var quiet = logger
         if quiet.logLevel > .debug { quiet.logLevel = .warning }
         client = PostgresClient(
@@ -39,7 +44,7 @@ public struct Database: Sendable {
             backgroundLogger: quiet)
         store = PostgresStore(
             client: client, logger: logger, listenProbe: listenProbe,
-            requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30), groupCommit: groupCommit)
+            requestTimeout: sessionTimeout.map { $0 * 2 } ?? .seconds(30), groupCommit: groupCommit, clock: clock)
     }
 
     /// A server with `fsync=off` loses acknowledged commits when it crashes, on the same
@@ -69,13 +74,14 @@ public struct Database: Sendable {
     /// - Throws: `DatabaseError` naming host and port when `deadline` passes or a migration fails.
     @discardableResult
     public func migrate(within deadline: Duration, logger: Logger) async throws -> [Int] {
-        let start = ContinuousClock.now
+        let start = clock.now
         var lastError = ""
-        while ContinuousClock.now - start < deadline {
+        var backoff = Backoff(.waitedOn)
+        while clock.now - start < deadline {
             do {
                 // One attempt ends within 10 s whatever the network does (`Migrator.migrate` closes a
                 // connection that does not answer); the next takes a fresh connection.
-                let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10)) {
+                let applied = try await Migrator().migrate(client, logger: logger, limit: .seconds(10), clock: clock) {
                     try await Self.refuseUnsafeDurability(on: $0, logger: logger)
                 }
                 logger.info("schema ready", metadata: ["applied": "\(applied)"])
@@ -87,7 +93,7 @@ public struct Database: Sendable {
             } catch {
                 lastError = Self.describe(error)
                 logger.warning("database not reachable yet", metadata: ["database": "\(url)", "error": "\(lastError)"])
-                try await Task.sleep(for: .milliseconds(500))
+                try await clock.sleep(for: backoff.next())
             }
         }
         throw DatabaseError(message: "cannot reach the database at \(url.host):\(url.port) (\(lastError))")
@@ -107,7 +113,7 @@ public struct Database: Sendable {
             }
             defer { group.cancelAll() }
             do {
-                return try await withTimeLimit(limit) { try await body(database) }
+                return try await withTimeLimit(limit, clock: database.clock) { try await body(database) }
             } catch let error as MigrationError {
                 throw DatabaseError(message: "migrations: \(error)")
             } catch is TimeLimitExceeded {

@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 import LeaseholdStore
 import Synchronization
 
@@ -97,10 +98,12 @@ final class GroupCommit: Sendable {
     }
 
     let settings: GroupCommitSettings
+    private let clock: ReplicaClock
     private let state = Mutex(State())
 
-    init(settings: GroupCommitSettings) {
+    init(settings: GroupCommitSettings, clock: ReplicaClock) {
         self.settings = settings
+        self.clock = clock
     }
 
     var stats: GroupCommitStats { state.withLock { $0.stats } }
@@ -208,11 +211,11 @@ final class GroupCommit: Sendable {
 
     /// Holds the flush open until `maxBatch` writes are queued or `linger` has passed.
     private func linger() async {
-        let deadline = ContinuousClock.now + settings.linger
+        let deadline = clock.now + settings.linger
         while state.withLock({ $0.queue.count }) < settings.maxBatch {
-            let left = deadline - ContinuousClock.now
+            let left = deadline - clock.now
             guard left > .zero else { return }
-            do { try await Task.sleep(for: min(left, .milliseconds(1))) } catch { return }
+            do { try await clock.sleep(for: min(left, .milliseconds(1))) } catch { return }
         }
     }
 

@@ -1,7 +1,7 @@
 import Foundation
+import LeaseholdKit
 import Logging
 import PostgresNIO
-import Synchronization
 
 /// Applies `sql/NNNN_name.sql` in order, each file in one transaction, recorded in
 /// `schema_migrations`. Runs under an advisory lock, so replicas starting together migrate once.
@@ -80,39 +80,34 @@ public struct Migrator: Sendable {
     /// - Returns: the versions applied by this call (empty when the schema was current).
     @discardableResult
     public func migrate(
-        _ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20),
+        _ client: PostgresClient, logger: Logger, limit: Duration = .seconds(20), clock: ReplicaClock = .system,
         then check: (@Sendable (PostgresConnection) async throws -> Void)? = nil
     ) async throws -> [Int] {
         try await client.withConnection { connection in
-            let cut = CutFlag()
-            return try await withThrowingTaskGroup(of: [Int]?.self) { group in
-                group.addTask {
+            let cut = OnceFlag()  // set once the connection was cut: nothing more is sent on it
+            do {
+                return try await withTimeLimit(
+                    limit, clock: clock, timedOut: { MigrationTimedOut() },
+                    whenLimitPasses: {
+                        // Nothing more is sent on it once cut (a statement sent to a closing
+                        // connection could itself be lost): the session's end releases the
+                        // advisory lock, and the statement waiting fails.
+                        cut.set()
+                        try? await connection.close()
+                    }
+                ) {
                     let applied = try await locked(on: connection, logger: logger, cut: cut)
                     try await check?(connection)
                     return applied
                 }
-                group.addTask {
-                    try await Task.sleep(for: limit)
-                    // Nothing more is sent on it once cut (a statement sent to a closing connection
-                    // could itself be lost): the session's end releases the advisory lock.
-                    cut.set()
-                    try? await connection.close()
-                    return nil
-                }
-                defer { group.cancelAll() }
-                do {
-                    guard let first = try await group.next(), let applied = first else { throw MigrationTimedOut() }
-                    return applied
-                } catch {
-                    // The statement cut short fails with the closed connection's error.
-                    if cut.isSet { throw MigrationTimedOut() }
-                    throw error
-                }
+            } catch  where cut.isSet {
+                // The statement cut short fails with the closed connection's error.
+                throw MigrationTimedOut()
             }
         }
     }
 
-    private func locked(on connection: PostgresConnection, logger: Logger, cut: CutFlag) async throws -> [Int] {
+    private func locked(on connection: PostgresConnection, logger: Logger, cut: OnceFlag) async throws -> [Int] {
         try await connection.checkedQuery("SELECT pg_advisory_lock(\(Self.lockKey))", logger: logger)
         do {
             let applied = try await apply(on: connection, logger: logger)
@@ -172,11 +167,4 @@ public struct MigrationError: Error, CustomStringConvertible, Sendable {
 public struct MigrationTimedOut: Error, CustomStringConvertible {
     /// Says that the migrations timed out.
     public var description: String { "migrations did not finish in time (their connection was closed)" }
-}
-
-/// Set once a migration's connection was cut: nothing more is sent on it.
-final class CutFlag: Sendable {
-    private let value = Mutex(false)
-    func set() { value.withLock { $0 = true } }
-    var isSet: Bool { value.withLock { $0 } }
 }

@@ -17,7 +17,7 @@ import Synchronization
 /// to check) and on a node that does not tell its identity (a managed service refusing the
 /// functions), everything passes.
 ///
-/// Renewals, registration, the audit and the token sequence's move are not gated: they are how
+/// Renewals, registration, the failover check and the token sequence's move are not gated: they are how
 /// the node is learnt and checked; nor are reads, which cannot erase evidence (what they answer
 /// is what that node holds).
 final class NodeGate: Sendable {

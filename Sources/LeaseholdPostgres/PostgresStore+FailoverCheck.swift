@@ -3,44 +3,45 @@ import LeaseholdEngine
 import LeaseholdStore
 import PostgresNIO
 
-/// The store's half of the failover check (`LeaseKeeper+FailoverCheck.swift`): the audit that tells
+/// The store's half of the failover check (`LeaseKeeper+FailoverCheck.swift`): the read that tells
 /// whether a database node still holds every position this replica was told of, and the move of
 /// the token sequence past every token seen before registering anew.
 extension PostgresStore {
-    /// See `HandlerStore.audit(_:)`.
-    public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
+    /// See `HandlerStore.failoverCheck(_:)`.
+    public func failoverCheck(_ handlerIDs: [HandlerID]) async throws -> FailoverCheckAnswer {
         try await guarded(gated: false) { connection in
             let ids = handlerIDs.map(\.rawValue)
             do {
-                return try await audit(ids, tombstones: true, on: connection)
+                return try await positions(ids, tombstones: true, on: connection)
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42P01" {
                 // undefined_table: a database from before migration 0013 (a restored backup, a
                 // standby that had not received it) has no tombstones; the check is still made.
-                logger.warning("the database has no purge tombstones (migration 0013), auditing without them")
-                return try await audit(ids, tombstones: false, on: connection)
+                logger.warning("the database has no purge tombstones (migration 0013), checking without them")
+                return try await positions(ids, tombstones: false, on: connection)
             }
         }
     }
 
-    private func audit(_ ids: [String], tombstones: Bool, on connection: PostgresConnection) async throws -> StoreAudit
+    private func positions(_ ids: [String], tombstones: Bool, on connection: PostgresConnection) async throws
+        -> FailoverCheckAnswer
     {
-        var audit = StoreAudit(highestToken: FencingToken(0), handlers: [:])
+        var answer = FailoverCheckAnswer(highestToken: FencingToken(0), handlers: [:])
         for try await (kind, id, token, lastSequence, system, timeline) in try await connection.checkedQuery(
-            Statements.audit(ids: ids, tombstones: tombstones), logger: logger
+            Statements.failoverCheck(ids: ids, tombstones: tombstones), logger: logger
         ).decode((String, String?, Int64, Int64?, String?, Int32?).self) {
             switch (kind, id, lastSequence) {
             case ("handler", let id?, let lastSequence?):
-                audit.handlers[HandlerID(id)] = StoreAudit.Position(
+                answer.handlers[HandlerID(id)] = FailoverCheckAnswer.Position(
                     token: FencingToken(token), lastSequence: lastSequence)
             case ("purged", let id?, let lastSequence?):
-                audit.purged[HandlerID(id)] = StoreAudit.Position(
+                answer.purged[HandlerID(id)] = FailoverCheckAnswer.Position(
                     token: FencingToken(token), lastSequence: lastSequence)
             default:
-                audit.highestToken = FencingToken(token)
-                if let system, let timeline { audit.node = (system, Int(timeline)) }
+                answer.highestToken = FencingToken(token)
+                if let system, let timeline { answer.node = (system, Int(timeline)) }
             }
         }
-        return audit
+        return answer
     }
 
     /// See `HandlerStore.advanceTokens(past:)`.
@@ -69,7 +70,7 @@ extension PostgresStore.Statements {
     /// one per handler purged within the tombstones' hour: the latest position it was deleted at.
     /// Without `tombstones`, for a database without migration 0013 (one restored from before it),
     /// they are read from an empty relation of the same shape, so that its check can still be made.
-    static func audit(ids: [String], tombstones: Bool = true) -> PostgresQuery {
+    static func failoverCheck(ids: [String], tombstones: Bool = true) -> PostgresQuery {
         let source =
             tombstones
             ? "purged_handlers"

@@ -43,9 +43,9 @@ extension PostgresStore {
     }
 
     private func listenLoop() async {
-        var delay = Duration.milliseconds(100)
+        var backoff = Backoff(.background)
         while !Task.isCancelled {
-            let started = ContinuousClock.now
+            let started = clock.now
             do {
                 try await self.client.withConnection { connection in try await self.listen(on: connection) }
             } catch {
@@ -53,9 +53,8 @@ extension PostgresStore {
                 self.logger.warning("listen connection lost", metadata: ["error": "\(String(reflecting: error))"])
             }
             // A connection that lived a while was a success: reconnect quickly.
-            if ContinuousClock.now - started > .seconds(5) { delay = .milliseconds(100) }
-            do { try await Task.sleep(for: delay) } catch { return }
-            delay = min(delay * 2, .seconds(2))
+            if clock.now - started > .seconds(5) { backoff.reset() }
+            do { try await clock.sleep(for: backoff.next()) } catch { return }
         }
     }
 
@@ -91,16 +90,16 @@ extension PostgresStore {
     /// database took it) is not heard within three periods. Probes that cannot be sent (the
     /// database is down) prove nothing either way.
     private func proveListening(session: UInt64, period: Duration) async throws {
-        var unheard: (number: UInt64, sentAt: ContinuousClock.Instant)?
+        var unheard: (number: UInt64, sentAt: Duration)?
         var number: UInt64 = 0
         while true {
-            try await Task.sleep(for: period)
+            try await clock.sleep(for: period)
             if let oldest = unheard, listening.heard(session) >= oldest.number { unheard = nil }
-            if let oldest = unheard, ContinuousClock.now - oldest.sentAt > period * 3 {
+            if let oldest = unheard, clock.now - oldest.sentAt > period * 3 {
                 throw ListenSilent(session: session)
             }
             number += 1
-            let sentAt = ContinuousClock.now
+            let sentAt = clock.now
             let payload = Notification.probe + instance + ":\(session):\(number)"
             do {
                 try await withTimeLimit(period) {

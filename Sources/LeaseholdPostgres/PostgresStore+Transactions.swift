@@ -10,7 +10,7 @@ extension PostgresStore {
     /// Runs a store operation on one pooled connection, turning connection failures into
     /// `StoreError.unavailable`. Its statements are watched: one that waits longer than
     /// `requestTimeout` has its connection closed (see `RequestWatchdog`). Unless `gated` is false
-    /// (reads, and what checks the database: renewals, the audit), nothing runs on a node the
+    /// (reads, and what checks the database: renewals, the failover check), nothing runs on a node the
     /// replica has not checked (see `NodeGate`).
     func guarded<T: Sendable>(gated: Bool = true, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {

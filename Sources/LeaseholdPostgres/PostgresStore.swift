@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import Logging
 import PostgresNIO
@@ -16,7 +17,10 @@ public final class PostgresStore: HandlerStore, Service {
     /// The connection pool every statement runs on (it must run in the same service group).
     public let client: PostgresClient
     /// See `HandlerStore.signals`: fed by this process and, through LISTEN, by other replicas.
-    public let signals = StoreSignals()
+    public let signals: StoreSignals
+    /// The replica's clock: the request watchdog, group commit's linger and the LISTEN probe
+    /// measure on it.
+    let clock: ReplicaClock
     let nodeGate = NodeGate()
     /// This process's registration instance: two processes with one replica id never share a
     /// registration (the newest wins; see migration 0004).
@@ -29,7 +33,7 @@ public final class PostgresStore: HandlerStore, Service {
     /// How long a statement may go unanswered before its connection is closed (nil: no limit); see
     /// `RequestWatchdog`.
     let requestTimeout: Duration?
-    let watchdog = RequestWatchdog()
+    let watchdog: RequestWatchdog
     /// Shares commits between the writes of many handlers (nil: every write commits alone).
     let groupCommit: GroupCommit?
 
@@ -48,11 +52,16 @@ public final class PostgresStore: HandlerStore, Service {
     ///   replica passes two lease TTLs: by then the server has given up on a silent session).
     /// - Parameter groupCommit: how creations and checkpoints share commits while the store's
     ///   service runs (nil: each commits alone).
+    /// - Parameter clock: the replica's clock.
     public init(
         client: PostgresClient, logger: Logger, listenProbe: Duration? = .seconds(1),
-        requestTimeout: Duration? = .seconds(30), groupCommit: GroupCommitSettings? = nil
+        requestTimeout: Duration? = .seconds(30), groupCommit: GroupCommitSettings? = nil,
+        clock: ReplicaClock = .system
     ) {
-        self.groupCommit = groupCommit.map { GroupCommit(settings: $0) }
+        self.clock = clock
+        self.signals = StoreSignals(clock: clock)
+        self.watchdog = RequestWatchdog(clock: clock)
+        self.groupCommit = groupCommit.map { GroupCommit(settings: $0, clock: clock) }
         self.client = client
         self.logger = logger
         self.encoder = JSONEncoder()

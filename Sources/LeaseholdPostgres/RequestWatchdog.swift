@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 import PostgresNIO
 import Synchronization
 
@@ -25,12 +26,15 @@ final class RequestWatchdog: Sendable {
         var running: [UInt64: InFlightRequest] = [:]
     }
     private let state = Mutex(State())
+    private let clock: ReplicaClock
+
+    init(clock: ReplicaClock) { self.clock = clock }
 
     /// Starts a request on `connection`; `finish` it when done.
     func start(on connection: PostgresConnection) -> InFlightRequest {
         state.withLock { state in
             state.next += 1
-            let request = InFlightRequest(id: state.next, connection: connection)
+            let request = InFlightRequest(id: state.next, connection: connection, clock: clock)
             state.running[state.next] = request
             return request
         }
@@ -43,7 +47,7 @@ final class RequestWatchdog: Sendable {
 
     /// Closes the connections of requests whose statement has waited `limit`; returns how many.
     func cutStale(limit: Duration) -> Int {
-        let now = ContinuousClock.now
+        let now = clock.now
         let candidates = state.withLock { Array($0.running.values) }
         var cut = 0
         for request in candidates {
@@ -60,7 +64,7 @@ final class RequestWatchdog: Sendable {
     /// Scans every quarter of `limit` until cancelled.
     func run(limit: Duration, onCut: @Sendable (Int) -> Void) async {
         while !Task.isCancelled {
-            do { try await Task.sleep(for: limit / 4) } catch { return }
+            do { try await clock.sleep(for: limit / 4) } catch { return }
             let cut = cutStale(limit: limit)
             if cut > 0 { onCut(cut) }
         }
@@ -70,27 +74,29 @@ final class RequestWatchdog: Sendable {
 /// One store request: its connection, and when its latest statement was sent.
 final class InFlightRequest: Sendable {
     private struct State {
-        var statementSince: ContinuousClock.Instant?
+        var statementSince: Duration?
         var cut = false
         var done = false
     }
     let id: UInt64
     private let connection: PostgresConnection
+    private let clock: ReplicaClock
     private let state = Mutex(State())
 
     /// The request the current task runs (set by `PostgresStore.guarded`).
     @TaskLocal static var current: InFlightRequest?
 
-    init(id: UInt64, connection: PostgresConnection) {
+    init(id: UInt64, connection: PostgresConnection, clock: ReplicaClock) {
         self.id = id
         self.connection = connection
+        self.clock = clock
     }
 
     /// Called before each statement: refuses once the request was cut.
     func begin() throws {
         try state.withLock { state in
             if state.cut { throw PostgresConnection.Closed() }
-            state.statementSince = ContinuousClock.now
+            state.statementSince = clock.now
         }
     }
 
@@ -98,7 +104,7 @@ final class InFlightRequest: Sendable {
 
     /// Marks the request cut when its latest statement was sent before `deadline`; returns the
     /// connection to close.
-    fileprivate func cutIfWaiting(since deadline: ContinuousClock.Instant) -> PostgresConnection? {
+    fileprivate func cutIfWaiting(since deadline: Duration) -> PostgresConnection? {
         state.withLock { state in
             guard !state.done, !state.cut, let since = state.statementSince, since < deadline else { return nil }
             state.cut = true

@@ -2,6 +2,12 @@ import LeaseholdEngine
 import LeaseholdKit
 import Synchronization
 
+/// What the checkpoint loop waits for while it coalesces.
+enum CheckpointWait: Hashable, Sendable {
+    /// A change a client can see, or the runtime's end: write at once.
+    case urgent
+}
+
 /// The checkpoint side of a runtime: the main loop publishes each change, and the checkpoint
 /// loop writes it (at once when a client can see it, else after coalescing), one write at a time.
 extension HandlerRuntime {
@@ -17,19 +23,18 @@ extension HandlerRuntime {
         }
         // Seen by a client, or the last change for a while (no step runs that would write more).
         let urgent = state.status.isFinished || running == 0 || log.contains { !$0.isInternal }
-        let coalescing = shared.withLock { shared -> CheckedContinuation<Void, Never>? in
+        let nowUrgent = shared.withLock { shared -> Bool in
             shared.state = state
             shared.pendingLog.append(contentsOf: log)
             shared.pendingConsumed.append(contentsOf: consumed)
             shared.lastActivity = clock.now
             shared.quiescent = state.isQuiescent && running == 0
             shared.dirty = true
-            guard urgent else { return nil }
+            guard urgent else { return false }
             shared.urgent = true
-            defer { shared.coalescing = nil }
-            return shared.coalescing
+            return true
         }
-        coalescing?.resume()
+        if nowUrgent { urgentChange.wake(.urgent) }
         checkpointContinuation.yield()
     }
 
@@ -46,31 +51,9 @@ extension HandlerRuntime {
     /// `checkpointCoalescing`, or when cancelled.
     private func coalesce() async {
         guard shared.withLock({ !$0.urgent && $0.dirty }) else { return }  // the common case: no wait
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { continuation in
-                        let now = self.shared.withLock { shared -> Bool in
-                            if shared.urgent || !shared.dirty || Task.isCancelled { return true }
-                            shared.coalescing = continuation
-                            return false
-                        }
-                        if now { continuation.resume() }
-                    }
-                } onCancel: {
-                    let waiting = self.shared.withLock { shared in
-                        defer { shared.coalescing = nil }
-                        return shared.coalescing
-                    }
-                    waiting?.resume()
-                }
-            }
-            group.addTask {
-                // Cancelled when the change became urgent first: nothing to do then.
-                do { try await self.clock.sleep(for: self.checkpointCoalescing) } catch { return }
-            }
-            await group.next()
-            group.cancelAll()
+        // The limit passing is an answer here (write what is pending), not an error.
+        _ = try? await withTimeLimit(checkpointCoalescing, clock: clock) {
+            await self.urgentChange.wait(for: .urgent) { self.shared.withLock { $0.urgent || !$0.dirty } }
         }
     }
 

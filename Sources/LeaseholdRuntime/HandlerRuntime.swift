@@ -40,8 +40,6 @@ public final class HandlerRuntime: Sendable {
         var liveTasks = 0
         /// The pending change is one a client can see: write it without coalescing.
         var urgent = false
-        /// The checkpoint loop, holding a change that may wait, until one that may not.
-        var coalescing: CheckedContinuation<Void, Never>?
         /// How many more step runs go through `isolation` (a suspect handler); see `init`.
         var isolatedRunsLeft = 0
     }
@@ -55,6 +53,8 @@ public final class HandlerRuntime: Sendable {
     private let fencingToken: Int64
     let checkpointCoalescing: Duration
     let shared: Mutex<Shared>
+    /// The checkpoint loop, holding a change that may wait, waits here for one that may not.
+    let urgentChange = WaiterRegistry<CheckpointWait>()
     private let inputs: AsyncStream<Input>
     private let inputContinuation: AsyncStream<Input>.Continuation
     let checkpointSignals: AsyncStream<Void>
@@ -222,11 +222,8 @@ public final class HandlerRuntime: Sendable {
             tasks.cancelAll()
         }
         // Nothing more will come to join what is pending: write it now.
-        shared.withLock { shared in
-            shared.urgent = true
-            defer { shared.coalescing = nil }
-            return shared.coalescing
-        }?.resume()
+        shared.withLock { $0.urgent = true }
+        urgentChange.wake(.urgent)
         checkpointContinuation.finish()
         return outcome ?? .stopped(current.handler)
     }
@@ -338,17 +335,16 @@ public final class HandlerRuntime: Sendable {
         }
     }
 
-    /// Creates a child handler, trying again (backing off to 5 s) until it is created or this
+    /// Creates a child handler, trying again (`Backoff`, waited on) until it is created or this
     /// runtime stops: the parent's step waits for it, and a restore asks again anyway.
     private func startChild(_ request: ChildRequest) async {
-        var delay = Duration.milliseconds(50)
+        var backoff = Backoff(.waitedOn)
         while !Task.isCancelled {
             do {
                 try await persistence.startChild(request)
                 return
             } catch {
-                do { try await clock.sleep(for: delay) } catch { return }
-                delay = min(delay * 2, .seconds(5))
+                do { try await clock.sleep(for: backoff.next()) } catch { return }
             }
         }
     }

@@ -53,7 +53,7 @@ extension LeaseholdAPI {
             "system_identifier": .string(node.systemIdentifier), "timeline": .int(node.timeline),
             "node": .string(node.address),
             "synchronous_standbys": node.synchronousStandbys.map { .int($0) } ?? .null,
-            "failovers_seen": .int(database.failovers), "regressions_detected": .int(database.regressions),
+            "failovers_seen": .int(database.failovers), "failover_checks_failed": .int(database.failedChecks),
         ]
     }
 

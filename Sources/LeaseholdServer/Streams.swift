@@ -44,7 +44,7 @@ extension LeaseholdAPI {
                 // body never runs (the client left before the head was written).
                 _ = slot
                 let stopping = OnceFlag()
-                let watch = WriteWatch()
+                let watch = WriteWatch(clock: store.signals.clock)
                 // The writer moves to the stream task below and is used by it alone; this task only
                 // waits. The watchdog beside it ends a stream whose client stopped reading (a write
                 // pending longer than the stall timeout), which would otherwise hold its slot and
@@ -109,7 +109,8 @@ extension LeaseholdAPI {
             // of a handler with nothing new would see no response until the first heartbeat.
             try await watch.timing { try await writer.write(ByteBuffer(string: ": open\n\n")) }
         }
-        var lastWrite = ContinuousClock.now
+        let clock = store.signals.clock
+        var lastWrite = clock.now
         let tail = LogTail(
             store: store, id: id, after: cursor, poll: .seconds(configuration.pollSeconds), existenceCheck: heartbeat)
         for try await records in tail {
@@ -132,10 +133,10 @@ extension LeaseholdAPI {
                     rest = Substring(rest.utf8.dropFirst(piece.count))
                     try await watch.timing { try await writer.write(chunk) }
                 }
-                lastWrite = .now
-            } else if sse && ContinuousClock.now - lastWrite >= heartbeat {
+                lastWrite = clock.now
+            } else if sse && clock.now - lastWrite >= heartbeat {
                 try await watch.timing { try await writer.write(ByteBuffer(string: ": heartbeat\n\n")) }
-                lastWrite = .now
+                lastWrite = clock.now
             }
         }
     }
@@ -179,10 +180,14 @@ struct StreamStalled: Error, CustomStringConvertible {
 
 /// Since when a stream's write has been pending (nil: none is).
 final class WriteWatch: Sendable {
-    private let pendingSince = Mutex<ContinuousClock.Instant?>(nil)
+    private let pendingSince = Mutex<Duration?>(nil)
+    private let clock: ReplicaClock
+
+    init(clock: ReplicaClock) { self.clock = clock }
 
     func timing(_ write: () async throws -> Void) async throws {
-        pendingSince.withLock { $0 = .now }
+        let now = clock.now
+        pendingSince.withLock { $0 = now }
         defer { pendingSince.withLock { $0 = nil } }
         try await write()
     }
@@ -191,8 +196,8 @@ final class WriteWatch: Sendable {
     func untilStalled(longerThan limit: Duration) async throws {
         let period = max(min(limit / 4, .seconds(1)), .milliseconds(10))
         while true {
-            try await Task.sleep(for: period)
-            if let since = pendingSince.withLock({ $0 }), ContinuousClock.now - since > limit { return }
+            try await clock.sleep(for: period)
+            if let since = pendingSince.withLock({ $0 }), clock.now - since > limit { return }
         }
     }
 }

@@ -111,7 +111,7 @@ public protocol HandlerStore: Sendable {
 
     /// Deletes one run of a handler with its inbox, log and lease history. Only that run: a
     /// handler created again under the same id since (another run id) is left alone. Leaves a
-    /// tombstone (its id and last token) for an hour, which `audit` reports.
+    /// tombstone (its id and last token) for an hour, which `failoverCheck` reports.
     /// Returns false when there was no such run.
     func delete(_ handlerID: HandlerID, run runID: String) async throws -> Bool
 
@@ -141,7 +141,7 @@ public protocol HandlerStore: Sendable {
     /// What the store holds now of these handlers and of its token sequence, in one read: after
     /// the database failed over, a replica compares it with what it had acknowledged (see
     /// `LeaseKeeper`) to tell a failover that lost nothing from one that went back in time.
-    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit
+    func failoverCheck(_ handlerIDs: [HandlerID]) async throws -> FailoverCheckAnswer
 
     /// Settles a creation whose outcome is unknown (its write was sent, no answer came): when
     /// this returns, it has either committed — its record is returned — or never will (nil).
@@ -232,8 +232,8 @@ public struct DatabaseNode: Sendable, Equatable {
     }
 }
 
-/// The answer to `HandlerStore.audit(_:)`.
-public struct StoreAudit: Sendable {
+/// The answer to `HandlerStore.failoverCheck(_:)`.
+public struct FailoverCheckAnswer: Sendable {
     /// The highest fencing token the store has handed out.
     public var highestToken: FencingToken
     /// Each handler asked about that exists: its token and the sequence of its last logged event.
@@ -265,7 +265,7 @@ public struct StoreAudit: Sendable {
         }
     }
 
-    /// An audit of `handlers` with no purged handlers and no node.
+    /// A failover check of `handlers` with no purged handlers and no node.
     public init(highestToken: FencingToken, handlers: [HandlerID: Position]) {
         self.highestToken = highestToken
         self.handlers = handlers

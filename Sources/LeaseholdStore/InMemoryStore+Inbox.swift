@@ -97,7 +97,7 @@ extension InMemoryStore {
             tombstones = tombstones.filter { $0.value.at >= cutoff }
             tombstonesAfterLastExpiry = tombstones.count
         }
-        let position = StoreAudit.Position(token: record.fencingToken, lastSequence: record.lastSequence)
+        let position = FailoverCheckAnswer.Position(token: record.fencingToken, lastSequence: record.lastSequence)
         tombstones[handlerID] = (position, deletedAt)
         signals.logChanged(handlerID.rawValue)
         signals.inboxChanged(handlerID.rawValue)

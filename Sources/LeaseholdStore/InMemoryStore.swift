@@ -28,7 +28,7 @@ public actor InMemoryStore: HandlerStore {
     }
 
     /// See `HandlerStore.signals`.
-    public nonisolated let signals = StoreSignals()
+    public nonisolated let signals: StoreSignals
     var entries: [HandlerID: Entry] = [:]
     var replicaTable: [ReplicaID: Replica] = [:]
     /// The last fencing token handed out, for any handler: tokens never repeat, across deletes.
@@ -38,34 +38,39 @@ public actor InMemoryStore: HandlerStore {
     static let recentLimit = 10_000
     /// Handlers deleted by a purge (within about `tombstoneLife`): the position each was deleted
     /// at, and when. Expired ones are dropped whenever the table has doubled since the last time.
-    var tombstones: [HandlerID: (position: StoreAudit.Position, at: Date)] = [:]
+    var tombstones: [HandlerID: (position: FailoverCheckAnswer.Position, at: Date)] = [:]
     var tombstonesAfterLastExpiry = 0
     static let tombstoneLife: TimeInterval = 3600
-    let now: @Sendable () -> Date
+    /// The replica's clock (one process): wall time for the records, monotonic for the signals.
+    nonisolated let clock: ReplicaClock
 
-    /// An empty store whose clock is `now` (tests pass their own).
-    public init(now: @escaping @Sendable () -> Date = { Date() }) {
-        self.now = now
+    /// An empty store on `clock`.
+    public init(clock: ReplicaClock = .system) {
+        self.clock = clock
+        self.signals = StoreSignals(clock: clock)
     }
+
+    /// Wall-clock now, the time the records carry.
+    nonisolated func now() -> Date { clock.wall }
 
     func nextToken() -> FencingToken {
         lastToken += 1
         return FencingToken(lastToken)
     }
 
-    /// See `HandlerStore.audit(_:)`.
-    public func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit {
-        var found: [HandlerID: StoreAudit.Position] = [:]
+    /// See `HandlerStore.failoverCheck(_:)`.
+    public func failoverCheck(_ handlerIDs: [HandlerID]) async throws -> FailoverCheckAnswer {
+        var found: [HandlerID: FailoverCheckAnswer.Position] = [:]
         for id in handlerIDs {
             guard let record = entries[id]?.record else { continue }
-            found[id] = StoreAudit.Position(token: record.fencingToken, lastSequence: record.lastSequence)
+            found[id] = FailoverCheckAnswer.Position(token: record.fencingToken, lastSequence: record.lastSequence)
         }
-        var audit = StoreAudit(highestToken: FencingToken(lastToken), handlers: found)
+        var answer = FailoverCheckAnswer(highestToken: FencingToken(lastToken), handlers: found)
         let cutoff = now().addingTimeInterval(-Self.tombstoneLife)
         for id in handlerIDs {
-            if let tombstone = tombstones[id], tombstone.at >= cutoff { audit.purged[id] = tombstone.position }
+            if let tombstone = tombstones[id], tombstone.at >= cutoff { answer.purged[id] = tombstone.position }
         }
-        return audit
+        return answer
     }
 
     /// See `HandlerStore.advanceTokens(past:)`.

@@ -1,4 +1,5 @@
 import LeaseholdEngine
+import LeaseholdKit
 
 /// A handler's committed log after a cursor, as it grows: the one way anything follows a log
 /// (SSE and NDJSON streams, the CLI's `run`).
@@ -38,7 +39,7 @@ public struct LogTail: AsyncSequence, Sendable {
 
     /// An iterator starting after `after`.
     public func makeAsyncIterator() -> Iterator {
-        Iterator(tail: self, cursor: after, lastCheck: .now)
+        Iterator(tail: self, cursor: after, lastCheck: store.signals.clock.now)
     }
 
     /// Reads the tail batch by batch.
@@ -46,7 +47,8 @@ public struct LogTail: AsyncSequence, Sendable {
         let tail: LogTail
         /// The sequence of the last record returned.
         public private(set) var cursor: Int64
-        var lastCheck: ContinuousClock.Instant
+        /// When the handler's existence was last checked, on the store's clock.
+        var lastCheck: Duration
         var finished = false
 
         /// The next batch, or an empty one after a wait of at most `poll`; nil once the terminal
@@ -65,8 +67,9 @@ public struct LogTail: AsyncSequence, Sendable {
                 cursor = last.sequence
                 return records
             }
-            if ContinuousClock.now - lastCheck >= tail.existenceCheck {
-                lastCheck = .now
+            let now = tail.store.signals.clock.now
+            if now - lastCheck >= tail.existenceCheck {
+                lastCheck = now
                 // A purged handler has no terminal event to wait for.
                 guard try await tail.store.handler(tail.id) != nil else {
                     finished = true

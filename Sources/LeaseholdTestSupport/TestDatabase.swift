@@ -87,7 +87,7 @@ public enum TestDatabase {
     /// `leasehold_database_node()` reports its timeline `timelines` later than the server's (and
     /// `systemIdentifier`, when given, instead of its own), and every other session to it is
     /// ended, as a failover ends them (the pools reconnect, to "the new node"). Renewals, the
-    /// audit and the store's node gate all read that function, so they all see the move.
+    /// failover check and the store's node gate all read that function, so they all see the move.
     public static func moveNode(_ url: DatabaseURL, timelines: Int, systemIdentifier: String? = nil) async throws {
         let system = systemIdentifier.map { "'\($0.replacingOccurrences(of: "'", with: "''"))'" } ?? "NULL"
         try await withClient(url) { client in

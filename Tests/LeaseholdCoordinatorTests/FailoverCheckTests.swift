@@ -31,7 +31,7 @@ struct FailoverCheckTests {
             await coordinator.heartbeatOnce()
             #expect(coordinator.database.node?.timeline == before.timeline + 1)
             #expect(coordinator.database.failovers == 1)
-            #expect(coordinator.database.regressions == 0)
+            #expect(coordinator.database.failedChecks == 0)
             #expect(coordinator.liveHandlerIDs == [record.id])
             try await Self.send(
                 AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), to: record.id, coordinator)
@@ -56,14 +56,14 @@ struct FailoverCheckTests {
             // Generous: on a loaded CI machine (every suite in parallel beside a CPU hog) the
             // renewal that meets the loss came 15 s late once and detection landed just past a
             // 20 s bound (2026-11-27). The property is that it is detected, not how fast.
-            try #require(await eventually(timeout: .seconds(60)) { coordinator.database.regressions == 1 })
+            try #require(await eventually(timeout: .seconds(60)) { coordinator.database.failedChecks == 1 })
             #expect(!coordinator.liveHandlerIDs.contains(record.id))
             // The sequence is moved past every token this replica saw as it starts over, just
             // after the regression is counted: awaited, not read at once (read at once, it failed
             // once beside a CPU hog, 2026-11-27).
             // (Reads tolerate the sessions the failover ended: a pooled connection may be one.)
             let advanced = await eventually(timeout: .seconds(30)) {
-                (try? await postgres.audit([]).highestToken).map { $0 >= granted } ?? false
+                (try? await postgres.failoverCheck([]).highestToken).map { $0 >= granted } ?? false
             }
             #expect(advanced)
             // Back to work after one TTL: claimed anew under a token above any granted before.
@@ -78,7 +78,7 @@ struct FailoverCheckTests {
             #expect(finished.status == .completed)
             #expect(finished.fencingToken > granted)
             await coordinator.heartbeatOnce()
-            #expect(coordinator.database.regressions == 1)
+            #expect(coordinator.database.failedChecks == 1)
         }
     }
 
@@ -96,7 +96,7 @@ struct FailoverCheckTests {
             store.failOverDatabase(losing: {
                 try await Self.takeBack(url, record.id, to: granted.rawValue - 1, sequenceToo: false)
             })
-            let detected = await eventually(timeout: .seconds(30)) { coordinator.database.regressions == 1 }
+            let detected = await eventually(timeout: .seconds(30)) { coordinator.database.failedChecks == 1 }
             #expect(detected)
         }
     }
@@ -116,7 +116,7 @@ struct FailoverCheckTests {
             store.failOverDatabase()
             try #require(await eventually(timeout: .seconds(30)) { coordinator.database.failovers == 1 })
             await coordinator.heartbeatOnce()
-            #expect(coordinator.database.regressions == 0)
+            #expect(coordinator.database.failedChecks == 0)
         }
     }
 
@@ -126,7 +126,7 @@ struct FailoverCheckTests {
         try await Self.withWaitingApproval("elsewhere", ttl: .seconds(3)) { postgres, url, store, coordinator, record in
             store.replaceDatabase(systemIdentifier: "1")
             try #require(await eventually { coordinator.database.node?.systemIdentifier == "1" })
-            #expect(coordinator.database.regressions == 0)
+            #expect(coordinator.database.failedChecks == 0)
             // Registered anew: the lease was voided, and the handler is claimed again.
             let reclaimed = try await eventually(timeout: .seconds(20)) {
                 (try await postgres.handler(record.id)?.fencingToken ?? record.fencingToken) > record.fencingToken
@@ -187,7 +187,7 @@ struct FailoverCheckTests {
                 coordinator.host.handler(id)?.stop(.handoff)
 
                 try await Self.awaitCheck(coordinator, after: checks)
-                #expect(coordinator.database.regressions == 1)
+                #expect(coordinator.database.failedChecks == 1)
                 try await Self.appendElsewhere(url, id, Self.add(3), eventID: "add-3")
                 let finished = try #require(try await Harness.waitFinished(postgres, id, timeout: .seconds(60)))
                 #expect(finished.status == .completed)
@@ -214,7 +214,7 @@ struct FailoverCheckTests {
                 url, record.id, AnyEvent(type: "HumanResponseEvent", value: ["response": "yes"]), eventID: "answer")
 
             try await Self.awaitCheck(coordinator, after: checks)
-            #expect(coordinator.database.regressions == 1)
+            #expect(coordinator.database.failedChecks == 1)
             let finished = try #require(try await Harness.waitFinished(postgres, record.id, timeout: .seconds(60)))
             #expect(finished.status == .completed)
             #expect(finished.fencingToken > granted)
@@ -267,7 +267,7 @@ struct FailoverCheckTests {
     /// Awaits the first check of the database's history after `count` to reach a verdict.
     static func awaitCheck(_ coordinator: Coordinator, after count: Int) async throws {
         var seen = count
-        while coordinator.database.failovers == 0 && coordinator.database.regressions == 0 {
+        while coordinator.database.failovers == 0 && coordinator.database.failedChecks == 0 {
             await coordinator.signals.wait(.databaseCheck, after: seen)
             try Task.checkCancellation()
             seen = coordinator.signals.count(.databaseCheck)

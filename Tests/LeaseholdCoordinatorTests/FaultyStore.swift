@@ -258,7 +258,9 @@ final class FaultyStore: HandlerStore {
         try await base.replicas(aliveWithin: ttl)
     }
     func counts() async throws -> HandlerCounts { try await base.counts() }
-    func audit(_ handlerIDs: [HandlerID]) async throws -> StoreAudit { try await base.audit(handlerIDs) }
+    func failoverCheck(_ handlerIDs: [HandlerID]) async throws -> FailoverCheckAnswer {
+        try await base.failoverCheck(handlerIDs)
+    }
     func advanceTokens(past token: FencingToken) async throws { try await base.advanceTokens(past: token) }
     func recordCrash(of replica: ReplicaID, handlers: [HandlerID], all: Bool, signal: Int32) async throws
         -> [HandlerID]

@@ -628,15 +628,16 @@ struct PostgresStoreTests {
         }
     }
 
-    /// The failover check's audit of many remembered positions: one statement; what it asserts is
+    /// The failover check of many remembered positions: one statement; what it asserts is
     /// that every position comes back. At the limit (100,000,
-    /// `CoordinatorConfiguration.acknowledgementLimit`; `LEASEHOLD_AUDIT_POSITIONS=100000`) the
+    /// `CoordinatorConfiguration.acknowledgementLimit`; `LEASEHOLD_FAILOVER_CHECK_POSITIONS=100000`) the
     /// figure it prints is the cost docs/design.md states; CI runs 10,000 (the debug build decodes
     /// 100,000 rows for seconds on a loaded machine, beside every other suite).
-    @Test("an audit of many positions answers every one")
-    func auditOfManyPositions() async throws {
+    @Test("a failover check of many positions answers every one")
+    func failoverCheckOfManyPositions() async throws {
         try await TestDatabase.withStore { store, url in
-            let count = ProcessInfo.processInfo.environment["LEASEHOLD_AUDIT_POSITIONS"].flatMap { Int($0) } ?? 10_000
+            let count =
+                ProcessInfo.processInfo.environment["LEASEHOLD_FAILOVER_CHECK_POSITIONS"].flatMap { Int($0) } ?? 10_000
             try await TestDatabase.withClient(url) { client in
                 _ = try await client.query(
                     """
@@ -648,12 +649,13 @@ struct PostgresStoreTests {
             var fastest = Duration.seconds(3600)
             for _ in 0..<3 {
                 let started = ContinuousClock.now
-                let audit = try await store.audit(ids)
+                let answer = try await store.failoverCheck(ids)
                 fastest = min(fastest, ContinuousClock.now - started)
-                #expect(audit.handlers.count == count)
-                #expect(audit.handlers["a77"] == StoreAudit.Position(token: FencingToken(77), lastSequence: 27))
+                #expect(answer.handlers.count == count)
+                #expect(
+                    answer.handlers["a77"] == FailoverCheckAnswer.Position(token: FencingToken(77), lastSequence: 27))
             }
-            print("audit of \(count) positions: fastest of 3 took \(fastest)")
+            print("failover check of \(count) positions: fastest of 3 took \(fastest)")
         }
     }
 

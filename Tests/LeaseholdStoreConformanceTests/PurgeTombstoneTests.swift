@@ -5,7 +5,7 @@ import LeaseholdTestSupport
 import PostgresNIO
 import Testing
 
-/// Purge tombstones (migration 0013) on a real PostgreSQL: how long they last, and an audit on a
+/// Purge tombstones (migration 0013) on a real PostgreSQL: how long they last, and a failover check on a
 /// database that has none.
 @Suite("Purge tombstones", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"))
 struct PurgeTombstoneTests {
@@ -27,13 +27,13 @@ struct PurgeTombstoneTests {
     func expiredTombstones() async throws {
         try await TestDatabase.withStore { store, url in
             _ = try await Self.purged(store, "old")
-            #expect(try await store.audit(["old"]).purged.count == 1)
+            #expect(try await store.failoverCheck(["old"]).purged.count == 1)
             try await TestDatabase.withClient(url) { client in
                 _ = try await client.query(
                     "UPDATE purged_handlers SET purged_at = now() - interval '61 minutes'",
                     logger: PostgresStoreTests.logger)
             }
-            #expect(try await store.audit(["old"]).purged.isEmpty)
+            #expect(try await store.failoverCheck(["old"]).purged.isEmpty)
             let recent = try await Self.purged(store, "recent")
             let left = try await TestDatabase.withClient(url) { client in
                 var ids: [String] = []
@@ -47,25 +47,28 @@ struct PurgeTombstoneTests {
             }
             #expect(left == ["recent"])
             #expect(
-                try await store.audit(["recent"]).purged
-                    == ["recent": StoreAudit.Position(token: recent.fencingToken, lastSequence: recent.lastSequence)])
+                try await store.failoverCheck(["recent"]).purged
+                    == [
+                        "recent": FailoverCheckAnswer.Position(
+                            token: recent.fencingToken, lastSequence: recent.lastSequence)
+                    ])
         }
     }
 
     /// A database restored from before migration 0013 (or a standby that had not received it)
     /// has no tombstone table: the check after a failover must still be made, without them.
-    @Test("an audit on a database without the tombstone table still answers")
-    func auditWithoutTombstoneTable() async throws {
+    @Test("a failover check on a database without the tombstone table still answers")
+    func failoverCheckWithoutTombstoneTable() async throws {
         try await TestDatabase.withStore { store, url in
             try await store.register(C.r1, address: "test", ttl: PostgresStoreTests.ttl)
             let lease = try await store.create(C.new("kept"), owner: C.r1).lease
             try await TestDatabase.withClient(url) { client in
                 _ = try await client.query("DROP TABLE purged_handlers", logger: PostgresStoreTests.logger)
             }
-            let audit = try await store.audit(["kept", "gone"])
-            #expect(audit.handlers == ["kept": StoreAudit.Position(token: lease.token, lastSequence: -1)])
-            #expect(audit.purged.isEmpty)
-            #expect(audit.node != nil)
+            let answer = try await store.failoverCheck(["kept", "gone"])
+            #expect(answer.handlers == ["kept": FailoverCheckAnswer.Position(token: lease.token, lastSequence: -1)])
+            #expect(answer.purged.isEmpty)
+            #expect(answer.node != nil)
         }
     }
 }

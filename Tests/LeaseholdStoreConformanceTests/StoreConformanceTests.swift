@@ -454,31 +454,33 @@ struct StoreConformanceTests {
 
     /// [pg-ha]: what a replica reads back after a database failover, and the sequence moved
     /// past tokens it saw (never back).
-    @Test("audit answers tokens and last sequences; advancing tokens only moves them up", arguments: StoreFactory.all)
-    func auditAndAdvanceTokens(factory: StoreFactory) async throws {
+    @Test(
+        "the failover check answers tokens and last sequences; advancing tokens only moves them up",
+        arguments: StoreFactory.all)
+    func failoverCheckAndAdvanceTokens(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("a"), owner: Self.r1).lease
             try await store.checkpoint(
                 Checkpoint(state: Self.state(2), log: [Self.record(0), Self.record(1)], consumedInbox: ["start"]),
                 lease: lease)
-            let audit = try await store.audit(["a", "absent"])
-            #expect(audit.handlers == ["a": StoreAudit.Position(token: lease.token, lastSequence: 1)])
-            #expect(audit.highestToken == lease.token)
+            let answer = try await store.failoverCheck(["a", "absent"])
+            #expect(answer.handlers == ["a": FailoverCheckAnswer.Position(token: lease.token, lastSequence: 1)])
+            #expect(answer.highestToken == lease.token)
             // Postgres says which node answered (the in-memory store has none).
-            #expect((audit.node != nil) == (factory.name == "postgres"))
+            #expect((answer.node != nil) == (factory.name == "postgres"))
             try await store.advanceTokens(past: FencingToken(lease.token.rawValue + 100))
             try await store.advanceTokens(past: lease.token)  // never back
-            #expect(try await store.audit([]).highestToken == FencingToken(lease.token.rawValue + 100))
+            #expect(try await store.failoverCheck([]).highestToken == FencingToken(lease.token.rawValue + 100))
             let next = try await store.create(Self.new("b"), owner: Self.r1).lease
             #expect(next.token.rawValue == lease.token.rawValue + 101)
         }
     }
 
-    /// A handler purged by any replica is gone on purpose: the audit says so (its tombstone, with
+    /// A handler purged by any replica is gone on purpose: the failover check says so (its tombstone, with
     /// the token it was deleted with), so a replica that had acknowledged it does not take its
     /// absence after a failover for a loss. A new run of the id is reported as existing.
-    @Test("audit reports a purged handler's tombstone", arguments: StoreFactory.all)
-    func auditReportsPurges(factory: StoreFactory) async throws {
+    @Test("the failover check reports a purged handler's tombstone", arguments: StoreFactory.all)
+    func failoverCheckReportsPurges(factory: StoreFactory) async throws {
         try await factory.run { store in
             let lease = try await store.create(Self.new("p"), owner: Self.r1).lease
             try await store.checkpoint(
@@ -488,16 +490,17 @@ struct StoreConformanceTests {
                 return
             }
             #expect(cancelled.fencingToken > lease.token)
-            #expect(try await store.audit(["p"]).purged.isEmpty)  // not purged yet
+            #expect(try await store.failoverCheck(["p"]).purged.isEmpty)  // not purged yet
             #expect(try await store.delete("p", run: "run"))
-            let audit = try await store.audit(["p", "never"])
-            #expect(audit.handlers.isEmpty)
+            let answer = try await store.failoverCheck(["p", "never"])
+            #expect(answer.handlers.isEmpty)
             #expect(
-                audit.purged == [
-                    "p": StoreAudit.Position(token: cancelled.fencingToken, lastSequence: cancelled.lastSequence)
+                answer.purged == [
+                    "p": FailoverCheckAnswer.Position(
+                        token: cancelled.fencingToken, lastSequence: cancelled.lastSequence)
                 ])
             let again = try await store.create(Self.new("p"), owner: Self.r2).lease
-            let afterRecreation = try await store.audit(["p"])
+            let afterRecreation = try await store.failoverCheck(["p"])
             #expect(afterRecreation.handlers["p"]?.token == again.token)
         }
     }

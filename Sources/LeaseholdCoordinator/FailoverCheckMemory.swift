@@ -14,7 +14,7 @@ import LeaseholdStore
 ///   `window` and at most one generation longer, and aging drops a whole generation instead of
 ///   copying or sorting the table at every renewal;
 /// - at most about `limit` entries: beyond it the oldest generation goes first.
-struct AcknowledgedPositions {
+struct FailoverCheckMemory {
     static let generationCount = 8
 
     let window: Duration
@@ -25,7 +25,7 @@ struct AcknowledgedPositions {
     struct Generation {
         var started: Duration
         var last: Duration
-        var entries: [Key: StoreAudit.Position] = [:]
+        var entries: [Key: FailoverCheckAnswer.Position] = [:]
     }
 
     init(window: Duration, limit: Int, now: Duration) {
@@ -40,8 +40,8 @@ struct AcknowledgedPositions {
     var slotsHeld: Int { generations.reduce(0) { $0 + $1.entries.capacity } }
 
     /// Every remembered position, by handler.
-    var all: [HandlerID: StoreAudit.Position] {
-        var all: [HandlerID: StoreAudit.Position] = [:]
+    var all: [HandlerID: FailoverCheckAnswer.Position] {
+        var all: [HandlerID: FailoverCheckAnswer.Position] = [:]
         all.reserveCapacity(count)
         for generation in generations {
             for (key, position) in generation.entries { all[key.id] = position }
@@ -49,7 +49,7 @@ struct AcknowledgedPositions {
         return all
     }
 
-    subscript(id: HandlerID) -> StoreAudit.Position? {
+    subscript(id: HandlerID) -> FailoverCheckAnswer.Position? {
         let key = Key(id)
         for generation in generations {
             if let position = generation.entries[key] { return position }
@@ -59,7 +59,7 @@ struct AcknowledgedPositions {
 
     /// Remembers `position` for `id` unless a later one (higher token, or the same token with more
     /// events) is remembered already; positions only move forward.
-    mutating func record(_ id: HandlerID, _ position: StoreAudit.Position, at now: Duration) {
+    mutating func record(_ id: HandlerID, _ position: FailoverCheckAnswer.Position, at now: Duration) {
         startGenerationIfDue(at: now)
         generations[0].last = max(generations[0].last, now)
         let key = Key(id)
@@ -132,9 +132,9 @@ struct AcknowledgedPositions {
     }
 
     private static func rebuilt(
-        _ entries: [Key: StoreAudit.Position], adding more: [Key: StoreAudit.Position]
-    ) -> [Key: StoreAudit.Position] {
-        var result = [Key: StoreAudit.Position](minimumCapacity: entries.count + more.count)
+        _ entries: [Key: FailoverCheckAnswer.Position], adding more: [Key: FailoverCheckAnswer.Position]
+    ) -> [Key: FailoverCheckAnswer.Position] {
+        var result = [Key: FailoverCheckAnswer.Position](minimumCapacity: entries.count + more.count)
         for (key, position) in entries { result[key] = position }
         for (key, position) in more { result[key] = position }
         return result
@@ -153,7 +153,7 @@ struct AcknowledgedPositions {
 
 }
 
-extension AcknowledgedPositions {
+extension FailoverCheckMemory {
     /// A handler id as a dictionary key: a server-generated id packed into two words; any other id
     /// as its text (Swift keeps text of up to 15 bytes inline, so short client ids own no heap
     /// memory either).

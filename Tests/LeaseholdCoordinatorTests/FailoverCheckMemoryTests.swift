@@ -3,11 +3,11 @@ import Testing
 
 @testable import LeaseholdCoordinator
 
-@Suite struct AcknowledgedPositionsTests {
-    typealias Key = AcknowledgedPositions.Key
+@Suite struct FailoverCheckMemoryTests {
+    typealias Key = FailoverCheckMemory.Key
 
-    static func position(_ token: Int64, _ sequence: Int64) -> StoreAudit.Position {
-        StoreAudit.Position(token: FencingToken(token), lastSequence: sequence)
+    static func position(_ token: Int64, _ sequence: Int64) -> FailoverCheckAnswer.Position {
+        FailoverCheckAnswer.Position(token: FencingToken(token), lastSequence: sequence)
     }
 
     @Test func aServerGeneratedIdIsPackedAndReadBackUnchanged() {
@@ -45,7 +45,7 @@ import Testing
     }
 
     @Test func positionsOnlyMoveForwardAcrossGenerations() {
-        var positions = AcknowledgedPositions(window: .seconds(80), limit: 1_000, now: .zero)
+        var positions = FailoverCheckMemory(window: .seconds(80), limit: 1_000, now: .zero)
         positions.record("h", Self.position(5, 3), at: .seconds(1))
         positions.record("h", Self.position(5, 2), at: .seconds(2))
         #expect(positions["h"] == Self.position(5, 3))
@@ -61,7 +61,7 @@ import Testing
     }
 
     @Test func forgetsOnlyWhatIsNoLaterThanTheToken() {
-        var positions = AcknowledgedPositions(window: .seconds(80), limit: 1_000, now: .zero)
+        var positions = FailoverCheckMemory(window: .seconds(80), limit: 1_000, now: .zero)
         positions.record("h", Self.position(7, 1), at: .seconds(1))
         positions.forget("h", upTo: FencingToken(6))
         #expect(positions["h"] == Self.position(7, 1))
@@ -75,7 +75,7 @@ import Testing
 
     @Test func anEntryIsKeptForTheWindowAndAtMostOneGenerationLonger() {
         let window = Duration.seconds(80)  // generations of 10 s
-        var positions = AcknowledgedPositions(window: window, limit: 1_000_000, now: .zero)
+        var positions = FailoverCheckMemory(window: window, limit: 1_000_000, now: .zero)
         for second in 0..<200 {
             positions.record(HandlerID("h\(second)"), Self.position(Int64(second) + 1, 0), at: .seconds(second))
             positions.prune(at: .seconds(second))
@@ -83,7 +83,7 @@ import Testing
                 let age = Duration.seconds(second - earlier)
                 let kept = positions[HandlerID("h\(earlier)")] != nil
                 if age <= window { #expect(kept, "h\(earlier) at age \(age)") }
-                if age > window + window / AcknowledgedPositions.generationCount {
+                if age > window + window / FailoverCheckMemory.generationCount {
                     #expect(!kept, "h\(earlier) at age \(age)")
                 }
             }
@@ -91,11 +91,11 @@ import Testing
     }
 
     @Test func atMostAboutTheLimitIsKeptTheOldestGoingFirst() {
-        var positions = AcknowledgedPositions(window: .seconds(600), limit: 800, now: .zero)
+        var positions = FailoverCheckMemory(window: .seconds(600), limit: 800, now: .zero)
         for index in 0..<10_000 {
             positions.record(HandlerID.random(), Self.position(Int64(index) + 1, 0), at: .milliseconds(index))
             positions.prune(at: .milliseconds(index))
-            #expect(positions.count <= 800 + 800 / AcknowledgedPositions.generationCount)
+            #expect(positions.count <= 800 + 800 / FailoverCheckMemory.generationCount)
         }
         let kept = positions.all.values.map(\.token.rawValue)
         #expect(kept.count >= 800)
@@ -108,7 +108,7 @@ import Testing
     /// the emptied older ones must not pile up nor keep their tables' capacity.
     @Test func handlersRecordedAgainAndAgainKeepItSmall() {
         let window = Duration.seconds(600)
-        var positions = AcknowledgedPositions(window: window, limit: 800, now: .zero)
+        var positions = FailoverCheckMemory(window: window, limit: 800, now: .zero)
         let ids = (0..<200).map { _ in HandlerID.random() }
         var now = Duration.zero
         for round in 0..<300 {
@@ -117,7 +117,7 @@ import Testing
                 positions.record(id, Self.position(1, Int64(round)), at: now)
             }
             positions.prune(at: now)
-            #expect(positions.generationsHeld <= 2 * AcknowledgedPositions.generationCount + 1)
+            #expect(positions.generationsHeld <= 2 * FailoverCheckMemory.generationCount + 1)
             #expect(positions.slotsHeld <= 4 * 800 + 64 * positions.generationsHeld)
         }
         #expect(positions.count == 200)
@@ -126,12 +126,12 @@ import Testing
         let lastRoundBegan = now - .milliseconds(10 * 199)
         positions.prune(at: lastRoundBegan + window)
         #expect(positions.count == 200)
-        positions.prune(at: now + window + window / AcknowledgedPositions.generationCount + .seconds(1))
+        positions.prune(at: now + window + window / FailoverCheckMemory.generationCount + .seconds(1))
         #expect(positions.count == 0)
     }
 
     @Test func startingAfreshForgetsEverything() {
-        var positions = AcknowledgedPositions(window: .seconds(80), limit: 1_000, now: .zero)
+        var positions = FailoverCheckMemory(window: .seconds(80), limit: 1_000, now: .zero)
         for index in 0..<50 {
             positions.record(HandlerID.random(), Self.position(1, Int64(index)), at: .seconds(index))
         }
