@@ -70,10 +70,12 @@ struct Serve: AsyncParsableCommand {
             ])
         // The one composition root: the database's services first (the pool closes last), then
         // the coordinator once the schema is migrated, then HTTP (stopped first on shutdown).
+        // One clock for every part of this replica.
+        let clock = ReplicaClock.system
         let database = settings.database.map {
             Database(
                 url: $0, applicationName: "leasehold \(settings.replicaID)", sessionTimeout: settings.leaseTTL,
-                listenProbe: settings.leaseTTL / 3, groupCommit: settings.groupCommit, logger: logger)
+                listenProbe: settings.leaseTTL / 3, groupCommit: settings.groupCommit, logger: logger, clock: clock)
         }
         // Crash containment, with a database (a single process has no next replica to protect):
         // the watcher first, before any socket exists for it to inherit; suspects' steps each in
@@ -95,14 +97,14 @@ struct Serve: AsyncParsableCommand {
         let resources = ApplicationResources(
             databaseURL: self.database.text, environment: ProcessInfo.processInfo.environment, logger: logger)
         let coordinator = Coordinator(
-            store: database?.store ?? InMemoryStore(),
+            store: database?.store ?? InMemoryStore(clock: clock),
             registry: try LeaseholdApplication.running.registry(resources),
             configuration: CoordinatorConfiguration(
                 replicaID: ReplicaID(settings.replicaID), address: settings.advertise, leaseTTL: settings.leaseTTL,
                 idleTimeout: settings.idleTimeout, selfFencing: !unsafeDisableSelfFencing,
                 retention: settings.retention,
                 stepIsolation: isolation),
-            logger: logger)
+            logger: logger, clock: clock)
         let api = LeaseholdAPI(
             coordinator: coordinator,
             configuration: ServerConfiguration(

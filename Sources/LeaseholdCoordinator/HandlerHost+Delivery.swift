@@ -49,7 +49,7 @@ extension HandlerHost {
         async throws -> InboxReceipt
     {
         var answered: InboxReceipt?
-        if beginLoad(id) == .leader {
+        if case .leader = beginLoad(id) {
             defer { endLoad(id) }
             let claim = !isShuttingDown && keeper.leasesProvable
             let started = clock.now
@@ -170,9 +170,11 @@ extension HandlerHost {
         switch beginLoad(id) {
         case .live:
             return .live
-        case .follower:
-            // (A cancelled follower returns at once: what it answers is then only a guess.)
-            await loadFollowers.wait(for: id) { state.withLock { !$0.loading.contains(id) } }
+        case .follower(let load):
+            // Waits for the load it followed to end, not for a moment with no load of the id (a
+            // later load could otherwise keep it waiting; found by review). A cancelled follower
+            // returns at once: what it answers is then only a guess.
+            await loadFollowers.wait(for: id) { state.withLock { $0.loading[id] != load } }
             return handler(id) != nil ? .live : .notHere
         case .leader:
             defer { endLoad(id) }
@@ -191,8 +193,8 @@ extension HandlerHost {
     private enum LoadRole {
         /// Live here already.
         case live
-        /// Another load of it is in progress here: wait for it (`loading`).
-        case follower
+        /// Another load of it, with this number, is in progress here: wait for it (`loading`).
+        case follower(UInt64)
         /// The one load of it here: end it with `endLoad`.
         case leader
     }
@@ -202,14 +204,15 @@ extension HandlerHost {
     private func beginLoad(_ id: HandlerID) -> LoadRole {
         state.withLock { state -> LoadRole in
             if state.live[id] != nil { return .live }
-            if state.loading.contains(id) { return .follower }
-            state.loading.insert(id)
+            if let load = state.loading[id] { return .follower(load) }
+            state.loads += 1
+            state.loading[id] = state.loads
             return .leader
         }
     }
 
     private func endLoad(_ id: HandlerID) {
-        _ = state.withLock { $0.loading.remove(id) }
+        _ = state.withLock { $0.loading.removeValue(forKey: id) }
         loadFollowers.wake(id)
     }
 

@@ -15,7 +15,9 @@ final class HandlerHost: ReplicaPart, Sendable {
     struct State {
         var live: [HandlerID: LiveHandler] = [:]
         /// Handlers being loaded here (single-flight: see `reload`).
-        var loading: Set<HandlerID> = []
+        var loading: [HandlerID: UInt64] = [:]
+        /// Loads begun here (numbers them).
+        var loads: UInt64 = 0
         var shuttingDown = false
         /// How many handlers have left memory here (finished, hibernated, handed off or lost).
         var departed = 0
@@ -49,7 +51,7 @@ final class HandlerHost: ReplicaPart, Sendable {
     var liveHandlers: [LiveHandler] { state.withLock { Array($0.live.values) } }
 
     /// Live here or being loaded here.
-    func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading.contains(id) } }
+    func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading[id] != nil } }
 
     var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 

@@ -344,14 +344,21 @@ extension LeaseKeeper {
         host.fence(host.liveHandlers, reason: reason)
     }
 
+    /// How long `startOver` tries to move the token sequence before it registers anyway.
+    static let tokenMoveLimit = Duration.seconds(10)
+
     /// After `stopEverything`: moves the token sequence past `token`, optionally waits one TTL
     /// without renewing, then registers anew (voiding whatever this replica id still held).
     private func startOver(host: HandlerHost, reason: String, waitOneTTL: Bool, tokensPast token: FencingToken) async {
         defer { state.withLock { $0.startingOver = false } }
         do {
-            // Bounded: a role that may not move the sequence must not keep the replica out for good.
+            // Bounded in time (10 s, whatever the backoff's constants): a role that may not move
+            // the sequence must not keep the replica out for good.
             var backoff = Backoff(.background)
-            for attempt in 1...8 {
+            let deadline = clock.now + Self.tokenMoveLimit
+            var attempt = 0
+            while true {
+                attempt += 1
                 do {
                     try await store.advanceTokens(past: token)
                     // A reservation that raced the fence came from the database before the move.
@@ -361,7 +368,9 @@ extension LeaseKeeper {
                     logger.error(
                         "moving the token sequence failed",
                         metadata: [LogKeys.error: "\(error)", LogKeys.count: "\(attempt)"])
-                    try await clock.sleep(for: backoff.next())
+                    let delay = backoff.next()
+                    guard clock.now + delay < deadline else { break }
+                    try await clock.sleep(for: delay)
                 }
             }
             if waitOneTTL { try await clock.sleep(for: configuration.leaseTTL) }

@@ -26,7 +26,8 @@ public struct ReplicaClock: Sendable {
         return ({ origin.duration(to: clock.now) }, { try await clock.sleep(for: $0) })
     }
 
-    /// The system clocks.
+    /// The system clocks. Each use makes a new value whose `now` counts from its making: compare
+    /// instants of one value only (a replica makes one and passes it to every part).
     public static var system: ReplicaClock { ReplicaClock(ContinuousClock()) }
 
     /// Monotonic now, as the time since this clock was made.

@@ -12,7 +12,7 @@ import Testing
 /// [pg-ha]: the replica checks the database's own failovers against what it had acknowledged.
 /// The renewals' answers name another timeline (or another database); what the database holds is
 /// the real one's, taken back by SQL where a test needs a database that lost writes. The same
-/// detection against a real promoted asynchronous standby is `tests-python/test_database_history.py`.
+/// detection against a real promoted asynchronous standby is `tests-python/test_failover_check.py`.
 @Suite(
     "Failover check", .enabled(if: TestDatabase.isConfigured, "needs the test Postgres (scripts/test)"),
     .timeLimit(.minutes(2)))
