@@ -9,16 +9,18 @@ Loopback only; bounded (COUNT handlers, 30 s per stream at most). A stream that 
 within 30 s is counted as a client miss and left out of the client figures."""
 import subprocess, sys, time, os, signal, json
 import httpx
+from pathlib import Path
 from leasehold_kit.reload import Sender, event_to_first_stream_event
+from leasehold_kit.replicas import launch
 
 DIST, COUNT = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300
-ROOT = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[1])
 PORT = 18555
 pg = "/tmp/leasehold-reload-wire-pg"
 subprocess.run([f"{ROOT}/scripts/pg", "destroy", pg], capture_output=True)
 url = subprocess.run([f"{ROOT}/scripts/pg", "start", pg, "--durable"], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-server = subprocess.Popen([f"{DIST}/leasehold", "serve", "--database-url", url, "--port", str(PORT), "--idle-timeout", "300ms"],
-                          stdout=open("/tmp/leasehold-reload-wire-server.log", "w"), stderr=subprocess.STDOUT)
+server = launch(Path("/tmp/leasehold-reload-wire-server.log"), args=["--database-url", url, "--port", PORT, "--idle-timeout", "300ms"],
+                binary=f"{DIST}/leasehold", inherit=True, truncate=True)
 base = f"http://127.0.0.1:{PORT}"
 import atexit
 atexit.register(lambda: (server.poll() is None and server.kill()))

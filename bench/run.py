@@ -28,6 +28,7 @@ import httpx
 from hdrh.histogram import HdrHistogram
 from leasehold_kit.procs import free_port
 from leasehold_kit.reload import Sender, event_to_first_stream_event
+from leasehold_kit.replicas import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
@@ -53,9 +54,15 @@ def wait_http(url: str, timeout=60):
 
 
 class Proc:
-    def __init__(self, args, env=None, log="proc.log"):
-        self.log = open(RESULTS / "raw" / log, "wb")
-        self.p = subprocess.Popen([str(a) for a in args], env=env, stdout=self.log, stderr=self.log)
+    """A process of the run, its output in results/raw/LOG (written anew)."""
+
+    def __init__(self, p: subprocess.Popen):
+        self.p = p
+
+    @classmethod
+    def start(cls, args, log="proc.log") -> "Proc":
+        with open(RESULTS / "raw" / log, "wb") as out:
+            return cls(subprocess.Popen([str(a) for a in args], stdout=out, stderr=out))
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
@@ -79,16 +86,16 @@ def database(admin: str, name: str) -> str:
 
 
 def leasehold(db: str | None, port: int, idle="off", replica="b1", log=None, extra=()) -> Proc:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
     store = ["--database-url", db] if db else []
-    p = Proc([DIST / "leasehold", "serve", "--port", port, *store, "--replica-id", replica,
-              "--idle-timeout", idle, "--log-level", "warning", *extra], env=env, log=log or f"leasehold-{port}.log")
+    p = Proc(launch(RESULTS / "raw" / (log or f"leasehold-{port}.log"),
+                    args=["--port", port, *store, "--replica-id", replica, "--idle-timeout", idle,
+                          "--log-level", "warning", *extra], binary=str(DIST / "leasehold"), truncate=True))
     wait_http(f"http://127.0.0.1:{port}/ready")
     return p
 
 
 def python_server(db: str, port: int, idle=60.0) -> Proc:
-    p = Proc([PY, ROOT / "bench" / "python_server.py", port, db, idle], log=f"python-{port}.log")
+    p = Proc.start([PY, ROOT / "bench" / "python_server.py", port, db, idle], log=f"python-{port}.log")
     wait_http(f"http://127.0.0.1:{port}/workflows")
     return p
 
@@ -179,7 +186,7 @@ def haproxy(port: int, replicas: list[int]) -> Proc:
     lines += [f"    server r{i + 1} 127.0.0.1:{p} check" for i, p in enumerate(replicas)]
     path = RESULTS / "raw" / f"haproxy-{port}.cfg"
     path.write_text("\n".join(lines) + "\n")
-    p = Proc(["haproxy", "-db", "-f", path], log=f"haproxy-{port}.log")
+    p = Proc.start(["haproxy", "-db", "-f", path], log=f"haproxy-{port}.log")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # every replica in rotation (each /ready checked)
         ok = 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from leasehold_kit.procs import binary, free_port  # noqa: F401  (the suites import it from here)
+from leasehold_kit.replicas import launch
 from leasehold_kit.waiting import wait_until  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def database_url():
 
 @dataclass
 class Replica:
-    """One `leasehold serve` process."""
+    """One `leasehold serve` process: its flags, and its environment beyond this process's
+    (`leasehold_kit.replicas.launch` drops this process's LEASEHOLD_* names)."""
 
     port: int
     replica_id: str
@@ -61,8 +63,7 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> "Replica":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "serve", *self.args], stdout=log, stderr=log, env=self.env)
+        self.proc = launch(self.log_path, self.env, self.args, binary=self.binary)
         self.stopped = False
         if wait_ready:
             self.wait_ready()
@@ -120,9 +121,7 @@ def spawn(tmp_path):
         args = ["--port", str(port), "--replica-id", rid, *(extra or [])]
         if database_url:
             args += ["--database-url", database_url]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
-        environment.update(env or {})
-        replica = Replica(port, rid, args, environment, tmp_path / f"{rid}-{port}.log", binary)
+        replica = Replica(port, rid, args, env or {}, tmp_path / f"{rid}-{port}.log", binary)
         replicas.append(replica)
         return replica.start(wait_ready)
 

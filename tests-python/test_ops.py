@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 from llama_agents.client import WorkflowClient
 
 from conftest import BIN, free_port, psql, wait_until
+from leasehold_kit.replicas import environment
 
 
 def test_metrics_are_scraped_and_parsed_after_a_workload(database_url, spawn):
@@ -300,8 +300,7 @@ def test_a_database_without_fsync_is_refused_at_startup(database_url, tmp_path):
     says it is a throwaway, `leasehold.allow_fsync_off`; this database takes that back.)"""
     name = database_url.rsplit("/", 1)[1]
     psql(database_url, f"ALTER DATABASE {name} SET leasehold.allow_fsync_off = off")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
     result = subprocess.run([BIN, "serve", "--port", str(free_port()), "--database-url", database_url],
-                            capture_output=True, text=True, timeout=60, env=env)
+                            capture_output=True, text=True, timeout=60, env=environment())
     assert result.returncode == 2, result.stderr[-2000:]
     assert "fsync=off" in result.stderr and "postgresql.conf" in result.stderr, result.stderr[-2000:]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from .procs import binary, sh
+from .procs import sh
+from .replicas import launch, replica_env
 from .waiting import wait_until
 
 
@@ -90,16 +91,9 @@ class PartitionableReplica:
 
     def start(self):
         pg_port = int(sh(self.root / "deploy" / "local-cluster", "url").rsplit(":", 1)[1].split("/")[0])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEASEHOLD_")}
-        env.update(self.settings)
-        env.update({"LEASEHOLD_HOST": self.ns.ns_ip, "LEASEHOLD_PORT": str(self.port),
-                    "LEASEHOLD_REPLICA_ID": self.replica_id,
-                    "LEASEHOLD_ADVERTISE_ADDRESS": self.url,
-                    "LEASEHOLD_DATABASE_URL": f"postgres://postgres@{self.ns.host_ip}:{pg_port}/postgres",
-                    "LEASEHOLD_LOG_FORMAT": "json"})
-        with open(self.dir / f"{self.replica_id}.log", "ab") as log:
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, binary(), "serve"],
-                                         env=env, stdout=log, stderr=log)
+        env = replica_env(self.replica_id, self.port, f"postgres://postgres@{self.ns.host_ip}:{pg_port}/postgres",
+                          host=self.ns.ns_ip, settings=self.settings)
+        self.proc = launch(self.dir / f"{self.replica_id}.log", env, wrapper=["ip", "netns", "exec", self.ns.name])
         self.wait_ready()
 
     def wait_ready(self):

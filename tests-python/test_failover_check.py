@@ -187,7 +187,7 @@ def test_promoted_async_standby_that_lost_writes_is_detected(replicated, spawn):
         proxy.move(port_of(standby_url))
 
         wait_until(lambda: metric(replica.url, "leasehold_failover_checks_failed_total") >= 1, timeout=60,
-                   what="the regression to be detected")
+                   what="the failed check to be detected")
         assert "failover check failed" in replica.log_path.read_text(errors="replace")
         # Back after one TTL, registered anew, on the new timeline.
         replica.wait_ready(timeout=60)
