@@ -184,7 +184,7 @@ extension Coordinator {
         try await awaitCompletion(id, runID: runID, unwritten: nil)
     }
 
-    /// - Parameter creation: the run's handler was launched unwritten; if it left memory still
+    /// - Parameter unwritten: the run's handler was launched unwritten; if it left memory still
     ///   unwritten (its lease could not be proven, the store refused or failed), the run failed.
     func awaitCompletion(_ id: HandlerID, runID: String?, unwritten: UnwrittenRun?) async throws -> HandlerRecord {
         var settled = false

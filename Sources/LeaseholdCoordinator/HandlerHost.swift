@@ -99,7 +99,7 @@ final class HandlerHost: ReplicaPart, Sendable {
     /// Starts a runtime for a handler this replica has just claimed or created, and hands it its
     /// pending inbox (the start event of a new handler, the events that woke a hibernated one):
     /// the one the store read with the lease, or else read now.
-    /// - Parameter creation: the handler is not written yet; its first checkpoint creates it.
+    /// - Parameter unwritten: the handler is not written yet; its first checkpoint creates it.
     /// - Returns: whether it was launched (not when shutting down, or already live here).
     @discardableResult
     func launch(_ claimed: ClaimedHandler, reason: String, unwritten: UnwrittenRun? = nil) async -> Bool {

@@ -8,7 +8,7 @@ import Testing
 /// A handler created by its first checkpoint (`create(_:owner:token:first:)`) under a reserved
 /// token: one commit for a `run` that finishes in its first pass.
 @Suite("Creation with the first checkpoint")
-struct FoldedCreateTests {
+struct CreateWithFirstCheckpointTests {
     typealias C = StoreConformanceTests
 
     static func finishing() -> Checkpoint {
