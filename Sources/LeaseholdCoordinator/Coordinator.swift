@@ -18,15 +18,11 @@ import ServiceLifecycle
 /// On graceful shutdown every handler is stopped with a final checkpoint and its lease released
 /// (others take it at once), then the registration is removed. The renewal loop outlives the
 /// hand-off, so leases stay valid while their last checkpoints are written.
-public final class Coordinator: Service, Sendable {
+public final class Coordinator: Service, ReplicaPart, Sendable {
     /// Where handlers, leases and this replica's registration are kept.
     public let store: any HandlerStore
     /// The workflows this replica can run.
     public let registry: WorkflowRegistry
-    /// How this replica behaves.
-    public let configuration: CoordinatorConfiguration
-    /// Awaitable passes of the replica's loops (for tests).
-    public let signals: CoordinatorSignals
     /// What every part shares: configuration, clock, logger, metrics, signals.
     let context: ReplicaContext
     let keeper: LeaseKeeper
@@ -35,9 +31,10 @@ public final class Coordinator: Service, Sendable {
     let sweeper: IdleSweeper?
     let retention: RetentionSweeper?
 
-    var clock: ReplicaClock { context.clock }
-    var logger: Logger { context.logger }
-    var metrics: CoordinatorMetrics { context.metrics }
+    /// How this replica behaves.
+    public var configuration: CoordinatorConfiguration { context.configuration }
+    /// Awaitable passes of the replica's loops (for tests).
+    public var signals: CoordinatorSignals { context.signals }
 
     /// - Parameter clock: monotonic and wall time for leases, idleness, timers (a manual clock in tests).
     public init(
@@ -46,11 +43,9 @@ public final class Coordinator: Service, Sendable {
     ) {
         self.store = store
         self.registry = registry
-        self.configuration = configuration
         var logger = logger
         logger[metadataKey: LogKeys.replicaID] = "\(configuration.replicaID)"
         let signals = CoordinatorSignals()
-        self.signals = signals
         let context = ReplicaContext(
             configuration: configuration, clock: clock, logger: logger, metrics: CoordinatorMetrics(), signals: signals)
         self.context = context

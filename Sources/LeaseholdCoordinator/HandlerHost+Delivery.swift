@@ -28,12 +28,12 @@ extension HandlerHost {
             } catch {
                 logger.warning(
                     "inbox read failed", metadata: [LogKeys.handlerID: "\(handler.id)", LogKeys.error: "\(error)"])
-                let delay = backoff.next()
-                guard clock.now + delay < deadline else {
-                    handler.stop(.handoff)
-                    return
-                }
-                do { try await clock.sleep(for: delay) } catch { return }
+                do {
+                    guard try await backoff.wait(on: clock, before: deadline) else {
+                        handler.stop(.handoff)
+                        return
+                    }
+                } catch { return }
             }
         }
     }

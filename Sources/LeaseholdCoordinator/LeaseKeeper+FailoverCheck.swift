@@ -368,9 +368,7 @@ extension LeaseKeeper {
                     logger.error(
                         "moving the token sequence failed",
                         metadata: [LogKeys.error: "\(error)", LogKeys.count: "\(attempt)"])
-                    let delay = backoff.next()
-                    guard clock.now + delay < deadline else { break }
-                    try await clock.sleep(for: delay)
+                    guard try await backoff.wait(on: clock, before: deadline) else { break }
                 }
             }
             if waitOneTTL { try await clock.sleep(for: configuration.leaseTTL) }

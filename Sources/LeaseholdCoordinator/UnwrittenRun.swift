@@ -107,9 +107,9 @@ extension Coordinator {
             } catch let error as CoordinatorError {
                 throw error
             } catch let error where !(error is CancellationError) {
-                let delay = backoff.next()
-                guard clock.now + delay < deadline else { throw CoordinatorError.runOutcomeUnknown(id) }
-                try await clock.sleep(for: delay)
+                guard try await backoff.wait(on: clock, before: deadline) else {
+                    throw CoordinatorError.runOutcomeUnknown(id)
+                }
             }
         }
     }

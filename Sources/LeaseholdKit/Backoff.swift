@@ -42,6 +42,16 @@ public struct Backoff: Sendable {
         return upcoming
     }
 
+    /// Takes the next wait on `clock`, unless it would end at or past `deadline` (an instant of
+    /// that clock): a retry loop bounded in time.
+    /// - Returns: false, without waiting, when it would. - Throws: `CancellationError`.
+    public mutating func wait(on clock: ReplicaClock, before deadline: Duration) async throws -> Bool {
+        let delay = next()
+        guard clock.now + delay < deadline else { return false }
+        try await clock.sleep(for: delay)
+        return true
+    }
+
     /// Back to the first wait (after a success that lasted).
     public mutating func reset() { upcoming = Self.first }
 }

@@ -23,3 +23,25 @@ struct BackoffTests {
         #expect(backoff.next() == Backoff.first)
     }
 }
+
+/// `wait(on:before:)`: a retry loop bounded in time takes a wait only when it ends before the deadline.
+@Suite("Backoff bounded in time", .timeLimit(.minutes(1)))
+struct BackoffDeadlineTests {
+    @Test func aWaitThatWouldPassTheDeadlineIsNotTaken() async throws {
+        let clock = ReplicaClock.system
+        var backoff = Backoff(.waitedOn)
+        let before = clock.now
+        // The first wait (50 ms) would end past a deadline 10 ms away: refused at once.
+        #expect(try await backoff.wait(on: clock, before: before + .milliseconds(10)) == false)
+        #expect(clock.now - before < .milliseconds(50))
+    }
+
+    @Test func aWaitThatEndsBeforeTheDeadlineIsTaken() async throws {
+        let clock = ReplicaClock.system
+        var backoff = Backoff(.waitedOn)
+        let before = clock.now
+        #expect(try await backoff.wait(on: clock, before: before + .seconds(30)))
+        #expect(clock.now - before >= Backoff.first)
+        #expect(backoff.next() == .milliseconds(100))  // the schedule moved on
+    }
+}
