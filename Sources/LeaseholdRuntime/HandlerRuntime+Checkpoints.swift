@@ -66,8 +66,11 @@ extension HandlerRuntime {
             shared.pendingConsumed = []
             shared.dirty = false
             shared.urgent = false
+            shared.writing = true
             return checkpoint
         }
-        if let pending { try await persistence.checkpoint(pending) }
+        guard let pending else { return }
+        defer { shared.withLock { $0.writing = false } }
+        try await persistence.checkpoint(pending)
     }
 }

@@ -33,6 +33,8 @@ public final class HandlerRuntime: Sendable {
         var pendingLog: [LogRecord] = []
         var pendingConsumed: [String] = []
         var dirty = false
+        /// A checkpoint taken from the pending change is being written (its outcome not known yet).
+        var writing = false
         var abandoned = false
         var delivered: Set<String> = []
         var lastActivity: Duration
@@ -127,10 +129,11 @@ public final class HandlerRuntime: Sendable {
     /// The latest state (what the next checkpoint writes).
     public var state: HandlerState { shared.withLock { $0.state } }
 
-    /// When the handler last did anything, if it now only waits (no step running, nothing to apply).
-    /// Monotonic time of the replica's clock (`ReplicaClock.now`).
+    /// When the handler last did anything, if it now only waits (no step running, nothing to apply,
+    /// nothing to write or being written: what it did is durable). Monotonic time of the replica's
+    /// clock (`ReplicaClock.now`).
     public var idleSince: Duration? {
-        shared.withLock { $0.quiescent && !$0.dirty ? $0.lastActivity : nil }
+        shared.withLock { $0.quiescent && !$0.dirty && !$0.writing ? $0.lastActivity : nil }
     }
 
     /// Tasks of this handler alive right now (steps, timers, checkpointer). Zero once `run()` returned.

@@ -164,6 +164,34 @@ struct HandlerRuntimeTests {
         #expect(persistence.checkpoints.withLock { $0.flatMap(\.consumedInbox) } == ["start", "e"])
     }
 
+    /// The idle sweep takes a handler that reports itself idle for one whose work is durable: a
+    /// replica past its lease then could not write that work (a CI run hibernated nothing).
+    @Test("a handler is not idle while its last checkpoint is being written", .timeLimit(.minutes(1)))
+    func notIdleWhileWriting() async throws {
+        let persistence = HeldPersistence()
+        let runtime = HandlerRuntime(
+            handlerID: "w", workflow: try registry.workflow("approval"), state: HandlerState(workflowName: "approval"),
+            persistence: persistence)
+        start(runtime, ["request": "x"])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { _ = try await runtime.run() }
+            var sawQuiescentWrite = false
+            for await checkpoint in persistence.arrived {
+                #expect(runtime.idleSince == nil, "idle while a checkpoint is held")
+                persistence.letOneThrough()
+                // The write of the state that only waits for the answer: the rest is the stop's.
+                if checkpoint.state.isQuiescent {
+                    sawQuiescentWrite = true
+                    break
+                }
+            }
+            #expect(sawQuiescentWrite)
+            runtime.stop(.drain)
+            persistence.letOneThrough()  // a final write, if the stop makes one
+            try await group.waitForAll()
+        }
+    }
+
     @Test("a step that throws past its retries fails the handler, it does not crash")
     func failingStep() async throws {
         let persistence = RecordingPersistence()
@@ -177,6 +205,47 @@ struct HandlerRuntimeTests {
         }
         #expect(state.status == .failed)
         #expect(state.error?.contains("flaky failure on attempt 5") == true)
+    }
+}
+
+/// Holds each checkpoint until the test lets one through, and tells the test when one arrives.
+final class HeldPersistence: HandlerPersistence {
+    private struct Gate {
+        var permits = 0
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    let arrived: AsyncStream<Checkpoint>
+    private let arrival: AsyncStream<Checkpoint>.Continuation
+    private let gate = Mutex(Gate())
+
+    init() { (arrived, arrival) = AsyncStream.makeStream() }
+
+    func checkpoint(_ checkpoint: Checkpoint) async throws {
+        arrival.yield(checkpoint)
+        await withCheckedContinuation { continuation in
+            let now = gate.withLock { gate -> Bool in
+                guard gate.permits == 0 else {
+                    gate.permits -= 1
+                    return true
+                }
+                gate.waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// Lets one checkpoint through (the one held, or the next to arrive).
+    func letOneThrough() {
+        let waiter = gate.withLock { gate -> CheckedContinuation<Void, Never>? in
+            guard let waiter = gate.waiter else {
+                gate.permits += 1
+                return nil
+            }
+            gate.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
     }
 }
 
