@@ -53,6 +53,19 @@ final class HandlerHost: ReplicaPart, Sendable {
     /// Live here or being loaded here.
     func isHosting(_ id: HandlerID) -> Bool { state.withLock { $0.live[id] != nil || $0.loading[id] != nil } }
 
+    /// What the lease machine sees of this host now, and the live handler behind each lease.
+    func leaseView() -> (view: LeaseMachine.HostView, handlers: [Lease: LiveHandler]) {
+        let (live, loading) = state.withLock { (Array($0.live.values), Set($0.loading.keys)) }
+        var handlers: [Lease: LiveHandler] = [:]
+        let hosted = live.map { handler in
+            handlers[handler.lease] = handler
+            return LeaseMachine.Hosted(
+                lease: handler.lease, heldSince: handler.heldSince, stopping: handler.stopReason.withLock { $0 != nil },
+                finished: handler.runtime.state.status.isFinished)
+        }
+        return (LeaseMachine.HostView(live: hosted, loading: loading), handlers)
+    }
+
     var isShuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
     var departed: Int { state.withLock { $0.departed } }

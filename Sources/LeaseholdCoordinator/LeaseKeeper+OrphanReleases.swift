@@ -15,9 +15,9 @@ extension LeaseKeeper {
     func runOrphanReleases() async {
         for await _ in orphanSignals {
             if Task.isCancelled { return }
-            let pending = state.withLock { state in
-                defer { state.orphans = [:] }
-                return state.orphans
+            let pending = orphans.withLock { orphans in
+                defer { orphans = [:] }
+                return orphans
             }
             for (id, token) in pending {
                 let lease = Lease(handlerID: id, replicaID: replicaID, token: token)

@@ -7,32 +7,18 @@ import LeaseholdStore
 import Logging
 import Synchronization
 
-/// The lease keeper's renewals: one every heartbeat, each its own child task, and what an answer
-/// tells (leases lost, a database that moved, a clock that stepped, orphans to release).
+/// The lease keeper's renewals: one every heartbeat, each its own child task, performing what the
+/// lease machine reads in each answer (`LeaseMachine+Renewal.swift`).
 extension LeaseKeeper {
     /// Renews every `heartbeatInterval`. Each renewal runs as its own child task, so that one
     /// whose request never returns (a connection that died under it; postgres-nio does not always
     /// fail such a request) does not stop the next: the replica would otherwise fence itself for
-    /// good while its database works. At most `maxRenewalsInFlight` recent ones run at once; one
-    /// older than two TTLs no longer counts (it proves nothing any more, and a partition left three
-    /// such renewals hanging for good, which stopped every later one), up to
-    /// `maxRenewalsOutstanding` in all, which bounds what requests that never return can hold.
+    /// good while its database works. How many may be in flight: `LeaseMachine.admitRenewal`.
     func runRenewals(host: HandlerHost) async {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled, !isSuperseded {
                 do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
-                let now = clock.now
-                let admitted = state.withLock { state -> Int? in
-                    let recent = state.renewalsInFlight.values.filter { now - $0 < configuration.leaseTTL * 2 }
-                    guard recent.count < Self.maxRenewalsInFlight,
-                        state.renewalsInFlight.count < Self.maxRenewalsOutstanding
-                    else { return nil }
-                    let id = state.nextRenewalID
-                    state.nextRenewalID += 1
-                    state.renewalsInFlight[id] = now
-                    return id
-                }
-                guard let id = admitted else {
+                guard let id = state.withLock({ $0.admitRenewal(at: clock.now) }) else {
                     logger.warning(
                         "renewals stuck in flight, waiting",
                         metadata: [LogKeys.count: "\(state.withLock { $0.renewalsInFlight.count })"])
@@ -40,65 +26,49 @@ extension LeaseKeeper {
                 }
                 group.addTask {
                     await self.renewOnce(host: host)
-                    _ = self.state.withLock { $0.renewalsInFlight.removeValue(forKey: id) }
+                    self.state.withLock { $0.renewalEnded(id) }
                 }
             }
         }
     }
 
-    static let maxRenewalsInFlight = 3
-    static let maxRenewalsOutstanding = 32
-
     /// One renewal: renews the registration (and so every lease on it) except leases whose write
-    /// is stuck, then stops every handler whose lease the answer no longer shows and gives back
-    /// leases this replica holds but runs nothing for.
-    /// Long for now: the decisions of one renewal interleaved with their awaits; [simulate]
-    /// (#31) turns them into a pure state machine with a small executor.
+    /// is stuck, then performs what its answer tells: fence the handlers whose lease it no longer
+    /// shows, give back leases held here with no runtime, check the database node, or start over
+    /// after a clock step.
     func renewOnce(host: HandlerHost) async {
         defer { signals.passed(.renewal) }
-        guard !state.withLock({ $0.startingOver }) else { return }
-        // A database failover not yet checked: check before renewing anything (while the check
-        // cannot be made, this replica renews nothing, so its leases lapse and others take over).
-        if await recheckPendingDatabase(host: host) { return }
-        let sent = clock.now
-        // A write that has not returned within half a TTL is stuck (a dead connection that never
-        // errors): stop renewing that lease so another replica takes the handler over, and stop
-        // the handler here first, so that two replicas never run it at once. The token rejects the
-        // stuck write should it ever land.
-        let stuckLeases = state.withLock { state in
-            state.writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key)
+        // A node change waiting for its check is checked first; one that passes lets this renewal
+        // go on (a check begun is always performed: it holds every other renewal until it ends).
+        var sent = clock.now
+        var start = state.withLock { $0.startRenewal(at: sent, host: host.leaseView().view) }
+        while case .check(let check) = start {
+            guard await perform(check, host: host) == false else { return }
+            sent = clock.now
+            start = state.withLock { $0.startRenewal(at: sent, host: host.leaseView().view) }
         }
-        // Only a lease this replica still runs the handler under: a stuck write of a runtime that
-        // was already fenced concerns a lease that is gone, not the handler's current one.
-        let handlers = stuckLeases.compactMap { lease in
-            host.handler(lease.handlerID).flatMap { $0.lease == lease ? $0 : nil }
+        guard case .send(let excluded, let fence) = start else { return }
+        if !excluded.isEmpty {
+            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(excluded.count)"])
         }
-        let stuck = handlers.map(\.id)
-        if !handlers.isEmpty {
-            logger.warning("checkpoint stuck, letting lease expire", metadata: [LogKeys.count: "\(handlers.count)"])
-            // A self-fence like the one on an old renewal: this replica stops the handlers itself
-            // because it cannot prove their writes. Counted as one (whichever of the two comes
-            // first after a partition depends on where the heartbeat falls).
-            state.withLock { state in
-                for handler in handlers { state.excluded.insert(handler.lease) }
-            }
-            if configuration.selfFencing { selfFence(handlers, host: host, reason: "write stuck") }
+        if !fence.isEmpty {
+            metrics.selfFences.increment()
+            self.fence(fence, of: host.leaseView().handlers, host: host, reason: "write stuck")
         }
         let renewal: Renewal
         do {
             renewal = try await store.renew(
-                replicaID, address: configuration.address, ttl: configuration.leaseTTL, excluding: stuck)
+                replicaID, address: configuration.address, ttl: configuration.leaseTTL,
+                excluding: excluded.map(\.handlerID))
         } catch StoreError.registrationSuperseded {
             // A second process took this replica id (its registration voided every lease of this
             // one). Stop everything here at once and take no more work; the coordinator then ends
             // with `CoordinatorError.replicaIDTaken` rather than fight over the id.
-            state.withLock { $0.superseded = true }
+            let (view, handlers) = host.leaseView()
+            let leases = state.withLock { $0.superseded(host: view) }
             logger.error(
-                "replica id registered by another process, stopping",
-                metadata: [
-                    LogKeys.count: "\(host.liveHandlers.count)"
-                ])
-            host.fence(host.liveHandlers, reason: "replica id taken")
+                "replica id registered by another process, stopping", metadata: [LogKeys.count: "\(leases.count)"])
+            self.fence(leases, of: handlers, host: host, reason: "replica id taken")
             host.beginHandoff()
             return
         } catch {
@@ -106,57 +76,56 @@ extension LeaseKeeper {
             logger.warning("lease renewal failed", metadata: [LogKeys.error: "\(error)"])
             return
         }
+        let received = clock.now
         metrics.renewLatency.recordInterval(since: sent, clock: clock)
-        if let time = renewal.databaseTime,
-            await clockStepped(ClockReading(sent: sent, received: clock.now, database: time), host: host)
-        {
+        if let node = renewal.database {
+            metrics.databaseTimeline.record(node.timeline)
+            metrics.synchronousStandbys.record(node.synchronousStandbys ?? -1)
+        }
+        switch state.withLock({ $0.renewalAnswered(sent: sent, received: received, renewal: renewal) }) {
+        case .clockStepped(let database, let replica):
+            await restartAfterClockStep(database: database, replica: replica, host: host)
             return
-        }
-        if let node = renewal.database, await databaseMoved(node, host: host) { return }
-        let held = renewal.held
-        metrics.leasesHeld.record(held.count)
-        let live = host.liveHandlers
-        let orphans = state.withLock { state -> [HandlerID: FencingToken] in
-            if let last = state.lastRenewal, sent - last > configuration.leaseTTL {
-                logger.warning("lease renewed late", metadata: [LogKeys.elapsed: "\(sent - last)"])
+        case .ignore:
+            return
+        case .check(let check):
+            guard await perform(check, host: host) == false else { return }
+        case .apply(let trust, let wentBack):
+            if let trust { store.trust(trust) }
+            if case .back(let database, let replica) = wentBack {
+                logger.warning(
+                    "database clock went back relative to the replica's",
+                    metadata: [LogKeys.elapsed: "database \(database), replica \(replica)"])
             }
-            // Renewals may complete out of order: the newest send instant proves the most.
-            state.lastRenewal = max(state.lastRenewal ?? sent, sent)
-            state.excluded = state.excluded.filter { held[$0.handlerID] == $0.token }
-            // A lease held with no runtime here is an orphan only when two renewals in a row saw it
-            // so: one acquired just before this renewal may not have started its runtime yet.
-            let unrun = held.filter { !host.isHosting($0.key) }
-            let orphans = unrun.filter { state.unrunLeases.contains($0.key) }
-            state.unrunLeases = Set(unrun.keys)
-            return orphans
         }
-        // Only handlers taken before the renewal was sent can be missing from its answer because
-        // their lease is gone; one claimed or created meanwhile may simply be newer, and one that
-        // finished or is being stopped (hibernated, handed off) gave it up; one not yet written
-        // (a `run`'s first pass), or written after the renewal was sent, has no lease it must show.
-        let lost = live.filter { handler in
-            guard let since = handler.heldSince, since < sent else { return false }
-            return held[handler.id] != handler.lease.token && handler.isActive
+        apply(renewal, sent: sent, host: host)
+    }
+
+    /// Acts on a renewal's answer: fences what it no longer shows, queues the orphans.
+    private func apply(_ renewal: Renewal, sent: Duration, host: HandlerHost) {
+        metrics.leasesHeld.record(renewal.held.count)
+        let (view, handlers) = host.leaseView()
+        let applied = state.withLock { $0.applyRenewal(sent: sent, held: renewal.held, host: view) }
+        if let late = applied.lateBy {
+            logger.warning("lease renewed late", metadata: [LogKeys.elapsed: "\(late)"])
         }
-        if !lost.isEmpty {
+        if !applied.lost.isEmpty {
             // The renewal is a write the database refused for these leases: counted with the
             // checkpoints it refused, so "fenced by the database" has one figure.
-            recordRejectedWrites(lost.count)
-            for handler in lost {
+            metrics.fencedWrites.increment(by: applied.lost.count)
+            for lease in applied.lost {
                 logger.warning(
                     "lease lost",
-                    metadata: [
-                        LogKeys.handlerID: "\(handler.id)", LogKeys.fencingToken: "\(handler.lease.token)",
-                    ])
+                    metadata: [LogKeys.handlerID: "\(lease.handlerID)", LogKeys.fencingToken: "\(lease.token)"])
             }
-            host.fence(lost, reason: "lease lost")
+            fence(applied.lost, of: handlers, host: host, reason: "lease lost")
             // Another replica (or a cancel, a purge) moved these on: their history is not ours to
             // check, once a failover check found that the database did not lose it instead.
-            forgetAfterCheck(lost.map(\.lease))
+            forgetAfterCheck(applied.lost)
         }
         pruneAcknowledged()
-        if !orphans.isEmpty {
-            state.withLock { $0.orphans.merge(orphans) { _, newer in newer } }
+        if !applied.orphans.isEmpty {
+            orphans.withLock { $0.merge(applied.orphans) { _, newer in newer } }
             orphanSignal.yield()
         }
     }

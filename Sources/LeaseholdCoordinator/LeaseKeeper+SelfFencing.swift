@@ -1,14 +1,12 @@
 import CoreMetrics
 import Foundation
-import LeaseholdEngine
 import LeaseholdKit
-import LeaseholdRuntime
 import LeaseholdStore
 import Logging
 import Synchronization
 
 /// The lease keeper's self-fencing: every handler stops when no renewal proves the leases any more
-/// (judged by the monotonic clock).
+/// (judged by the monotonic clock; `LeaseMachine.selfFenceDue` decides).
 extension LeaseKeeper {
     /// How often the replica checks that it can still prove its leases.
     static let selfFencePeriod = Duration.milliseconds(50)
@@ -25,18 +23,13 @@ extension LeaseKeeper {
     /// - Returns: true when it fenced something.
     @discardableResult
     func selfFenceIfNeeded(host: HandlerHost) -> Bool {
-        guard !leasesProvable else { return false }
-        let handlers = host.liveHandlers.filter { $0.stopReason.withLock { $0 } == nil }
-        guard !handlers.isEmpty else { return false }
-        logger.warning("self-fenced", metadata: [LogKeys.count: "\(handlers.count)"])
-        selfFence(handlers, host: host, reason: "self-fenced")
-        return true
-    }
-
-    /// Stops handlers whose leases this replica cannot prove, counted as one self-fence.
-    func selfFence(_ handlers: [LiveHandler], host: HandlerHost, reason: String) {
-        state.withLock { $0.selfFences += 1 }
+        guard !leasesProvable else { return false }  // the common case, without a view of the host
+        let (view, handlers) = host.leaseView()
+        let due = state.withLock { $0.selfFenceDue(at: clock.now, host: view) }
+        guard !due.isEmpty else { return false }
+        logger.warning("self-fenced", metadata: [LogKeys.count: "\(due.count)"])
         metrics.selfFences.increment()
-        host.fence(handlers, reason: reason)
+        fence(due, of: handlers, host: host, reason: "self-fenced")
+        return true
     }
 }

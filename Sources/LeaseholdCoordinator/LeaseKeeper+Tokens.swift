@@ -1,13 +1,16 @@
 import CoreMetrics
+import Foundation
 import LeaseholdKit
-import LeaseholdRuntime
 import LeaseholdStore
+import Logging
 import Synchronization
 
 /// Tokens for handlers created by their first checkpoint (a `run`'s first pass runs before its
 /// handler is written, under a token it already has). Reserved from the store's sequence in
 /// blocks; each is handed to one handler only, and counted as granted at once, so that a database
-/// that went back in time is judged against it (`LeaseKeeper+FailoverCheck.swift`).
+/// that went back in time is judged against it (`LeaseKeeper+FailoverCheck.swift`). The machine
+/// keeps the reserve (`LeaseMachine.takeToken`): the failover check discards it in the same step
+/// as it distrusts the database.
 extension LeaseKeeper {
     static let tokenBlock = 256
 
@@ -17,40 +20,15 @@ extension LeaseKeeper {
     /// first pass for nothing; the caller creates the handler first instead, as a `run` with a
     /// client's id does. - Throws: the store's error when a block cannot be reserved.
     func takeToken() async throws -> FencingToken? {
-        guard leasesProvable else { return nil }
-        let taken = state.withLock { state -> (token: FencingToken?, epoch: Int)? in
-            guard Self.trustsDatabase(state) else { return nil }
-            return (state.reservedTokens.popLast(), state.tokenEpoch)
-        }
-        guard let (token, epoch) = taken else { return nil }
-        if let token { return token }
-        let block = try await store.reserveTokens(Self.tokenBlock)
-        return state.withLock { state -> FencingToken? in
-            // Reserved from a database this replica has since stopped trusting (or is checking):
-            // not used.
-            guard state.tokenEpoch == epoch, Self.trustsDatabase(state), let highest = block.max() else {
-                return nil
-            }
-            state.highestToken = max(state.highestToken, highest)
-            var rest = block.sorted(by: >)
-            let token = rest.removeLast()
-            state.reservedTokens.append(contentsOf: rest)
-            return token
+        switch state.withLock({ $0.takeToken(at: clock.now) }) {
+        case .refused: return nil
+        case .token(let token): return token
+        case .reserve(let epoch):
+            let block = try await store.reserveTokens(Self.tokenBlock)
+            return state.withLock { $0.reserved(block, epoch: epoch) }
         }
     }
 
-    /// Not starting over, not checking a database that failed over, none waiting for its check.
-    static func trustsDatabase(_ state: State) -> Bool {
-        !state.startingOver && !state.checkingDatabase && state.pendingNode == nil
-    }
-
-    /// Forgets every reserved token (the replica starts over; they belong to a database it no
-    /// longer trusts).
-    func discardReservedTokens() { state.withLock { Self.discardReservedTokens(&$0) } }
-
-    /// The same, inside a lock the caller holds.
-    static func discardReservedTokens(_ state: inout State) {
-        state.reservedTokens = []
-        state.tokenEpoch += 1
-    }
+    /// Forgets every reserved token (they belong to a database this replica no longer trusts).
+    func discardReservedTokens() { state.withLock { $0.discardReservedTokens() } }
 }
