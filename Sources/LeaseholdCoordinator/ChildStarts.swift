@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import Logging
 import Synchronization
@@ -35,7 +36,7 @@ extension Coordinator {
             var start = request.start.objectValue ?? [:]
             start[ParentLink.startField] = link.json
             new = NewHandler(
-                id: HandlerID(request.id), workflowName: workflow.name, runID: UUID().uuidString.lowercased(),
+                id: HandlerID(request.id), workflowName: workflow.name, runID: context.ids.uuidString(),
                 startEvent: InboxEvent(
                     id: "start", event: AnyEvent(type: EventType.startEventName, value: .object(start))))
         } catch let error as EngineError {

@@ -61,8 +61,8 @@ extension Coordinator {
         }
         if let handlerID, !HandlerID.isValid(handlerID) { throw CoordinatorError.invalidHandlerID(handlerID) }
         return NewHandler(
-            id: handlerID.map { HandlerID($0) } ?? HandlerID.random(), workflowName: name,
-            runID: UUID().uuidString.lowercased(),
+            id: handlerID.map { HandlerID($0) } ?? HandlerID.random(from: context.ids), workflowName: name,
+            runID: context.ids.uuidString(),
             startEvent: InboxEvent(id: "start", event: AnyEvent(type: EventType.startEventName, value: startEvent)))
     }
 

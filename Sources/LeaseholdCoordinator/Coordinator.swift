@@ -36,10 +36,12 @@ public final class Coordinator: Service, ReplicaPart, Sendable {
     /// Awaitable passes of the replica's loops (for tests).
     public var signals: CoordinatorSignals { context.signals }
 
-    /// - Parameter clock: monotonic and wall time for leases, idleness, timers (a manual clock in tests).
+    /// - Parameters:
+    ///   - clock: monotonic and wall time for leases, idleness, timers (a manual clock in tests).
+    ///   - ids: where random ids come from (seeded in the simulator).
     public init(
         store: any HandlerStore, registry: WorkflowRegistry, configuration: CoordinatorConfiguration, logger: Logger,
-        clock: ReplicaClock = .system
+        clock: ReplicaClock = .system, ids: IDSource = .system
     ) {
         self.store = store
         self.registry = registry
@@ -47,7 +49,8 @@ public final class Coordinator: Service, ReplicaPart, Sendable {
         logger[metadataKey: LogKeys.replicaID] = "\(configuration.replicaID)"
         let signals = CoordinatorSignals()
         let context = ReplicaContext(
-            configuration: configuration, clock: clock, logger: logger, metrics: CoordinatorMetrics(), signals: signals)
+            configuration: configuration, clock: clock, logger: logger, metrics: CoordinatorMetrics(), signals: signals,
+            ids: ids)
         self.context = context
         keeper = LeaseKeeper(store: store, context: context)
         host = HandlerHost(store: store, registry: registry, context: context, keeper: keeper)

@@ -16,6 +16,8 @@ struct ReplicaContext: Sendable {
     let metrics: CoordinatorMetrics
     /// Awaitable passes of the replica's loops.
     let signals: CoordinatorSignals
+    /// Random ids (server-chosen handler ids, run ids): seeded in the simulator.
+    let ids: IDSource
 }
 
 /// A part of the coordinator: reads what it shares through its `context`.
@@ -30,5 +32,6 @@ extension ReplicaPart {
     var logger: Logger { context.logger }
     var metrics: CoordinatorMetrics { context.metrics }
     var signals: CoordinatorSignals { context.signals }
+    var ids: IDSource { context.ids }
     var replicaID: ReplicaID { context.configuration.replicaID }
 }

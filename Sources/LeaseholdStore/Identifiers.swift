@@ -1,4 +1,5 @@
 import Foundation
+import LeaseholdKit
 
 /// A handler's id: URL-safe text, chosen by the client or made by the server.
 public struct HandlerID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible,
@@ -19,10 +20,9 @@ public struct HandlerID: RawRepresentable, Hashable, Sendable, Codable, CustomSt
     package static let randomAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
     private static let alphabet = Array(randomAlphabet)
 
-    /// A random URL-safe id (21 characters, 126 bits).
-    public static func random() -> HandlerID {
-        var generator = SystemRandomNumberGenerator()
-        return HandlerID(String((0..<21).map { _ in alphabet[Int(generator.next() % 64)] }))
+    /// A random URL-safe id (21 characters, 126 bits), drawn from `ids`.
+    public static func random(from ids: IDSource = .system) -> HandlerID {
+        HandlerID(String((0..<21).map { _ in alphabet[Int(ids.next() % 64)] }))
     }
 
     /// Whether the text can be a handler id (1–128 URL-safe characters).
