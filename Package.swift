@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "leasehold", targets: ["leasehold"]),
         .executable(name: "leasehold-bench", targets: ["leasehold-bench"]),
+        .executable(name: "leasehold-sim", targets: ["leasehold-sim"]),
         .library(name: "LeaseholdEngine", targets: ["LeaseholdEngine"]),
         .library(name: "LeaseholdServer", targets: ["LeaseholdServer"]),
         .library(name: "LeaseholdApp", targets: ["LeaseholdApp"]),
@@ -113,6 +114,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The deterministic simulator: the production coordinators on one seeded serial executor.
+        .target(
+            name: "LeaseholdSimulation",
+            dependencies: [
+                "LeaseholdCoordinator", "LeaseholdStore", "LeaseholdEngine", "LeaseholdKit", "LeaseholdSamples",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "leasehold-sim",
+            dependencies: [
+                "LeaseholdSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // `leasehold`: the application over the samples.
         .executableTarget(
             name: "leasehold",
@@ -158,6 +175,8 @@ let package = Package(
             exclude: ["Fixtures"],  // read from the source tree (#filePath)
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "LeaseholdSimulationTests", dependencies: ["LeaseholdSimulation"], swiftSettings: swiftSettings),
         .testTarget(
             name: "LeaseholdAppTests",
             dependencies: ["LeaseholdApp", "LeaseholdSamples", "LeaseholdPostgres", "LeaseholdKit"],
