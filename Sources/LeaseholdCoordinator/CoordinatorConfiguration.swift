@@ -23,6 +23,9 @@ public struct CoordinatorConfiguration: Sendable {
     /// Test-only: with false the replica never stops its handlers on its own, so that tests can
     /// show the fencing token alone keeps a stale replica out.
     public var selfFencing: Bool
+    /// Test-only (the simulator's mutation table): with false a write stuck over half a TTL no
+    /// longer takes its lease out of renewal.
+    package var stuckWriteFence = true
     /// Finished handlers older than this are deleted with their log and inbox; nil keeps them.
     public var retention: Duration?
     /// Where a suspect handler's steps run (a replica died of a fault during one of them): a

@@ -47,7 +47,9 @@ extension LeaseMachine {
         // A write not returned within half a TTL is stuck (a dead connection that never errors).
         // Only a lease this replica still runs the handler under counts: a stuck write of a runtime
         // already fenced concerns a lease that is gone, not the handler's current one.
-        let stuck = writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key)
+        let stuck =
+            configuration.stuckWriteFence
+            ? writing.filter { sent - $0.value > configuration.leaseTTL / 2 }.map(\.key) : []
         let hosted = Set(host.live.map(\.lease))
         let excludedNow = stuck.filter { hosted.contains($0) }.sorted { $0.handlerID.rawValue < $1.handlerID.rawValue }
         excluded.formUnion(excludedNow)

@@ -34,6 +34,11 @@ public struct SimulationOptions: Sendable {
 public enum SafetyMechanism: String, Sendable, CaseIterable {
     /// The replica's own fencing: self-fencing before its leases may expire.
     case selfFencing = "self-fencing"
+    /// The database's fencing predicate: a write only under the handler's current token, by its
+    /// owner, within the lease.
+    case fencingPredicate = "fencing-predicate"
+    /// A write stuck over half a TTL takes its lease out of renewal (and the handler is stopped).
+    case stuckWriteFence = "stuck-write-fence"
 }
 
 /// What a run found.
@@ -124,7 +129,9 @@ final class Cluster: Sendable {
     init(_ options: SimulationOptions, clock: SimulatedClock) {
         self.options = options
         self.clock = clock
-        store = InMemoryStore(clock: ReplicaClock(clock, wall: { Cluster.epoch + clock.now.offset.seconds }))
+        store = InMemoryStore(
+            clock: ReplicaClock(clock, wall: { Cluster.epoch + clock.now.offset.seconds }),
+            fencing: options.disabled != .fencingPredicate)
         chaos = Chaos(seed: options.seed)
         history = History()
         let history = history
@@ -175,6 +182,7 @@ final class Cluster: Sendable {
             replicaID: replicaID(slot), address: "sim-\(slot + 1)", leaseTTL: options.leaseTTL,
             idleTimeout: .seconds(3))
         if options.disabled == .selfFencing { configuration.selfFencing = false }
+        if options.disabled == .stuckWriteFence { configuration.stuckWriteFence = false }
         let coordinator = Coordinator(
             store: link, registry: registry, configuration: configuration, logger: Self.logger, clock: wall,
             ids: IDSource { idState.withLock { $0.next() } })

@@ -44,10 +44,20 @@ public actor InMemoryStore: HandlerStore {
     /// The replica's clock (one process): wall time for the records, monotonic for the signals.
     nonisolated let clock: ReplicaClock
 
+    /// Test-only (the simulator's mutation table): with false a write needs only its handler to
+    /// exist — token, owner and lease expiry are not checked.
+    nonisolated let fencing: Bool
+
     /// An empty store on `clock`.
     public init(clock: ReplicaClock = .system) {
+        self.init(clock: clock, fencing: true)
+    }
+
+    /// An empty store on `clock`, fencing writes or not (see `fencing`).
+    package init(clock: ReplicaClock, fencing: Bool) {
         self.clock = clock
         self.signals = StoreSignals(clock: clock)
+        self.fencing = fencing
     }
 
     /// Wall-clock now, the time the records carry.
@@ -255,6 +265,7 @@ public actor InMemoryStore: HandlerStore {
     }
 
     func fencedEntry(_ lease: Lease) throws -> Entry {
+        if !fencing, let entry = entries[lease.handlerID] { return entry }
         guard let entry = entries[lease.handlerID], entry.record.fencingToken == lease.token,
             entry.record.owner == lease.replicaID, (entry.record.leaseExpiresAt ?? .distantPast) > now(),
             isCurrent(lease.replicaID, at: now())
