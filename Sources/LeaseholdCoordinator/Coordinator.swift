@@ -106,6 +106,7 @@ public final class Coordinator: Service, ReplicaPart, Sendable {
     /// Reconciles the pending inbox of every live handler once per renewal period, so that an
     /// accepted event reaches its live handler within one period whatever notification was lost.
     private func runReconciliation() async {
+        guard configuration.inboxReconciliation else { return }
         while !Task.isCancelled {
             do { try await clock.sleep(for: configuration.heartbeatInterval) } catch { return }
             await host.reconcile()

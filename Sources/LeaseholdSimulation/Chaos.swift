@@ -14,6 +14,8 @@ final class Chaos: Sendable {
         /// A slow call (a loaded database): this much latency more.
         var slow = 0.01
         var slowBy: Duration = .milliseconds(400)
+        /// A notification of the database that does not reach one process.
+        var lostNotification = 0.01
     }
 
     private let random: Mutex<SeededRandom>
@@ -37,6 +39,12 @@ final class Chaos: Sendable {
     func loseRequest() -> Bool {
         guard !calm.withLock({ $0 }) else { return false }
         let p = odds.withLock { $0.lostRequest }
+        return random.withLock { $0.chance(p) }
+    }
+
+    func loseNotification() -> Bool {
+        guard !calm.withLock({ $0 }) else { return false }
+        let p = odds.withLock { $0.lostNotification }
         return random.withLock { $0.chance(p) }
     }
 

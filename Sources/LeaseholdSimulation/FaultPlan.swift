@@ -15,6 +15,9 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
         case stuckWrites
         /// The replica's wall clock steps by `for` (forward).
         case wallClockStep
+        /// The database's notifications do not reach the replica for `for` (silently: no
+        /// reconnect tells it so).
+        case notificationsLost
     }
 
     /// One fault of the plan.
@@ -36,7 +39,9 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
 
     /// `count` faults over `window`, each drawn from `random`.
     static func draw(count: Int, replicas: Int, window: Duration, using random: inout SeededRandom) -> FaultPlan {
-        let kinds: [Kind] = [.crash, .pause, .partition, .databaseRestart, .stuckWrites, .wallClockStep]
+        let kinds: [Kind] = [
+            .crash, .pause, .partition, .databaseRestart, .stuckWrites, .wallClockStep, .notificationsLost,
+        ]
         var faults: [Fault] = []
         for _ in 0..<count {
             let kind = kinds[Int(random.next() % UInt64(kinds.count))]
@@ -49,6 +54,7 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
                 case .databaseRestart: random.duration(.milliseconds(200), .seconds(3))
                 case .stuckWrites: random.duration(.seconds(1), .seconds(6))
                 case .wallClockStep: random.duration(.seconds(1), .seconds(30))
+                case .notificationsLost: random.duration(.seconds(5), .seconds(60))
                 }
             faults.append(Fault(kind: kind, replica: Int(random.next() % UInt64(replicas)), at: at, for: length))
         }

@@ -1,5 +1,6 @@
 import Foundation
 import LeaseholdEngine
+import LeaseholdKit
 import LeaseholdStore
 import Synchronization
 
@@ -25,9 +26,13 @@ final class SimulatedLink: HandlerStore {
         /// Until this instant, writes (checkpoints) never answer until cancelled (a dead connection
         /// that never errors; the replica's stuck-write fence must act).
         var writesStuckUntil = Duration.zero
+        /// Until this instant, the database's notifications do not reach this process (silently).
+        var deafUntil = Duration.zero
     }
 
     let base: InMemoryStore
+    /// This process's own notifications: the database's, less those lost.
+    let signals: StoreSignals
     let replica: ReplicaID
     let clock: SimulatedClock
     let chaos: Chaos
@@ -40,9 +45,21 @@ final class SimulatedLink: HandlerStore {
         self.clock = clock
         self.chaos = chaos
         self.history = history
+        signals = StoreSignals(clock: ReplicaClock(clock))
+        base.signals.forward { [weak self] change in self?.hear(change) }
     }
 
-    var signals: StoreSignals { base.signals }
+    /// A notification of the database: told to this process's signals unless lost.
+    private func hear(_ change: StoreSignals.Change) {
+        let deaf = faults.withLock { $0.mode != .up || $0.deafUntil > clock.now.offset }
+        guard !deaf, !chaos.loseNotification() else { return }
+        switch change {
+        case .log(let id): signals.logChanged(id)
+        case .inbox(let id): signals.inboxChanged(id)
+        }
+    }
+
+    func deafen(until time: Duration) { faults.withLock { $0.deafUntil = max($0.deafUntil, time) } }
 
     func set(_ mode: Mode) { faults.withLock { if $0.mode != .dead { $0.mode = mode } } }
     func hold(until time: Duration) { faults.withLock { $0.heldUntil = max($0.heldUntil, time) } }

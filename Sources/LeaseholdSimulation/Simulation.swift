@@ -39,6 +39,9 @@ public enum SafetyMechanism: String, Sendable, CaseIterable {
     case fencingPredicate = "fencing-predicate"
     /// A write stuck over half a TTL takes its lease out of renewal (and the handler is stopped).
     case stuckWriteFence = "stuck-write-fence"
+    /// Live handlers' inboxes are reconciled every renewal period (a lost notification delays an
+    /// event by at most that).
+    case inboxReconciliation = "inbox-reconciliation"
 }
 
 /// What a run found.
@@ -183,6 +186,7 @@ final class Cluster: Sendable {
             idleTimeout: .seconds(3))
         if options.disabled == .selfFencing { configuration.selfFencing = false }
         if options.disabled == .stuckWriteFence { configuration.stuckWriteFence = false }
+        if options.disabled == .inboxReconciliation { configuration.inboxReconciliation = false }
         let coordinator = Coordinator(
             store: link, registry: registry, configuration: configuration, logger: Self.logger, clock: wall,
             ids: IDSource { idState.withLock { $0.next() } })
@@ -250,6 +254,7 @@ final class Cluster: Sendable {
         case .pause: link?.hold(until: fault.at + fault.for)
         case .stuckWrites: link?.stickWrites(until: fault.at + fault.for)
         case .wallClockStep: wallOffsets.withLock { $0[slot, default: .zero] += fault.for }
+        case .notificationsLost: link?.deafen(until: fault.at + fault.for)
         case .partition:
             link?.set(.cut)
             try? await clock.sleep(for: fault.for)

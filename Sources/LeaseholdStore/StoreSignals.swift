@@ -43,6 +43,24 @@ public final class StoreSignals: Sendable {
     /// The store's clock: log readers' waits are measured on it.
     public let clock: ReplicaClock
 
+    /// A change told to other listeners (`forward(to:)`).
+    package enum Change: Sendable {
+        case log(String)
+        case inbox(String)
+    }
+    /// Told of every change too: the simulator's replica processes, each with signals of its own
+    /// (as each replica has its own LISTEN connection), which may miss some.
+    private let listeners = Mutex<[@Sendable (Change) -> Void]>([])
+
+    /// Tells `listener` of every log and inbox change from now on.
+    package func forward(to listener: @escaping @Sendable (Change) -> Void) {
+        listeners.withLock { $0.append(listener) }
+    }
+
+    private func tell(_ change: Change) {
+        for listener in listeners.withLock({ $0 }) { listener(change) }
+    }
+
     /// Signals with no waiters and empty streams.
     public init(clock: ReplicaClock = .system) {
         self.clock = clock
@@ -73,6 +91,7 @@ public final class StoreSignals: Sendable {
     public func logChanged(_ handlerID: String) {
         versions.withLock { $0[Self.bucket(handlerID)] &+= 1 }
         logReaders.wake(handlerID)
+        tell(.log(handlerID))
     }
 
     /// Wakes every log reader (after a reconnect, when notifications may have been missed).
@@ -87,6 +106,7 @@ public final class StoreSignals: Sendable {
     /// (`inboxWakeups`).
     public func inboxChanged(_ handlerID: String) {
         inboxContinuation.yield(handlerID)
+        tell(.inbox(handlerID))
     }
 
     /// Returns when the log version differs from `version`, after `timeout`, or on cancellation.
