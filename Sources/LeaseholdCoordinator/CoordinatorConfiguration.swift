@@ -29,6 +29,8 @@ public struct CoordinatorConfiguration: Sendable {
     /// Test-only (the simulator's mutation table): with false live handlers' inboxes are not
     /// reconciled every renewal period (an event whose notification was lost waits for good).
     package var inboxReconciliation = true
+    /// Test-only (the same): with false a database node that changed is trusted unchecked.
+    package var failoverCheck = true
     /// Finished handlers older than this are deleted with their log and inbox; nil keeps them.
     public var retention: Duration?
     /// Where a suspect handler's steps run (a replica died of a fault during one of them): a

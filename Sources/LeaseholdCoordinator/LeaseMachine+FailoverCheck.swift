@@ -27,7 +27,7 @@ extension LeaseMachine {
     /// - Returns: whether to check before acting on the renewal (and trusts the first node met).
     mutating func nodeVerdict(_ node: DatabaseNode) -> NodeVerdict {
         self.node = node
-        guard let verified = verifiedNode else {
+        guard let verified = verifiedNode, configuration.failoverCheck else {
             verifiedNode = node
             return .first(node)
         }

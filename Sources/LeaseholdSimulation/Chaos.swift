@@ -36,6 +36,11 @@ final class Chaos: Sendable {
         }
     }
 
+    /// How long a call to an external system takes (the `ledger` sample's posts): 50-400 ms.
+    func remoteCall() -> Duration {
+        random.withLock { $0.duration(.milliseconds(50), .milliseconds(400)) }
+    }
+
     func loseRequest() -> Bool {
         guard !calm.withLock({ $0 }) else { return false }
         let p = odds.withLock { $0.lostRequest }

@@ -16,7 +16,7 @@ final class EffectLedger: FencedLedger {
     }
 
     func post(handler: String, posting: Int, amount: Int, token: Int64) async throws -> Bool {
-        try await clock.sleep(for: chaos.latency() * 100)
+        try await clock.sleep(for: chaos.remoteCall())
         history.effect(.init(at: clock.now.offset, handler: handler, posting: posting, token: token))
         return true
     }

@@ -18,6 +18,9 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
         /// The database's notifications do not reach the replica for `for` (silently: no
         /// reconnect tells it so).
         case notificationsLost
+        /// The database fails over to a standby that lagged by `for`: what was written in the
+        /// last `for` is lost (time goes back), every session drops, the timeline moves.
+        case failoverLosingWrites
     }
 
     /// One fault of the plan.
@@ -41,6 +44,7 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
     static func draw(count: Int, replicas: Int, window: Duration, using random: inout SeededRandom) -> FaultPlan {
         let kinds: [Kind] = [
             .crash, .pause, .partition, .databaseRestart, .stuckWrites, .wallClockStep, .notificationsLost,
+            .failoverLosingWrites,
         ]
         var faults: [Fault] = []
         for _ in 0..<count {
@@ -55,11 +59,16 @@ public struct FaultPlan: Sendable, CustomStringConvertible {
                 case .stuckWrites: random.duration(.seconds(1), .seconds(6))
                 case .wallClockStep: random.duration(.seconds(1), .seconds(30))
                 case .notificationsLost: random.duration(.seconds(5), .seconds(60))
+                case .failoverLosingWrites: random.duration(.milliseconds(200), .seconds(3))
                 }
             faults.append(Fault(kind: kind, replica: Int(random.next() % UInt64(replicas)), at: at, for: length))
         }
         faults.sort { ($0.at, $0.replica) < ($1.at, $1.replica) }
-        let healedAt = faults.map { $0.at + ($0.kind == .wallClockStep ? .zero : $0.for) }.max() ?? .zero
+        let healedAt =
+            faults.map {
+                $0.at + ($0.kind == .wallClockStep || $0.kind == .failoverLosingWrites ? .seconds(1) : $0.for)
+            }
+            .max() ?? .zero
         return FaultPlan(faults: faults, healedAt: max(healedAt, window))
     }
 

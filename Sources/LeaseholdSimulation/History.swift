@@ -45,6 +45,8 @@ final class History: Sendable {
         var answers: [Answer] = []
         var effects: [Effect] = []
         var registrations: [(at: Duration, replica: ReplicaID)] = []
+        var grants: [(at: Duration, lease: Lease)] = []
+        var rollbacks: [(from: Duration, to: Duration)] = []
         var events: [String] = []
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325
     }
@@ -67,6 +69,22 @@ final class History: Sendable {
         state.withLock { state in
             state.answers.append(answer)
             Self.mix(&state.hash, "a \(answer.at) \(answer.replica) \(answer.kind)")
+        }
+    }
+
+    /// A lease the database granted (a creation or a claim applied; the answer may be lost).
+    func granted(_ lease: Lease, at: Duration) {
+        state.withLock { state in
+            state.grants.append((at, lease))
+            Self.mix(&state.hash, "g \(at) \(lease.handlerID) \(lease.replicaID) \(lease.token)")
+        }
+    }
+
+    /// The database went back to its state at `from` (a failover at `to` to a standby that lagged).
+    func rolledBack(from: Duration, to: Duration) {
+        state.withLock { state in
+            state.rollbacks.append((from, to))
+            Self.mix(&state.hash, "b \(from) \(to)")
         }
     }
 
@@ -97,6 +115,8 @@ final class History: Sendable {
     var answers: [Answer] { state.withLock { $0.answers } }
     var effects: [Effect] { state.withLock { $0.effects } }
     var registrations: [(at: Duration, replica: ReplicaID)] { state.withLock { $0.registrations } }
+    var grants: [(at: Duration, lease: Lease)] { state.withLock { $0.grants } }
+    var rollbacks: [(from: Duration, to: Duration)] { state.withLock { $0.rollbacks } }
     var notes: [String] { state.withLock { $0.events } }
     var hash: UInt64 { state.withLock { $0.hash } }
 

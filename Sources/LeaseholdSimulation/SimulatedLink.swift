@@ -37,9 +37,15 @@ final class SimulatedLink: HandlerStore {
     let clock: SimulatedClock
     let chaos: Chaos
     let history: History
+    /// The node that answers now (its timeline moves at a failover).
+    let node: @Sendable () -> DatabaseNode
     private let faults = Mutex(Faults())
 
-    init(base: InMemoryStore, replica: ReplicaID, clock: SimulatedClock, chaos: Chaos, history: History) {
+    init(
+        base: InMemoryStore, replica: ReplicaID, clock: SimulatedClock, chaos: Chaos, history: History,
+        node: @escaping @Sendable () -> DatabaseNode
+    ) {
+        self.node = node
         self.base = base
         self.replica = replica
         self.clock = clock
@@ -91,22 +97,31 @@ final class SimulatedLink: HandlerStore {
 
     func register(_ replica: ReplicaID, address: String, ttl: Duration) async throws -> DatabaseNode? {
         try await call {
-            let node = try await base.register(replica, address: address, ttl: ttl)
+            _ = try await base.register(replica, address: address, ttl: ttl)
             history.registered(replica, at: clock.now.offset)
-            return node
+            return node()
         }
     }
     func renew(_ replica: ReplicaID, address: String, ttl: Duration, excluding: [HandlerID]) async throws
         -> Renewal
     {
-        try await call { try await base.renew(replica, address: address, ttl: ttl, excluding: excluding) }
+        try await call {
+            var renewal = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
+            renewal.database = node()
+            renewal.databaseTime = Cluster.epoch + clock.now.offset.seconds
+            return renewal
+        }
     }
     func deregister(_ replica: ReplicaID) async throws { try await call { try await base.deregister(replica) } }
     func reserveTokens(_ count: Int) async throws -> [FencingToken] {
         try await call { try await base.reserveTokens(count) }
     }
     func claim(_ replica: ReplicaID, limit: Int, only: HandlerID?) async throws -> [ClaimedHandler] {
-        try await call { try await base.claim(replica, limit: limit, only: only) }
+        try await call {
+            let claimed = try await base.claim(replica, limit: limit, only: only)
+            for handler in claimed { history.granted(handler.lease, at: clock.now.offset) }
+            return claimed
+        }
     }
     func advanceTokens(past token: FencingToken) async throws {
         try await call { try await base.advanceTokens(past: token) }
@@ -118,6 +133,7 @@ final class SimulatedLink: HandlerStore {
     func create(_ handler: NewHandler, owner: ReplicaID) async throws -> ClaimedHandler {
         try await call(write: true) {
             let claimed = try await base.create(handler, owner: owner)
+            history.granted(claimed.lease, at: clock.now.offset)
             record(.create, claimed.lease, lastSequence: -1)
             return claimed
         }
@@ -127,6 +143,7 @@ final class SimulatedLink: HandlerStore {
     {
         try await call(write: true) {
             let record = try await base.create(handler, owner: owner, token: token, first: first)
+            history.granted(Lease(handlerID: handler.id, replicaID: owner, token: token), at: clock.now.offset)
             self.record(
                 .checkpoint, Lease(handlerID: handler.id, replicaID: owner, token: token),
                 lastSequence: first.state.nextSequence - 1)
@@ -160,7 +177,10 @@ final class SimulatedLink: HandlerStore {
         _ handlerID: HandlerID, _ event: InboxEvent, accepting: [String]?, from replica: ReplicaID?, claim: Bool
     ) async throws -> InboxReceipt {
         try await call {
-            try await base.appendInbox(handlerID, event, accepting: accepting, from: replica, claim: claim)
+            let receipt = try await base.appendInbox(
+                handlerID, event, accepting: accepting, from: replica, claim: claim)
+            if let claimed = receipt.claimed { history.granted(claimed.lease, at: clock.now.offset) }
+            return receipt
         }
     }
     func pendingInbox(_ handlerID: HandlerID) async throws -> [InboxEvent] {
@@ -198,7 +218,12 @@ final class SimulatedLink: HandlerStore {
     }
     func counts() async throws -> HandlerCounts { try await call { try await base.counts() } }
     func failoverCheck(_ handlerIDs: [HandlerID]) async throws -> FailoverCheckAnswer {
-        try await call { try await base.failoverCheck(handlerIDs) }
+        try await call {
+            var answer = try await base.failoverCheck(handlerIDs)
+            let node = node()
+            answer.node = (node.systemIdentifier, node.timeline)
+            return answer
+        }
     }
     func preventCreation(_ handler: NewHandler, reason: String?) async throws -> HandlerRecord? {
         try await call { try await base.preventCreation(handler, reason: reason) }

@@ -39,6 +39,12 @@ public enum SafetyMechanism: String, Sendable, CaseIterable {
     case fencingPredicate = "fencing-predicate"
     /// A write stuck over half a TTL takes its lease out of renewal (and the handler is stopped).
     case stuckWriteFence = "stuck-write-fence"
+    /// A replica checks a database node that changed against what it was acknowledged, and
+    /// starts over (tokens moved past every one it saw) when writes were lost.
+    case failoverCheck = "failover-check"
+    /// A creation under a reserved token the database's sequence is not past is refused (the
+    /// database went back in time since the block was reserved).
+    case tokenReserveCheck = "token-reserve-check"
     /// Live handlers' inboxes are reconciled every renewal period (a lost notification delays an
     /// event by at most that).
     case inboxReconciliation = "inbox-reconciliation"
@@ -65,6 +71,9 @@ public struct SimulationResult: Sendable {
     public var plan: FaultPlan
     /// Handlers that ended (completed, failed or cancelled).
     public var handlersFinished: Int
+    /// Tokens granted again shortly after a failover that lost writes (the database forgot them;
+    /// outside the safety envelope, which needs a synchronous standby).
+    public var tokensReissued = 0
 }
 
 /// Runs one seed: the production coordinators of `options.replicas` replicas over one in-memory
@@ -94,7 +103,7 @@ public enum Simulation {
                 return SimulationResult(
                     seed: options.seed, traceHash: 0, violations: ["deadlock: no task can run and none sleeps"],
                     simulatedTime: clock.now.offset, jobsRun: executor.jobsRun, writes: 0, answers: 0,
-                    plan: FaultPlan(faults: [], healedAt: .zero), handlersFinished: 0)
+                    plan: FaultPlan(faults: [], healedAt: .zero), handlersFinished: 0, tokensReissued: 0)
             }
             clock.advance(to: next)
         }
@@ -127,6 +136,8 @@ final class Cluster: Sendable {
     private let coordinators = Mutex<[Int: Coordinator]>([:])
     private let links = Mutex<[Int: SimulatedLink]>([:])
     private let wallOffsets = Mutex<[Int: Duration]>([:])
+    /// The database's WAL timeline: raised by each failover.
+    private let timeline = Mutex(1)
     let random: Mutex<SeededRandom>
 
     init(_ options: SimulationOptions, clock: SimulatedClock) {
@@ -134,7 +145,8 @@ final class Cluster: Sendable {
         self.clock = clock
         store = InMemoryStore(
             clock: ReplicaClock(clock, wall: { Cluster.epoch + clock.now.offset.seconds }),
-            fencing: options.disabled != .fencingPredicate)
+            fencing: options.disabled != .fencingPredicate,
+            tokenReserveCheck: options.disabled != .tokenReserveCheck)
         chaos = Chaos(seed: options.seed)
         history = History()
         let history = history
@@ -158,13 +170,15 @@ final class Cluster: Sendable {
             await waitForLiveness()
             group.cancelAll()
         }
-        let violations = await Checker(store: store, history: history, epoch: Cluster.epoch).check(
+        var checker = Checker(
+            store: store, history: history, epoch: Cluster.epoch, reissueBound: options.leaseTTL * 2 + .seconds(1))
+        let violations = await checker.check(
             livenessDeadline: plan.healedAt + options.livenessBound, lastAnswerAt: clock.now.offset)
         let finished = (try? await store.handlers(HandlerFilter()).filter { $0.status != .running }.count) ?? 0
         return SimulationResult(
             seed: options.seed, traceHash: history.hash, violations: violations, simulatedTime: clock.now.offset,
             jobsRun: 0, writes: history.writes.count, answers: history.answers.count, plan: plan,
-            handlersFinished: finished)
+            handlersFinished: finished, tokensReissued: checker.reissued)
     }
 
     // MARK: - Replicas
@@ -173,7 +187,12 @@ final class Cluster: Sendable {
 
     private func makeCoordinator(_ slot: Int) -> (Coordinator, SimulatedLink) {
         let link = SimulatedLink(
-            base: store, replica: replicaID(slot), clock: clock, chaos: chaos, history: history)
+            base: store, replica: replicaID(slot), clock: clock, chaos: chaos, history: history,
+            node: { [self] in
+                DatabaseNode(
+                    systemIdentifier: "simulated", timeline: self.timeline.withLock { $0 }, address: "sim-db",
+                    synchronousStandbys: 0)
+            })
         let wall = ReplicaClock(
             clock,
             wall: { [clock, self] in
@@ -187,6 +206,7 @@ final class Cluster: Sendable {
         if options.disabled == .selfFencing { configuration.selfFencing = false }
         if options.disabled == .stuckWriteFence { configuration.stuckWriteFence = false }
         if options.disabled == .inboxReconciliation { configuration.inboxReconciliation = false }
+        if options.disabled == .failoverCheck { configuration.failoverCheck = false }
         let coordinator = Coordinator(
             store: link, registry: registry, configuration: configuration, logger: Self.logger, clock: wall,
             ids: IDSource { idState.withLock { $0.next() } })
@@ -243,6 +263,7 @@ final class Cluster: Sendable {
     // MARK: - Faults
 
     private func inject(_ fault: FaultPlan.Fault) async {
+        if fault.kind == .failoverLosingWrites { return await failOver(fault) }
         do {
             try await clock.sleep(until: .init(offset: fault.at))
         } catch { return }
@@ -255,6 +276,8 @@ final class Cluster: Sendable {
         case .stuckWrites: link?.stickWrites(until: fault.at + fault.for)
         case .wallClockStep: wallOffsets.withLock { $0[slot, default: .zero] += fault.for }
         case .notificationsLost: link?.deafen(until: fault.at + fault.for)
+        case .failoverLosingWrites: return  // see below
+
         case .partition:
             link?.set(.cut)
             try? await clock.sleep(for: fault.for)
@@ -265,6 +288,22 @@ final class Cluster: Sendable {
             try? await clock.sleep(for: fault.for)
             for link in all { link.set(.up) }
         }
+    }
+
+    /// The standby's copy is taken `fault.for` before the failover, and the database goes back to
+    /// it: every session drops for half a second, the timeline moves.
+    private func failOver(_ fault: FaultPlan.Fault) async {
+        do { try await clock.sleep(until: .init(offset: fault.at - fault.for)) } catch { return }
+        let standby = await store.image()
+        do { try await clock.sleep(until: .init(offset: fault.at)) } catch { return }
+        let all = links.withLock { Array($0.values) }
+        for link in all { link.set(.cut) }
+        await store.restore(standby)
+        timeline.withLock { $0 += 1 }
+        history.rolledBack(from: fault.at - fault.for, to: fault.at)
+        history.note(clock.now.offset, "failover losing \(fault.for) of writes")
+        try? await clock.sleep(for: .milliseconds(500))
+        for link in all { link.set(.up) }
     }
 
     // MARK: - Liveness

@@ -40,6 +40,17 @@ struct Workload {
             }
         }
         await withTaskGroup(of: Void.self) { clients in
+            // A steady stream of short `run`s besides (each a handler created by its first
+            // checkpoint, under a reserved token): what a failover meets most often in production.
+            clients.addTask {
+                var index = 0
+                while cluster.clock.now.offset < cluster.options.window - .seconds(30) {
+                    let pause = cluster.random.withLock { $0.duration(.milliseconds(200), .milliseconds(800)) }
+                    try? await cluster.clock.sleep(for: pause)
+                    await perform(.echo(message: "s\(index)"))
+                    index += 1
+                }
+            }
             for client in 0..<Self.clients {
                 let mine = jobs.enumerated().filter { $0.offset % Self.clients == client }.map(\.element)
                     .sorted { $0.1 < $1.1 }

@@ -7,7 +7,7 @@ import LeaseholdKit
 /// It is the embedded default (`leasehold serve` without `--database-url`), not a test double:
 /// it keeps the full store contract, fencing included, and passes the same conformance suite.
 public actor InMemoryStore: HandlerStore {
-    struct Entry {
+    struct Entry: Sendable {
         var record: HandlerRecord
         var state: HandlerState
         var inbox: [(event: InboxEvent, consumed: Bool)]
@@ -17,7 +17,7 @@ public actor InMemoryStore: HandlerStore {
         var suspect = false
     }
 
-    struct Replica {
+    struct Replica: Sendable {
         var address: String
         var startedAt: Date
         var heartbeatAt: Date
@@ -47,17 +47,46 @@ public actor InMemoryStore: HandlerStore {
     /// Test-only (the simulator's mutation table): with false a write needs only its handler to
     /// exist — token, owner and lease expiry are not checked.
     nonisolated let fencing: Bool
+    /// Test-only (the same): with false a creation under a reserved token the sequence is not
+    /// past is accepted.
+    nonisolated let tokenReserveCheck: Bool
+
+    /// Everything the store holds, as a standby would have it (the simulator's failover to a
+    /// standby that lagged: `image()` then, later, `restore(_:)`).
+    package struct Image: Sendable {
+        fileprivate var entries: [HandlerID: Entry]
+        fileprivate var replicaTable: [ReplicaID: Replica]
+        fileprivate var lastToken: Int64
+        fileprivate var recent: [LeaseChange]
+        fileprivate var tombstones: [HandlerID: (position: FailoverCheckAnswer.Position, at: Date)]
+    }
+
+    package func image() -> Image {
+        Image(
+            entries: entries, replicaTable: replicaTable, lastToken: lastToken, recent: recent, tombstones: tombstones)
+    }
+
+    /// Goes back to `image`: what was written since is lost.
+    package func restore(_ image: Image) {
+        entries = image.entries
+        replicaTable = image.replicaTable
+        lastToken = image.lastToken
+        recent = image.recent
+        tombstones = image.tombstones
+        signals.allLogsChanged()
+    }
 
     /// An empty store on `clock`.
     public init(clock: ReplicaClock = .system) {
-        self.init(clock: clock, fencing: true)
+        self.init(clock: clock, fencing: true, tokenReserveCheck: true)
     }
 
     /// An empty store on `clock`, fencing writes or not (see `fencing`).
-    package init(clock: ReplicaClock, fencing: Bool) {
+    package init(clock: ReplicaClock, fencing: Bool, tokenReserveCheck: Bool = true) {
         self.clock = clock
         self.signals = StoreSignals(clock: clock)
         self.fencing = fencing
+        self.tokenReserveCheck = tokenReserveCheck
     }
 
     /// Wall-clock now, the time the records carry.
@@ -191,7 +220,7 @@ public actor InMemoryStore: HandlerStore {
     public func create(_ handler: NewHandler, owner: ReplicaID, token: FencingToken, first: Checkpoint) async throws
         -> HandlerRecord?
     {
-        guard token.rawValue <= lastToken else { throw StoreError.tokenAhead(token) }
+        guard token.rawValue <= lastToken || !tokenReserveCheck else { throw StoreError.tokenAhead(token) }
         guard entries[handler.id] == nil else { throw StoreError.handlerExists(handler.id) }
         // All or nothing: the creation stands only with its first checkpoint, whose fence (the
         // owner's registration) is checked first.

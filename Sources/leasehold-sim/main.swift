@@ -25,6 +25,7 @@ struct LeaseholdSim: ParsableCommand {
     @Option(help: "Turn a safety mechanism off (\(SafetyMechanism.allCases.map(\.rawValue).joined(separator: ", "))).")
     var disable: String?
     @Flag(help: "Print one line per seed.") var verbose = false
+    @Flag(help: "Stop at the first seed with a violation (for the mutation table).") var untilViolation = false
 
     mutating func run() throws {
         try Self.ensureDeterministicHashing()
@@ -74,6 +75,7 @@ struct LeaseholdSim: ParsableCommand {
             if self.seed != nil { print("faults:\n\(result.plan)") }
             for violation in result.violations.prefix(10) { print("  violation: \(violation)") }
             if !result.violations.isEmpty, failing == nil { failing = seed }
+            if untilViolation, failing != nil { break }
         }
         let perMinute = cpu > 0 ? Double(ran) / cpu * 60 : 0
         print(
