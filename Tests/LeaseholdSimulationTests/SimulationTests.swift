@@ -10,7 +10,8 @@ struct SimulationTests {
         for seed in UInt64(1)...5 {
             let result = await Simulation.runOnOwnThread(SimulationOptions(seed: seed))
             #expect(result.violations.isEmpty, "seed \(seed): \(result.violations.prefix(5))")
-            #expect(result.handlersFinished == 30, "seed \(seed)")
+            // The 30 handlers and the stream of runs; none is left running (liveness, above).
+            #expect(result.handlersFinished >= 30, "seed \(seed)")
             #expect(result.plan.faults.count == 5)
         }
     }
