@@ -98,18 +98,21 @@ final class FaultyStore: HandlerStore {
         if hang {
             try await Task.sleep(for: .seconds(3600))
         }
-        if let move = pendingMove.withLock({ pending in
-            defer { pending = nil }
-            return pending
-        }) {
+        // Taken only once the loss and the move are done: on a loaded machine either may fail
+        // (a renewal's statement cancelled, a connection the move itself ended), and the next
+        // renewal must then make the failover instead of none (a CI run, 2026-12-08). Both are
+        // idempotent: the loss sets values, the move sets an absolute timeline.
+        if let move = pendingMove.withLock({ $0 }) {
             guard let url else { throw RenewalNeverRan() }
             if let loss = pendingLoss.withLock({ $0 }) { try await loss() }
-            pendingLoss.withLock { $0 = nil }
-            let timelines = timelinesMoved.withLock { moved in
-                moved += move.timelines
-                return moved
-            }
+            let timelines = timelinesMoved.withLock { $0 } + move.timelines
             try await TestDatabase.moveNode(url, timelines: timelines, systemIdentifier: move.systemIdentifier)
+            pendingMove.withLock { pending in
+                guard pending != nil else { return }
+                pending = nil
+                timelinesMoved.withLock { $0 = timelines }
+                pendingLoss.withLock { $0 = nil }
+            }
         }
         var answer = try await base.renew(replica, address: address, ttl: ttl, excluding: excluding)
         let step = clockStep.withLock { $0 }

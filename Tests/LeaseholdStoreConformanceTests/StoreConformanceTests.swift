@@ -406,16 +406,18 @@ struct StoreConformanceTests {
         arguments: StoreFactory.all)
     func excludedLeaseExpires(factory: StoreFactory) async throws {
         try await factory.run { store in
-            // r1's registration lasts 3 s: the renewal below runs well within it even on a loaded machine.
-            try await store.register(Self.r1, address: "a", ttl: .seconds(3))
+            // r1's registration lasts 8 s: the two creations and the renewal below run within it
+            // even on a loaded machine (at 3 s, a CI run beside a CPU hog and a simulator let it
+            // lapse first, 2026-12-08, and the renewal then started anew, holding nothing).
+            try await store.register(Self.r1, address: "a", ttl: .seconds(8))
             let stuck = try await store.create(Self.new("stuck"), owner: Self.r1).lease
             let fine = try await store.create(Self.new("fine"), owner: Self.r1).lease
-            // r1 renews for 30 s but leaves "stuck" out: that lease keeps the 3 s registration it was
+            // r1 renews for 30 s but leaves "stuck" out: that lease keeps the 8 s registration it was
             // renewed from as its cap, and r2 takes it once that passes; "fine" stays with r1.
             let held = try await store.heartbeat(Self.r1, address: "a", ttl: Self.ttl, excluding: ["stuck"])
             #expect(held["fine"] == fine.token)
             var taken: [ClaimedHandler] = []
-            let moved = try await eventually(timeout: .seconds(20)) {
+            let moved = try await eventually(timeout: .seconds(40)) {
                 taken = try await store.claim(Self.r2, limit: 10, only: nil)
                 return !taken.isEmpty
             }
