@@ -68,7 +68,9 @@ struct UnwrittenRunTests {
                     workflow: "echo", startEvent: ["message": "lost"], handlerID: nil)
                 #expect(record.status == .completed && record.result?.value["result"] == "lost")
                 #expect(store.answersStillToLose == 0)  // the answer really was lost
-                #expect(store.writes["create+checkpoint"] == 2)  // and the write retried
+                // Retried (2), or — when the lease was not provable at the retry, as beside a CPU
+                // hog (a CI run, 2026-12-08) — settled by reading the outcome (1): never a third.
+                #expect((1...2).contains(store.writes["create+checkpoint"] ?? 0))
                 #expect(try await postgres.leaseHistory(record.id).map(\.kind) == [.created, .finished])
                 let log = try await postgres.events(record.id, after: -1, limit: 10)
                 #expect(log.map(\.sequence) == Array(0..<Int64(log.count)))
