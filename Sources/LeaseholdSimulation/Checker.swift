@@ -38,7 +38,7 @@ struct Checker {
         }
     }
 
-    mutating func check(livenessDeadline: Duration, lastAnswerAt: Duration) async -> [String] {
+    mutating func check() async -> [String] {
         var violations: [String] = []
         let records = (try? await store.handlers(HandlerFilter())) ?? []
         // Grants as the database applied them (recorded at the wire: a failover that lost writes
@@ -93,6 +93,16 @@ struct Checker {
                 )
             }
         }
+        violations += staleEffects(grants)
+        violations += await checkAnswers(records, exempt: exempt)
+        return violations
+    }
+
+    /// Steps of one handler on one replica at a time (see the type's list).
+    private mutating func staleEffects(
+        _ grants: [HandlerID: [(token: FencingToken, replica: ReplicaID?, at: Duration)]]
+    ) -> [String] {
+        var violations: [String] = []
         // Steps of one handler on one replica at a time: no effect under a token after a higher
         // token of the handler was granted (the old owner must have stopped its steps by then) —
         // except after its replica id was registered again by another process, which voids that
@@ -123,7 +133,6 @@ struct Checker {
                 )
             }
         }
-        violations += await checkAnswers(records, exempt: exempt)
         return violations
     }
 

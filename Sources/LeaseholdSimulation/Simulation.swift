@@ -172,8 +172,7 @@ final class Cluster: Sendable {
         }
         var checker = Checker(
             store: store, history: history, epoch: Cluster.epoch, reissueBound: options.leaseTTL * 2 + .seconds(1))
-        let violations = await checker.check(
-            livenessDeadline: plan.healedAt + options.livenessBound, lastAnswerAt: clock.now.offset)
+        let violations = await checker.check()
         let finished = (try? await store.handlers(HandlerFilter()).filter { $0.status != .running }.count) ?? 0
         return SimulationResult(
             seed: options.seed, traceHash: history.hash, violations: violations, simulatedTime: clock.now.offset,
